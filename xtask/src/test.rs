@@ -22,7 +22,7 @@ pub fn run() -> ExitCode {
             total.add(step("host tests", host_tests));
             let args = vm_test::Args {
                 kernel: KernelChoice::All,
-                timeout: 900,
+                timeout: vm_test::DEFAULT_TIMEOUT_SECS,
                 verbose: false,
                 filter: None,
             };

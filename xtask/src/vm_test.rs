@@ -17,13 +17,17 @@ use crate::kernels::{Kernel, KernelChoice};
 use crate::setup::Installed;
 use crate::vm::{self, shell_quote};
 
+/// Long enough for the whole guest suite on one kernel under TCG; short enough that two
+/// hung guests still end a CI run inside its 30 minutes.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 600;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Which guest kernels to run the tests on.
     #[arg(long, value_enum, default_value = "all")]
     pub kernel: KernelChoice,
     /// Fail a guest that has not finished after this many seconds.
-    #[arg(long, default_value_t = 900)]
+    #[arg(long, default_value_t = DEFAULT_TIMEOUT_SECS)]
     pub timeout: u64,
     /// Print every line the guest prints, not only test results.
     #[arg(long, short)]
