@@ -21,6 +21,7 @@ use aya_ebpf::{
     macros::{lsm, map},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::LsmContext,
+    EbpfContext,
 };
 use guard_common::{
     access, flags, hook, stat, verdict, DevKey, DirKey, Event, ExeKey, KernelOffsets,
@@ -505,11 +506,12 @@ pub fn inode_link(ctx: LsmContext) -> i32 {
 pub fn inode_setattr(ctx: LsmContext) -> i32 {
     unsafe {
         let o = offsets();
-        let dentry: u64 = if o.setattr_dentry_arg == 0 {
-            ctx.arg(0)
-        } else {
-            ctx.arg(1)
-        };
+        // Both loads are volatile so the compiler cannot turn the choice into
+        // a variable context offset, which the verifier rejects.
+        let args = ctx.as_ptr() as *const u64;
+        let first = core::ptr::read_volatile(args);
+        let second = core::ptr::read_volatile(args.add(1));
+        let dentry = if o.setattr_dentry_arg == 0 { first } else { second };
         if let Ok(inode) = read::<u64>(dentry, o.dentry_d_inode) {
             if inode != 0 {
                 taint_if_allowed_exe(&o, inode);

@@ -1,4 +1,9 @@
 //! guard's userspace library: everything `guardd` and `guardctl` share.
 
+pub mod control;
+pub mod events;
+pub mod loader;
+pub mod offsets;
+
 /// The kernel programs, built by `cargo xtask build-ebpf`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("GUARD_EBPF_OBJECT"));
