@@ -25,7 +25,7 @@ use aya_ebpf::{
 };
 use guard_common::{
     access, flags, hook, stat, verdict, DevKey, DirKey, Event, ExeKey, KernelOffsets,
-    PolicyMeta, RateState, RuleKey, RuleValue, Taint, ANY_ID, EVENTS_PER_SEC_PER_CPU,
+    PolicyMeta, RateState, RuleKey, RuleValue, Settings, Taint, ANY_ID, DEFAULT_EVENTS_PER_SEC_PER_CPU,
     EVENTS_RING_BYTES, FMODE_EXEC, FMODE_READ, FMODE_WRITE, MAX_DEPTH, MAX_EXES, MAX_POINTS,
     MAX_RULE_ENTRIES, MODE_AUDIT, NAME_LEN, NO_RULE, PATH_DEPTH,
 };
@@ -71,6 +71,8 @@ static TAINTED: HashMap<ExeKey, Taint> = HashMap::pinned(MAX_EXES, 0);
 static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
 #[map(name = "GUARD_RATE")]
 static RATE: PerCpuArray<RateState> = PerCpuArray::pinned(1, 0);
+#[map(name = "GUARD_SETTINGS")]
+static SETTINGS: Array<Settings> = Array::pinned(1, 0);
 #[map(name = "GUARD_EVENTS")]
 static EVENTS: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
 
@@ -300,7 +302,11 @@ fn rate_limit() -> Option<u32> {
         s.window_start_ns = now;
         s.sent = 0;
     }
-    if s.sent >= EVENTS_PER_SEC_PER_CPU {
+    let budget = match SETTINGS.get(0).map(|s| s.events_per_sec) {
+        Some(n) if n != 0 => n,
+        _ => DEFAULT_EVENTS_PER_SEC_PER_CPU,
+    };
+    if s.sent >= budget {
         s.suppressed += 1;
         count(stat::SUPPRESSED);
         return None;
