@@ -221,14 +221,14 @@ pub struct Settings {
     pub _pad: u32,
 }
 
-/// Per-CPU rate limiter state (`RATE`).
+/// Per-CPU rate limiter state (`RATE`). Suppressed events are counted in
+/// `STATS[SUPPRESSED]`, which guardd reports to the journal.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct RateState {
     pub window_start_ns: u64,
     pub sent: u32,
-    /// Events suppressed since the last one sent on this CPU.
-    pub suppressed: u32,
+    pub _pad: u32,
 }
 
 /// A decision the kernel reports (denied, audited, would-deny).
@@ -246,8 +246,7 @@ pub struct Event {
     pub point: u32,
     pub rule: u32,
     pub generation: u32,
-    /// Events this CPU suppressed (rate limit) before this one.
-    pub suppressed: u32,
+    pub _pad: u32,
     pub dev: u32,
     pub exe_dev: u32,
     pub ino: u64,

@@ -291,11 +291,12 @@ unsafe fn try_decide(dentry: u64, access: u32, hook: u32) -> Result<i32, i32> {
     Ok(EPERM)
 }
 
-/// Per-CPU budget of events per second. Returns how many were suppressed
-/// before this one, or `None` if this one is suppressed too.
+/// Per-CPU budget of events per second: false when this one is suppressed.
 #[inline(always)]
-fn rate_limit() -> Option<u32> {
-    let state = RATE.get_ptr_mut(0)?;
+fn within_rate() -> bool {
+    let Some(state) = RATE.get_ptr_mut(0) else {
+        return false;
+    };
     let now = unsafe { bpf_ktime_get_ns() };
     let s = unsafe { &mut *state };
     if now.wrapping_sub(s.window_start_ns) >= 1_000_000_000 {
@@ -307,21 +308,18 @@ fn rate_limit() -> Option<u32> {
         _ => DEFAULT_EVENTS_PER_SEC_PER_CPU,
     };
     if s.sent >= budget {
-        s.suppressed += 1;
         count(stat::SUPPRESSED);
-        return None;
+        return false;
     }
     s.sent += 1;
-    let suppressed = s.suppressed;
-    s.suppressed = 0;
-    Some(suppressed)
+    true
 }
 
 #[inline(always)]
 unsafe fn emit(o: &KernelOffsets, obj: &Object, r: &Report) {
-    let Some(suppressed) = rate_limit() else {
+    if !within_rate() {
         return;
-    };
+    }
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count(stat::DROPPED);
         return;
@@ -340,7 +338,7 @@ unsafe fn emit(o: &KernelOffsets, obj: &Object, r: &Report) {
     e.point = r.point;
     e.rule = r.rule;
     e.generation = r.generation;
-    e.suppressed = suppressed;
+    e._pad = 0;
     e.dev = obj.dev;
     e.exe_dev = r.exe.dev;
     e.ino = obj.ino;

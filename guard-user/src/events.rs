@@ -42,8 +42,6 @@ pub struct Decision {
     pub rule: String,
     pub hook: &'static str,
     pub fail_closed: bool,
-    /// Events this CPU suppressed (rate limit) just before this one.
-    pub suppressed_before: u32,
 }
 
 impl Decision {
@@ -65,7 +63,6 @@ impl Decision {
             rule: rule_label(e.rule, names),
             hook: hook::name(e.hook),
             fail_closed: e.flags & flags::FAIL_CLOSED != 0,
-            suppressed_before: e.suppressed,
         }
     }
 
@@ -173,7 +170,7 @@ mod tests {
             point: 0,
             rule: NO_RULE,
             generation: 1,
-            suppressed: 3,
+            _pad: 0,
             dev: (8 << 20) | 1,
             exe_dev: (8 << 20) | 1,
             ino: 1234,
@@ -198,7 +195,6 @@ mod tests {
         assert_eq!(d.exe, "/usr/bin/cat");
         assert_eq!(d.device, "8:1");
         assert_eq!(d.pid, 40);
-        assert_eq!(d.suppressed_before, 3);
         assert!(d.message().contains("denied read,write of /var/lib/mysql/shop/t1.ibd"));
     }
 
