@@ -100,21 +100,22 @@ pub fn check_bpf_lsm() -> Result<()> {
 }
 
 /// Makes sure the programs are attached and pinned, adopting earlier pins.
-pub fn arm(pins: &Pins, object: &[u8]) -> Result<Armed> {
+/// Struct layouts are resolved from the kernel BTF at `btf`.
+pub fn arm(pins: &Pins, object: &[u8], btf: &Path) -> Result<Armed> {
     check_bpf_lsm()?;
     let bpffs = pins.root().parent().context("pin folder has no parent")?;
     mount_if_missing(bpffs, "bpf", BPF_FS_MAGIC)?;
     if pins.complete() {
         return Ok(Armed::Adopted);
     }
-    load_and_pin(pins, object)?;
+    load_and_pin(pins, object, btf)?;
     Ok(Armed::Loaded)
 }
 
 /// Loads a fresh copy of the programs (reusing pinned maps, so an applied
 /// policy survives) and atomically replaces any older link pins.
-fn load_and_pin(pins: &Pins, object: &[u8]) -> Result<()> {
-    let offsets = offsets::resolve(Path::new(offsets::VMLINUX_BTF))
+fn load_and_pin(pins: &Pins, object: &[u8], btf: &Path) -> Result<()> {
+    let offsets = offsets::resolve(btf)
         .context("refusing to load: the kernel's layout is not fully known")?;
     for dir in [pins.maps(), pins.root().join("links"), pins.root().join("programs")] {
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
