@@ -1,7 +1,7 @@
 //! Checking a policy against the running system and recording the kernel
 //! identities (device, inode) of its directories and binaries.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -86,11 +86,19 @@ pub fn kernel_dev(st_dev: u64) -> u32 {
 /// the compiled policy fits the kernel maps. Lists every problem found.
 pub fn resolve(policy: &Policy) -> Result<ResolvedPolicy, PolicyErrors> {
     let mut resolver = Resolver::default();
+    let mounts = match Mounts::read() {
+        Ok(mounts) => mounts,
+        Err(e) => {
+            let at = Pointer::root().key("protected");
+            let message = format!("cannot read {MOUNTINFO} to check for overlaps: {e}");
+            return Err(PolicyErrors(vec![at.error(message)]));
+        }
+    };
     let located: Vec<Option<LocatedPoint>> = policy
         .protected
         .iter()
         .enumerate()
-        .map(|(index, protected)| resolver.point(index, protected))
+        .map(|(index, protected)| resolver.point(index, protected, &mounts))
         .collect();
     resolver.check_overlaps(&located);
     let rules = resolver.rules(policy);
@@ -113,11 +121,22 @@ pub fn resolve(policy: &Policy) -> Result<ResolvedPolicy, PolicyErrors> {
     Ok(resolved)
 }
 
-/// A resolved point and the identities (userspace `st_dev`, `st_ino`) of it
-/// and of each of its ancestors, itself first.
+/// What makes two directories the same one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Identity {
+    /// Userspace (`st_dev`, `st_ino`): catches symlink and bind-mount aliases.
+    Inode(u64, u64),
+    /// Filesystem (`major:minor` from mountinfo) and the path inside it: the
+    /// dentry ancestry the kernel walks, which also sees through a bind mount
+    /// of a subdirectory.
+    FsPath(String, PathBuf),
+}
+
+/// A resolved point with its identities and those of its ancestors.
 struct LocatedPoint {
     point: ResolvedPoint,
-    chain: Vec<(u64, u64)>,
+    own: Vec<Identity>,
+    ancestors: Vec<Identity>,
 }
 
 #[derive(Default)]
@@ -130,9 +149,14 @@ struct Resolver {
 }
 
 impl Resolver {
-    fn point(&mut self, index: usize, protected: &Protected) -> Option<LocatedPoint> {
+    fn point(
+        &mut self,
+        index: usize,
+        protected: &Protected,
+        mounts: &Mounts,
+    ) -> Option<LocatedPoint> {
         let at = Pointer::protected(index).key("path");
-        match locate_directory(&protected.path) {
+        match locate_directory(&protected.path, mounts) {
             Ok(located) => Some(located),
             Err(message) => {
                 self.errors.push(at.error(message));
@@ -145,27 +169,25 @@ impl Resolver {
     /// another. A file's nearest protected ancestor would otherwise decide
     /// silently, and the outer directory's rules would not mean what they say.
     fn check_overlaps(&mut self, points: &[Option<LocatedPoint>]) {
-        let mut first_with_identity: HashMap<(u64, u64), usize> = HashMap::new();
+        let mut first_with_identity: HashMap<&Identity, usize> = HashMap::new();
         for (index, point) in points.iter().enumerate() {
-            if let Some(point) = point {
-                first_with_identity.entry(point.chain[0]).or_insert(index);
+            for identity in point.iter().flat_map(|p| &p.own) {
+                first_with_identity.entry(identity).or_insert(index);
             }
         }
+        let mut reported = HashSet::new();
         for (index, point) in points.iter().enumerate() {
             let Some(point) = point else { continue };
-            for (depth, identity) in point.chain.iter().enumerate() {
+            let same = point.own.iter().map(|id| (id, "is the same directory as"));
+            let inside = point.ancestors.iter().map(|id| (id, "is inside"));
+            for (identity, relation) in same.chain(inside) {
                 let Some(&other) = first_with_identity.get(identity) else {
                     continue;
                 };
-                if other == index {
+                if other == index || !reported.insert((index, other)) {
                     continue;
                 }
                 let other_path = &points[other].as_ref().expect("located").point.path;
-                let relation = if depth == 0 {
-                    "is the same directory as"
-                } else {
-                    "is inside"
-                };
                 self.errors.push(Pointer::protected(index).key("path").error(format!(
                     "{} {relation} /protected/{other}/path ({}); protected directories must not overlap",
                     point.point.path.display(),
@@ -233,7 +255,7 @@ impl Resolver {
     }
 }
 
-fn locate_directory(path: &Path) -> Result<LocatedPoint, String> {
+fn locate_directory(path: &Path, mounts: &Mounts) -> Result<LocatedPoint, String> {
     let metadata = fs::metadata(path).map_err(|e| io_problem(path, e))?;
     if !metadata.is_dir() {
         return Err(format!("{} is not a directory", path.display()));
@@ -242,13 +264,24 @@ fn locate_directory(path: &Path) -> Result<LocatedPoint, String> {
     if canonical.parent().is_none() {
         return Err("the root directory cannot be protected".to_string());
     }
-    let chain = canonical
+    let mut inodes = canonical
         .ancestors()
         .map(|dir| {
             let m = fs::metadata(dir).map_err(|e| io_problem(dir, e))?;
-            Ok((m.dev(), m.ino()))
+            Ok(Identity::Inode(m.dev(), m.ino()))
         })
         .collect::<Result<Vec<_>, String>>()?;
+    let mut own = vec![inodes.remove(0)];
+    let mut ancestors = inodes;
+    if let Some((fs_dev, fs_path)) = mounts.locate(&canonical) {
+        own.push(Identity::FsPath(fs_dev.to_string(), fs_path.clone()));
+        ancestors.extend(
+            fs_path
+                .ancestors()
+                .skip(1)
+                .map(|a| Identity::FsPath(fs_dev.to_string(), a.to_path_buf())),
+        );
+    }
     // Identity from the canonical path's own stat, like the chain.
     let m = fs::metadata(&canonical).map_err(|e| io_problem(&canonical, e))?;
     Ok(LocatedPoint {
@@ -257,8 +290,84 @@ fn locate_directory(path: &Path) -> Result<LocatedPoint, String> {
             dev: kernel_dev(m.dev()),
             ino: m.ino(),
         },
-        chain,
+        own,
+        ancestors,
     })
+}
+
+const MOUNTINFO: &str = "/proc/self/mountinfo";
+
+/// The mount table: which filesystem, and which directory of it, each mount shows.
+struct Mounts(Vec<Mount>);
+
+struct Mount {
+    /// `major:minor` of the filesystem (its superblock's `s_dev`).
+    dev: String,
+    /// The directory of the filesystem mounted (not `/` for bind mounts of a subdirectory).
+    root: PathBuf,
+    mountpoint: PathBuf,
+}
+
+impl Mounts {
+    fn read() -> io::Result<Mounts> {
+        let text = fs::read_to_string(MOUNTINFO)?;
+        let mounts = text
+            .lines()
+            .map(|line| {
+                let fields: Vec<&str> = line.split(' ').collect();
+                match fields.as_slice() {
+                    [_, _, dev, root, mountpoint, ..] => Ok(Mount {
+                        dev: dev.to_string(),
+                        root: PathBuf::from(unescape_mountinfo(root)),
+                        mountpoint: PathBuf::from(unescape_mountinfo(mountpoint)),
+                    }),
+                    _ => Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("unexpected line {line:?}"),
+                    )),
+                }
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(Mounts(mounts))
+    }
+
+    /// The filesystem holding `path` (canonical) and the path inside it.
+    /// Of mounts on the same point, the last one listed is on top.
+    fn locate(&self, path: &Path) -> Option<(&str, PathBuf)> {
+        let mount = self
+            .0
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| path.starts_with(&m.mountpoint))
+            .max_by_key(|(index, m)| (m.mountpoint.components().count(), *index))?
+            .1;
+        let inside = path.strip_prefix(&mount.mountpoint).ok()?;
+        Some((&mount.dev, mount.root.join(inside)))
+    }
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\ooo` octal escapes.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|digits| {
+            let text = std::str::from_utf8(digits).ok()?;
+            u8::from_str_radix(text, 8).ok()
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Identity and content hash of a binary, both taken from one open file so
@@ -362,6 +471,40 @@ mod tests {
     }
 
     #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(
+            unescape_mountinfo(r"/mnt/my\040disk\134x"),
+            "/mnt/my disk\\x"
+        );
+        assert_eq!(unescape_mountinfo(r"/a\b"), r"/a\b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+
+    #[test]
+    fn mounts_locate_paths_inside_their_filesystem() {
+        let mount = |dev: &str, root: &str, at: &str| Mount {
+            dev: dev.into(),
+            root: root.into(),
+            mountpoint: at.into(),
+        };
+        let mounts = Mounts(vec![
+            mount("8:1", "/", "/"),
+            mount("8:2", "/", "/srv"),
+            mount("8:1", "/var/lib", "/srv/bind"),
+            mount("0:50", "/", "/srv/bind"),
+        ]);
+        let locate = |p: &str| mounts.locate(Path::new(p)).map(|(d, p)| (d.to_string(), p));
+        assert_eq!(
+            locate("/var/lib/x"),
+            Some(("8:1".into(), "/var/lib/x".into()))
+        );
+        assert_eq!(locate("/srv/data"), Some(("8:2".into(), "/data".into())));
+        assert_eq!(locate("/srvx"), Some(("8:1".into(), "/srvx".into())));
+        // The later mount on /srv/bind hides the bind mount below it.
+        assert_eq!(locate("/srv/bind/y"), Some(("0:50".into(), "/y".into())));
+    }
+
+    #[test]
     fn kernel_dev_uses_the_kernel_encoding() {
         assert_eq!(kernel_dev(libc::makedev(8, 1)), (8 << 20) | 1);
         assert_eq!(
@@ -392,10 +535,17 @@ mod tests {
             };
             let (major, minor) = dev.split_once(':').unwrap();
             let (major, minor) = (major.parse::<u32>().unwrap(), minor.parse::<u32>().unwrap());
-            assert_eq!(kernel_dev(metadata.dev()), (major << 20) | minor, "{mountpoint}");
+            assert_eq!(
+                kernel_dev(metadata.dev()),
+                (major << 20) | minor,
+                "{mountpoint}"
+            );
             checked_block_device |= major != 0;
         }
-        assert!(checked_block_device, "no mount with a major number to check");
+        assert!(
+            checked_block_device,
+            "no mount with a major number to check"
+        );
     }
 
     #[test]
@@ -558,24 +708,26 @@ mod tests {
     }
 
     #[test]
-    fn refuses_overlap_through_a_bind_mount() {
+    fn refuses_overlap_through_bind_mounts() {
         // Needs root for a mount namespace of our own; says so when skipped.
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: needs root for a bind mount");
+            eprintln!("skipped: needs root for bind mounts");
             return;
         }
         let tree = Tree::new();
         let outer = tree.mkdir("outer");
         tree.mkdir("outer/db");
-        let mountpoint = tree.mkdir("bind");
+        let whole = tree.mkdir("whole");
+        let sub = tree.mkdir("sub");
         let status = std::process::Command::new("unshare")
             .args(["--mount", "--propagation", "private", "sh", "-c"])
             .arg(format!(
-                "mount --bind {outer} {mountpoint} && {exe} --exact policy::resolve::tests::bind_mount_probe --nocapture --ignored",
+                "mount --bind {outer} {whole} && mount --bind {outer}/db {sub} && \
+                 {exe} --exact policy::resolve::tests::bind_mount_probe --nocapture --ignored",
                 exe = std::env::current_exe().unwrap().display()
             ))
-            .env("GUARD_BIND_PROBE", format!("{outer}:{mountpoint}"))
+            .env("GUARD_BIND_PROBE", format!("{outer}:{whole}:{sub}"))
             .status()
             .unwrap();
         assert!(
@@ -584,19 +736,43 @@ mod tests {
         );
     }
 
-    /// Runs inside the namespace set up by `refuses_overlap_through_a_bind_mount`.
+    /// Runs inside the namespace set up by `refuses_overlap_through_bind_mounts`.
     #[test]
-    #[ignore = "run by refuses_overlap_through_a_bind_mount"]
+    #[ignore = "run by refuses_overlap_through_bind_mounts"]
     fn bind_mount_probe() {
         let spec = std::env::var("GUARD_BIND_PROBE").expect("run by the bind mount test");
-        let (outer, mountpoint) = spec.split_once(':').unwrap();
+        let [outer, whole, sub]: [&str; 3] =
+            spec.split(':').collect::<Vec<_>>().try_into().unwrap();
+        // `whole` shows `outer`: its db is outer's db.
         let p = policy(serde_json::json!({"mode": "enforce", "protected": [
             {"path": outer, "rules": []},
-            {"path": format!("{mountpoint}/db"), "rules": []},
+            {"path": format!("{whole}/db"), "rules": []},
         ]}));
         let e = resolve(&p).unwrap_err();
         assert!(
             e.contains("/protected/1/path", "is inside /protected/0/path"),
+            "{e}"
+        );
+        // `sub` shows outer/db: no path ancestor of `sub` is `outer`, but the
+        // kernel's dentry walk from a file in `sub` reaches it.
+        let p = policy(serde_json::json!({"mode": "enforce", "protected": [
+            {"path": outer, "rules": []},
+            {"path": sub, "rules": []},
+        ]}));
+        let e = resolve(&p).unwrap_err();
+        assert!(
+            e.contains("/protected/1/path", "is inside /protected/0/path"),
+            "{e}"
+        );
+        assert_eq!(e.0.len(), 1, "{e}");
+        // And the other way round: the outer directory given through the bind mount.
+        let p = policy(serde_json::json!({"mode": "enforce", "protected": [
+            {"path": sub, "rules": []},
+            {"path": whole, "rules": []},
+        ]}));
+        let e = resolve(&p).unwrap_err();
+        assert!(
+            e.contains("/protected/0/path", "is inside /protected/1/path"),
             "{e}"
         );
     }
