@@ -1,8 +1,12 @@
 //! guard's userspace library: everything `guardd` and `guardctl` share.
 
+pub mod alerts;
+pub mod control;
+pub mod events;
+pub mod journal;
+pub mod loader;
+pub mod offsets;
+pub mod policy;
+
 /// The kernel programs, built by `cargo xtask build-ebpf`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("GUARD_EBPF_OBJECT"));
-
-pub mod alerts;
-pub mod journal;
-pub mod policy;
