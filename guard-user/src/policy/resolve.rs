@@ -68,6 +68,28 @@ impl ResolvedPolicy {
     pub fn rule(&self, id: u32) -> Option<&RuleInfo> {
         self.rules.get(id as usize)
     }
+
+    /// The names events are rendered with: point paths, rule labels, binary paths.
+    pub fn names(&self) -> crate::events::PolicyNames {
+        let binaries = self
+            .rules
+            .iter()
+            .flat_map(|rule| &rule.binaries)
+            .map(|b| {
+                let key = guard_common::ExeKey {
+                    dev: b.dev,
+                    _pad: 0,
+                    ino: b.ino,
+                };
+                (key, b.path.clone())
+            })
+            .collect();
+        crate::events::PolicyNames {
+            points: self.points.iter().map(|p| p.path.clone()).collect(),
+            rules: self.rules.iter().map(|r| r.label.clone()).collect(),
+            binaries,
+        }
+    }
 }
 
 /// Converts a userspace `st_dev` to the kernel's internal `dev_t` encoding
@@ -596,6 +618,19 @@ mod tests {
         assert_eq!(second.effect, Effect::Audit);
         assert_eq!(resolved.rule(1).unwrap().label, "backup");
         assert!(resolved.rule(2).is_none());
+        let names = resolved.names();
+        assert_eq!(names.points, vec![fs::canonicalize(&data).unwrap()]);
+        assert_eq!(names.rules, vec!["protected[0].rules[0]", "backup"]);
+        let server_key = guard_common::ExeKey {
+            dev: kernel_dev(server_meta.dev()),
+            _pad: 0,
+            ino: server_meta.ino(),
+        };
+        assert_eq!(
+            names.binaries[&server_key],
+            fs::canonicalize(&server).unwrap()
+        );
+        assert_eq!(names.binaries.len(), 2);
         // A resolved policy can be stored and read back.
         let json = serde_json::to_string(&resolved).unwrap();
         assert_eq!(
