@@ -49,7 +49,10 @@ impl Response {
 /// Sends one request to guardd and returns its data, or its error.
 pub fn call(socket: &Path, request: &Request) -> Result<serde_json::Value> {
     let mut stream = UnixStream::connect(socket).with_context(|| {
-        format!("cannot reach guardd at {} (is it running?)", socket.display())
+        format!(
+            "cannot reach guardd at {} (is it running?)",
+            socket.display()
+        )
     })?;
     let mut line = serde_json::to_string(request)?;
     line.push('\n');
@@ -61,7 +64,10 @@ pub fn call(socket: &Path, request: &Request) -> Result<serde_json::Value> {
     let response: Response = serde_json::from_str(&reply)
         .with_context(|| format!("guardd sent an unreadable reply: {reply:?}"))?;
     if !response.ok {
-        bail!("{}", response.error.unwrap_or_else(|| "guardd refused".into()));
+        bail!(
+            "{}",
+            response.error.unwrap_or_else(|| "guardd refused".into())
+        );
     }
     Ok(response.data)
 }

@@ -5,7 +5,7 @@ use crate::enforcement::{KernelMaps, Stats};
 use crate::events::{self, Decision, PolicyNames};
 use crate::journal::{self, message_id, Journal};
 use crate::loader::{self, Armed, Pins};
-use crate::policy::{self, ResolvedPolicy};
+use crate::policy::{self, ResolvedBinary, ResolvedPolicy};
 use anyhow::{Context, Result};
 use aya::maps::{Map, MapData, RingBuf};
 use guard_common::{maps, ExeKey, Settings};
@@ -31,58 +31,26 @@ pub struct Config {
 /// What guardd records about the policy it applied (survives restarts).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AppliedPolicy {
-    pub hash: String,
     pub applied_at: String,
     pub generation: u32,
-    pub mode: String,
-    pub points: Vec<PathBuf>,
-    pub rules: Vec<String>,
-    pub binaries: Vec<AppliedBinary>,
+    pub resolved: ResolvedPolicy,
     /// The policy as it was given.
     pub text: String,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct AppliedBinary {
-    pub path: PathBuf,
-    pub dev: u32,
-    pub ino: u64,
-    pub sha256: String,
-}
-
 impl AppliedPolicy {
-    fn new(text: String, resolved: &ResolvedPolicy, generation: u32) -> Self {
-        AppliedPolicy {
-            hash: resolved.hash.clone(),
-            applied_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-            generation,
-            mode: resolved.mode_name().to_string(),
-            points: resolved.points.iter().map(|p| p.path.clone()).collect(),
-            rules: resolved.rules.iter().map(|r| r.label.clone()).collect(),
-            binaries: resolved
-                .binaries
+    /// Each allowed binary once, as resolved at apply.
+    fn binaries(&self) -> Vec<&ResolvedBinary> {
+        let mut seen = Vec::new();
+        for b in self.resolved.rules.iter().flat_map(|r| &r.binaries) {
+            if !seen
                 .iter()
-                .map(|b| AppliedBinary {
-                    path: b.path.clone(),
-                    dev: b.dev,
-                    ino: b.ino,
-                    sha256: b.sha256.clone(),
-                })
-                .collect(),
-            text,
+                .any(|s: &&ResolvedBinary| s.dev == b.dev && s.ino == b.ino)
+            {
+                seen.push(b);
+            }
         }
-    }
-
-    fn names(&self) -> PolicyNames {
-        PolicyNames {
-            points: self.points.clone(),
-            rules: self.rules.clone(),
-            binaries: self
-                .binaries
-                .iter()
-                .map(|b| (ExeKey { dev: b.dev, _pad: 0, ino: b.ino }, b.path.clone()))
-                .collect(),
-        }
+        seen
     }
 }
 
@@ -99,9 +67,15 @@ pub async fn run(config: Config) -> Result<()> {
     let pins = Pins::new(&config.pin_dir);
     let armed = loader::arm(&pins, crate::EBPF_OBJECT, &config.btf)?;
     let mut maps = KernelMaps::open(&pins)?;
-    maps.set_settings(Settings { events_per_sec: config.events_per_sec, _pad: 0 })?;
+    maps.set_settings(Settings {
+        events_per_sec: config.events_per_sec,
+        _pad: 0,
+    })?;
     let applied = load_applied(&config.state_dir)?;
-    let names = applied.as_ref().map(AppliedPolicy::names).unwrap_or_default();
+    let names = applied
+        .as_ref()
+        .map(|a| a.resolved.names())
+        .unwrap_or_default();
     let journal = Journal::connect().context("connecting to the systemd journal")?;
     let daemon = Arc::new(Daemon {
         config: config.clone(),
@@ -207,7 +181,9 @@ impl Daemon {
                     &format!("guard policy refused: {errors}"),
                     &[("GUARD_ERRORS", &errors.to_string())],
                 );
-                return Ok(Response::err(format!("policy refused, nothing changed:\n{errors}")));
+                return Ok(Response::err(format!(
+                    "policy refused, nothing changed:\n{errors}"
+                )));
             }
         };
         let generation = {
@@ -220,17 +196,25 @@ impl Daemon {
                 );
             })?
         };
-        let applied = AppliedPolicy::new(text, &resolved, generation);
+        let applied = AppliedPolicy {
+            applied_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            generation,
+            resolved,
+            text,
+        };
         store_applied(&self.config.state_dir, &applied)?;
-        *self.names.write().unwrap() = applied.names();
+        *self.names.write().unwrap() = applied.resolved.names();
+        let (hash, mode) = (&applied.resolved.hash, applied.resolved.mode.name());
         let summary = serde_json::json!({
-            "hash": applied.hash, "generation": generation, "applied_at": applied.applied_at,
-            "mode": applied.mode,
+            "hash": hash, "generation": generation, "applied_at": applied.applied_at, "mode": mode,
         });
         self.admin_entry(
             message_id::POLICY_APPLIED,
-            &format!("guard policy {} applied (generation {generation}, mode {})", applied.hash, applied.mode),
-            &[("GUARD_POLICY_HASH", &applied.hash), ("GUARD_GENERATION", &generation.to_string())],
+            &format!("guard policy {hash} applied (generation {generation}, mode {mode})"),
+            &[
+                ("GUARD_POLICY_HASH", hash),
+                ("GUARD_GENERATION", &generation.to_string()),
+            ],
         );
         *self.applied.lock().unwrap() = Some(applied);
         Ok(Response::ok(summary))
@@ -243,18 +227,23 @@ impl Daemon {
         };
         let tainted = self.maps.lock().unwrap().tainted();
         let binaries: Vec<_> = applied
-            .binaries
-            .iter()
-            .map(|b| serde_json::json!({
-                "path": b.path, "sha256": b.sha256,
-                "device": events::kernel_dev_string(b.dev), "inode": b.ino,
-                "state": binary_state(b, &tainted),
-            }))
+            .binaries()
+            .into_iter()
+            .map(|b| {
+                serde_json::json!({
+                    "path": b.path, "sha256": b.sha256.to_string(),
+                    "device": events::kernel_dev_string(b.dev), "inode": b.ino,
+                    "state": binary_state(b, &tainted),
+                })
+            })
             .collect();
+        let r = &applied.resolved;
+        let points: Vec<_> = r.points.iter().map(|p| &p.path).collect();
+        let rules: Vec<_> = r.rules.iter().map(|r| &r.label).collect();
         Ok(Response::ok(serde_json::json!({
-            "hash": applied.hash, "applied_at": applied.applied_at,
-            "generation": applied.generation, "mode": applied.mode,
-            "protected": applied.points, "rules": applied.rules,
+            "hash": r.hash, "applied_at": applied.applied_at,
+            "generation": applied.generation, "mode": r.mode.name(),
+            "protected": points, "rules": rules,
             "binaries": binaries,
             "policy": serde_json::from_str::<serde_json::Value>(&applied.text).unwrap_or_default(),
         })))
@@ -267,8 +256,8 @@ impl Daemon {
         let applied = self.applied.lock().unwrap();
         let pins = Pins::new(&self.config.pin_dir);
         let armed = pins.complete();
-        let mode = applied.as_ref().map(|a| a.mode.clone());
-        let state = match (armed, generation, mode.as_deref()) {
+        let mode = applied.as_ref().map(|a| a.resolved.mode.name());
+        let state = match (armed, generation, mode) {
             (false, _, _) => "not armed",
             (true, 0, _) => "armed, no policy",
             (true, _, Some("audit")) => "audit only (nothing is denied)",
@@ -280,7 +269,7 @@ impl Daemon {
             "armed": armed,
             "programs": armed_name(self.armed),
             "mode": mode,
-            "policy_hash": applied.as_ref().map(|a| a.hash.clone()),
+            "policy_hash": applied.as_ref().map(|a| a.resolved.hash.clone()),
             "generation": generation,
             "kernel": kernel_release(),
             "counters": stats,
@@ -344,7 +333,14 @@ impl Daemon {
 /// Reports, once a second, how many events the kernel's rate limit
 /// suppressed since the last report (the sum is never lost, only delayed).
 async fn report_suppressed(daemon: Arc<Daemon>) {
-    let read = |d: &Daemon| d.maps.lock().unwrap().stats().map(|s| s.events_suppressed).unwrap_or(0);
+    let read = |d: &Daemon| {
+        d.maps
+            .lock()
+            .unwrap()
+            .stats()
+            .map(|s| s.events_suppressed)
+            .unwrap_or(0)
+    };
     let mut reported = read(&daemon);
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
@@ -364,8 +360,8 @@ async fn report_suppressed(daemon: Arc<Daemon>) {
 
 /// Reads decision events from the pinned ring buffer into the journal.
 async fn forward_events(daemon: Arc<Daemon>, ring_pin: PathBuf) -> Result<()> {
-    let map = MapData::from_pin(&ring_pin)
-        .with_context(|| format!("opening {}", ring_pin.display()))?;
+    let map =
+        MapData::from_pin(&ring_pin).with_context(|| format!("opening {}", ring_pin.display()))?;
     let ring = RingBuf::try_from(Map::RingBuf(map))?;
     // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd.
     let mut fd = unsafe { AsyncFd::register(ring) }
@@ -383,9 +379,13 @@ async fn forward_events(daemon: Arc<Daemon>, ring_pin: PathBuf) -> Result<()> {
     }
 }
 
-fn binary_state(b: &AppliedBinary, tainted: &[(ExeKey, guard_common::Taint)]) -> String {
+fn binary_state(b: &ResolvedBinary, tainted: &[(ExeKey, guard_common::Taint)]) -> String {
     use std::os::unix::fs::MetadataExt;
-    let key = ExeKey { dev: b.dev, _pad: 0, ino: b.ino };
+    let key = ExeKey {
+        dev: b.dev,
+        _pad: 0,
+        ino: b.ino,
+    };
     if let Some((_, t)) = tainted.iter().find(|(k, _)| *k == key) {
         return format!(
             "NOT ALLOWED: opened for writing after apply (pid {}, uid {}); re-apply to approve",
@@ -400,7 +400,7 @@ fn binary_state(b: &AppliedBinary, tainted: &[(ExeKey, guard_common::Taint)]) ->
         return "NOT ALLOWED: the path now names another file (replaced after apply)".into();
     }
     match policy::sha256_file(&b.path) {
-        Ok(h) if h == b.sha256 => "ok".into(),
+        Ok(h) if h.0 == b.sha256.0 => "ok".into(),
         Ok(h) => format!("NOT ALLOWED: content changed after apply (sha256 now {h})"),
         Err(e) => format!("NOT ALLOWED: cannot hash: {e}"),
     }
@@ -434,7 +434,8 @@ fn store_applied(state_dir: &Path, applied: &AppliedPolicy) -> Result<()> {
         .with_context(|| format!("creating {}", state_dir.display()))?;
     let path = applied_path(state_dir);
     let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
     f.write_all(serde_json::to_string_pretty(applied)?.as_bytes())?;
     f.sync_all()?;
     std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;

@@ -50,9 +50,8 @@ fn pinned(pins: &Pins, name: &str) -> Result<MapData> {
 
 impl KernelMaps {
     pub fn open(pins: &Pins) -> Result<Self> {
-        let typed = |name: &str, wrap: fn(MapData) -> Map| -> Result<Map> {
-            Ok(wrap(pinned(pins, name)?))
-        };
+        let typed =
+            |name: &str, wrap: fn(MapData) -> Map| -> Result<Map> { Ok(wrap(pinned(pins, name)?)) };
         Ok(KernelMaps {
             active: typed(maps::ACTIVE, Map::Array)?.try_into()?,
             meta: typed(maps::META, Map::HashMap)?.try_into()?,
@@ -74,7 +73,9 @@ impl KernelMaps {
 
     /// The generation the kernel decides from (0: no policy).
     pub fn active_generation(&self) -> Result<u32> {
-        self.active.get(&0, 0).context("reading the active generation")
+        self.active
+            .get(&0, 0)
+            .context("reading the active generation")
     }
 
     /// Writes `entries` as a new generation and makes it the active one.
@@ -106,10 +107,14 @@ impl KernelMaps {
             .insert(generation, e.meta, 0)
             .context("writing policy mode")?;
         for (key, value) in &e.rules {
-            self.rules.insert(key, value, 0).context("GUARD_RULES is full")?;
+            self.rules
+                .insert(key, value, 0)
+                .context("GUARD_RULES is full")?;
         }
         for (key, point) in &e.dirs {
-            self.dirs.insert(key, point, 0).context("GUARD_DIRS is full")?;
+            self.dirs
+                .insert(key, point, 0)
+                .context("GUARD_DIRS is full")?;
         }
         for key in &e.devs {
             self.devs.insert(key, 1, 0).context("GUARD_DEVS is full")?;
@@ -159,7 +164,11 @@ fn remove_where<K: aya::Pod + PartialEq, V: aya::Pod>(
     map: &mut HashMap<MapData, K, V>,
     doomed: impl Fn(&K) -> bool,
 ) {
-    let keys: Vec<K> = map.keys().filter_map(|k| k.ok()).filter(|k| doomed(k)).collect();
+    let keys: Vec<K> = map
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| doomed(k))
+        .collect();
     for key in keys {
         let _ = map.remove(&key);
     }

@@ -129,14 +129,24 @@ fn object_path(point: Option<&Path>, e: &Event) -> String {
 }
 
 fn exe_path(e: &Event, names: &PolicyNames) -> String {
-    let key = ExeKey { dev: e.exe_dev, _pad: 0, ino: e.exe_ino };
+    let key = ExeKey {
+        dev: e.exe_dev,
+        _pad: 0,
+        ino: e.exe_ino,
+    };
     if let Some(p) = names.binaries.get(&key) {
         return p.display().to_string();
     }
     // The process may be gone by now; then say what identity it had.
     std::fs::read_link(format!("/proc/{}/exe", e.tgid))
         .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| format!("<exited> dev {} ino {}", kernel_dev_string(e.exe_dev), e.exe_ino))
+        .unwrap_or_else(|_| {
+            format!(
+                "<exited> dev {} ino {}",
+                kernel_dev_string(e.exe_dev),
+                e.exe_ino
+            )
+        })
 }
 
 /// "major:minor" of a kernel-encoded dev_t.
@@ -184,8 +194,15 @@ mod tests {
     fn renders_path_access_and_default_rule() {
         let names = PolicyNames {
             points: vec!["/var/lib/mysql".into()],
-            binaries: [(ExeKey { dev: (8 << 20) | 1, _pad: 0, ino: 99 }, "/usr/bin/cat".into())]
-                .into(),
+            binaries: [(
+                ExeKey {
+                    dev: (8 << 20) | 1,
+                    _pad: 0,
+                    ino: 99,
+                },
+                "/usr/bin/cat".into(),
+            )]
+            .into(),
             ..Default::default()
         };
         let d = Decision::from_event(&event(), &names);
@@ -195,7 +212,9 @@ mod tests {
         assert_eq!(d.exe, "/usr/bin/cat");
         assert_eq!(d.device, "8:1");
         assert_eq!(d.pid, 40);
-        assert!(d.message().contains("denied read,write of /var/lib/mysql/shop/t1.ibd"));
+        assert!(d
+            .message()
+            .contains("denied read,write of /var/lib/mysql/shop/t1.ibd"));
     }
 
     #[test]

@@ -86,7 +86,11 @@ pub enum Armed {
 /// Refuses to go on unless the BPF LSM is active: on a kernel without `bpf` in
 /// the LSM list the programs attach and then never run.
 pub fn check_bpf_lsm() -> Result<()> {
-    mount_if_missing(Path::new("/sys/kernel/security"), "securityfs", SECURITYFS_MAGIC)?;
+    mount_if_missing(
+        Path::new("/sys/kernel/security"),
+        "securityfs",
+        SECURITYFS_MAGIC,
+    )?;
     let list = fs::read_to_string(LSM_LIST).with_context(|| format!("reading {LSM_LIST}"))?;
     let list = list.trim();
     if !list.split(',').any(|l| l == "bpf") {
@@ -117,7 +121,11 @@ pub fn arm(pins: &Pins, object: &[u8], btf: &Path) -> Result<Armed> {
 fn load_and_pin(pins: &Pins, object: &[u8], btf: &Path) -> Result<()> {
     let offsets = offsets::resolve(btf)
         .context("refusing to load: the kernel's layout is not fully known")?;
-    for dir in [pins.maps(), pins.root().join("links"), pins.root().join("programs")] {
+    for dir in [
+        pins.maps(),
+        pins.root().join("links"),
+        pins.root().join("programs"),
+    ] {
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let mut ebpf = EbpfLoader::new()

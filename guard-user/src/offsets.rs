@@ -44,7 +44,9 @@ fn field_offset(btf: &Btf, path: &str) -> Result<u32> {
         .with_context(|| format!("kernel field {path} cannot be resolved from BTF"))?;
     let bits = find_member(btf, &st, member)
         .with_context(|| format!("kernel field {path} cannot be resolved from BTF"))?
-        .ok_or_else(|| anyhow!("kernel field {path} cannot be resolved from BTF: no such member"))?;
+        .ok_or_else(|| {
+            anyhow!("kernel field {path} cannot be resolved from BTF: no such member")
+        })?;
     if bits % 8 != 0 {
         bail!("kernel field {path} is a bitfield (bit offset {bits}); refusing to load");
     }
@@ -119,7 +121,12 @@ mod tests {
     fn resolves_every_field_on_the_running_kernel() {
         let o = resolve(Path::new(VMLINUX_BTF)).unwrap();
         // Sanity: pointers are 8-byte aligned, and distinct fields differ.
-        for off in [o.file_f_inode, o.inode_i_sb, o.dentry_d_parent, o.task_struct_mm] {
+        for off in [
+            o.file_f_inode,
+            o.inode_i_sb,
+            o.dentry_d_parent,
+            o.task_struct_mm,
+        ] {
             assert_eq!(off % 8, 0, "{o:?}");
         }
         assert_ne!(o.dentry_d_parent, o.dentry_d_inode);

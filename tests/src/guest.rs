@@ -138,7 +138,12 @@ impl Sandbox {
         let other = root.join("bin/other-busybox");
         std::fs::copy("/bin/busybox", &allowed).unwrap();
         std::fs::copy("/bin/busybox", &other).unwrap();
-        Sandbox { root, data, allowed, other }
+        Sandbox {
+            root,
+            data,
+            allowed,
+            other,
+        }
     }
 
     pub fn file(&self, rel: &str) -> PathBuf {
@@ -163,11 +168,19 @@ impl Sandbox {
 
     /// Runs `busybox APPLET ARGS` as the allowed binary.
     pub fn allowed_run(&self, applet: &str, args: &[&str]) -> Output {
-        Command::new(&self.allowed).arg(applet).args(args).output().unwrap()
+        Command::new(&self.allowed)
+            .arg(applet)
+            .args(args)
+            .output()
+            .unwrap()
     }
 
     pub fn other_run(&self, applet: &str, args: &[&str]) -> Output {
-        Command::new(&self.other).arg(applet).args(args).output().unwrap()
+        Command::new(&self.other)
+            .arg(applet)
+            .args(args)
+            .output()
+            .unwrap()
     }
 }
 
@@ -210,25 +223,11 @@ pub fn assert_open_eperm(path: &Path) {
 }
 
 /// Journal entries with MESSAGE_ID `id` and `field=value`, waiting up to
-/// `wait` for at least one to arrive.
+/// `wait` for the first; panics naming what is missing.
 pub fn journal_entries(id: &str, field: &str, value: &str, wait: Duration) -> Vec<Value> {
-    let deadline = Instant::now() + wait;
-    loop {
-        let out = Command::new("journalctl")
-            .args(["-o", "json", "--no-pager"])
-            .arg(format!("MESSAGE_ID={id}"))
-            .arg(format!("{field}={value}"))
-            .output()
-            .expect("running journalctl");
-        let entries: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        if !entries.is_empty() || Instant::now() > deadline {
-            return entries;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let matches = [format!("MESSAGE_ID={id}"), format!("{field}={value}")];
+    let matches: Vec<&str> = matches.iter().map(String::as_str).collect();
+    crate::wait_for_journal_entries(&matches, 1, wait).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// The inode number of a path (stat is not a guarded operation).

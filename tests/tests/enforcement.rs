@@ -30,7 +30,10 @@ fn root_is_refused_and_the_allowed_binary_reads_and_writes() {
 
     let read = sb.allowed_run("cat", &[secret_s]);
     assert_ok(&read, "allowed cat");
-    assert_eq!(String::from_utf8_lossy(&read.stdout), "patient record 4711\n");
+    assert_eq!(
+        String::from_utf8_lossy(&read.stdout),
+        "patient record 4711\n"
+    );
     let new = sb.file("new.txt");
     assert_ok(
         &sb.allowed_run("sh", &["-c", &format!("echo fresh > {}", new.display())]),
@@ -41,7 +44,10 @@ fn root_is_refused_and_the_allowed_binary_reads_and_writes() {
         &sb.allowed_run("mv", &[new.to_str().unwrap(), moved.to_str().unwrap()]),
         "allowed rename",
     );
-    assert_ok(&sb.allowed_run("rm", &[moved.to_str().unwrap()]), "allowed delete");
+    assert_ok(
+        &sb.allowed_run("rm", &[moved.to_str().unwrap()]),
+        "allowed delete",
+    );
 }
 
 #[test]
@@ -57,10 +63,22 @@ fn directory_operations_by_root_are_refused() {
         ("symlink", format!("ln -s /etc/passwd {d}/link")),
         ("delete", format!("rm -f {d}/secret.txt")),
         ("rmdir", format!("rm -rf {d}/sub")),
-        ("rename inside", format!("mv {d}/secret.txt {d}/renamed.txt")),
-        ("rename out", format!("mv {d}/secret.txt /scratch/stolen.txt")),
-        ("rename in", format!("touch /scratch/planted && mv /scratch/planted {d}/planted")),
-        ("hard link out", format!("ln {d}/secret.txt /scratch/dirops/hardlink")),
+        (
+            "rename inside",
+            format!("mv {d}/secret.txt {d}/renamed.txt"),
+        ),
+        (
+            "rename out",
+            format!("mv {d}/secret.txt /scratch/stolen.txt"),
+        ),
+        (
+            "rename in",
+            format!("touch /scratch/planted && mv /scratch/planted {d}/planted"),
+        ),
+        (
+            "hard link out",
+            format!("ln {d}/secret.txt /scratch/dirops/hardlink"),
+        ),
         ("chmod", format!("chmod 666 {d}/secret.txt")),
         ("chown", format!("chown nobody {d}/secret.txt")),
         ("truncate", format!("truncate -s 0 {d}/secret.txt")),
@@ -83,18 +101,33 @@ fn every_alias_of_a_protected_file_is_still_denied() {
 
     // bind mount of the protected directory elsewhere
     std::fs::create_dir_all(sb.root.join("bound")).unwrap();
-    assert_ok(&sh(&format!("mount --bind {root}/data {root}/bound")), "bind mount");
-    assert_eperm(&sh(&format!("cat {root}/bound/secret.txt")), "via bind mount");
+    assert_ok(
+        &sh(&format!("mount --bind {root}/data {root}/bound")),
+        "bind mount",
+    );
+    assert_eperm(
+        &sh(&format!("cat {root}/bound/secret.txt")),
+        "via bind mount",
+    );
     assert_ok(&sh(&format!("umount {root}/bound")), "umount");
 
     // symlink from outside
     symlink(sb.file("secret.txt"), sb.root.join("link")).unwrap();
     assert_eperm(&sh(&format!("cat {root}/link")), "via symlink");
     // .. and relative paths
-    assert_eperm(&sh(&format!("cat {root}/bin/../data/sub/../secret.txt")), "via ..");
-    assert_eperm(&sh(&format!("cd {root}/data/sub && cat ../secret.txt")), "relative");
+    assert_eperm(
+        &sh(&format!("cat {root}/bin/../data/sub/../secret.txt")),
+        "via ..",
+    );
+    assert_eperm(
+        &sh(&format!("cd {root}/data/sub && cat ../secret.txt")),
+        "relative",
+    );
     // /proc/self/cwd
-    assert_eperm(&sh(&format!("cd {root}/data && cat /proc/self/cwd/secret.txt")), "cwd");
+    assert_eperm(
+        &sh(&format!("cd {root}/data && cat /proc/self/cwd/secret.txt")),
+        "cwd",
+    );
     // openat on a directory fd (O_PATH does not open the directory's contents)
     let dir = std::ffi::CString::new(sb.data.to_str().unwrap()).unwrap();
     let name = std::ffi::CString::new("secret.txt").unwrap();
@@ -104,7 +137,10 @@ fn every_alias_of_a_protected_file_is_still_denied() {
         let fd = libc::openat(dfd, name.as_ptr(), libc::O_RDONLY);
         let errno = std::io::Error::last_os_error().raw_os_error();
         libc::close(dfd);
-        assert!(fd < 0 && errno == Some(EPERM), "openat on dir fd: fd={fd} errno={errno:?}");
+        assert!(
+            fd < 0 && errno == Some(EPERM),
+            "openat on dir fd: fd={fd} errno={errno:?}"
+        );
     }
     // chroot: the same directory seen from a new root
     let chroot = Command::new("chroot")
@@ -124,17 +160,29 @@ fn binary_identity_not_path_decides() {
     let secret_s = secret.to_str().unwrap();
 
     // A copy of the allowed binary at another path is not allowed.
-    assert_eperm(&sb.other_run("cat", &[secret_s]), "copy of the allowed binary");
-    assert_ok(&sb.allowed_run("cat", &[secret_s]), "the allowed binary itself");
+    assert_eperm(
+        &sb.other_run("cat", &[secret_s]),
+        "copy of the allowed binary",
+    );
+    assert_ok(
+        &sb.allowed_run("cat", &[secret_s]),
+        "the allowed binary itself",
+    );
 
     // A different binary moved to the allowed path is not allowed.
     let saved = sb.root.join("bin/saved");
     std::fs::rename(&sb.allowed, &saved).unwrap();
     std::fs::copy("/bin/busybox", &sb.allowed).unwrap();
-    assert_eperm(&sb.allowed_run("cat", &[secret_s]), "another binary at the allowed path");
+    assert_eperm(
+        &sb.allowed_run("cat", &[secret_s]),
+        "another binary at the allowed path",
+    );
     let shown = show();
     let state = shown["binaries"][0]["state"].as_str().unwrap().to_string();
-    assert!(state.contains("NOT ALLOWED") && state.contains("replaced"), "{state}");
+    assert!(
+        state.contains("NOT ALLOWED") && state.contains("replaced"),
+        "{state}"
+    );
 }
 
 #[test]
@@ -144,21 +192,33 @@ fn an_allowed_binary_changed_on_disk_loses_its_rights() {
     let _guardd = Guardd::start();
     apply(&sb.policy("enforce"));
     let secret = sb.file("secret.txt");
-    assert_ok(&sb.allowed_run("cat", &[secret.to_str().unwrap()]), "before");
+    assert_ok(
+        &sb.allowed_run("cat", &[secret.to_str().unwrap()]),
+        "before",
+    );
     assert_eq!(show()["binaries"][0]["state"], "ok");
 
     // Append a byte: the binary still runs, but it is no longer what was approved.
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().append(true).open(&sb.allowed).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&sb.allowed)
+        .unwrap();
     f.write_all(b"\0").unwrap();
     drop(f);
-    assert_eperm(&sb.allowed_run("cat", &[secret.to_str().unwrap()]), "after tampering");
+    assert_eperm(
+        &sb.allowed_run("cat", &[secret.to_str().unwrap()]),
+        "after tampering",
+    );
     let state = show()["binaries"][0]["state"].as_str().unwrap().to_string();
     assert!(state.starts_with("NOT ALLOWED"), "{state}");
 
     // Re-applying approves the new content (and records its new hash).
     apply(&sb.policy("enforce"));
-    assert_ok(&sb.allowed_run("cat", &[secret.to_str().unwrap()]), "after re-apply");
+    assert_ok(
+        &sb.allowed_run("cat", &[secret.to_str().unwrap()]),
+        "after re-apply",
+    );
 }
 
 #[test]
@@ -178,7 +238,9 @@ fn a_denial_reaches_the_journal_with_its_fields() {
         secret.to_str().unwrap(),
         Duration::from_secs(15),
     );
-    let e = entries.last().unwrap_or_else(|| panic!("no denial for {} in the journal", secret.display()));
+    let e = entries
+        .last()
+        .unwrap_or_else(|| panic!("no denial for {} in the journal", secret.display()));
     assert_eq!(e[field::VERDICT], "denied");
     assert_eq!(e[field::ACCESS], "read");
     assert_eq!(e[field::INODE], ino.as_str());
@@ -218,7 +280,10 @@ fn audit_effect_and_audit_mode_allow_and_log() {
     policy["protected"][0]["rules"][0]["name"] = json!("backup reads");
     apply(&policy);
     let nested = sb.file("sub/nested.txt");
-    assert_ok(&sb.allowed_run("cat", &[nested.to_str().unwrap()]), "audited read");
+    assert_ok(
+        &sb.allowed_run("cat", &[nested.to_str().unwrap()]),
+        "audited read",
+    );
     let audited = journal_entries(
         message_id::AUDITED,
         field::PATH,
@@ -240,8 +305,14 @@ fn kill_9_of_guardd_keeps_enforcing_and_a_restart_adopts() {
     let hash = status()["policy_hash"].clone();
     guardd.kill9();
 
-    assert_eperm(&sh(&format!("cat {}", secret.display())), "while guardd is dead");
-    assert_ok(&sb.allowed_run("cat", &[secret.to_str().unwrap()]), "allowed while dead");
+    assert_eperm(
+        &sh(&format!("cat {}", secret.display())),
+        "while guardd is dead",
+    );
+    assert_ok(
+        &sb.allowed_run("cat", &[secret.to_str().unwrap()]),
+        "allowed while dead",
+    );
 
     let _again = Guardd::start();
     let st = status();
@@ -273,16 +344,29 @@ fn an_invalid_policy_is_refused_and_the_old_one_keeps_working() {
     let out = apply_raw(&bad.to_string());
     assert!(!out.status.success(), "invalid policy was accepted");
     let err = stderr(&out);
-    for expected in ["/protected/0/colour", "/protected/0/rules/0/access/1", "fly"] {
-        assert!(err.contains(expected), "error does not name {expected}: {err}");
+    for expected in [
+        "/protected/0/colour",
+        "/protected/0/rules/0/access/1",
+        "fly",
+    ] {
+        assert!(
+            err.contains(expected),
+            "error does not name {expected}: {err}"
+        );
     }
     let out = apply_raw("{ not json");
     assert!(!out.status.success());
     assert!(stderr(&out).contains("line 1"), "{}", stderr(&out));
 
     assert_eq!(status()["policy_hash"], before);
-    assert_eperm(&sh(&format!("cat {}", sb.file("secret.txt").display())), "old policy");
-    assert_ok(&sb.allowed_run("cat", &[sb.file("secret.txt").to_str().unwrap()]), "old rule");
+    assert_eperm(
+        &sh(&format!("cat {}", sb.file("secret.txt").display())),
+        "old policy",
+    );
+    assert_ok(
+        &sb.allowed_run("cat", &[sb.file("secret.txt").to_str().unwrap()]),
+        "old rule",
+    );
 }
 
 #[test]
@@ -297,7 +381,8 @@ fn reapplying_under_concurrent_opens_never_lets_a_denied_open_through() {
     let leaked = Arc::new(AtomicU64::new(0));
     let tries = Arc::new(AtomicU64::new(0));
     let opener = {
-        let (stop, leaked, tries, secret) = (stop.clone(), leaked.clone(), tries.clone(), secret.clone());
+        let (stop, leaked, tries, secret) =
+            (stop.clone(), leaked.clone(), tries.clone(), secret.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 tries.fetch_add(1, Ordering::Relaxed);
@@ -309,9 +394,13 @@ fn reapplying_under_concurrent_opens_never_lets_a_denied_open_through() {
     };
     // The allowed binary reads in a loop at the same time and must never be refused.
     let reader = Command::new(&sb.allowed)
-        .args(["sh", "-c", &format!(
+        .args([
+            "sh",
+            "-c",
+            &format!(
             "i=0; while [ $i -lt 300 ]; do {} cat {} > /dev/null || echo REFUSED; i=$((i+1)); done",
-            sb.allowed.display(), secret.display())])
+            sb.allowed.display(), secret.display()),
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -325,7 +414,11 @@ fn reapplying_under_concurrent_opens_never_lets_a_denied_open_through() {
     stop.store(true, Ordering::Relaxed);
     opener.join().unwrap();
     assert!(tries.load(Ordering::Relaxed) > 100, "the opener barely ran");
-    assert_eq!(leaked.load(Ordering::Relaxed), 0, "a denied open got through during re-apply");
+    assert_eq!(
+        leaked.load(Ordering::Relaxed),
+        0,
+        "a denied open got through during re-apply"
+    );
     assert!(
         !String::from_utf8_lossy(&reader.stdout).contains("REFUSED"),
         "the allowed binary was refused during re-apply"
@@ -365,7 +458,12 @@ fn a_flood_is_rate_limited_and_the_suppressed_are_counted() {
     // A later event carries the count of those suppressed before it.
     std::thread::sleep(Duration::from_millis(1100));
     assert_open_eperm(&secret);
-    let suppressed = journal_entries(message_id::SUPPRESSED, "SYSLOG_IDENTIFIER", "guardd", Duration::from_secs(15));
+    let suppressed = journal_entries(
+        message_id::SUPPRESSED,
+        "SYSLOG_IDENTIFIER",
+        "guardd",
+        Duration::from_secs(15),
+    );
     let total: u64 = suppressed
         .iter()
         .filter_map(|e| e[field::SUPPRESSED].as_str()?.parse::<u64>().ok())

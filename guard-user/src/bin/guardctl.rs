@@ -27,7 +27,7 @@ enum Command {
         json: bool,
     },
     /// Follow guard's decision alerts in the journal.
-    Alerts(guard::alerts::AlertArgs),
+    Alerts(guard::alerts::AlertOptions),
 }
 
 #[derive(Subcommand)]
@@ -64,7 +64,7 @@ fn run(cli: Cli) -> Result<()> {
             print_value(&status, json);
             Ok(())
         }
-        Command::Alerts(args) => guard::alerts::follow(args.into()),
+        Command::Alerts(options) => guard::alerts::follow(options),
     }
 }
 
@@ -74,7 +74,9 @@ fn run_policy(socket: &Path, cmd: PolicyCommand) -> Result<()> {
             let text = read_policy(&file)?;
             let resolved = policy::parse(&text)
                 .and_then(|p| policy::resolve(&p))
-                .map_err(|errors| anyhow::anyhow!("{}: invalid policy:\n{errors}", file.display()))?;
+                .map_err(|errors| {
+                    anyhow::anyhow!("{}: invalid policy:\n{errors}", file.display())
+                })?;
             println!(
                 "{}: valid ({} protected directories, {} rules, hash {})",
                 file.display(),
@@ -116,7 +118,10 @@ fn read_policy(file: &Path) -> Result<String> {
 /// JSON as is, or as indented `key: value` lines.
 fn print_value(value: &serde_json::Value, json: bool) {
     if json {
-        println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
     } else {
         print_text(value, 0);
     }

@@ -49,11 +49,36 @@ fn main() -> anyhow::Result<()> {
     let base_in = (base_in_1 + median_open_ns(&inside)) / 2.0;
 
     rows.push(row("open+close outside, no guard", base_out, None, ""));
-    rows.push(row("open+close outside, guard (1 rule)", guard_out, Some(base_out), "<= +3%"));
-    rows.push(row("open+close outside, guard (1000 rules)", guard_out_1000, Some(base_out), "<= +3%"));
-    rows.push(row("open+close allowed inside, no guard", base_in, None, ""));
-    rows.push(row("open+close allowed inside, guard (1 rule)", guard_in_1, Some(base_in), "<= +10%"));
-    rows.push(row("open+close allowed inside, guard (1000 rules)", guard_in_1000, Some(base_in), "<= +10%"));
+    rows.push(row(
+        "open+close outside, guard (1 rule)",
+        guard_out,
+        Some(base_out),
+        "<= +3%",
+    ));
+    rows.push(row(
+        "open+close outside, guard (1000 rules)",
+        guard_out_1000,
+        Some(base_out),
+        "<= +3%",
+    ));
+    rows.push(row(
+        "open+close allowed inside, no guard",
+        base_in,
+        None,
+        "",
+    ));
+    rows.push(row(
+        "open+close allowed inside, guard (1 rule)",
+        guard_in_1,
+        Some(base_in),
+        "<= +10%",
+    ));
+    rows.push(row(
+        "open+close allowed inside, guard (1000 rules)",
+        guard_in_1000,
+        Some(base_in),
+        "<= +10%",
+    ));
     rows.push(row(
         "allowed inside: 1000 rules vs 1 rule",
         guard_in_1000,
@@ -66,12 +91,21 @@ fn main() -> anyhow::Result<()> {
     println!("cpu: {}", cpu_model());
     println!("method: median of {BATCHES} batches of {BATCH} open(O_RDONLY)+close, ns per pair");
     println!();
-    println!("{:<48} {:>12} {:>14} {:>10}", "case", "ns/op", "vs baseline", "target");
+    println!(
+        "{:<48} {:>12} {:>14} {:>10}",
+        "case", "ns/op", "vs baseline", "target"
+    );
     for r in &rows {
         println!("{r}");
     }
-    println!("{:<48} {:>12.1} {:>14} {:>10}", "policy apply, 1 rule (ms)", apply_1, "", "");
-    println!("{:<48} {:>12.1} {:>14} {:>10}", "policy apply, 1000 rules (ms)", apply_1000, "", "< 100 ms");
+    println!(
+        "{:<48} {:>12.1} {:>14} {:>10}",
+        "policy apply, 1 rule (ms)", apply_1, "", ""
+    );
+    println!(
+        "{:<48} {:>12.1} {:>14} {:>10}",
+        "policy apply, 1000 rules (ms)", apply_1000, "", "< 100 ms"
+    );
     Ok(())
 }
 
@@ -92,7 +126,12 @@ fn median_open_ns(path: &Path) -> f64 {
                 // SAFETY: valid path; the fd is closed at once.
                 unsafe {
                     let fd = libc::open(c.as_ptr(), libc::O_RDONLY);
-                    assert!(fd >= 0, "open {} failed: {}", path.display(), std::io::Error::last_os_error());
+                    assert!(
+                        fd >= 0,
+                        "open {} failed: {}",
+                        path.display(),
+                        std::io::Error::last_os_error()
+                    );
                     libc::close(fd);
                 }
             }
@@ -140,10 +179,15 @@ fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_string()))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
         .unwrap_or_else(|| "unknown".into())
 }
 
 fn read_trim(path: &str) -> String {
-    std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
