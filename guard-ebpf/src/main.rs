@@ -21,10 +21,11 @@ use aya_ebpf::{
     macros::{lsm, map},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::LsmContext,
+    EbpfContext,
 };
 use guard_common::{
     access, flags, hook, stat, verdict, DevKey, DirKey, Event, ExeKey, KernelOffsets,
-    PolicyMeta, RateState, RuleKey, RuleValue, Taint, ANY_ID, EVENTS_PER_SEC_PER_CPU,
+    PolicyMeta, RateState, RuleKey, RuleValue, Settings, Taint, ANY_ID, DEFAULT_EVENTS_PER_SEC_PER_CPU,
     EVENTS_RING_BYTES, FMODE_EXEC, FMODE_READ, FMODE_WRITE, MAX_DEPTH, MAX_EXES, MAX_POINTS,
     MAX_RULE_ENTRIES, MODE_AUDIT, NAME_LEN, NO_RULE, PATH_DEPTH,
 };
@@ -70,6 +71,8 @@ static TAINTED: HashMap<ExeKey, Taint> = HashMap::pinned(MAX_EXES, 0);
 static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
 #[map(name = "GUARD_RATE")]
 static RATE: PerCpuArray<RateState> = PerCpuArray::pinned(1, 0);
+#[map(name = "GUARD_SETTINGS")]
+static SETTINGS: Array<Settings> = Array::pinned(1, 0);
 #[map(name = "GUARD_EVENTS")]
 static EVENTS: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
 
@@ -288,33 +291,35 @@ unsafe fn try_decide(dentry: u64, access: u32, hook: u32) -> Result<i32, i32> {
     Ok(EPERM)
 }
 
-/// Per-CPU budget of events per second. Returns how many were suppressed
-/// before this one, or `None` if this one is suppressed too.
+/// Per-CPU budget of events per second: false when this one is suppressed.
 #[inline(always)]
-fn rate_limit() -> Option<u32> {
-    let state = RATE.get_ptr_mut(0)?;
+fn within_rate() -> bool {
+    let Some(state) = RATE.get_ptr_mut(0) else {
+        return false;
+    };
     let now = unsafe { bpf_ktime_get_ns() };
     let s = unsafe { &mut *state };
     if now.wrapping_sub(s.window_start_ns) >= 1_000_000_000 {
         s.window_start_ns = now;
         s.sent = 0;
     }
-    if s.sent >= EVENTS_PER_SEC_PER_CPU {
-        s.suppressed += 1;
+    let budget = match SETTINGS.get(0).map(|s| s.events_per_sec) {
+        Some(n) if n != 0 => n,
+        _ => DEFAULT_EVENTS_PER_SEC_PER_CPU,
+    };
+    if s.sent >= budget {
         count(stat::SUPPRESSED);
-        return None;
+        return false;
     }
     s.sent += 1;
-    let suppressed = s.suppressed;
-    s.suppressed = 0;
-    Some(suppressed)
+    true
 }
 
 #[inline(always)]
 unsafe fn emit(o: &KernelOffsets, obj: &Object, r: &Report) {
-    let Some(suppressed) = rate_limit() else {
+    if !within_rate() {
         return;
-    };
+    }
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count(stat::DROPPED);
         return;
@@ -333,7 +338,7 @@ unsafe fn emit(o: &KernelOffsets, obj: &Object, r: &Report) {
     e.point = r.point;
     e.rule = r.rule;
     e.generation = r.generation;
-    e.suppressed = suppressed;
+    e._pad = 0;
     e.dev = obj.dev;
     e.exe_dev = r.exe.dev;
     e.ino = obj.ino;
@@ -505,11 +510,12 @@ pub fn inode_link(ctx: LsmContext) -> i32 {
 pub fn inode_setattr(ctx: LsmContext) -> i32 {
     unsafe {
         let o = offsets();
-        let dentry: u64 = if o.setattr_dentry_arg == 0 {
-            ctx.arg(0)
-        } else {
-            ctx.arg(1)
-        };
+        // Both loads are volatile so the compiler cannot turn the choice into
+        // a variable context offset, which the verifier rejects.
+        let args = ctx.as_ptr() as *const u64;
+        let first = core::ptr::read_volatile(args);
+        let second = core::ptr::read_volatile(args.add(1));
+        let dentry = if o.setattr_dentry_arg == 0 { first } else { second };
         if let Ok(inode) = read::<u64>(dentry, o.dentry_d_inode) {
             if inode != 0 {
                 taint_if_allowed_exe(&o, inode);
