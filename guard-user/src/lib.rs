@@ -2,3 +2,6 @@
 
 /// The kernel programs, built by `cargo xtask build-ebpf`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("GUARD_EBPF_OBJECT"));
+
+/// The tamper-evident audit log: hash chain, checkpoints, collectors, syslog, verifier.
+pub mod audit;
