@@ -86,7 +86,13 @@ fn run_in(args: &BenchArgs, dir: &Path, journal: Option<SinkFactory>) -> anyhow:
     rows.push(stage_hash(args.records));
 
     let local_only = dir.join("local-only");
-    rows.push(runtime.block_on(stage_trail(args, &local_only, Vec::new(), None, "local chain: hash + write + fsync"))?);
+    rows.push(runtime.block_on(stage_trail(
+        args,
+        &local_only,
+        Vec::new(),
+        None,
+        "local chain: hash + write + fsync",
+    ))?);
 
     if let Some(factory) = &journal {
         rows.push(stage_sink(args.records, factory()?)?);
@@ -102,7 +108,12 @@ fn run_in(args: &BenchArgs, dir: &Path, journal: Option<SinkFactory>) -> anyhow:
     };
     let mut collectors = Vec::new();
     for i in 1..=3 {
-        collectors.push(Logd::start(&logd, &pki, &dir.join(format!("collector{i}")), &format!("collector{i}"))?);
+        collectors.push(Logd::start(
+            &logd,
+            &pki,
+            &dir.join(format!("collector{i}")),
+            &format!("collector{i}"),
+        )?);
     }
     let host_files = pki.issue("bench-host")?;
     let destinations: Vec<CollectorDestination> = collectors
@@ -127,7 +138,10 @@ fn run_in(args: &BenchArgs, dir: &Path, journal: Option<SinkFactory>) -> anyhow:
     let peak_rss = peak_rss_kib("self")?;
 
     println!();
-    println!("{:<44} {:>10} {:>9} {:>12} {:>10}", "stage", "records", "seconds", "records/s", "µs/record");
+    println!(
+        "{:<44} {:>10} {:>9} {:>12} {:>10}",
+        "stage", "records", "seconds", "records/s", "µs/record"
+    );
     for row in &rows {
         println!(
             "{:<44} {:>10} {:>9.2} {:>12.0} {:>10.2}",
@@ -152,11 +166,18 @@ fn run_in(args: &BenchArgs, dir: &Path, journal: Option<SinkFactory>) -> anyhow:
             "{}: {} bytes, {}; collector peak RSS {} MiB",
             c.name,
             copy.0,
-            if same { "identical to the local log (zero loss)" } else { "DIFFERS from the local log" },
+            if same {
+                "identical to the local log (zero loss)"
+            } else {
+                "DIFFERS from the local log"
+            },
             peak_rss_kib(&c.child.id().to_string()).unwrap_or(0) / 1024
         );
     }
-    println!("guardd side (this process) peak RSS: {} MiB", peak_rss / 1024);
+    println!(
+        "guardd side (this process) peak RSS: {} MiB",
+        peak_rss / 1024
+    );
     let full_rate = rows.last().map(Row::rate).unwrap_or(0.0);
     println!(
         "result: {:.0} records/s through the full pipeline (target 50000), {}, RSS {} MiB (target < 100)",
@@ -248,7 +269,9 @@ async fn stage_trail(
             let mut done = 0;
             while done < count {
                 let n = batch.min(count - done);
-                let events = (0..n).map(|k| sample_event(p * 1_000_000_000 + done + k)).collect();
+                let events = (0..n)
+                    .map(|k| sample_event(p * 1_000_000_000 + done + k))
+                    .collect();
                 trail.record_batch(events).await?;
                 done += n;
             }
@@ -259,7 +282,10 @@ async fn stage_trail(
         task.await??;
     }
     if !trail.wait_delivered(Duration::from_secs(600)).await {
-        bail!("{stage}: destinations did not catch up: {:?}", trail.status());
+        bail!(
+            "{stage}: destinations did not catch up: {:?}",
+            trail.status()
+        );
     }
     let elapsed = start.elapsed();
     trail.close().await;
@@ -281,7 +307,8 @@ fn peak_rss_kib(pid: &str) -> anyhow::Result<u64> {
 }
 
 fn file_digest(path: &Path) -> anyhow::Result<(u64, [u8; 32])> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut len = 0u64;

@@ -323,8 +323,7 @@ pub fn write_file_atomic(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("tmp");
     {
-        let mut file =
-            File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         file.write_all(contents)?;
         file.sync_all()?;
     }
@@ -390,9 +389,14 @@ mod tests {
     #[test]
     fn a_damaged_last_record_refuses_to_open() {
         let dir = tempfile::tempdir().unwrap();
-        ChainFile::open(dir.path()).unwrap().append(&records(2)).unwrap();
+        ChainFile::open(dir.path())
+            .unwrap()
+            .append(&records(2))
+            .unwrap();
         let path = dir.path().join(RECORDS_FILE);
-        let text = fs::read_to_string(&path).unwrap().replace("\"n\":2", "\"n\":9");
+        let text = fs::read_to_string(&path)
+            .unwrap()
+            .replace("\"n\":2", "\"n\":9");
         fs::write(&path, text).unwrap();
         let err = ChainFile::open(dir.path()).err().unwrap();
         assert!(format!("{err:#}").contains("damaged"), "{err:#}");

@@ -150,7 +150,11 @@ impl Checkpoint {
 
 impl Receipt {
     /// The collector cosigns a checkpoint it has checked against its store.
-    pub fn cosign(key: &SigningKey, collector: &str, checkpoint: &Checkpoint) -> anyhow::Result<Receipt> {
+    pub fn cosign(
+        key: &SigningKey,
+        collector: &str,
+        checkpoint: &Checkpoint,
+    ) -> anyhow::Result<Receipt> {
         let mut message = COSIGN_DOMAIN.to_vec();
         message.extend_from_slice(&checkpoint.message()?);
         Ok(Receipt {
@@ -194,13 +198,13 @@ impl Receipt {
 /// from the OS random generator if the file does not exist.
 pub fn load_or_create_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
     match fs::read_to_string(path) {
-        Ok(text) => parse_signing_key(&text)
-            .with_context(|| format!("signing key file {}", path.display())),
+        Ok(text) => {
+            parse_signing_key(&text).with_context(|| format!("signing key file {}", path.display()))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = generate_signing_key()?;
             if let Some(dir) = path.parent() {
-                fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
+                fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             }
             let mut file = fs::OpenOptions::new()
                 .write(true)
@@ -235,8 +239,7 @@ fn parse_signing_key(text: &str) -> anyhow::Result<SigningKey> {
 pub fn load_verifying_key(path: &Path) -> anyhow::Result<VerifyingKey> {
     let text = fs::read_to_string(path)
         .with_context(|| format!("reading public key file {}", path.display()))?;
-    parse_verifying_key(text.trim())
-        .with_context(|| format!("public key file {}", path.display()))
+    parse_verifying_key(text.trim()).with_context(|| format!("public key file {}", path.display()))
 }
 
 /// Parses a public key from 64 hex digits.
@@ -277,7 +280,10 @@ mod tests {
         let cp = Checkpoint::sign(&host, "db1", 10, &[7; 32], 99);
         let receipt = Receipt::cosign(&collector, "c1", &cp).unwrap();
         receipt
-            .verify(Some(&collector.verifying_key()), Some(&host.verifying_key()))
+            .verify(
+                Some(&collector.verifying_key()),
+                Some(&host.verifying_key()),
+            )
             .unwrap();
         let mut forged = receipt.clone();
         forged.checkpoint = Checkpoint::sign(&host, "db1", 10, &[8; 32], 99);

@@ -116,8 +116,11 @@ impl HostStore {
                 ),
             )),
             None => {
-                write_file_atomic(&self.dir.join(HOST_KEY_FILE), format!("{key_hex}\n").as_bytes())
-                    .map_err(|e| reject(ErrorCode::Storage, format!("{e:#}")))?;
+                write_file_atomic(
+                    &self.dir.join(HOST_KEY_FILE),
+                    format!("{key_hex}\n").as_bytes(),
+                )
+                .map_err(|e| reject(ErrorCode::Storage, format!("{e:#}")))?;
                 self.key = Some(key);
                 Ok(())
             }
@@ -153,16 +156,27 @@ impl HostStore {
     }
 
     /// Checks a host checkpoint against the store and cosigns it.
-    fn cosign(&mut self, checkpoint: &Checkpoint, name: &str, key: &SigningKey) -> Result<Receipt, Rejection> {
+    fn cosign(
+        &mut self,
+        checkpoint: &Checkpoint,
+        name: &str,
+        key: &SigningKey,
+    ) -> Result<Receipt, Rejection> {
         if checkpoint.host != self.host {
             return Err(reject(
                 ErrorCode::HostMismatch,
-                format!("checkpoint for host {:?} sent by host {:?}", checkpoint.host, self.host),
+                format!(
+                    "checkpoint for host {:?} sent by host {:?}",
+                    checkpoint.host, self.host
+                ),
             ));
         }
-        checkpoint
-            .verify(self.key.as_ref())
-            .map_err(|e| reject(ErrorCode::BadSignature, format!("checkpoint at seq {}: {e}", checkpoint.seq)))?;
+        checkpoint.verify(self.key.as_ref()).map_err(|e| {
+            reject(
+                ErrorCode::BadSignature,
+                format!("checkpoint at seq {}: {e}", checkpoint.seq),
+            )
+        })?;
         if checkpoint.seq <= self.last_checkpoint {
             return Err(reject(
                 ErrorCode::Replay,
@@ -176,13 +190,17 @@ impl HostStore {
         if checkpoint.seq > head.seq {
             return Err(reject(
                 ErrorCode::CheckpointAhead,
-                format!("checkpoint at seq {} but only {} records are stored", checkpoint.seq, head.seq),
+                format!(
+                    "checkpoint at seq {} but only {} records are stored",
+                    checkpoint.seq, head.seq
+                ),
             ));
         }
         let stored = if checkpoint.seq == head.seq {
             head.hash
         } else {
-            stored_hash(&self.dir, checkpoint.seq).map_err(|e| reject(ErrorCode::Storage, format!("{e:#}")))?
+            stored_hash(&self.dir, checkpoint.seq)
+                .map_err(|e| reject(ErrorCode::Storage, format!("{e:#}")))?
         };
         if hex::encode(stored) != checkpoint.head {
             return Err(reject(
@@ -195,9 +213,11 @@ impl HostStore {
                 ),
             ));
         }
-        let receipt = Receipt::cosign(key, name, checkpoint).map_err(|e| reject(ErrorCode::Malformed, format!("{e:#}")))?;
+        let receipt = Receipt::cosign(key, name, checkpoint)
+            .map_err(|e| reject(ErrorCode::Malformed, format!("{e:#}")))?;
         let store = |file: &str, line: &str| {
-            append_line_synced(&self.dir.join(file), line).map_err(|e| reject(ErrorCode::Storage, format!("{e:#}")))
+            append_line_synced(&self.dir.join(file), line)
+                .map_err(|e| reject(ErrorCode::Storage, format!("{e:#}")))
         };
         store(CHECKPOINTS_FILE, &checkpoint.to_line())?;
         store(RECEIPTS_FILE, &receipt.to_line())?;
@@ -210,14 +230,20 @@ fn check_continues(host: &str, head: &Head, record: &Record) -> Result<(), Rejec
     if record.host != host {
         return Err(reject(
             ErrorCode::HostMismatch,
-            format!("record {} is for host {:?}, sent by host {host:?}", record.seq, record.host),
+            format!(
+                "record {} is for host {:?}, sent by host {host:?}",
+                record.seq, record.host
+            ),
         ));
     }
     let expected = head.seq + 1;
     if record.seq < expected {
         return Err(reject(
             ErrorCode::Replay,
-            format!("record {} is already stored (next expected is {expected})", record.seq),
+            format!(
+                "record {} is already stored (next expected is {expected})",
+                record.seq
+            ),
         ));
     }
     if record.seq > expected {
@@ -247,7 +273,10 @@ fn check_continues(host: &str, head: &Head, record: &Record) -> Result<(), Rejec
 fn stored_hash(dir: &Path, seq: Seq) -> anyhow::Result<[u8; 32]> {
     let mut reader = ChainReader::open_at(dir, seq)?;
     let mut line = Vec::new();
-    anyhow::ensure!(reader.next_line(&mut line)?, "stored record {seq} not found");
+    anyhow::ensure!(
+        reader.next_line(&mut line)?,
+        "stored record {seq} not found"
+    );
     let record = Record::parse(&line).with_context(|| format!("stored record {seq}"))?;
     anyhow::ensure!(record.seq == seq, "stored record {seq} not found");
     Ok(record.hash)
@@ -300,14 +329,20 @@ impl Collector {
             let collector = self.clone();
             tokio::spawn(async move {
                 if let Err(e) = collector.handle(tcp, peer).await {
-                    eprintln!("guard-logd {}: connection from {peer}: {e:#}", collector.name);
+                    eprintln!(
+                        "guard-logd {}: connection from {peer}: {e:#}",
+                        collector.name
+                    );
                 }
             });
         }
     }
 
     fn host_store(&self, host: &str) -> anyhow::Result<Arc<Mutex<HostStore>>> {
-        let mut hosts = self.hosts.lock().map_err(|_| anyhow::anyhow!("host table lock poisoned"))?;
+        let mut hosts = self
+            .hosts
+            .lock()
+            .map_err(|_| anyhow::anyhow!("host table lock poisoned"))?;
         if let Some(store) = hosts.get(host) {
             return Ok(store.clone());
         }
@@ -326,10 +361,13 @@ impl Collector {
 
     async fn handle(self: &Arc<Self>, tcp: TcpStream, peer: SocketAddr) -> anyhow::Result<()> {
         tcp.set_nodelay(true)?;
-        let stream = tokio::time::timeout(std::time::Duration::from_secs(10), self.acceptor.accept(tcp))
-            .await
-            .context("TLS handshake timed out")?
-            .context("TLS handshake")?;
+        let stream = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            self.acceptor.accept(tcp),
+        )
+        .await
+        .context("TLS handshake timed out")?
+        .context("TLS handshake")?;
         let names = client_names(stream.get_ref().1.peer_certificates());
         let (read_half, mut writer) = tokio::io::split(stream);
         let mut reader = BufReader::with_capacity(256 * 1024, read_half);
@@ -353,7 +391,12 @@ impl Collector {
     }
 
     /// Serves one connection; returns the rejection that ended it, or Ok at EOF.
-    async fn converse<R, W>(&self, reader: &mut R, writer: &mut W, names: &[String]) -> Result<(), Rejection>
+    async fn converse<R, W>(
+        &self,
+        reader: &mut R,
+        writer: &mut W,
+        names: &[String],
+    ) -> Result<(), Rejection>
     where
         R: tokio::io::AsyncBufRead + Unpin,
         W: tokio::io::AsyncWrite + Unpin,
@@ -364,7 +407,12 @@ impl Collector {
         loop {
             match read_line_limited(reader, &mut line).await.map_err(io)? {
                 LineRead::Eof => return Ok(()),
-                LineRead::TooLong => return Err(reject(ErrorCode::TooLong, "message line over the size limit")),
+                LineRead::TooLong => {
+                    return Err(reject(
+                        ErrorCode::TooLong,
+                        "message line over the size limit",
+                    ))
+                }
                 LineRead::Line => {}
             }
             let message: ClientMessage = serde_json::from_slice(&line).map_err(|e| {
@@ -376,18 +424,33 @@ impl Collector {
                     session = Some(store);
                     welcome
                 }
-                (ClientMessage::Hello { .. }, Some(_)) => return Err(reject(ErrorCode::Protocol, "second hello")),
+                (ClientMessage::Hello { .. }, Some(_)) => {
+                    return Err(reject(ErrorCode::Protocol, "second hello"))
+                }
                 (_, None) => return Err(reject(ErrorCode::Protocol, "hello must come first")),
                 (ClientMessage::Records { count }, Some(store)) => {
                     if count == 0 || count > MAX_BATCH {
-                        return Err(reject(ErrorCode::Malformed, format!("batch of {count} records (1..={MAX_BATCH} allowed)")));
+                        return Err(reject(
+                            ErrorCode::Malformed,
+                            format!("batch of {count} records (1..={MAX_BATCH} allowed)"),
+                        ));
                     }
                     let mut lines = Vec::with_capacity(count);
                     for _ in 0..count {
                         match read_line_limited(reader, &mut line).await.map_err(io)? {
                             LineRead::Line => lines.push(std::mem::take(&mut line)),
-                            LineRead::Eof => return Err(reject(ErrorCode::Malformed, "connection closed inside a batch")),
-                            LineRead::TooLong => return Err(reject(ErrorCode::TooLong, "record line over the size limit")),
+                            LineRead::Eof => {
+                                return Err(reject(
+                                    ErrorCode::Malformed,
+                                    "connection closed inside a batch",
+                                ))
+                            }
+                            LineRead::TooLong => {
+                                return Err(reject(
+                                    ErrorCode::TooLong,
+                                    "record line over the size limit",
+                                ))
+                            }
                         }
                     }
                     let store = store.clone();
@@ -398,7 +461,9 @@ impl Collector {
                     let store = store.clone();
                     let key = self.key.clone();
                     let name = self.name.clone();
-                    let receipt = run_blocking(move || lock(&store)?.cosign(&checkpoint, &name, &key)).await?;
+                    let receipt =
+                        run_blocking(move || lock(&store)?.cosign(&checkpoint, &name, &key))
+                            .await?;
                     ServerMessage::Receipt { receipt }
                 }
             };
@@ -407,9 +472,17 @@ impl Collector {
         }
     }
 
-    fn hello(&self, host: &str, key: &str, names: &[String]) -> Result<(Arc<Mutex<HostStore>>, ServerMessage), Rejection> {
+    fn hello(
+        &self,
+        host: &str,
+        key: &str,
+        names: &[String],
+    ) -> Result<(Arc<Mutex<HostStore>>, ServerMessage), Rejection> {
         if !valid_host(host) {
-            return Err(reject(ErrorCode::Malformed, format!("invalid host name {host:?}")));
+            return Err(reject(
+                ErrorCode::Malformed,
+                format!("invalid host name {host:?}"),
+            ));
         }
         if !names.iter().any(|n| n == host) {
             return Err(reject(
@@ -437,9 +510,12 @@ impl Collector {
 }
 
 fn lock(store: &Mutex<HostStore>) -> Result<std::sync::MutexGuard<'_, HostStore>, Rejection> {
-    store
-        .lock()
-        .map_err(|_| reject(ErrorCode::Storage, "host store lock poisoned by an earlier failure"))
+    store.lock().map_err(|_| {
+        reject(
+            ErrorCode::Storage,
+            "host store lock poisoned by an earlier failure",
+        )
+    })
 }
 
 /// Runs store work (file writes, fsync) off the async threads.

@@ -28,7 +28,9 @@ use tokio_rustls::TlsConnector;
 
 use super::chain::{append_line_synced, line_seq, ChainReader, CHECKPOINTS_FILE, RECEIPTS_FILE};
 use super::checkpoint::{Checkpoint, Receipt};
-use super::protocol::{read_line_limited, to_line, ClientMessage, LineRead, ServerMessage, MAX_BATCH};
+use super::protocol::{
+    read_line_limited, to_line, ClientMessage, LineRead, ServerMessage, MAX_BATCH,
+};
 use super::record::{Record, Seq};
 use super::spool::Destination;
 use super::tls::{client_config, TlsFiles};
@@ -60,7 +62,11 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Delivers to one collector until the trail shuts down.
-pub(crate) async fn deliver(shared: Arc<Shared>, dest: Arc<Destination>, config: CollectorDestination) {
+pub(crate) async fn deliver(
+    shared: Arc<Shared>,
+    dest: Arc<Destination>,
+    config: CollectorDestination,
+) {
     let mut shutdown = shared.shutdown.subscribe();
     let mut backoff = MIN_BACKOFF;
     let mut down_reported = false;
@@ -106,10 +112,13 @@ async fn session(
     tcp.set_nodelay(true)?;
     let server_name = ServerName::try_from(config.server_name.clone())
         .with_context(|| format!("invalid server name {:?}", config.server_name))?;
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TlsConnector::from(tls).connect(server_name, tcp))
-        .await
-        .context("TLS handshake timed out")?
-        .context("TLS handshake")?;
+    let stream = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        TlsConnector::from(tls).connect(server_name, tcp),
+    )
+    .await
+    .context("TLS handshake timed out")?
+    .context("TLS handshake")?;
     let (read_half, mut writer) = tokio::io::split(stream);
 
     let hello = ClientMessage::Hello {
@@ -174,7 +183,10 @@ async fn session(
                     break;
                 }
                 if line_seq(&line) != Some(next) {
-                    bail!("local log: expected record {next} at byte {}", records.offset());
+                    bail!(
+                        "local log: expected record {next} at byte {}",
+                        records.offset()
+                    );
                 }
                 batch.extend_from_slice(&line);
                 batch.push(b'\n');
@@ -191,7 +203,13 @@ async fn session(
             in_flight.push_back((next - 1, records.offset()));
         }
         for checkpoint in checkpoints.ready(next - 1)? {
-            send(&mut writer, &ClientMessage::Checkpoint { checkpoint: checkpoint.clone() }).await?;
+            send(
+                &mut writer,
+                &ClientMessage::Checkpoint {
+                    checkpoint: checkpoint.clone(),
+                },
+            )
+            .await?;
             sent_checkpoints.push_back(checkpoint);
         }
         writer.flush().await?;
@@ -211,14 +229,22 @@ async fn session(
     }
 }
 
-async fn send<W: AsyncWrite + Unpin>(writer: &mut W, message: &ClientMessage) -> anyhow::Result<()> {
+async fn send<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    message: &ClientMessage,
+) -> anyhow::Result<()> {
     writer.write_all(&to_line(message)).await?;
     Ok(())
 }
 
 /// A collector must hold a prefix of the local chain. Anything else means one
 /// side was truncated or rewritten: stop and alert instead of sending.
-fn check_collector_head(shared: &Shared, dest: &Destination, stored: Seq, head_hex: &str) -> anyhow::Result<()> {
+fn check_collector_head(
+    shared: &Shared,
+    dest: &Destination,
+    stored: Seq,
+    head_hex: &str,
+) -> anyhow::Result<()> {
     let local = *shared.head.borrow();
     let diverged = |detail: String| {
         shared.alert(TrailAlert::DestinationDiverged {
@@ -299,7 +325,9 @@ fn handle_reply(
             dest.add_receipt();
             Ok(())
         }
-        ServerMessage::Error { code, message } => bail!("collector rejected the data: {code}: {message}"),
+        ServerMessage::Error { code, message } => {
+            bail!("collector rejected the data: {code}: {message}")
+        }
         ServerMessage::Welcome { .. } => bail!("collector sent a second welcome"),
     }
 }
@@ -319,8 +347,14 @@ async fn read_messages<R: tokio::io::AsyncRead + Unpin>(
     let mut line = Vec::new();
     loop {
         let result = match read_line_limited(&mut reader, &mut line).await {
-            Ok(LineRead::Line) => serde_json::from_slice::<ServerMessage>(&line)
-                .with_context(|| format!("bad message from collector: {}", String::from_utf8_lossy(&line))),
+            Ok(LineRead::Line) => {
+                serde_json::from_slice::<ServerMessage>(&line).with_context(|| {
+                    format!(
+                        "bad message from collector: {}",
+                        String::from_utf8_lossy(&line)
+                    )
+                })
+            }
             Ok(LineRead::Eof) => return,
             Ok(LineRead::TooLong) => Err(anyhow::anyhow!("collector sent an over-long line")),
             Err(e) => Err(anyhow::Error::new(e).context("reading from the collector")),

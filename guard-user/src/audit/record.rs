@@ -347,7 +347,9 @@ mod tests {
             Record::parse(b"not json"),
             Err(RecordError::Json(_))
         ));
-        let no_kind = sample().to_line().replace("\"kind\":\"denied\"", "\"kinx\":\"denied\"");
+        let no_kind = sample()
+            .to_line()
+            .replace("\"kind\":\"denied\"", "\"kinx\":\"denied\"");
         assert_eq!(
             Record::parse(no_kind.as_bytes()),
             Err(RecordError::BadEvent)
@@ -362,7 +364,9 @@ mod tests {
             Record::parse(spaced.as_bytes()),
             Err(RecordError::NotCanonical)
         );
-        let extra = sample().to_line().replace("{\"seq\":1", "{\"x\":1,\"seq\":1");
+        let extra = sample()
+            .to_line()
+            .replace("{\"seq\":1", "{\"x\":1,\"seq\":1");
         assert!(matches!(
             Record::parse(extra.as_bytes()),
             Err(RecordError::Json(_))

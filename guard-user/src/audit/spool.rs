@@ -72,9 +72,7 @@ impl Destination {
                 format!("cursor file {} is not a number", cursor_path.display())
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => {
-                return Err(e).with_context(|| format!("reading {}", cursor_path.display()))
-            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", cursor_path.display())),
         };
         let records = std::fs::File::open(dir.join(RECORDS_FILE))
             .with_context(|| format!("opening {}", dir.join(RECORDS_FILE).display()))?;

@@ -20,8 +20,8 @@
 //! arrive twice, none is dropped unless the server itself loses what it had
 //! already read).
 
-use std::convert::Infallible;
 use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -117,7 +117,11 @@ fn header_field(text: &str, max: usize) -> String {
 }
 
 /// Delivers to one syslog server until the trail shuts down.
-pub(crate) async fn deliver(shared: Arc<Shared>, dest: Arc<Destination>, config: SyslogDestination) {
+pub(crate) async fn deliver(
+    shared: Arc<Shared>,
+    dest: Arc<Destination>,
+    config: SyslogDestination,
+) {
     let mut shutdown = shared.shutdown.subscribe();
     let mut backoff = MIN_BACKOFF;
     let mut down_reported = false;
@@ -163,10 +167,13 @@ async fn session(
     tcp.set_nodelay(true)?;
     let server_name = ServerName::try_from(config.server_name.clone())
         .with_context(|| format!("invalid server name {:?}", config.server_name))?;
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TlsConnector::from(tls).connect(server_name, tcp))
-        .await
-        .context("TLS handshake timed out")?
-        .context("TLS handshake")?;
+    let stream = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        TlsConnector::from(tls).connect(server_name, tcp),
+    )
+    .await
+    .context("TLS handshake timed out")?
+    .context("TLS handshake")?;
     let (mut read_half, mut writer) = tokio::io::split(stream);
 
     if !dest.set_connected(true) && *down_reported {
@@ -216,10 +223,16 @@ async fn session(
             if count == 0 {
                 break;
             }
-            writer.write_all(&frames).await.context("writing to the syslog server")?;
+            writer
+                .write_all(&frames)
+                .await
+                .context("writing to the syslog server")?;
             unconfirmed.push_back((next - 1, records.offset(), Instant::now()));
         }
-        writer.flush().await.context("writing to the syslog server")?;
+        writer
+            .flush()
+            .await
+            .context("writing to the syslog server")?;
         tokio::select! {
             _ = &mut closed => bail!("the syslog server closed the connection"),
             changed = head_rx.changed() => changed.context("audit writer stopped")?,
@@ -246,7 +259,13 @@ mod tests {
 
     #[test]
     fn message_follows_rfc5424() {
-        let record = Record::new(7, 1_764_427_140_123_456_789, "db1", json!({"kind":"denied","pid":1}), GENESIS);
+        let record = Record::new(
+            7,
+            1_764_427_140_123_456_789,
+            "db1",
+            json!({"kind":"denied","pid":1}),
+            GENESIS,
+        );
         let line = record.to_line();
         let message = format_message(&record, &line, "guardd");
         let expected_head = format!(
@@ -256,6 +275,8 @@ mod tests {
         assert!(message.starts_with(&expected_head), "{message}");
         assert!(message.ends_with(&line));
         let admin = Record::new(8, 0, "db1", json!({"kind":"policy_applied"}), GENESIS);
-        assert!(format_message(&admin, "x", "guardd").starts_with("<85>1 1970-01-01T00:00:00.000000Z"));
+        assert!(
+            format_message(&admin, "x", "guardd").starts_with("<85>1 1970-01-01T00:00:00.000000Z")
+        );
     }
 }

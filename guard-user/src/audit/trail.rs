@@ -192,8 +192,13 @@ pub struct TrailStatus {
 type Reply = oneshot::Sender<Result<RangeInclusive<Seq>, AuditError>>;
 
 enum Request {
-    Events { events: Vec<(i64, Value)>, reply: Reply },
-    Close { reply: oneshot::Sender<()> },
+    Events {
+        events: Vec<(i64, Value)>,
+        reply: Reply,
+    },
+    Close {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// State shared by the writer, the delivery tasks and `status()`.
@@ -318,7 +323,10 @@ impl AuditTrail {
     }
 
     /// Appends events durably, in order, as consecutive records.
-    pub async fn record_batch(&self, events: Vec<Value>) -> Result<RangeInclusive<Seq>, AuditError> {
+    pub async fn record_batch(
+        &self,
+        events: Vec<Value>,
+    ) -> Result<RangeInclusive<Seq>, AuditError> {
         let receiver = self.submit(events)?;
         receiver.await.map_err(|_| AuditError::Closed)?
     }
@@ -326,7 +334,10 @@ impl AuditTrail {
     /// `record` for threads outside the async runtime.
     pub fn record_blocking(&self, event: Value) -> Result<Seq, AuditError> {
         let receiver = self.submit(vec![event])?;
-        Ok(*receiver.blocking_recv().map_err(|_| AuditError::Closed)??.end())
+        Ok(*receiver
+            .blocking_recv()
+            .map_err(|_| AuditError::Closed)??
+            .end())
     }
 
     fn submit(
@@ -561,7 +572,8 @@ impl Writer {
             }
             let first = head.seq + 1;
             for (time_ns, event) in events {
-                let record = Record::new(head.seq + 1, time_ns, &self.shared.host, event, head.hash);
+                let record =
+                    Record::new(head.seq + 1, time_ns, &self.shared.host, event, head.hash);
                 head = Head {
                     seq: record.seq,
                     hash: record.hash,
@@ -602,7 +614,9 @@ impl Writer {
                 }
                 if let Ok(chain) = ChainFile::open(&self.shared.dir) {
                     self.chain = chain;
-                    self.shared.file_len.store(self.chain.len(), Ordering::Release);
+                    self.shared
+                        .file_len
+                        .store(self.chain.len(), Ordering::Release);
                 }
             }
         }
@@ -650,7 +664,8 @@ impl Writer {
             }
             return;
         }
-        let checkpoint = Checkpoint::sign(&self.key, &self.shared.host, head.seq, &head.hash, now_ns());
+        let checkpoint =
+            Checkpoint::sign(&self.key, &self.shared.host, head.seq, &head.hash, now_ns());
         let path = self.shared.dir.join(CHECKPOINTS_FILE);
         match append_line_synced(&path, &checkpoint.to_line()) {
             Ok(()) => {

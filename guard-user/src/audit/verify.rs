@@ -149,7 +149,11 @@ impl Report {
             ));
         }
         for finding in &self.findings {
-            out.push_str(&format!("PROBLEM [{}] {}", problem_name(finding.problem), finding.copy));
+            out.push_str(&format!(
+                "PROBLEM [{}] {}",
+                problem_name(finding.problem),
+                finding.copy
+            ));
             if let Some(seq) = finding.seq {
                 out.push_str(&format!(" seq {seq}"));
             }
@@ -212,7 +216,11 @@ struct Copy {
 
 impl Copy {
     fn find(&mut self, problem: Problem, seq: Option<Seq>, line: Option<u64>, detail: String) {
-        let same = self.findings.iter().filter(|f| f.problem == problem).count();
+        let same = self
+            .findings
+            .iter()
+            .filter(|f| f.problem == problem)
+            .count();
         if same >= MAX_FINDINGS_PER_KIND {
             *self.suppressed.entry(problem).or_default() += 1;
             return;
@@ -267,7 +275,13 @@ pub fn verify(specs: &[CopySpec], trust: &Trust) -> Report {
     }
     for i in 0..copies.len() {
         for j in i + 1..copies.len() {
-            compare(&copies[i], &copies[j], &mut findings, &mut notes);
+            // The local copy is the one under suspicion: compare it against the remote.
+            let (reference, subject) = if copies[i].spec.role == Role::Local {
+                (&copies[j], &copies[i])
+            } else {
+                (&copies[i], &copies[j])
+            };
+            compare(reference, subject, &mut findings, &mut notes);
         }
     }
     if let Some(summary) = rewritten_summary(&copies, &findings) {
@@ -284,7 +298,10 @@ pub fn verify(specs: &[CopySpec], trust: &Trust) -> Report {
 /// remote copies agree with each other.
 fn rewritten_summary(copies: &[Copy], findings: &[Finding]) -> Option<Note> {
     let local = copies.iter().find(|c| c.spec.role == Role::Local)?;
-    let remotes: Vec<&Copy> = copies.iter().filter(|c| c.spec.role == Role::Remote).collect();
+    let remotes: Vec<&Copy> = copies
+        .iter()
+        .filter(|c| c.spec.role == Role::Remote)
+        .collect();
     if remotes.is_empty() {
         return None;
     }
@@ -399,7 +416,12 @@ fn read_records(copy: &mut Copy, file: File) {
             Ok(Some(line)) => line,
             Ok(None) => break,
             Err(e) => {
-                copy.find(Problem::Unreadable, None, Some(line_no + 1), format!("read error: {e}"));
+                copy.find(
+                    Problem::Unreadable,
+                    None,
+                    Some(line_no + 1),
+                    format!("read error: {e}"),
+                );
                 break;
             }
         };
@@ -424,7 +446,12 @@ fn read_records(copy: &mut Copy, file: File) {
         let record = match Record::parse_unchecked(&bytes) {
             Ok(record) => record,
             Err(e) => {
-                copy.find(Problem::Malformed, None, Some(line_no), format!("not a record: {e}"));
+                copy.find(
+                    Problem::Malformed,
+                    None,
+                    Some(line_no),
+                    format!("not a record: {e}"),
+                );
                 continue;
             }
         };
@@ -446,7 +473,13 @@ fn read_records(copy: &mut Copy, file: File) {
     }
 }
 
-fn check_record(copy: &mut Copy, record: &Record, bytes: &[u8], line: u64, prev: Option<(Seq, Hash)>) {
+fn check_record(
+    copy: &mut Copy,
+    record: &Record,
+    bytes: &[u8],
+    line: u64,
+    prev: Option<(Seq, Hash)>,
+) {
     let seq = Some(record.seq);
     match &copy.host {
         None => copy.host = Some(record.host.clone()),
@@ -502,7 +535,12 @@ fn host_key_for(copy: &mut Copy, trust: &Trust) -> Option<VerifyingKey> {
         Ok(text) => match parse_verifying_key(text.trim()) {
             Ok(key) => Some(key),
             Err(e) => {
-                copy.find(Problem::Malformed, None, None, format!("{}: {e:#}", path.display()));
+                copy.find(
+                    Problem::Malformed,
+                    None,
+                    None,
+                    format!("{}: {e:#}", path.display()),
+                );
                 None
             }
         },
@@ -530,7 +568,12 @@ fn read_side_file(copy: &mut Copy, name: &str) -> Vec<(u64, Vec<u8>)> {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
         Err(e) => {
-            copy.find(Problem::Unreadable, None, None, format!("cannot read {}: {e}", path.display()));
+            copy.find(
+                Problem::Unreadable,
+                None,
+                None,
+                format!("cannot read {}: {e}", path.display()),
+            );
             return Vec::new();
         }
     };
@@ -544,13 +587,21 @@ fn read_side_file(copy: &mut Copy, name: &str) -> Vec<(u64, Vec<u8>)> {
                 lines.push((line_no, bytes));
             }
             Ok(Some(Line::Unterminated(bytes))) => {
-                let detail = format!("{name} ends in the middle of a line ({} bytes)", bytes.len());
+                let detail = format!(
+                    "{name} ends in the middle of a line ({} bytes)",
+                    bytes.len()
+                );
                 copy.find(Problem::TruncatedLine, None, Some(line_no + 1), detail);
                 break;
             }
             Ok(Some(Line::TooLong(len))) => {
                 line_no += 1;
-                copy.find(Problem::Malformed, None, Some(line_no), format!("{name}: a {len}-byte line"));
+                copy.find(
+                    Problem::Malformed,
+                    None,
+                    Some(line_no),
+                    format!("{name}: a {len}-byte line"),
+                );
             }
             Ok(None) => break,
             Err(e) => {
@@ -566,7 +617,10 @@ fn read_side_file(copy: &mut Copy, name: &str) -> Vec<(u64, Vec<u8>)> {
 fn check_statement(copy: &mut Copy, what: &str, cp: &Checkpoint, line: u64, mismatch: Problem) {
     let last = copy.last_seq();
     if copy.host.as_deref().is_some_and(|h| h != cp.host) {
-        let detail = format!("{what} is for host {:?}, the records for {:?}", cp.host, copy.host);
+        let detail = format!(
+            "{what} is for host {:?}, the records for {:?}",
+            cp.host, copy.host
+        );
         copy.find(Problem::HostMismatch, Some(cp.seq), Some(line), detail);
         return;
     }
@@ -603,7 +657,12 @@ fn check_checkpoints(copy: &mut Copy, host_key: Option<&VerifyingKey>) {
         let cp: Checkpoint = match serde_json::from_slice(&bytes) {
             Ok(cp) => cp,
             Err(e) => {
-                copy.find(Problem::Malformed, None, Some(line), format!("{CHECKPOINTS_FILE}: not a checkpoint: {e}"));
+                copy.find(
+                    Problem::Malformed,
+                    None,
+                    Some(line),
+                    format!("{CHECKPOINTS_FILE}: not a checkpoint: {e}"),
+                );
                 continue;
             }
         };
@@ -616,7 +675,13 @@ fn check_checkpoints(copy: &mut Copy, host_key: Option<&VerifyingKey>) {
             copy.find(Problem::BadSignature, Some(cp.seq), Some(line), detail);
             continue;
         }
-        check_statement(copy, "the host's checkpoint", &cp, line, Problem::CheckpointMismatch);
+        check_statement(
+            copy,
+            "the host's checkpoint",
+            &cp,
+            line,
+            Problem::CheckpointMismatch,
+        );
     }
 }
 
@@ -625,14 +690,22 @@ fn check_receipts(copy: &mut Copy, host_key: Option<&VerifyingKey>, trust: &Trus
         let receipt: Receipt = match serde_json::from_slice(&bytes) {
             Ok(r) => r,
             Err(e) => {
-                copy.find(Problem::Malformed, None, Some(line), format!("{RECEIPTS_FILE}: not a receipt: {e}"));
+                copy.find(
+                    Problem::Malformed,
+                    None,
+                    Some(line),
+                    format!("{RECEIPTS_FILE}: not a receipt: {e}"),
+                );
                 continue;
             }
         };
         copy.receipts += 1;
         let seq = Some(receipt.checkpoint.seq);
         if let Err(e) = receipt.verify(None, host_key) {
-            let detail = format!("receipt from collector {:?} invalid: {e}", receipt.collector);
+            let detail = format!(
+                "receipt from collector {:?} invalid: {e}",
+                receipt.collector
+            );
             copy.find(Problem::BadSignature, seq, Some(line), detail);
             continue;
         }
@@ -650,7 +723,13 @@ fn check_receipts(copy: &mut Copy, host_key: Option<&VerifyingKey>, trust: &Trus
             continue;
         }
         let what = format!("collector {:?}'s receipt", receipt.collector);
-        check_statement(copy, &what, &receipt.checkpoint, line, Problem::ReceiptMismatch);
+        check_statement(
+            copy,
+            &what,
+            &receipt.checkpoint,
+            line,
+            Problem::ReceiptMismatch,
+        );
     }
 }
 
@@ -661,16 +740,23 @@ fn pair_label(a: &str, b: &str) -> String {
 fn describe(entry: &Entry) -> String {
     let mut event = entry.event.to_string();
     if event.len() > 160 {
-        let cut = (0..=160).rev().find(|&i| event.is_char_boundary(i)).unwrap_or(0);
+        let cut = (0..=160)
+            .rev()
+            .find(|&i| event.is_char_boundary(i))
+            .unwrap_or(0);
         event.truncate(cut);
         event.push_str("...");
     }
-    format!("seq {} {} at {} {}", entry.seq, entry.kind, entry.time_ns, event)
+    format!(
+        "seq {} {} at {} {}",
+        entry.seq, entry.kind, entry.time_ns, event
+    )
 }
 
-/// Compares copy `b` against copy `a`.
+/// Compares `subject` against `reference` (a remote copy is the reference
+/// for the local one). `a` is the reference and `b` the subject below.
 fn compare(a: &Copy, b: &Copy, findings: &mut Vec<Finding>, notes: &mut Vec<Note>) {
-    let label = pair_label(&a.spec.label, &b.spec.label);
+    let label = pair_label(&b.spec.label, &a.spec.label);
     let mut push = |problem: Problem, seq: Option<Seq>, detail: String| {
         let same = findings
             .iter()
@@ -687,12 +773,11 @@ fn compare(a: &Copy, b: &Copy, findings: &mut Vec<Finding>, notes: &mut Vec<Note
         }
     };
     let (ea, eb) = (&a.entries, &b.entries);
-    // Identical prefix: equal record hashes at equal positions (the chain
-    // makes an equal hash cover everything before it).
+    // Identical prefix: same position, same stored hash, same content.
     let prefix = ea
         .iter()
         .zip(eb.iter())
-        .take_while(|(x, y)| x.hash == y.hash && x.seq == y.seq)
+        .take_while(|(x, y)| x.hash == y.hash && x.seq == y.seq && x.content == y.content)
         .count();
     if prefix == ea.len() && prefix == eb.len() {
         return;
@@ -703,8 +788,17 @@ fn compare(a: &Copy, b: &Copy, findings: &mut Vec<Finding>, notes: &mut Vec<Note
     }
     let ca: Vec<Hash> = ea[prefix..].iter().map(|e| e.content).collect();
     let cb: Vec<Hash> = eb[prefix..].iter().map(|e| e.content).collect();
-    let set_a: HashSet<&Hash> = ca.iter().collect();
-    let common = cb.iter().filter(|c| set_a.contains(c)).count();
+    let in_a: HashMap<Hash, usize> = ca
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (*c, prefix + i))
+        .collect();
+    let in_b: HashMap<Hash, usize> = cb
+        .iter()
+        .enumerate()
+        .map(|(j, c)| (*c, prefix + j))
+        .collect();
+    let common = cb.iter().filter(|c| in_a.contains_key(*c)).count();
     if prefix == 0 && common == 0 {
         let detail = format!(
             "no record of {} ({} records) appears in {} ({} records): one of them was rewritten from scratch",
@@ -717,92 +811,102 @@ fn compare(a: &Copy, b: &Copy, findings: &mut Vec<Finding>, notes: &mut Vec<Note
         return;
     }
     let deadline = Some(Instant::now() + Duration::from_secs(10));
-    let ops = capture_diff_deadline(Algorithm::Myers, &ca, 0..ca.len(), &cb, 0..cb.len(), deadline);
+    let ops = capture_diff_deadline(
+        Algorithm::Myers,
+        &ca,
+        0..ca.len(),
+        &cb,
+        0..cb.len(),
+        deadline,
+    );
     let mut deleted: Vec<usize> = Vec::new();
     let mut inserted: Vec<usize> = Vec::new();
     let mut changed: Vec<(usize, usize)> = Vec::new();
-    let mut equal_but_rehashed = 0usize;
+    let mut rehashed = 0usize;
     for op in ops {
         match op {
-            DiffOp::Equal { old_index, new_index, len } => {
-                for k in 0..len {
-                    let (x, y) = (&ea[prefix + old_index + k], &eb[prefix + new_index + k]);
-                    if x.seq != y.seq || x.hash != y.hash {
-                        equal_but_rehashed += 1;
-                    }
-                }
+            DiffOp::Equal {
+                old_index,
+                new_index,
+                len,
+            } => {
+                rehashed += (0..len)
+                    .filter(|k| {
+                        let (x, y) = (&ea[prefix + old_index + k], &eb[prefix + new_index + k]);
+                        x.seq != y.seq || x.hash != y.hash
+                    })
+                    .count();
             }
-            DiffOp::Delete { old_index, old_len, .. } => {
-                deleted.extend((old_index..old_index + old_len).map(|i| prefix + i))
-            }
-            DiffOp::Insert { new_index, new_len, .. } => {
-                inserted.extend((new_index..new_index + new_len).map(|i| prefix + i))
-            }
-            DiffOp::Replace { old_index, old_len, new_index, new_len } => {
+            DiffOp::Delete {
+                old_index, old_len, ..
+            } => deleted.extend((old_index..old_index + old_len).map(|i| prefix + i)),
+            DiffOp::Insert {
+                new_index, new_len, ..
+            } => inserted.extend((new_index..new_index + new_len).map(|j| prefix + j)),
+            DiffOp::Replace {
+                old_index,
+                old_len,
+                new_index,
+                new_len,
+            } => {
                 let paired = old_len.min(new_len);
                 for k in 0..paired {
                     changed.push((prefix + old_index + k, prefix + new_index + k));
                 }
                 deleted.extend((old_index + paired..old_index + old_len).map(|i| prefix + i));
-                inserted.extend((new_index + paired..new_index + new_len).map(|i| prefix + i));
+                inserted.extend((new_index + paired..new_index + new_len).map(|j| prefix + j));
             }
         }
     }
-    // A record deleted in one place and inserted in another was moved.
-    let mut inserted_by_content: HashMap<Hash, Vec<usize>> = HashMap::new();
-    for &i in &inserted {
-        inserted_by_content.entry(eb[i].content).or_default().push(i);
-    }
+    // A record that is missing here but present elsewhere in the other copy
+    // was moved: report it once, as reordered.
+    let mut moved_a: HashSet<usize> = HashSet::new();
     let mut moved_b: HashSet<usize> = HashSet::new();
-    deleted.retain(|&i| {
-        let Some(list) = inserted_by_content.get_mut(&ea[i].content) else {
-            return true;
-        };
-        let Some(j) = list.pop() else {
-            return true;
-        };
-        moved_b.insert(j);
-        let detail = format!(
-            "reordered: {}'s record seq {} is at seq {} in {}",
-            a.spec.label, ea[i].seq, eb[j].seq, b.spec.label
-        );
-        push(Problem::Reordered, Some(ea[i].seq), detail);
-        false
-    });
-    inserted.retain(|j| !moved_b.contains(j));
+    let candidates = changed
+        .iter()
+        .map(|&(i, _)| i)
+        .chain(deleted.iter().copied())
+        .collect::<Vec<_>>();
+    for i in candidates {
+        if let Some(&j) = in_b.get(&ea[i].content) {
+            if moved_a.insert(i) {
+                moved_b.insert(j);
+                let detail = format!(
+                    "reordered: {}'s record seq {} is at seq {} in {}",
+                    a.spec.label, ea[i].seq, eb[j].seq, b.spec.label
+                );
+                push(Problem::Reordered, Some(eb[j].seq), detail);
+            }
+        }
+    }
+    for &(_, j) in &changed {
+        if let Some(&i) = in_a.get(&eb[j].content) {
+            moved_b.insert(j);
+            moved_a.insert(i);
+        }
+    }
+    changed.retain(|(i, j)| !moved_a.contains(i) && !moved_b.contains(j));
+    deleted.retain(|i| !moved_a.contains(i));
+    inserted.retain(|j| !moved_b.contains(j) && !in_a.contains_key(&eb[*j].content));
     for (i, j) in changed {
         let detail = format!(
             "record changed: {} has [{}], {} has [{}]",
-            a.spec.label,
-            describe(&ea[i]),
             b.spec.label,
-            describe(&eb[j])
+            describe(&eb[j]),
+            a.spec.label,
+            describe(&ea[i])
         );
-        push(Problem::Changed, Some(ea[i].seq), detail);
+        push(Problem::Changed, Some(eb[j].seq), detail);
     }
-    let b_end = eb.len();
-    let trailing_deleted: Vec<usize> = {
-        // Deletions after b's last record: the end of a is missing from b.
-        let last_b_content_index = eb.last().map(|e| e.content);
-        let last_a_match = last_b_content_index.and_then(|c| ea.iter().rposition(|e| e.content == c));
-        deleted
-            .iter()
-            .copied()
-            .filter(|&i| last_a_match.is_some_and(|m| i > m))
-            .collect()
-    };
-    deleted.retain(|i| !trailing_deleted.contains(i));
-    let trailing_inserted: Vec<usize> = {
-        // Insertions after a's last record: b has records past a's end.
-        let last_a = ea.last().map(|e| e.content);
-        let last_b_match = last_a.and_then(|c| eb.iter().rposition(|e| e.content == c));
-        inserted
-            .iter()
-            .copied()
-            .filter(|&j| last_b_match.is_some_and(|m| j > m))
-            .collect()
-    };
-    inserted.retain(|j| !trailing_inserted.contains(j));
+    // Records past the other copy's last common record are a tail, not a deletion.
+    let last_common_a = eb.iter().rev().find_map(|e| in_a.get(&e.content).copied());
+    let last_common_b = ea.iter().rev().find_map(|e| in_b.get(&e.content).copied());
+    let (tail_a, deleted): (Vec<usize>, Vec<usize>) = deleted
+        .into_iter()
+        .partition(|&i| last_common_a.is_some_and(|m| i > m));
+    let (tail_b, inserted): (Vec<usize>, Vec<usize>) = inserted
+        .into_iter()
+        .partition(|&j| last_common_b.is_some_and(|m| j > m));
     for i in deleted {
         let detail = format!(
             "record deleted: {} has [{}], {} does not",
@@ -821,19 +925,17 @@ fn compare(a: &Copy, b: &Copy, findings: &mut Vec<Finding>, notes: &mut Vec<Note
         );
         push(Problem::Inserted, Some(eb[j].seq), detail);
     }
-    if !trailing_deleted.is_empty() {
-        let first = &ea[trailing_deleted[0]];
-        report_missing_tail(a, b, first.seq, trailing_deleted.len(), &mut push, notes, &label);
+    if let Some(&first) = tail_a.first() {
+        report_missing_tail(a, b, ea[first].seq, tail_a.len(), &mut push, notes, &label);
     }
-    if !trailing_inserted.is_empty() {
-        let first = &eb[trailing_inserted[0]];
-        report_missing_tail(b, a, first.seq, trailing_inserted.len(), &mut push, notes, &label);
+    if let Some(&first) = tail_b.first() {
+        report_missing_tail(b, a, eb[first].seq, tail_b.len(), &mut push, notes, &label);
     }
-    if equal_but_rehashed > 0 && b_end > 0 {
+    if rehashed > 0 {
         notes.push(Note {
             copy: label.clone(),
             detail: format!(
-                "{equal_but_rehashed} later record(s) have the same content in both but different seq or hashes \
+                "{rehashed} later record(s) have the same content in both but a different seq or hash \
                  (the chain was re-hashed after the change)"
             ),
         });
@@ -849,7 +951,11 @@ fn tail_difference(
     notes: &mut Vec<Note>,
     label: &str,
 ) {
-    let (longer, shorter) = if a.entries.len() > prefix { (a, b) } else { (b, a) };
+    let (longer, shorter) = if a.entries.len() > prefix {
+        (a, b)
+    } else {
+        (b, a)
+    };
     let missing = longer.entries.len() - prefix;
     let first = longer.entries[prefix].seq;
     if a.entries.len() > prefix {
