@@ -149,7 +149,10 @@ async fn bad_input_is_rejected_and_others_are_still_served() {
     let welcome = c.hello("db2", &key_hex).await;
     assert_eq!(welcome["type"], "welcome", "{welcome}");
     assert_eq!(welcome["next_seq"], 1);
-    assert_eq!(c.records(&good[..3]).await, json!({"type": "ack", "seq": 3}));
+    assert_eq!(
+        c.records(&good[..3]).await,
+        json!({"type": "ack", "seq": 3})
+    );
     // A checkpoint signed by the host key is cosigned.
     let cp = Checkpoint::sign(&key, "db2", 3, &good[2].hash, 1);
     c.send(&json!({"type": "checkpoint", "checkpoint": cp}).to_string())
@@ -217,7 +220,9 @@ async fn bad_input_is_rejected_and_others_are_still_served() {
 
     // A key other than the one pinned at first contact.
     let mut c = Raw::connect(&logd, &db2).await;
-    let answer = c.hello("db2", &hex::encode(intruder.verifying_key().as_bytes())).await;
+    let answer = c
+        .hello("db2", &hex::encode(intruder.verifying_key().as_bytes()))
+        .await;
     c.expect_error(answer, "key-mismatch").await;
 
     // An over-long line.
@@ -233,13 +238,29 @@ async fn bad_input_is_rejected_and_others_are_still_served() {
 
     // The well-behaved host was served all along.
     background.await.unwrap();
-    assert!(trail.wait_delivered(Duration::from_secs(30)).await, "{:?}", trail.status());
+    assert!(
+        trail.wait_delivered(Duration::from_secs(30)).await,
+        "{:?}",
+        trail.status()
+    );
     assert_eq!(trail.status().destinations[0].acked_seq, 400);
     trail.close().await;
     let local = std::fs::read(tmp.path().join("db1").join(RECORDS_FILE)).unwrap();
     assert!(std::fs::read(logd.host_dir("db1").join(RECORDS_FILE)).unwrap() == local);
     let log = logd.stderr();
-    for code in ["malformed", "protocol", "replay", "gap", "fork", "bad-hash", "bad-signature", "key-mismatch"] {
-        assert!(log.contains(&format!(": {code}: ")), "collector log lacks {code}:\n{log}");
+    for code in [
+        "malformed",
+        "protocol",
+        "replay",
+        "gap",
+        "fork",
+        "bad-hash",
+        "bad-signature",
+        "key-mismatch",
+    ] {
+        assert!(
+            log.contains(&format!(": {code}: ")),
+            "collector log lacks {code}:\n{log}"
+        );
     }
 }

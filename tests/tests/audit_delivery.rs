@@ -85,7 +85,11 @@ async fn every_record_reaches_three_collectors_with_receipts() {
     let local = config.dir.clone();
     let trail = AuditTrail::open(config).unwrap();
     record_range(&trail, 1..5001).await;
-    assert!(trail.wait_delivered(Duration::from_secs(60)).await, "{:?}", trail.status());
+    assert!(
+        trail.wait_delivered(Duration::from_secs(60)).await,
+        "{:?}",
+        trail.status()
+    );
     // Let the last checkpoint be signed and cosigned.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let status = trail.status();
@@ -100,7 +104,11 @@ async fn every_record_reaches_three_collectors_with_receipts() {
     let original = std::fs::read(local.join(RECORDS_FILE)).unwrap();
     for l in &logds {
         let copy = std::fs::read(l.host_dir(HOST).join(RECORDS_FILE)).unwrap();
-        assert!(copy == original, "{}'s copy differs from the local log", l.name);
+        assert!(
+            copy == original,
+            "{}'s copy differs from the local log",
+            l.name
+        );
     }
     let report = verify_all(&local, &logds);
     assert!(report.ok(), "{}", report.render());
@@ -138,18 +146,30 @@ async fn a_stopped_collector_catches_up_after_restart() {
     assert_eq!(down, "collector2");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let status = trail.status();
-    let c2 = status.destinations.iter().find(|d| d.name == "collector2").unwrap();
+    let c2 = status
+        .destinations
+        .iter()
+        .find(|d| d.name == "collector2")
+        .unwrap();
     assert!(!c2.connected);
     assert_eq!(c2.acked_seq, 1000);
     assert_eq!(c2.lag_records, 3000);
     assert!(c2.last_error.is_some());
     // The others kept going meanwhile.
-    for d in status.destinations.iter().filter(|d| d.name != "collector2") {
+    for d in status
+        .destinations
+        .iter()
+        .filter(|d| d.name != "collector2")
+    {
         assert_eq!(d.acked_seq, 4000, "{d:?}");
     }
 
     logds[1].restart();
-    assert!(trail.wait_delivered(Duration::from_secs(30)).await, "{:?}", trail.status());
+    assert!(
+        trail.wait_delivered(Duration::from_secs(30)).await,
+        "{:?}",
+        trail.status()
+    );
     let back = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             if let Ok(TrailAlert::DestinationBack { destination }) = alerts.recv().await {
@@ -200,13 +220,21 @@ async fn the_spool_is_bounded_and_alerts_before_it_is_full() {
     assert!(error.to_string().contains("audit spool full"), "{error}");
     let mut near_full = false;
     while let Ok(alert) = alerts.try_recv() {
-        if let TrailAlert::SpoolNearFull { destination, lag_bytes, .. } = alert {
+        if let TrailAlert::SpoolNearFull {
+            destination,
+            lag_bytes,
+            ..
+        } = alert
+        {
             assert_eq!(destination, "collector1");
             assert!(lag_bytes >= 240_000 && lag_bytes < 300_000, "{lag_bytes}");
             near_full = true;
         }
     }
-    assert!(near_full, "no SpoolNearFull alert before refusing record {at}");
+    assert!(
+        near_full,
+        "no SpoolNearFull alert before refusing record {at}"
+    );
     let log_bytes = trail.status().log_bytes;
     assert!(log_bytes < 300_000 + 10_000, "{log_bytes}");
 

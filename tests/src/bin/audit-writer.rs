@@ -15,7 +15,10 @@ use serde_json::json;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    anyhow::ensure!(args.len() == 4, "usage: audit-writer CONFIG.json START COUNT");
+    anyhow::ensure!(
+        args.len() == 4,
+        "usage: audit-writer CONFIG.json START COUNT"
+    );
     let config: TrailConfig = serde_json::from_slice(
         &std::fs::read(&args[1]).with_context(|| format!("reading {}", args[1]))?,
     )

@@ -202,3 +202,135 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
     check()
 }
+
+/// A real rsyslog (Debian `rsyslog` + `rsyslog-gnutls`) receiving RFC 5425
+/// syslog over TLS on a loopback port, writing what it parses to `out`.
+pub struct Rsyslog {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub out: PathBuf,
+    pub files: TlsFiles,
+    child: Option<Child>,
+}
+
+pub fn rsyslogd_path() -> PathBuf {
+    let path = PathBuf::from("/usr/sbin/rsyslogd");
+    assert!(
+        path.exists() && Path::new("/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so").exists(),
+        "rsyslog with TLS is missing: install the Debian packages rsyslog and rsyslog-gnutls \
+         (cargo xtask setup)"
+    );
+    path
+}
+
+impl Rsyslog {
+    pub fn start(pki: &TestPki, dir: &Path) -> Rsyslog {
+        std::fs::create_dir_all(dir.join("work")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let files = pki.issue("rsyslog").unwrap();
+        let out = dir.join("received.log");
+        let conf = format!(
+            r#"global(workDirectory="{work}" maxMessageSize="64k"
+       DefaultNetstreamDriver="gtls"
+       DefaultNetstreamDriverCAFile="{ca}"
+       DefaultNetstreamDriverCertFile="{cert}"
+       DefaultNetstreamDriverKeyFile="{key}")
+module(load="imtcp" StreamDriver.Name="gtls" StreamDriver.Mode="1" StreamDriver.AuthMode="x509/certvalid")
+input(type="imtcp" port="{port}" address="127.0.0.1")
+template(name="guard" type="string" string="%hostname% %app-name% %msgid% %structured-data% %msg%\n")
+action(type="omfile" file="{out}" template="guard")
+"#,
+            work = dir.join("work").display(),
+            ca = files.ca.display(),
+            cert = files.cert.display(),
+            key = files.key.display(),
+            out = out.display(),
+        );
+        std::fs::write(dir.join("rsyslog.conf"), conf).unwrap();
+        let mut rsyslog = Rsyslog {
+            dir: dir.to_path_buf(),
+            port,
+            out,
+            files,
+            child: None,
+        };
+        rsyslog.spawn();
+        rsyslog
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("rsyslogd.stderr"))
+            .unwrap();
+        let child = Command::new(rsyslogd_path())
+            .arg("-n")
+            .arg("-f")
+            .arg(self.dir.join("rsyslog.conf"))
+            .arg("-i")
+            .arg(self.dir.join("rsyslogd.pid"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting rsyslogd");
+        self.child = Some(child);
+        let port = self.port;
+        assert!(
+            wait_until(Duration::from_secs(15), || {
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            }),
+            "rsyslogd did not listen on {port}: {}",
+            std::fs::read_to_string(self.dir.join("rsyslogd.stderr")).unwrap_or_default()
+        );
+    }
+
+    /// Stops it the way an operator would (SIGTERM), letting it flush.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The messages received so far: (hostname, app-name, msgid, structured data, msg).
+    pub fn received(&self) -> Vec<(String, String, String, String, String)> {
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| {
+                let mut parts = line.splitn(4, ' ');
+                let host = parts.next()?.to_owned();
+                let app = parts.next()?.to_owned();
+                let msgid = parts.next()?.to_owned();
+                let rest = parts.next()?;
+                let end = rest.find("] ")?;
+                Some((
+                    host,
+                    app,
+                    msgid,
+                    rest[..=end].to_owned(),
+                    rest[end + 2..].to_owned(),
+                ))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Rsyslog {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
