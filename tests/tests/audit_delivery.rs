@@ -227,7 +227,7 @@ async fn the_spool_is_bounded_and_alerts_before_it_is_full() {
         } = alert
         {
             assert_eq!(destination, "collector1");
-            assert!(lag_bytes >= 240_000 && lag_bytes < 300_000, "{lag_bytes}");
+            assert!((240_000..300_000).contains(&lag_bytes), "{lag_bytes}");
             near_full = true;
         }
     }

@@ -113,9 +113,15 @@ impl ChainFile {
     /// Appends records that the caller has already checked to continue this
     /// chain (each `prev` is the hash before it), as one write, then fsyncs.
     pub fn append(&mut self, records: &[Record]) -> anyhow::Result<()> {
-        let mut buf = Vec::with_capacity(records.len() * 300);
+        let lines: Vec<String> = records.iter().map(Record::to_line).collect();
+        self.append_rendered(records, &lines)
+    }
+
+    /// `append` for records whose lines are already rendered (`Record::build`).
+    pub fn append_rendered(&mut self, records: &[Record], lines: &[String]) -> anyhow::Result<()> {
+        let mut buf = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
         let mut head = self.head;
-        for record in records {
+        for (record, line) in records.iter().zip(lines) {
             if record.seq != head.seq + 1 || record.prev != head.hash {
                 bail!(
                     "internal error: record {} does not continue the chain at {}",
@@ -123,7 +129,7 @@ impl ChainFile {
                     head.seq
                 );
             }
-            buf.extend_from_slice(record.to_line().as_bytes());
+            buf.extend_from_slice(line.as_bytes());
             buf.push(b'\n');
             head = Head {
                 seq: record.seq,

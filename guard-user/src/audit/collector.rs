@@ -405,7 +405,13 @@ impl Collector {
         let mut line = Vec::with_capacity(1024);
         let mut session: Option<Arc<Mutex<HostStore>>> = None;
         loop {
-            match read_line_limited(reader, &mut line).await.map_err(io)? {
+            let read = match read_line_limited(reader, &mut line).await {
+                // A client that goes away between messages (without a TLS
+                // close_notify) has simply finished.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                other => other.map_err(io)?,
+            };
+            match read {
                 LineRead::Eof => return Ok(()),
                 LineRead::TooLong => {
                     return Err(reject(

@@ -86,20 +86,33 @@ struct RecordLine<'a> {
 impl Record {
     /// Builds the record that follows `prev` and computes its hash.
     pub fn new(seq: Seq, time_ns: i64, host: &str, event: Value, prev: Hash) -> Record {
-        let hash = record_hash(seq, time_ns, host, &prev, &canonical_json(&event));
-        Record {
+        Record::build(seq, time_ns, host, event, prev).0
+    }
+
+    /// Like `new`, also returning the record's line; the event is
+    /// canonicalized once for both (the writer's hot path).
+    pub fn build(seq: Seq, time_ns: i64, host: &str, event: Value, prev: Hash) -> (Record, String) {
+        let canonical = canonical_json(&event);
+        let hash = record_hash(seq, time_ns, host, &prev, &canonical);
+        let record = Record {
             seq,
             time_ns,
             host: host.to_owned(),
             event,
             prev,
             hash,
-        }
+        };
+        let line = record.line_with(&canonical);
+        (record, line)
     }
 
     /// The record's line, without the trailing newline.
     pub fn to_line(&self) -> String {
-        let mut out = String::with_capacity(256);
+        self.line_with(&canonical_json(&self.event))
+    }
+
+    fn line_with(&self, canonical_event: &[u8]) -> String {
+        let mut out = String::with_capacity(canonical_event.len() + 220);
         out.push_str("{\"seq\":");
         out.push_str(&self.seq.to_string());
         out.push_str(",\"time_ns\":");
@@ -108,7 +121,7 @@ impl Record {
         out.push_str(&Value::String(self.host.clone()).to_string());
         out.push_str(",\"event\":");
         // Canonical JSON is valid UTF-8: it is built from serde_json output.
-        out.push_str(std::str::from_utf8(&canonical_json(&self.event)).unwrap_or_default());
+        out.push_str(std::str::from_utf8(canonical_event).unwrap_or_default());
         out.push_str(",\"prev\":\"");
         out.push_str(&hex::encode(self.prev));
         out.push_str("\",\"hash\":\"");
@@ -147,8 +160,21 @@ impl Record {
     /// and that the line is in canonical form.
     pub fn parse(line: &[u8]) -> Result<Record, RecordError> {
         let record = Record::parse_unchecked(line)?;
-        record.check_hash()?;
-        if record.to_line().as_bytes() != line {
+        let canonical = canonical_json(&record.event);
+        let computed = record_hash(
+            record.seq,
+            record.time_ns,
+            &record.host,
+            &record.prev,
+            &canonical,
+        );
+        if computed != record.hash {
+            return Err(RecordError::HashMismatch {
+                stored: hex::encode(record.hash),
+                computed: hex::encode(computed),
+            });
+        }
+        if record.line_with(&canonical).as_bytes() != line {
             return Err(RecordError::NotCanonical);
         }
         Ok(record)

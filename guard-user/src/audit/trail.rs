@@ -19,7 +19,8 @@ use serde_json::Value;
 use tokio::sync::{broadcast, oneshot, watch};
 
 use super::chain::{
-    append_line_synced, ChainFile, Head, CHECKPOINTS_FILE, HOST_KEY_FILE, RECORDS_FILE,
+    append_line_synced, cut_torn_tail, ChainFile, Head, CHECKPOINTS_FILE, HOST_KEY_FILE,
+    RECEIPTS_FILE, RECORDS_FILE,
 };
 use super::checkpoint::{load_or_create_signing_key, Checkpoint};
 use super::forward::CollectorDestination;
@@ -153,6 +154,8 @@ pub enum TrailAlert {
     DestinationDiverged { destination: String, detail: String },
     /// The record sink (journal) failed.
     SinkFailed { error: String },
+    /// Writing a checkpoint to the local log failed.
+    CheckpointFailed { seq: Seq, error: String },
 }
 
 impl TrailAlert {
@@ -251,6 +254,9 @@ impl AuditTrail {
         let key = load_or_create_signing_key(&config.key_file)?;
         let host_key_hex = hex::encode(key.verifying_key().as_bytes());
         let chain = ChainFile::open(&config.dir)?;
+        // A crash can tear the last line of the side files too.
+        cut_torn_tail(&config.dir.join(CHECKPOINTS_FILE))?;
+        cut_torn_tail(&config.dir.join(RECEIPTS_FILE))?;
         check_host_key(&config.dir, &host_key_hex)?;
         check_host_name(&config.dir, &config.host, chain.head().seq)?;
         let last_checkpoint = last_checkpoint_seq(&config.dir)?;
@@ -561,6 +567,7 @@ impl Writer {
 
     fn write_group(&mut self, group: Vec<(Vec<(i64, Value)>, Reply)>) {
         let mut records = Vec::new();
+        let mut lines = Vec::new();
         let mut replies = Vec::with_capacity(group.len());
         let mut head = self.chain.head();
         let file_len = self.shared.file_len.load(Ordering::Acquire);
@@ -572,22 +579,22 @@ impl Writer {
             }
             let first = head.seq + 1;
             for (time_ns, event) in events {
-                let record =
-                    Record::new(head.seq + 1, time_ns, &self.shared.host, event, head.hash);
+                let (record, line) =
+                    Record::build(head.seq + 1, time_ns, &self.shared.host, event, head.hash);
                 head = Head {
                     seq: record.seq,
                     hash: record.hash,
                 };
-                // Estimate only (the exact size is known after rendering).
-                pending_bytes += 300;
+                pending_bytes += line.len() as u64 + 1;
                 records.push(record);
+                lines.push(line);
             }
             replies.push((first..=head.seq, reply));
         }
         if records.is_empty() {
             return;
         }
-        match self.chain.append(&records) {
+        match self.chain.append_rendered(&records, &lines) {
             Ok(()) => {
                 self.shared
                     .file_len
@@ -673,8 +680,9 @@ impl Writer {
                 self.last_checkpoint_at = Instant::now();
                 self.shared.checkpoint.send_replace(head.seq);
             }
-            Err(e) => self.shared.alert(TrailAlert::SinkFailed {
-                error: format!("writing checkpoint {}: {e:#}", head.seq),
+            Err(e) => self.shared.alert(TrailAlert::CheckpointFailed {
+                seq: head.seq,
+                error: format!("{e:#}"),
             }),
         }
     }
