@@ -1,7 +1,15 @@
 //! guard's userspace library: everything `guardd` and `guardctl` share.
 
+pub mod alerts;
+pub mod audit;
+pub mod control;
+pub mod daemon;
+pub mod enforcement;
+pub mod events;
+pub mod journal;
+pub mod loader;
+pub mod offsets;
+pub mod policy;
+
 /// The kernel programs, built by `cargo xtask build-ebpf`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("GUARD_EBPF_OBJECT"));
-
-/// The tamper-evident audit log: hash chain, checkpoints, collectors, syslog, verifier.
-pub mod audit;

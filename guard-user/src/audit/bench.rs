@@ -40,9 +40,16 @@ pub struct BenchArgs {
 /// where a journal writer exists.
 pub type SinkFactory = Box<dyn Fn() -> anyhow::Result<Box<dyn RecordSink>>>;
 
-/// Runs the benchmark without a journal stage.
+/// Runs the benchmark with the journal stage writing to journald
+/// (`JournalSink`); journald must be running.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    run_with_journal(args, None)
+    super::journal_sink::JournalSink::connect().context(
+        "the benchmark's journal stage needs journald listening on /run/systemd/journal/socket",
+    )?;
+    let factory: SinkFactory = Box::new(|| {
+        Ok(Box::new(super::journal_sink::JournalSink::connect()?) as Box<dyn RecordSink>)
+    });
+    run_with_journal(args, Some(factory))
 }
 
 struct Row {
