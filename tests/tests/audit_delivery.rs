@@ -248,3 +248,41 @@ async fn the_spool_is_bounded_and_alerts_before_it_is_full() {
     let report = verify_all(&tmp.path().join("local"), &logds);
     assert!(report.ok(), "{}", report.render());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_record_also_goes_to_the_journal() {
+    let _journald = guard_tests::ensure_journald().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = TrailConfig::new(tmp.path().join("local"), HOST, tmp.path().join("host.key"));
+    let sink = guard::audit::JournalSink::connect().unwrap();
+    let trail = AuditTrail::open_with_sink(config, Some(Box::new(sink))).unwrap();
+    // A marker unique to this run, so earlier runs' entries do not count.
+    let marker = format!("/var/lib/mysql/journal-test-{}", std::process::id());
+    for i in 0..5u64 {
+        let event =
+            serde_json::json!({"kind": "denied", "path": format!("{marker}/{i}"), "uid": 0});
+        trail.record(event).await.unwrap();
+    }
+    trail.close().await;
+    let records = audit_common::read_records(&tmp.path().join("local"));
+    let hash_match = format!("GUARD_AUDIT_HASH={}", hex::encode(records[4].hash));
+    let entries =
+        guard_tests::wait_for_journal_entries(&[hash_match.as_str()], 1, Duration::from_secs(10))
+            .unwrap();
+    let entry = &entries[0];
+    let text = |name: &str| guard_tests::field_text(entry, name).unwrap_or_default();
+    assert_eq!(text("MESSAGE_ID"), guard::journal::message_id::DENIED);
+    assert_eq!(text("GUARD_PATH"), format!("{marker}/4"));
+    assert_eq!(text("GUARD_AUDIT_SEQ"), "5");
+    assert_eq!(text("GUARD_AUDIT_RECORD"), records[4].to_line());
+    assert_eq!(text("PRIORITY"), "4");
+    for record in &records {
+        let m = format!("GUARD_AUDIT_HASH={}", hex::encode(record.hash));
+        assert_eq!(
+            guard_tests::journal_entries(&[m.as_str()]).unwrap().len(),
+            1,
+            "record {} is not in the journal exactly once",
+            record.seq
+        );
+    }
+}
