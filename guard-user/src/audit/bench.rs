@@ -89,18 +89,15 @@ fn run_in(args: &BenchArgs, dir: &Path, journal: Option<SinkFactory>) -> anyhow:
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let mut rows = Vec::new();
-    rows.push(stage_hash(args.records));
-
-    let local_only = dir.join("local-only");
+    let mut rows = vec![stage_hash(args.records)];
     rows.push(runtime.block_on(stage_trail(
         args,
-        &local_only,
+        &dir.join("local-only"),
+        "bench-local",
         Vec::new(),
         None,
         "local chain: hash + write + fsync",
     ))?);
-
     if let Some(factory) = &journal {
         rows.push(stage_sink(args.records, factory()?)?);
     }
@@ -115,33 +112,44 @@ fn run_in(args: &BenchArgs, dir: &Path, journal: Option<SinkFactory>) -> anyhow:
     };
     let mut collectors = Vec::new();
     for i in 1..=3 {
-        collectors.push(Logd::start(
-            &logd,
-            &pki,
-            &dir.join(format!("collector{i}")),
-            &format!("collector{i}"),
-        )?);
+        let name = format!("collector{i}");
+        collectors.push(Logd::start(&logd, &pki, &dir.join(&name), &name)?);
     }
-    let host_files = pki.issue("bench-host")?;
-    let destinations: Vec<CollectorDestination> = collectors
-        .iter()
-        .map(|c| CollectorDestination {
-            name: c.name.clone(),
-            address: c.address.clone(),
-            server_name: c.name.clone(),
-            tls: host_files.clone(),
-            collector_key: None,
-        })
-        .collect();
-
-    let full = dir.join("full");
-    let sink = journal.as_ref().map(|f| f()).transpose()?;
-    let stage_name = if sink.is_some() {
-        "full: chain + journal + 3 collectors"
-    } else {
-        "full: chain + 3 collectors (no journal)"
+    let destinations = |host: &str| -> anyhow::Result<Vec<CollectorDestination>> {
+        let host_files = pki.issue(host)?;
+        Ok(collectors
+            .iter()
+            .map(|c| CollectorDestination {
+                name: c.name.clone(),
+                address: c.address.clone(),
+                server_name: c.name.clone(),
+                tls: host_files.clone(),
+                collector_key: None,
+            })
+            .collect())
     };
-    rows.push(runtime.block_on(stage_trail(args, &full, destinations, sink, stage_name))?);
+
+    // Each stage is a host of its own to the collectors (each has its own key).
+    let mut checked = vec![(dir.join("collectors"), "bench-collectors")];
+    rows.push(runtime.block_on(stage_trail(
+        args,
+        &checked[0].0,
+        checked[0].1,
+        destinations(checked[0].1)?,
+        None,
+        "chain + 3 collectors",
+    ))?);
+    if let Some(factory) = &journal {
+        checked.push((dir.join("full"), "bench-full"));
+        rows.push(runtime.block_on(stage_trail(
+            args,
+            &checked[1].0,
+            checked[1].1,
+            destinations(checked[1].1)?,
+            Some(factory()?),
+            "full: chain + journal + 3 collectors",
+        ))?);
+    }
     let peak_rss = peak_rss_kib("self")?;
 
     println!();
@@ -159,32 +167,44 @@ fn run_in(args: &BenchArgs, dir: &Path, journal: Option<SinkFactory>) -> anyhow:
             1e6 / row.rate()
         );
     }
-    if journal.is_none() {
-        println!("{:<44} {:>10}", "journal", "not wired into this build");
-    }
-    if let (Some(local), Some(full)) = (rows.get(1), rows.last()) {
-        let added = 1e6 / full.rate() - 1e6 / local.rate();
+    let find = |prefix: &str| rows.iter().find(|r| r.stage.starts_with(prefix));
+    if let (Some(local), Some(with)) = (find("local chain"), find("chain + 3 collectors")) {
         println!(
             "{:<44} {:>10} {:>9} {:>12} {:>10.2}",
-            "  of which delivery to 3 collectors (derived)", "", "", "", added
+            "  added by delivery to 3 collectors",
+            "",
+            "",
+            "",
+            1e6 / with.rate() - 1e6 / local.rate()
         );
     }
+    if journal.is_none() {
+        println!("{:<44} {:>10}", "journal", "not measured (no journal sink)");
+    }
     println!();
-    let local = file_digest(&full.join(RECORDS_FILE))?;
     let mut lossless = true;
+    for (local_dir, host) in &checked {
+        let local = file_digest(&local_dir.join(RECORDS_FILE))?;
+        for c in &collectors {
+            let copy = file_digest(&c.store.join("hosts").join(host).join(RECORDS_FILE))?;
+            let same = copy == local;
+            lossless &= same;
+            println!(
+                "{host} at {}: {} bytes, {}",
+                c.name,
+                copy.0,
+                if same {
+                    "identical to the local log (zero loss)"
+                } else {
+                    "DIFFERS from the local log"
+                },
+            );
+        }
+    }
     for c in &collectors {
-        let copy = file_digest(&c.store.join("hosts/bench-host").join(RECORDS_FILE))?;
-        let same = copy == local;
-        lossless &= same;
         println!(
-            "{}: {} bytes, {}; collector peak RSS {} MiB",
+            "{} peak RSS {} MiB",
             c.name,
-            copy.0,
-            if same {
-                "identical to the local log (zero loss)"
-            } else {
-                "DIFFERS from the local log"
-            },
             peak_rss_kib(&c.child.id().to_string()).unwrap_or(0) / 1024
         );
     }
@@ -192,10 +212,10 @@ fn run_in(args: &BenchArgs, dir: &Path, journal: Option<SinkFactory>) -> anyhow:
         "guardd side (this process) peak RSS: {} MiB",
         peak_rss / 1024
     );
-    let full_rate = rows.last().map(Row::rate).unwrap_or(0.0);
+    let full = rows.last().map(Row::rate).unwrap_or(0.0);
     println!(
-        "result: {:.0} records/s through the full pipeline (target 50000), {}, RSS {} MiB (target < 100)",
-        full_rate,
+        "result: {full:.0} records/s through \"{}\" (target 50000), {}, RSS {} MiB (target < 100)",
+        rows.last().map(|r| r.stage.as_str()).unwrap_or(""),
         if lossless { "zero loss" } else { "LOSS" },
         peak_rss / 1024
     );
@@ -261,11 +281,12 @@ fn stage_sink(records: u64, mut sink: Box<dyn RecordSink>) -> anyhow::Result<Row
 async fn stage_trail(
     args: &BenchArgs,
     dir: &Path,
+    host: &str,
     collectors: Vec<CollectorDestination>,
     sink: Option<Box<dyn RecordSink>>,
     stage: &str,
 ) -> anyhow::Result<Row> {
-    let mut config = TrailConfig::new(dir, "bench-host", dir.join("host.key"));
+    let mut config = TrailConfig::new(dir, host, dir.join("host.key"));
     config.collectors = collectors;
     let trail = AuditTrail::open_with_sink(config, sink)?;
     let start = Instant::now();
@@ -301,8 +322,9 @@ async fn stage_trail(
             trail.status()
         );
     }
-    let elapsed = start.elapsed();
+    // Closing waits for the journal sink to finish its queue.
     trail.close().await;
+    let elapsed = start.elapsed();
     Ok(Row {
         stage: stage.into(),
         records: args.records,

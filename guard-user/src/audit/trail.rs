@@ -175,7 +175,9 @@ impl TrailAlert {
 }
 
 /// Receives each batch of records once it is durable (e.g. the journal writer).
-/// Called on the writer thread: it must be quick.
+/// Runs on a thread of its own, fed through a bounded queue, so a slow sink
+/// slows the writer down (back-pressure) without adding its latency to every
+/// group commit.
 pub trait RecordSink: Send + 'static {
     fn deliver(&mut self, records: &[Record]) -> anyhow::Result<()>;
 }
@@ -297,7 +299,9 @@ impl AuditTrail {
         let writer = Writer {
             chain,
             key,
-            sink,
+            sink: sink
+                .map(|sink| SinkThread::start(sink, shared.clone()))
+                .transpose()?,
             shared: shared.clone(),
             every_records: config.checkpoint_every_records,
             every: Duration::from_millis(config.checkpoint_every_ms),
@@ -508,7 +512,7 @@ fn last_checkpoint_seq(dir: &Path) -> anyhow::Result<Seq> {
 struct Writer {
     chain: ChainFile,
     key: SigningKey,
-    sink: Option<Box<dyn RecordSink>>,
+    sink: Option<SinkThread>,
     shared: Arc<Shared>,
     every_records: u64,
     every: Duration,
@@ -518,6 +522,54 @@ struct Writer {
 
 /// Most events written (and fsynced) together.
 const MAX_GROUP: usize = 8192;
+
+/// Batches (each at most `MAX_GROUP` records) queued for the sink before the
+/// writer waits for it; bounds the memory a slow sink can hold.
+const SINK_QUEUE: usize = 4;
+
+/// The sink's thread and the queue feeding it.
+struct SinkThread {
+    queue: mpsc::SyncSender<Vec<Record>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl SinkThread {
+    fn start(mut sink: Box<dyn RecordSink>, shared: Arc<Shared>) -> anyhow::Result<SinkThread> {
+        let (queue, batches) = mpsc::sync_channel::<Vec<Record>>(SINK_QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("audit-sink".into())
+            .spawn(move || {
+                // Alert when the sink starts failing, not for every batch.
+                let mut failing = false;
+                for batch in batches {
+                    match sink.deliver(&batch) {
+                        Ok(()) => failing = false,
+                        Err(e) if !failing => {
+                            failing = true;
+                            shared.alert(TrailAlert::SinkFailed {
+                                error: format!("{e:#}"),
+                            });
+                        }
+                        Err(_) => {}
+                    }
+                }
+            })
+            .context("starting the audit sink thread")?;
+        Ok(SinkThread { queue, thread })
+    }
+
+    fn send(&self, records: Vec<Record>) {
+        // The thread only stops when the queue closes, so this cannot fail
+        // unless the sink panicked; then there is nothing left to feed.
+        let _ = self.queue.send(records);
+    }
+
+    /// Waits until everything queued has been handed to the sink.
+    fn finish(self) {
+        drop(self.queue);
+        let _ = self.thread.join();
+    }
+}
 
 impl Writer {
     fn run(mut self, receiver: mpsc::Receiver<Request>) {
@@ -558,6 +610,9 @@ impl Writer {
             }
             if let Some(reply) = close {
                 self.checkpoint_if_due(true);
+                if let Some(sink) = self.sink.take() {
+                    sink.finish();
+                }
                 let _ = reply.send(());
                 return;
             }
@@ -603,14 +658,10 @@ impl Writer {
                 for (range, reply) in replies {
                     let _ = reply.send(Ok(range));
                 }
-                if let Some(sink) = self.sink.as_mut() {
-                    if let Err(e) = sink.deliver(&records) {
-                        self.shared.alert(TrailAlert::SinkFailed {
-                            error: format!("{e:#}"),
-                        });
-                    }
-                }
                 self.check_spool_alerts();
+                if let Some(sink) = &self.sink {
+                    sink.send(records);
+                }
             }
             Err(e) => {
                 // The chain file's state is unknown after a failed write:
