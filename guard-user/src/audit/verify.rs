@@ -197,14 +197,15 @@ struct Entry {
     seq: Seq,
     hash: Hash,
     content: Hash,
-    time_ns: i64,
-    kind: String,
-    event: serde_json::Value,
+    /// Where the line is in `records.jsonl`, to show it when it differs
+    /// (events are not kept in memory: logs can hold millions of records).
+    offset: u64,
 }
 
 struct Copy {
     spec: CopySpec,
     dir: PathBuf,
+    records_path: PathBuf,
     entries: Vec<Entry>,
     by_seq: HashMap<Seq, usize>,
     findings: Vec<Finding>,
@@ -281,7 +282,9 @@ pub fn verify(specs: &[CopySpec], trust: &Trust) -> Report {
             } else {
                 (&copies[i], &copies[j])
             };
+            let first_new = findings.len();
             compare(reference, subject, &mut findings, &mut notes);
+            findings[first_new..].sort_by_key(|f| f.seq);
         }
     }
     if let Some(summary) = rewritten_summary(&copies, &findings) {
@@ -339,6 +342,7 @@ fn load_copy(spec: CopySpec, trust: &Trust) -> Copy {
     let mut copy = Copy {
         spec,
         dir,
+        records_path: records_path.clone(),
         entries: Vec::new(),
         by_seq: HashMap::new(),
         findings: Vec::new(),
@@ -410,6 +414,7 @@ fn next_line(reader: &mut impl BufRead) -> std::io::Result<Option<Line>> {
 fn read_records(copy: &mut Copy, file: File) {
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut line_no = 0u64;
+    let mut offset = 0u64;
     let mut prev: Option<(Seq, Hash)> = None;
     loop {
         let line = match next_line(&mut reader) {
@@ -426,8 +431,12 @@ fn read_records(copy: &mut Copy, file: File) {
             }
         };
         line_no += 1;
+        let line_offset = offset;
         let bytes = match line {
-            Line::Complete(bytes) => bytes,
+            Line::Complete(bytes) => {
+                offset += bytes.len() as u64 + 1;
+                bytes
+            }
             Line::Unterminated(bytes) => {
                 let detail = format!(
                     "the file ends in the middle of a line ({} bytes without a newline): \
@@ -438,6 +447,7 @@ fn read_records(copy: &mut Copy, file: File) {
                 break;
             }
             Line::TooLong(len) => {
+                offset += len as u64 + 1;
                 let detail = format!("a {len}-byte line: not a record (limit {MAX_LINE_BYTES})");
                 copy.find(Problem::Malformed, None, Some(line_no), detail);
                 continue;
@@ -466,9 +476,7 @@ fn read_records(copy: &mut Copy, file: File) {
             seq: record.seq,
             hash: record.hash,
             content: record.content_digest(),
-            time_ns: record.time_ns,
-            kind: record.kind().to_owned(),
-            event: record.event,
+            offset: line_offset,
         });
     }
 }
@@ -737,8 +745,25 @@ fn pair_label(a: &str, b: &str) -> String {
     format!("{a} vs {b}")
 }
 
-fn describe(entry: &Entry) -> String {
-    let mut event = entry.event.to_string();
+/// The record as the report shows it, read back from its copy.
+fn describe(copy: &Copy, entry: &Entry) -> String {
+    let read = || -> Option<Record> {
+        let mut file = File::open(&copy.records_path).ok()?;
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(entry.offset)).ok()?;
+        let mut line = Vec::new();
+        BufReader::new(file)
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .ok()?;
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        Record::parse_unchecked(&line).ok()
+    };
+    let Some(record) = read() else {
+        return format!("seq {} (no longer readable)", entry.seq);
+    };
+    let mut event = record.event.to_string();
     if event.len() > 160 {
         let cut = (0..=160)
             .rev()
@@ -749,7 +774,10 @@ fn describe(entry: &Entry) -> String {
     }
     format!(
         "seq {} {} at {} {}",
-        entry.seq, entry.kind, entry.time_ns, event
+        record.seq,
+        record.kind(),
+        super::syslog::timestamp(record.time_ns),
+        event
     )
 }
 
@@ -892,9 +920,9 @@ fn compare(a: &Copy, b: &Copy, findings: &mut Vec<Finding>, notes: &mut Vec<Note
         let detail = format!(
             "record changed: {} has [{}], {} has [{}]",
             b.spec.label,
-            describe(&eb[j]),
+            describe(b, &eb[j]),
             a.spec.label,
-            describe(&ea[i])
+            describe(a, &ea[i])
         );
         push(Problem::Changed, Some(eb[j].seq), detail);
     }
@@ -911,7 +939,7 @@ fn compare(a: &Copy, b: &Copy, findings: &mut Vec<Finding>, notes: &mut Vec<Note
         let detail = format!(
             "record deleted: {} has [{}], {} does not",
             a.spec.label,
-            describe(&ea[i]),
+            describe(a, &ea[i]),
             b.spec.label
         );
         push(Problem::Deleted, Some(ea[i].seq), detail);
@@ -920,7 +948,7 @@ fn compare(a: &Copy, b: &Copy, findings: &mut Vec<Finding>, notes: &mut Vec<Note
         let detail = format!(
             "record inserted: {} has [{}], {} does not",
             b.spec.label,
-            describe(&eb[j]),
+            describe(b, &eb[j]),
             a.spec.label
         );
         push(Problem::Inserted, Some(eb[j].seq), detail);
