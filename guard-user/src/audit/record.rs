@@ -123,9 +123,9 @@ impl Record {
         // Canonical JSON is valid UTF-8: it is built from serde_json output.
         out.push_str(std::str::from_utf8(canonical_event).unwrap_or_default());
         out.push_str(",\"prev\":\"");
-        out.push_str(&hex::encode(self.prev));
+        push_hex(&mut out, &self.prev);
         out.push_str("\",\"hash\":\"");
-        out.push_str(&hex::encode(self.hash));
+        push_hex(&mut out, &self.hash);
         out.push_str("\"}");
         out
     }
@@ -258,11 +258,37 @@ pub fn valid_host(host: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// Parses 64 hex digits into a hash.
+/// Parses 64 lowercase or uppercase hex digits into a hash.
 pub fn parse_hash(text: &str) -> Option<Hash> {
+    // Hand-rolled: on the collector's hot path the `hex` crate's decoder
+    // cost more than the SHA-256 of the record.
+    let digits = text.as_bytes();
+    if digits.len() != 64 {
+        return None;
+    }
     let mut out = [0u8; 32];
-    hex::decode_to_slice(text, &mut out).ok()?;
+    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
     Some(out)
+}
+
+fn nibble(digit: u8) -> Option<u8> {
+    match digit {
+        b'0'..=b'9' => Some(digit - b'0'),
+        b'a'..=b'f' => Some(digit - b'a' + 10),
+        b'A'..=b'F' => Some(digit - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Appends lowercase hex of `bytes` (as `hex::encode`, without its per-char iterator).
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 0xf) as usize] as char);
+    }
 }
 
 /// Canonical JSON: object keys sorted by their UTF-8 bytes, no whitespace.
@@ -320,6 +346,18 @@ mod tests {
             json!({"kind":"denied","path":"/var/lib/mysql/x","pid":42,"b":[1,{"z":1,"a":2}]}),
             GENESIS,
         )
+    }
+
+    #[test]
+    fn hex_helpers_match_the_hex_crate() {
+        let bytes: Hash = std::array::from_fn(|i| (i * 37 + 5) as u8);
+        let mut text = String::new();
+        push_hex(&mut text, &bytes);
+        assert_eq!(text, hex::encode(bytes));
+        assert_eq!(parse_hash(&text), Some(bytes));
+        assert_eq!(parse_hash(&text.to_uppercase()), Some(bytes));
+        assert_eq!(parse_hash(&text[1..]), None);
+        assert_eq!(parse_hash(&text.replace('a', "g")), None);
     }
 
     #[test]
