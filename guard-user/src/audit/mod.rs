@@ -10,6 +10,22 @@
 //!
 //! The record and signature encodings are documented in `record` and
 //! `checkpoint`; the wire protocol in `protocol`.
+//!
+//! Use from guardd (inside its tokio runtime):
+//!
+//! ```ignore
+//! let trail = AuditTrail::open_with_sink(config, Some(Box::new(JournalSink::connect()?)))?;
+//! let seq = trail.record(json!({"kind": "denied", "path": ..., "pid": ...})).await?; // durable
+//! let mut alerts = trail.alerts(); // DestinationDown/Back, SpoolNearFull, ...
+//! // record each alert as an admin event: trail.record(alert.to_event()).await
+//! trail.status(); // head, last checkpoint, per destination: connected, acked, lag, receipts
+//! trail.close().await; // final checkpoint; undelivered records stay spooled
+//! ```
+//!
+//! Every event is a JSON object with a non-empty string `kind`
+//! (`denied`, `would-deny`, `policy_applied`, `volume_unlocked`, ...).
+//! `record` fails closed with `AuditError::SpoolFull` when a destination is
+//! `spool_limit_bytes` behind.
 
 pub mod bench;
 pub mod chain;
