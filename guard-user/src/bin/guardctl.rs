@@ -28,6 +28,9 @@ enum Command {
     },
     /// Follow guard's decision alerts in the journal.
     Alerts(guard::alerts::AlertOptions),
+    /// Verify the tamper-evident audit log and its remote copies.
+    #[command(subcommand)]
+    Log(guard::audit::LogCommand),
 }
 
 #[derive(Subcommand)]
@@ -65,6 +68,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Alerts(options) => guard::alerts::follow(options),
+        Command::Log(command) => guard::audit::cli::run(command),
     }
 }
 
