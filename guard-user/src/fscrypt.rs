@@ -477,6 +477,8 @@ pub struct Removal {
 }
 
 /// Removes the key from the filesystem containing `path` for all users.
+/// `path` must not be inside the encrypted directory: the descriptor opened on
+/// it would itself keep an inode busy.
 pub fn remove_key(path: &Path, id: &KeyIdentifier) -> Result<Removal> {
     const FS_IOC_REMOVE_ENCRYPTION_KEY_ALL_USERS: libc::c_ulong = ioc(
         IOC_READ | IOC_WRITE,

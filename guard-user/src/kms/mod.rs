@@ -18,6 +18,7 @@ use thiserror::Error;
 use crate::keyring::SecretKey;
 
 pub mod guard_kms;
+pub mod pki;
 pub mod server;
 
 /// What a KMS said, or failed to say, in a form callers can act on: guardd
@@ -122,17 +123,12 @@ pub struct TlsFiles {
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum KmsConfig {
     /// guard's own KMS: `url` like `https://127.0.0.1:8443`.
-    GuardKms {
-        url: String,
-        #[serde(flatten)]
-        tls: TlsFiles,
-    },
+    GuardKms { url: String, tls: TlsFiles },
     /// A KMIP server: `address` like `127.0.0.1:5696`; `server_name` is the
     /// name in its certificate.
     Kmip {
         address: String,
         server_name: String,
-        #[serde(flatten)]
         tls: TlsFiles,
     },
 }
