@@ -126,8 +126,24 @@ pub fn write_pki(
     client_name: &str,
     days: i64,
 ) -> Result<PkiFiles> {
+    write_pki_with(
+        &CertificateAuthority::new("guard KMS CA")?,
+        dir,
+        server_names,
+        client_name,
+        days,
+    )
+}
+
+/// [`write_pki`] with an existing CA (which can then issue more certificates).
+pub fn write_pki_with(
+    ca: &CertificateAuthority,
+    dir: &Path,
+    server_names: &[&str],
+    client_name: &str,
+    days: i64,
+) -> Result<PkiFiles> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let ca = CertificateAuthority::new("guard KMS CA")?;
     let server = ca.issue(
         server_names.first().copied().unwrap_or("localhost"),
         server_names,

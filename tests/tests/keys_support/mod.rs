@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use guard::kms::pki::{write_pki, PkiFiles};
+use guard::kms::pki::{write_pki_with, CertificateAuthority, PkiFiles};
 use guard::kms::{Kms, KmsConfig, TlsFiles};
 use guard::volume::VolumeStore;
 use tempfile::TempDir;
@@ -154,11 +154,17 @@ impl KmsServer {
 
     /// Starts on `port` (0: any free port).
     pub fn start_on(port: u16) -> Self {
+        Self::start_with(&CertificateAuthority::new("test KMS CA").unwrap(), port)
+    }
+
+    /// Starts with certificates from `ca`, which the test can use to issue more.
+    pub fn start_with(ca: &CertificateAuthority, port: u16) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("guard-kms-")
             .tempdir()
             .unwrap();
-        let pki = write_pki(
+        let pki = write_pki_with(
+            ca,
             &dir.path().join("pki"),
             &["localhost", "127.0.0.1"],
             "guardd",
