@@ -7,3 +7,4 @@ pub mod fscrypt;
 pub mod keyring;
 pub mod kms;
 pub mod volume;
+pub mod recovery;
