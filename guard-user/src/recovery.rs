@@ -185,7 +185,7 @@ impl<'a> VolumeReader<'a> {
             1u64 << context.log2_data_unit_size
         };
         ensure!(
-            unit <= block_size && block_size % unit == 0,
+            unit <= block_size && block_size.is_multiple_of(unit),
             "inode {}: unsupported data unit size {unit}",
             inode.number
         );

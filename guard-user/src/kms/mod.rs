@@ -18,8 +18,10 @@ use thiserror::Error;
 use crate::keyring::SecretKey;
 
 pub mod guard_kms;
+pub mod kmip;
 pub mod pki;
 pub mod server;
+pub mod ttlv;
 
 /// What a KMS said, or failed to say, in a form callers can act on: guardd
 /// logs the reason and retries; the CLI prints it.
@@ -145,9 +147,11 @@ impl KmsConfig {
     pub fn connect(&self) -> Result<Arc<dyn Kms>> {
         Ok(match self {
             Self::GuardKms { url, tls } => Arc::new(guard_kms::GuardKmsClient::new(url, tls)?),
-            Self::Kmip { address, .. } => {
-                anyhow::bail!("KMIP client for {address}: not built yet")
-            }
+            Self::Kmip {
+                address,
+                server_name,
+                tls,
+            } => Arc::new(kmip::KmipClient::new(address, server_name, tls)?),
         })
     }
 }

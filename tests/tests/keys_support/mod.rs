@@ -310,3 +310,108 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
     }
     condition()
 }
+
+/// A real PyKMIP server (Debian `python3-pykmip`) on 127.0.0.1 with its own
+/// certificates, policy directory and SQLite database.
+pub struct KmipServer {
+    pub dir: TempDir,
+    pub pki: PkiFiles,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl KmipServer {
+    pub fn start() -> Self {
+        let binary = Path::new("/usr/bin/pykmip-server");
+        assert!(
+            binary.exists(),
+            "PyKMIP is not installed: `apt-get install python3-pykmip` (the KMIP tests need a real server)"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("guard-kmip-")
+            .tempdir()
+            .unwrap();
+        let ca = CertificateAuthority::new("test KMIP CA").unwrap();
+        let pki = write_pki_with(
+            &ca,
+            &dir.path().join("pki"),
+            &["localhost", "127.0.0.1"],
+            "guardd",
+            30,
+        )
+        .unwrap();
+        let policies = dir.path().join("policies");
+        std::fs::create_dir(&policies).unwrap();
+        // PyKMIP reads every setting from its configuration file.
+        let port = free_port();
+        let config = dir.path().join("server.conf");
+        let p = |path: &Path| path.display().to_string();
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nhostname=127.0.0.1\nport={port}\ncertificate_path={}\nkey_path={}\n\
+                 ca_path={}\nauth_suite=TLS1.2\npolicy_path={}\nenable_tls_client_auth=True\n\
+                 database_path={}\nlogging_level=INFO\n",
+                p(&pki.server_cert),
+                p(&pki.server_key),
+                p(&pki.ca_cert),
+                p(&policies),
+                p(&dir.path().join("kmip.db")),
+            ),
+        )
+        .unwrap();
+        let child = Command::new(binary)
+            .arg("-f")
+            .arg(&config)
+            .arg("-l")
+            .arg(dir.path().join("server.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting pykmip-server");
+        let server = Self {
+            dir,
+            pki,
+            port,
+            child: Some(child),
+        };
+        let up = wait_until(Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(
+            up,
+            "pykmip-server did not listen on port {port}: {}",
+            server.log()
+        );
+        server
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    pub fn config(&self) -> KmsConfig {
+        KmsConfig::Kmip {
+            address: format!("127.0.0.1:{}", self.port),
+            server_name: "localhost".into(),
+            tls: TlsFiles {
+                ca: self.pki.ca_cert.clone(),
+                cert: self.pki.client_cert.clone(),
+                key: self.pki.client_key.clone(),
+            },
+        }
+    }
+
+    pub fn client(&self) -> Arc<dyn Kms> {
+        self.config().connect().unwrap()
+    }
+}
+
+impl Drop for KmipServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
