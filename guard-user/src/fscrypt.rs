@@ -9,14 +9,13 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use aes::cipher::{KeyInit, KeyIvInit};
+use aes::cipher::KeyIvInit;
 use aes::Aes256;
 use anyhow::{anyhow, bail, Context, Result};
 use cts::Decrypt as _;
 use hkdf::Hkdf;
 use sha2::Sha512;
 use thiserror::Error;
-use xts_mode::Xts128;
 
 use crate::keyring::{SecretKey, VOLUME_KEY_LEN};
 
@@ -97,33 +96,6 @@ pub fn per_file_key(master: &SecretKey, nonce: &[u8; NONCE_SIZE], len: usize) ->
         key.as_mut(),
     )?;
     Ok(key)
-}
-
-/// Decrypts one data unit of file contents in place: AES-256-XTS with the IV
-/// being the little-endian index of the data unit within the file.
-pub fn decrypt_data_unit(file_key: &SecretKey, index: u64, data: &mut [u8]) -> Result<()> {
-    let xts = xts_cipher(file_key)?;
-    decrypt_data_unit_with(&xts, index, data);
-    Ok(())
-}
-
-/// Builds the XTS cipher for a 64-byte per-file contents key.
-pub fn xts_cipher(file_key: &SecretKey) -> Result<Xts128<Aes256>> {
-    if file_key.len() != 64 {
-        bail!("AES-256-XTS needs a 64-byte key, got {}", file_key.len());
-    }
-    let (k1, k2) = file_key.as_ref().split_at(32);
-    Ok(Xts128::new(
-        Aes256::new_from_slice(k1).expect("32-byte key"),
-        Aes256::new_from_slice(k2).expect("32-byte key"),
-    ))
-}
-
-/// [`decrypt_data_unit`] with a prepared cipher (no per-block key schedule).
-pub fn decrypt_data_unit_with(xts: &Xts128<Aes256>, index: u64, data: &mut [u8]) {
-    let mut tweak = [0u8; 16];
-    tweak[..8].copy_from_slice(&index.to_le_bytes());
-    xts.decrypt_sector(data, tweak);
 }
 
 /// Decrypts an encrypted filename: AES-256-CBC with ciphertext stealing (CS3)

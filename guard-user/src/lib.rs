@@ -6,5 +6,5 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("GUARD_EBPF_OBJ
 pub mod fscrypt;
 pub mod keyring;
 pub mod kms;
-pub mod volume;
 pub mod recovery;
+pub mod volume;

@@ -18,6 +18,7 @@ use crate::fscrypt::{self, DirPolicy, KeyIdentifier, KeyStatus};
 use crate::keyring::{self, SecretKey, VOLUME_KEY_LEN};
 use crate::kms::Kms;
 
+pub mod bench;
 pub mod cli;
 pub mod dmcrypt;
 pub mod migrate;
@@ -405,6 +406,8 @@ pub struct UnlockReport {
     pub key_identifier: String,
     /// KMS round trip and kernel installation, end to end.
     pub elapsed: Duration,
+    /// Of which: the KMS unwrap (TLS, request, answer).
+    pub kms: Duration,
 }
 
 /// `volume unlock NAME`.
@@ -414,16 +417,21 @@ pub fn unlock(store: &VolumeStore, kms: &dyn Kms, name: &str) -> Result<UnlockRe
     if record.revoked {
         bail!("volume {name}: its key was revoked; the data is crypto-shredded");
     }
+    let kms_time;
     match &record.kind {
         VolumeKind::Fscrypt { .. } => {
             // Resolve the directory first so that a misplaced volume fails
             // before any key is fetched.
             let dir = fscrypt_dir(&record)?;
+            let fetching = Instant::now();
             let key = fetch_volume_key(kms, &record)?;
+            kms_time = fetching.elapsed();
             install_fscrypt_key(&dir, name, &key, &record.key_identifier()?)?;
         }
         VolumeKind::DmCrypt { device } => {
+            let fetching = Instant::now();
             let key = fetch_volume_key(kms, &record)?;
+            kms_time = fetching.elapsed();
             dmcrypt::open(name, device, &key)?;
         }
     }
@@ -431,6 +439,7 @@ pub fn unlock(store: &VolumeStore, kms: &dyn Kms, name: &str) -> Result<UnlockRe
         name: name.to_string(),
         key_identifier: record.key_identifier,
         elapsed: started.elapsed(),
+        kms: kms_time,
     })
 }
 

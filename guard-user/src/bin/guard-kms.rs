@@ -77,6 +77,7 @@ fn main() -> Result<()> {
                 cert,
                 key,
                 audit_log,
+                audit_to_stderr: true,
             };
             tokio::runtime::Runtime::new()?.block_on(async {
                 let server = Server::bind(&config).await?;

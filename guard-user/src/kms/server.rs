@@ -55,8 +55,10 @@ pub struct ServerConfig {
     pub client_ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
-    /// Append-only audit log (JSON lines); entries also go to stderr.
+    /// Append-only audit log (JSON lines).
     pub audit_log: Option<PathBuf>,
+    /// Also print each audit entry on stderr (the service's log).
+    pub audit_to_stderr: bool,
 }
 
 /// Writes a new random master key to `path` (mode 0400). Refuses to overwrite.
@@ -410,11 +412,12 @@ struct AuditEntry<'a> {
 
 struct Audit {
     file: Option<File>,
+    to_stderr: bool,
     last_hash: [u8; 32],
 }
 
 impl Audit {
-    fn open(path: Option<&Path>) -> Result<Self> {
+    fn open(path: Option<&Path>, to_stderr: bool) -> Result<Self> {
         let mut last_hash = [0u8; 32];
         let file = match path {
             None => None,
@@ -433,7 +436,11 @@ impl Audit {
                 )
             }
         };
-        Ok(Self { file, last_hash })
+        Ok(Self {
+            file,
+            to_stderr,
+            last_hash,
+        })
     }
 
     fn record(&mut self, client: &str, operation: &str, key: &str, outcome: &str, detail: &str) {
@@ -448,7 +455,9 @@ impl Audit {
         };
         let line = serde_json::to_string(&entry).expect("serializable");
         self.last_hash = Sha256::digest(line.as_bytes()).into();
-        eprintln!("guard-kms audit: {line}");
+        if self.to_stderr {
+            eprintln!("guard-kms audit: {line}");
+        }
         if let Some(file) = self.file.as_mut() {
             // An audit write failure must be visible; it does not stop the service.
             if let Err(e) = writeln!(file, "{line}").and_then(|_| file.sync_data()) {
@@ -500,7 +509,7 @@ impl Server {
         let tls = tls_server_config(config)?;
         let master = load_master_key(&config.master_key)?;
         let store = KeyStore::open(&config.state_dir, master)?;
-        let audit = Audit::open(config.audit_log.as_deref())?;
+        let audit = Audit::open(config.audit_log.as_deref(), config.audit_to_stderr)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
@@ -539,6 +548,8 @@ async fn serve_connection(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
 ) {
+    // Replies are small: without this, Nagle and delayed ACKs can add ~40 ms.
+    let _ = tcp.set_nodelay(true);
     let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
