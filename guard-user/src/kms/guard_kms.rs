@@ -59,6 +59,10 @@ pub struct ErrorReply {
 pub struct GuardKmsClient {
     base: String,
     agent: ureq::Agent,
+    tls: Arc<rustls::ClientConfig>,
+    /// `host:port` and host, for [`super::tls_verdict`].
+    address: String,
+    host: String,
 }
 
 impl GuardKmsClient {
@@ -68,13 +72,35 @@ impl GuardKmsClient {
         if !base.starts_with("https://") {
             anyhow::bail!("guard-kms URL {url:?} must start with https://");
         }
-        let config = client_tls_config(tls)?;
+        let authority = base["https://".len()..]
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let host = match authority.rsplit_once(':') {
+            Some((host, port)) if port.parse::<u16>().is_ok() => {
+                host.trim_matches(['[', ']']).to_string()
+            }
+            _ => authority.clone(),
+        };
+        let address = if authority.contains(':') {
+            authority
+        } else {
+            format!("{authority}:443")
+        };
+        let config = Arc::new(client_tls_config(tls)?);
         let agent = ureq::AgentBuilder::new()
-            .tls_config(Arc::new(config))
+            .tls_config(config.clone())
             .timeout_connect(Duration::from_secs(3))
             .timeout(Duration::from_secs(10))
             .build();
-        Ok(Self { base, agent })
+        Ok(Self {
+            base,
+            agent,
+            tls: config,
+            address,
+            host,
+        })
     }
 
     fn url(&self, path: &str) -> String {
@@ -146,12 +172,27 @@ impl GuardKmsClient {
                 operation: "HTTP",
                 reason,
             }
+        } else if let Some(tls_reason) = self.connection_was_refused_by_tls(transport) {
+            KmsError::Tls {
+                kms: self.describe(),
+                reason: format!("{tls_reason} (the request failed with: {reason})"),
+            }
         } else {
             KmsError::Unreachable {
                 kms: self.describe(),
                 reason,
             }
         }
+    }
+
+    /// A reset or broken pipe may hide a TLS refusal: ask the server again.
+    fn connection_was_refused_by_tls(&self, transport: &ureq::Transport) -> Option<String> {
+        if transport.kind() != ureq::ErrorKind::Io
+            && transport.kind() != ureq::ErrorKind::ConnectionFailed
+        {
+            return None;
+        }
+        super::tls_verdict(self.tls.clone(), &self.address, &self.host)
     }
 
     fn parse<T: for<'de> Deserialize<'de>>(

@@ -145,6 +145,22 @@ impl KmipClient {
         }
     }
 
+    /// A reset or broken pipe may hide a TLS refusal of our certificate: ask
+    /// the server again before calling it a network failure.
+    fn failed_exchange(&self, error: std::io::Error) -> KmsError {
+        let classified = self.io_error(error);
+        if let KmsError::Unreachable { reason, .. } = &classified {
+            let host = self.server_name.to_str().to_string();
+            if let Some(tls) = super::tls_verdict(self.tls.clone(), &self.address, &host) {
+                return KmsError::Tls {
+                    kms: self.describe(),
+                    reason: format!("{tls} (the request failed with: {reason})"),
+                };
+            }
+        }
+        classified
+    }
+
     /// Sends one request and returns the response payload, or the server's
     /// refusal as [`KmsError::Refused`].
     fn call(&self, operation: Operation, key: &str, payload: Vec<Item>) -> Result<Item, KmsError> {
@@ -199,12 +215,11 @@ impl KmipClient {
                 reason: e.to_string(),
             })?;
         let mut stream = rustls::StreamOwned::new(connection, tcp);
-        stream.write_all(request).map_err(|e| self.io_error(e))?;
-        stream.flush().map_err(|e| self.io_error(e))?;
         let mut header = [0u8; 8];
-        stream
-            .read_exact(&mut header)
-            .map_err(|e| self.io_error(e))?;
+        let sent = stream.write_all(request).and_then(|_| stream.flush());
+        if let Err(e) = sent.and_then(|_| stream.read_exact(&mut header)) {
+            return Err(self.failed_exchange(e));
+        }
         let len = message_len(&header);
         if header[0] != 0x42 || len > MAX_RESPONSE {
             return Err(KmsError::BadAnswer {

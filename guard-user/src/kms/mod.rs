@@ -203,3 +203,32 @@ pub fn client_tls_config(tls: &TlsFiles) -> Result<rustls::ClientConfig> {
             )
         })
 }
+
+/// After a connection failed in a way that does not say why (a reset or a
+/// broken pipe), asks the server again with a bare TLS handshake and waits
+/// briefly for its verdict. With TLS 1.3 a server refuses a client
+/// certificate only after the client thinks the handshake is done, so its
+/// alert can be lost behind the failed request. Returns the TLS error, if any.
+pub fn tls_verdict(
+    config: Arc<rustls::ClientConfig>,
+    address: &str,
+    server_name: &str,
+) -> Option<String> {
+    use std::io::Read;
+    use std::net::{TcpStream, ToSocketAddrs};
+    use std::time::Duration;
+    let addr = address.to_socket_addrs().ok()?.next()?;
+    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).ok()?;
+    let mut connection = rustls::ClientConnection::new(config, name).ok()?;
+    let mut stream = rustls::Stream::new(&mut connection, &mut tcp);
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Err(e) => e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .map(|e| e.to_string()),
+        Ok(_) => None,
+    }
+}

@@ -623,16 +623,18 @@ fn error_response(error: &StoreError) -> Response<Full<Bytes>> {
     )
 }
 
-async fn read_json<T: for<'de> Deserialize<'de>>(
-    request: Request<Incoming>,
-) -> Result<T, StoreError> {
-    let body = Limited::new(request.into_body(), MAX_REQUEST)
+/// Reads the whole body (every route does, so the connection can be reused).
+async fn read_body(body: Incoming) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+    let bytes = Limited::new(body, MAX_REQUEST)
         .collect()
         .await
         .map_err(|e| StoreError::BadRequest(format!("reading the request body: {e}")))?
         .to_bytes();
-    let body = Zeroizing::new(body.to_vec());
-    serde_json::from_slice(&body)
+    Ok(Zeroizing::new(bytes.to_vec()))
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(body)
         .map_err(|e| StoreError::BadRequest(format!("invalid JSON request: {e}")))
 }
 
@@ -646,11 +648,25 @@ async fn handle(state: &State, client: &str, request: Request<Incoming>) -> Resp
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let query = request.uri().query().unwrap_or("").to_string();
+    let body = match read_body(request.into_body()).await {
+        Ok(body) => body,
+        Err(error) => {
+            audit(
+                state,
+                client,
+                "read-request",
+                "",
+                "refused",
+                &error.message(),
+            );
+            return error_response(&error);
+        }
+    };
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (operation, key, result) = match (&method, segments.as_slice()) {
         (&Method::POST, ["v1", "keys"]) => {
             let result = async {
-                let req: CreateRequest = read_json(request).await?;
+                let req: CreateRequest = parse_json(&body)?;
                 let info = state.store.lock().expect("store lock").create(&req.name)?;
                 Ok(json_response(StatusCode::CREATED, &info))
             }
@@ -690,7 +706,7 @@ async fn handle(state: &State, client: &str, request: Request<Incoming>) -> Resp
         (&Method::POST, ["v1", "keys", id, "wrap"]) => {
             let id = id.to_string();
             let result = async {
-                let req: WrapRequest = read_json(request).await?;
+                let req: WrapRequest = parse_json(&body)?;
                 let _wipe = Zeroizing::new(req.plaintext.clone());
                 let plaintext = decode_b64("plaintext", &req.plaintext)?;
                 let aad = decode_b64("aad", &req.aad)?;
@@ -712,7 +728,7 @@ async fn handle(state: &State, client: &str, request: Request<Incoming>) -> Resp
         (&Method::POST, ["v1", "keys", id, "unwrap"]) => {
             let id = id.to_string();
             let result = async {
-                let req: UnwrapRequest = read_json(request).await?;
+                let req: UnwrapRequest = parse_json(&body)?;
                 let wrapped = decode_b64("wrapped", &req.wrapped)?;
                 let aad = decode_b64("aad", &req.aad)?;
                 let plaintext = state
