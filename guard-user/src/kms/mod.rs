@@ -224,11 +224,7 @@ pub fn tls_verdict(
     let mut connection = rustls::ClientConnection::new(config, name).ok()?;
     let mut stream = rustls::Stream::new(&mut connection, &mut tcp);
     let mut byte = [0u8; 1];
-    match stream.read(&mut byte) {
-        Err(e) => e
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-            .map(|e| e.to_string()),
-        Ok(_) => None,
-    }
+    let error = stream.read_exact(&mut byte).err()?;
+    let tls = error.get_ref()?.downcast_ref::<rustls::Error>()?;
+    Some(tls.to_string())
 }

@@ -33,7 +33,10 @@ use zeroize::Zeroizing;
 use super::guard_kms::{
     CreateRequest, ErrorReply, LocateReply, UnwrapReply, UnwrapRequest, WrapReply, WrapRequest,
 };
-use super::{crypto_provider, load_certs, load_private_key, KekInfo, KekState};
+use super::pki::write_pki;
+use super::{
+    crypto_provider, load_certs, load_private_key, KekInfo, KekState, KmsConfig, TlsFiles,
+};
 use crate::keyring::SecretKey;
 
 const MASTER_KEY_LEN: usize = 32;
@@ -93,6 +96,61 @@ fn load_master_key(path: &Path) -> Result<SecretKey> {
         );
     }
     SecretKey::from_slice(&bytes)
+}
+
+/// Starts a guard-kms with a fresh PKI and master key under `dir`, on a
+/// loopback port, in a background thread of this process: the demo's
+/// embedded KMS, the benchmark's and the guest tests'. Returns the client
+/// configuration; the server runs until the process exits.
+pub fn start_embedded(dir: &Path) -> Result<KmsConfig> {
+    let pki = write_pki(&dir.join("pki"), &["localhost", "127.0.0.1"], "guardd", 1)?;
+    let master = dir.join("master.key");
+    init_master_key(&master)?;
+    let config = ServerConfig {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        state_dir: dir.join("kms-state"),
+        master_key: master,
+        client_ca: pki.ca_cert.clone(),
+        cert: pki.server_cert.clone(),
+        key: pki.server_key.clone(),
+        audit_log: Some(dir.join("kms-audit.log")),
+        audit_to_stderr: false,
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build();
+        let runtime = match runtime {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = tx.send(Err(anyhow::Error::from(e)));
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            match Server::bind(&config).await {
+                Ok(server) => {
+                    let _ = tx.send(server.local_addr());
+                    let _ = server.run().await;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        });
+    });
+    let addr = rx.recv().context("embedded guard-kms thread died")??;
+    let tls = TlsFiles {
+        ca: pki.ca_cert,
+        cert: pki.client_cert,
+        key: pki.client_key,
+    };
+    Ok(KmsConfig::GuardKms {
+        url: format!("https://{addr}"),
+        tls,
+    })
 }
 
 // ---------------------------------------------------------------------------

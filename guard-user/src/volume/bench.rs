@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 
 use super::{fetch_volume_key, init_fscrypt, lock, unlock, VolumeStore};
-use crate::kms::pki::write_pki;
-use crate::kms::server::{init_master_key, Server, ServerConfig};
-use crate::kms::{Kms, KmsConfig, TlsFiles};
+use crate::kms::server::start_embedded;
+use crate::kms::Kms;
 use crate::recovery::verify_encryption;
 
 /// Targets from the issue.
@@ -197,61 +196,6 @@ fn run_command(command: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// Starts guard-kms in this process on a loopback port; returns its client config.
-fn embedded_kms(dir: &Path) -> Result<(KmsConfig, std::thread::JoinHandle<()>)> {
-    let pki = write_pki(&dir.join("pki"), &["localhost", "127.0.0.1"], "guardd", 1)?;
-    let master = dir.join("master.key");
-    init_master_key(&master)?;
-    let config = ServerConfig {
-        listen: "127.0.0.1:0".parse().expect("address"),
-        state_dir: dir.join("kms-state"),
-        master_key: master,
-        client_ca: pki.ca_cert.clone(),
-        cert: pki.server_cert.clone(),
-        key: pki.server_key.clone(),
-        audit_log: Some(dir.join("kms-audit.log")),
-        audit_to_stderr: false,
-    };
-    let (tx, rx) = std::sync::mpsc::channel();
-    let handle = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build();
-        let runtime = match runtime {
-            Ok(rt) => rt,
-            Err(e) => {
-                let _ = tx.send(Err(anyhow::Error::from(e)));
-                return;
-            }
-        };
-        runtime.block_on(async move {
-            match Server::bind(&config).await {
-                Ok(server) => {
-                    let _ = tx.send(server.local_addr());
-                    let _ = server.run().await;
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                }
-            }
-        });
-    });
-    let addr = rx.recv().context("embedded guard-kms thread died")??;
-    let tls = TlsFiles {
-        ca: pki.ca_cert,
-        cert: pki.client_cert,
-        key: pki.client_key,
-    };
-    Ok((
-        KmsConfig::GuardKms {
-            url: format!("https://{addr}"),
-            tls,
-        },
-        handle,
-    ))
-}
-
 /// `openssl speed -decrypt -evp aes-256-xts` on 4 KiB buffers, in MB/s.
 pub fn openssl_xts_mb_s(seconds: u32) -> Result<f64> {
     let text = run_command(Command::new("openssl").args([
@@ -306,7 +250,7 @@ pub fn run_bench_keys(args: &BenchKeysArgs) -> Result<BenchResults> {
     );
     ensure!(args.unlocks >= 2, "--unlocks must be at least 2");
     let tmp = tempfile_dir()?;
-    let (kms_config, _kms_thread) = embedded_kms(tmp.path())?;
+    let kms_config = start_embedded(tmp.path())?;
     let image = ScratchImage::new(tmp.path(), args.data_mib + args.data_mib / 4 + 64)?;
     let store = VolumeStore::new(tmp.path().join("volumes"));
     let dir = image.mnt.join("data");
