@@ -50,8 +50,9 @@ pub const MAX_DEPTH: u32 = 64;
 pub const PATH_DEPTH: usize = 8;
 /// Bytes per path component in an event, NUL included.
 pub const NAME_LEN: usize = 48;
-/// Kernel-side event budget per CPU per second; the rest are counted as suppressed.
-pub const EVENTS_PER_SEC_PER_CPU: u32 = 5000;
+/// Default kernel-side event budget per CPU per second (`Settings`); the rest
+/// are counted as suppressed and reported in a later event.
+pub const DEFAULT_EVENTS_PER_SEC_PER_CPU: u32 = 2000;
 
 /// Map names, as the kernel object defines them and userspace pins them.
 pub mod maps {
@@ -65,8 +66,9 @@ pub mod maps {
     pub const STATS: &str = "GUARD_STATS";
     pub const RATE: &str = "GUARD_RATE";
     pub const EVENTS: &str = "GUARD_EVENTS";
-    pub const ALL: [&str; 10] = [
-        ACTIVE, META, DEVS, DIRS, RULES, EXES, TAINTED, STATS, RATE, EVENTS,
+    pub const SETTINGS: &str = "GUARD_SETTINGS";
+    pub const ALL: [&str; 11] = [
+        ACTIVE, META, DEVS, DIRS, RULES, EXES, TAINTED, STATS, RATE, EVENTS, SETTINGS,
     ];
 }
 
@@ -210,14 +212,23 @@ pub struct Taint {
     pub uid: u32,
 }
 
-/// Per-CPU rate limiter state (`RATE`).
+/// Daemon settings the programs read at run time (`SETTINGS`, index 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Settings {
+    /// Events per CPU per second before suppression; 0 means the default.
+    pub events_per_sec: u32,
+    pub _pad: u32,
+}
+
+/// Per-CPU rate limiter state (`RATE`). Suppressed events are counted in
+/// `STATS[SUPPRESSED]`, which guardd reports to the journal.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct RateState {
     pub window_start_ns: u64,
     pub sent: u32,
-    /// Events suppressed since the last one sent on this CPU.
-    pub suppressed: u32,
+    pub _pad: u32,
 }
 
 /// A decision the kernel reports (denied, audited, would-deny).
@@ -235,8 +246,7 @@ pub struct Event {
     pub point: u32,
     pub rule: u32,
     pub generation: u32,
-    /// Events this CPU suppressed (rate limit) before this one.
-    pub suppressed: u32,
+    pub _pad: u32,
     pub dev: u32,
     pub exe_dev: u32,
     pub ino: u64,
@@ -290,5 +300,6 @@ mod pod {
     unsafe impl aya::Pod for ExeKey {}
     unsafe impl aya::Pod for Taint {}
     unsafe impl aya::Pod for RateState {}
+    unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for KernelOffsets {}
 }

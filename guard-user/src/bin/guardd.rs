@@ -1,1 +1,46 @@
-fn main() {}
+//! guardd: the guard daemon. Arms the LSM programs (or adopts armed ones),
+//! applies policies on request from guardctl, and writes every decision the
+//! kernel reports to the systemd journal.
+use clap::Parser;
+use guard::{control, daemon, loader};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// bpffs folder where programs, links and maps are pinned.
+    #[arg(long, default_value = loader::DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    /// Where the applied policy record is kept.
+    #[arg(long, default_value = "/var/lib/guard")]
+    state_dir: PathBuf,
+    /// Control socket for guardctl.
+    #[arg(long, default_value = control::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Kernel BTF to resolve struct layouts from.
+    #[arg(long, default_value = guard::offsets::VMLINUX_BTF)]
+    btf: PathBuf,
+    /// Decision events per CPU per second sent before the kernel suppresses
+    /// the rest (their number is reported in a later journal entry).
+    #[arg(long, default_value_t = guard_common::DEFAULT_EVENTS_PER_SEC_PER_CPU)]
+    event_rate: u32,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let config = daemon::Config {
+        pin_dir: args.pin_dir,
+        state_dir: args.state_dir,
+        socket: args.socket,
+        btf: args.btf,
+        events_per_sec: args.event_rate,
+    };
+    match daemon::run(config).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("guardd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

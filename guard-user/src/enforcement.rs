@@ -1,0 +1,194 @@
+//! The pinned maps the kernel programs decide from, and atomic policy swaps.
+//!
+//! A policy is written into the maps under a new generation number while the
+//! kernel keeps deciding from the old one; then the one-word `ACTIVE` slot is
+//! flipped. A hook reads the generation once, so it sees the old policy or the
+//! new one, never a mix, and never none. The old generation is deleted after a
+//! grace period longer than any hook runs.
+
+use crate::loader::Pins;
+use crate::policy::PolicyEntries;
+use anyhow::{Context, Result};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use guard_common::{
+    maps, stat, DevKey, DirKey, ExeKey, PolicyMeta, RuleKey, RuleValue, Settings, Taint,
+};
+use serde::Serialize;
+use std::time::Duration;
+
+/// How long a replaced generation stays readable after the flip.
+const GRACE: Duration = Duration::from_millis(50);
+
+/// Counters summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Stats {
+    pub allowed: u64,
+    pub denied: u64,
+    pub audited: u64,
+    pub would_deny: u64,
+    pub events_dropped: u64,
+    pub events_suppressed: u64,
+    pub fail_closed: u64,
+}
+
+pub struct KernelMaps {
+    active: Array<MapData, u32>,
+    meta: HashMap<MapData, u32, PolicyMeta>,
+    devs: HashMap<MapData, DevKey, u32>,
+    dirs: HashMap<MapData, DirKey, u32>,
+    rules: HashMap<MapData, RuleKey, RuleValue>,
+    exes: HashMap<MapData, ExeKey, u32>,
+    tainted: HashMap<MapData, ExeKey, Taint>,
+    stats: PerCpuArray<MapData, u64>,
+    settings: Array<MapData, Settings>,
+}
+
+fn pinned(pins: &Pins, name: &str) -> Result<MapData> {
+    let path = pins.map(name);
+    MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))
+}
+
+impl KernelMaps {
+    pub fn open(pins: &Pins) -> Result<Self> {
+        let typed =
+            |name: &str, wrap: fn(MapData) -> Map| -> Result<Map> { Ok(wrap(pinned(pins, name)?)) };
+        Ok(KernelMaps {
+            active: typed(maps::ACTIVE, Map::Array)?.try_into()?,
+            meta: typed(maps::META, Map::HashMap)?.try_into()?,
+            devs: typed(maps::DEVS, Map::HashMap)?.try_into()?,
+            dirs: typed(maps::DIRS, Map::HashMap)?.try_into()?,
+            rules: typed(maps::RULES, Map::HashMap)?.try_into()?,
+            exes: typed(maps::EXES, Map::HashMap)?.try_into()?,
+            tainted: typed(maps::TAINTED, Map::HashMap)?.try_into()?,
+            stats: typed(maps::STATS, Map::PerCpuArray)?.try_into()?,
+            settings: typed(maps::SETTINGS, Map::Array)?.try_into()?,
+        })
+    }
+
+    pub fn set_settings(&mut self, settings: Settings) -> Result<()> {
+        self.settings
+            .set(0, settings, 0)
+            .context("writing GUARD_SETTINGS")
+    }
+
+    /// The generation the kernel decides from (0: no policy).
+    pub fn active_generation(&self) -> Result<u32> {
+        self.active
+            .get(&0, 0)
+            .context("reading the active generation")
+    }
+
+    /// Writes `entries` as a new generation and makes it the active one.
+    /// On error the new generation is removed and the old one stays active.
+    pub fn apply(&mut self, entries: impl FnOnce(u32) -> PolicyEntries) -> Result<u32> {
+        let old = self.active_generation()?;
+        let new = next_generation(old);
+        let entries = entries(new);
+        if let Err(e) = self.write_generation(new, &entries) {
+            self.remove_generation(new);
+            return Err(e);
+        }
+        self.active
+            .set(0, new, 0)
+            .context("activating the new policy generation")?;
+        std::thread::sleep(GRACE);
+        self.remove_generation(old);
+        self.drop_stale_exes(&entries.exes);
+        Ok(new)
+    }
+
+    fn write_generation(&mut self, generation: u32, e: &PolicyEntries) -> Result<()> {
+        // Binaries being (re)approved were just hashed: their taint is cleared.
+        for exe in &e.exes {
+            self.exes.insert(exe, 1, 0).context("GUARD_EXES is full")?;
+            let _ = self.tainted.remove(exe);
+        }
+        self.meta
+            .insert(generation, e.meta, 0)
+            .context("writing policy mode")?;
+        for (key, value) in &e.rules {
+            self.rules
+                .insert(key, value, 0)
+                .context("GUARD_RULES is full")?;
+        }
+        for (key, point) in &e.dirs {
+            self.dirs
+                .insert(key, point, 0)
+                .context("GUARD_DIRS is full")?;
+        }
+        for key in &e.devs {
+            self.devs.insert(key, 1, 0).context("GUARD_DEVS is full")?;
+        }
+        Ok(())
+    }
+
+    /// Best-effort removal: leftovers of an unused generation decide nothing.
+    fn remove_generation(&mut self, generation: u32) {
+        if generation == 0 {
+            return;
+        }
+        let _ = self.meta.remove(&generation);
+        remove_where(&mut self.devs, |k| k.generation == generation);
+        remove_where(&mut self.dirs, |k| k.generation == generation);
+        remove_where(&mut self.rules, |k| k.generation == generation);
+    }
+
+    fn drop_stale_exes(&mut self, keep: &[ExeKey]) {
+        remove_where(&mut self.exes, |k| !keep.contains(k));
+        remove_where(&mut self.tainted, |k| !keep.contains(k));
+    }
+
+    /// Allowed binaries opened for writing since they were approved.
+    pub fn tainted(&self) -> Vec<(ExeKey, Taint)> {
+        self.tainted.iter().filter_map(|r| r.ok()).collect()
+    }
+
+    pub fn stats(&self) -> Result<Stats> {
+        let sum = |index: u32| -> Result<u64> {
+            let values = self.stats.get(&index, 0).context("reading GUARD_STATS")?;
+            Ok(values.iter().sum())
+        };
+        Ok(Stats {
+            allowed: sum(stat::ALLOWED)?,
+            denied: sum(stat::DENIED)?,
+            audited: sum(stat::AUDITED)?,
+            would_deny: sum(stat::WOULD_DENY)?,
+            events_dropped: sum(stat::DROPPED)?,
+            events_suppressed: sum(stat::SUPPRESSED)?,
+            fail_closed: sum(stat::FAIL_CLOSED)?,
+        })
+    }
+}
+
+fn remove_where<K: aya::Pod + PartialEq, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    doomed: impl Fn(&K) -> bool,
+) {
+    let keys: Vec<K> = map
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| doomed(k))
+        .collect();
+    for key in keys {
+        let _ = map.remove(&key);
+    }
+}
+
+fn next_generation(current: u32) -> u32 {
+    match current.wrapping_add(1) {
+        0 => 1,
+        g => g,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_never_becomes_zero() {
+        assert_eq!(next_generation(0), 1);
+        assert_eq!(next_generation(7), 8);
+        assert_eq!(next_generation(u32::MAX), 1);
+    }
+}

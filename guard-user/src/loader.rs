@@ -1,0 +1,216 @@
+//! Loading, attaching and pinning the kernel programs.
+//!
+//! Programs, links and maps are pinned under one bpffs folder, so enforcement
+//! stays on while guardd is dead or restarting. A restarted guardd adopts the
+//! pinned state instead of loading a second copy.
+
+use crate::offsets;
+use anyhow::{bail, Context, Result};
+use aya::{
+    programs::{links::FdLink, Lsm},
+    Btf, EbpfLoader,
+};
+use guard_common::maps;
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+/// Default bpffs folder of guard's pins.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/guard";
+const LSM_LIST: &str = "/sys/kernel/security/lsm";
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+const SECURITYFS_MAGIC: i64 = 0x73636673;
+
+/// The LSM hooks guard attaches to; each program is named after its hook.
+pub const HOOKS: [&str; 10] = [
+    "file_open",
+    "inode_create",
+    "inode_mkdir",
+    "inode_mknod",
+    "inode_symlink",
+    "inode_unlink",
+    "inode_rmdir",
+    "inode_rename",
+    "inode_link",
+    "inode_setattr",
+];
+
+/// Where guard's pins live.
+#[derive(Clone, Debug)]
+pub struct Pins {
+    root: PathBuf,
+}
+
+impl Pins {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Pins { root: root.into() }
+    }
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn maps(&self) -> PathBuf {
+        self.root.join("maps")
+    }
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.maps().join(name)
+    }
+    pub fn link(&self, hook: &str) -> PathBuf {
+        self.root.join("links").join(hook)
+    }
+    pub fn program(&self, hook: &str) -> PathBuf {
+        self.root.join("programs").join(hook)
+    }
+
+    /// True when every link and map is pinned: the guard is armed.
+    pub fn complete(&self) -> bool {
+        HOOKS.iter().all(|h| self.link(h).exists())
+            && maps::ALL.iter().all(|m| self.map(m).exists())
+    }
+
+    /// True when anything of guard is pinned.
+    pub fn any(&self) -> bool {
+        self.root.exists()
+    }
+}
+
+/// How the programs came to be running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Armed {
+    /// Loaded and attached by this process.
+    Loaded,
+    /// Already pinned by an earlier guardd; adopted as is.
+    Adopted,
+}
+
+/// Refuses to go on unless the BPF LSM is active: on a kernel without `bpf` in
+/// the LSM list the programs attach and then never run.
+pub fn check_bpf_lsm() -> Result<()> {
+    mount_if_missing(
+        Path::new("/sys/kernel/security"),
+        "securityfs",
+        SECURITYFS_MAGIC,
+    )?;
+    let list = fs::read_to_string(LSM_LIST).with_context(|| format!("reading {LSM_LIST}"))?;
+    let list = list.trim();
+    if !list.split(',').any(|l| l == "bpf") {
+        bail!(
+            "the BPF LSM is not active on this kernel ({LSM_LIST} lists \"{list}\"): \
+             guard's programs would attach and never run. Add `lsm={list},bpf` to the \
+             kernel command line and reboot."
+        );
+    }
+    Ok(())
+}
+
+/// Makes sure the programs are attached and pinned, adopting earlier pins.
+/// Struct layouts are resolved from the kernel BTF at `btf`.
+pub fn arm(pins: &Pins, object: &[u8], btf: &Path) -> Result<Armed> {
+    check_bpf_lsm()?;
+    let bpffs = pins.root().parent().context("pin folder has no parent")?;
+    mount_if_missing(bpffs, "bpf", BPF_FS_MAGIC)?;
+    if pins.complete() {
+        return Ok(Armed::Adopted);
+    }
+    load_and_pin(pins, object, btf)?;
+    Ok(Armed::Loaded)
+}
+
+/// Loads a fresh copy of the programs (reusing pinned maps, so an applied
+/// policy survives) and atomically replaces any older link pins.
+fn load_and_pin(pins: &Pins, object: &[u8], btf: &Path) -> Result<()> {
+    let offsets = offsets::resolve(btf)
+        .context("refusing to load: the kernel's layout is not fully known")?;
+    for dir in [
+        pins.maps(),
+        pins.root().join("links"),
+        pins.root().join("programs"),
+    ] {
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(pins.maps())
+        .override_global("OFFSETS", &offsets, true)
+        .load(object)
+        .context("loading guard's kernel object")?;
+    let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
+    for hook in HOOKS {
+        let program: &mut Lsm = ebpf
+            .program_mut(hook)
+            .with_context(|| format!("program {hook} missing from the kernel object"))?
+            .try_into()
+            .with_context(|| format!("program {hook} is not an LSM program"))?;
+        program
+            .load(hook, &btf)
+            .with_context(|| format!("loading LSM program {hook}"))?;
+        replace_pin(&pins.program(hook), |tmp| Ok(program.pin(tmp)?))
+            .with_context(|| format!("pinning program {hook}"))?;
+        let link_id = program
+            .attach()
+            .with_context(|| format!("attaching LSM program {hook}"))?;
+        let link: FdLink = program.take_link(link_id)?.into();
+        replace_pin(&pins.link(hook), |tmp| {
+            link.pin(tmp)?;
+            Ok(())
+        })
+        .with_context(|| format!("pinning link {hook}"))?;
+    }
+    Ok(())
+}
+
+/// Pins under a temporary name, then renames over `path`, so a reader never
+/// finds the pin missing and an older pinned link is released only once the
+/// new one holds.
+fn replace_pin(path: &Path, pin: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    // bpffs refuses names with dots.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push("_new");
+    let tmp = PathBuf::from(tmp);
+    let _ = fs::remove_file(&tmp);
+    pin(&tmp)?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming pin to {}", path.display()))
+}
+
+/// Removes every pin: the programs detach once nothing holds them.
+pub fn disarm(pins: &Pins) -> Result<()> {
+    if pins.any() {
+        fs::remove_dir_all(pins.root())
+            .with_context(|| format!("removing {}", pins.root().display()))?;
+    }
+    Ok(())
+}
+
+fn mount_if_missing(target: &Path, fstype: &str, magic: i64) -> Result<()> {
+    if fs_magic(target)? == magic {
+        return Ok(());
+    }
+    let c = |s: &str| std::ffi::CString::new(s).unwrap();
+    let path = c(&target.to_string_lossy());
+    let fstype_c = c(fstype);
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            fstype_c.as_ptr(),
+            path.as_ptr(),
+            fstype_c.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("mounting {fstype} on {}", target.display()));
+    }
+    Ok(())
+}
+
+fn fs_magic(path: &Path) -> Result<i64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and out-pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("statfs {}", path.display()));
+    }
+    Ok(st.f_type as i64)
+}

@@ -1,0 +1,145 @@
+//! Kernel struct layout resolved from the running kernel's BTF.
+//!
+//! The kernel programs read fields at offsets handed to them at load time, so
+//! one build works on kernels whose layouts differ. A field that cannot be
+//! resolved is an error naming it: guardd refuses to load rather than guess.
+
+use anyhow::{anyhow, bail, Context, Result};
+use btf_rs::{Btf, Type};
+use guard_common::KernelOffsets;
+use std::path::Path;
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Resolves every offset the programs need from a BTF file.
+pub fn resolve(btf_path: &Path) -> Result<KernelOffsets> {
+    let btf = Btf::from_file(btf_path)
+        .map_err(|e| anyhow!("reading kernel BTF {}: {e}", btf_path.display()))?;
+    let field = |path: &str| field_offset(&btf, path);
+    Ok(KernelOffsets {
+        file_f_inode: field("file.f_inode")?,
+        file_f_path_dentry: field("file.f_path")? + field("path.dentry")?,
+        file_f_mode: field("file.f_mode")?,
+        inode_i_ino: field("inode.i_ino")?,
+        inode_i_sb: field("inode.i_sb")?,
+        super_block_s_dev: field("super_block.s_dev")?,
+        dentry_d_parent: field("dentry.d_parent")?,
+        dentry_d_inode: field("dentry.d_inode")?,
+        dentry_d_sb: field("dentry.d_sb")?,
+        dentry_d_name_name: field("dentry.d_name")? + field("qstr.name")?,
+        task_struct_mm: field("task_struct.mm")?,
+        mm_struct_exe_file: field("mm_struct.exe_file")?,
+        setattr_dentry_arg: hook_param_index(&btf, "inode_setattr", "dentry")?,
+        _pad: 0,
+    })
+}
+
+/// Byte offset of `struct.member`, looking through anonymous structs and
+/// unions. Bitfields are refused: the programs read whole bytes.
+fn field_offset(btf: &Btf, path: &str) -> Result<u32> {
+    let (struct_name, member) = path
+        .split_once('.')
+        .ok_or_else(|| anyhow!("bad field path {path}"))?;
+    let st = named_struct(btf, struct_name)
+        .with_context(|| format!("kernel field {path} cannot be resolved from BTF"))?;
+    let bits = find_member(btf, &st, member)
+        .with_context(|| format!("kernel field {path} cannot be resolved from BTF"))?
+        .ok_or_else(|| {
+            anyhow!("kernel field {path} cannot be resolved from BTF: no such member")
+        })?;
+    if bits % 8 != 0 {
+        bail!("kernel field {path} is a bitfield (bit offset {bits}); refusing to load");
+    }
+    Ok(bits / 8)
+}
+
+fn named_struct(btf: &Btf, name: &str) -> Result<btf_rs::Struct> {
+    btf.resolve_types_by_name(name)
+        .map_err(|e| anyhow!("no type named {name}: {e}"))?
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Struct(s) if !s.members.is_empty() => Some(s),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow!("no struct named {name}"))
+}
+
+/// Bit offset of `member` in `st`, recursing into anonymous members.
+fn find_member(btf: &Btf, st: &btf_rs::Struct, member: &str) -> Result<Option<u32>> {
+    for m in &st.members {
+        let name = btf.resolve_name(m).unwrap_or_default();
+        if name == member {
+            return Ok(Some(m.bit_offset()));
+        }
+        if name.is_empty() {
+            let inner = match btf.resolve_chained_type(m) {
+                Ok(Type::Struct(s)) | Ok(Type::Union(s)) => s,
+                _ => continue,
+            };
+            if let Some(bits) = find_member(btf, &inner, member)? {
+                return Ok(Some(m.bit_offset() + bits));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Position of the parameter named `param` of LSM hook `hook`, read from the
+/// prototype of `bpf_lsm_<hook>` (hook signatures change between kernels).
+fn hook_param_index(btf: &Btf, hook: &str, param: &str) -> Result<u32> {
+    let func = format!("bpf_lsm_{hook}");
+    let context = || format!("LSM hook {hook} parameter {param} cannot be resolved from BTF");
+    let proto = btf
+        .resolve_types_by_name(&func)
+        .map_err(|e| anyhow!("no function {func}: {e}"))
+        .with_context(context)?
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Func(f) => btf.resolve_chained_type(&f).ok(),
+            _ => None,
+        })
+        .and_then(|t| match t {
+            Type::FuncProto(p) => Some(p),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow!("{func} has no prototype"))
+        .with_context(context)?;
+    proto
+        .parameters
+        .iter()
+        .position(|p| btf.resolve_name(p).ok().as_deref() == Some(param))
+        .map(|i| i as u32)
+        .ok_or_else(|| anyhow!("{func} has no parameter named {param}"))
+        .with_context(context)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_every_field_on_the_running_kernel() {
+        let o = resolve(Path::new(VMLINUX_BTF)).unwrap();
+        // Sanity: pointers are 8-byte aligned, and distinct fields differ.
+        for off in [
+            o.file_f_inode,
+            o.inode_i_sb,
+            o.dentry_d_parent,
+            o.task_struct_mm,
+        ] {
+            assert_eq!(off % 8, 0, "{o:?}");
+        }
+        assert_ne!(o.dentry_d_parent, o.dentry_d_inode);
+        // Since Linux 6.3 inode_setattr takes the idmap first.
+        assert!(o.setattr_dentry_arg <= 1);
+    }
+
+    #[test]
+    fn unknown_field_is_named_in_the_error() {
+        let btf = Btf::from_file(VMLINUX_BTF).unwrap();
+        let err = field_offset(&btf, "file.no_such_field").unwrap_err();
+        assert!(format!("{err:#}").contains("file.no_such_field"), "{err:#}");
+        let err = hook_param_index(&btf, "inode_setattr", "nope").unwrap_err();
+        assert!(format!("{err:#}").contains("inode_setattr"), "{err:#}");
+    }
+}

@@ -1,0 +1,446 @@
+//! Compiling a resolved policy to the kernel's map entries (`guard_common`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use guard_common::{
+    DevKey, DirKey, ExeKey, PolicyMeta, RuleKey, RuleValue, ANY_ID, MAX_EXES, MAX_POINTS,
+    MAX_RULE_ENTRIES,
+};
+
+use super::{Effect, Pointer, PolicyError, ResolvedPolicy};
+
+/// Everything one policy generation puts in the kernel maps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyEntries {
+    /// `META[generation]`.
+    pub meta: PolicyMeta,
+    /// `DEVS`: filesystems holding a protected directory.
+    pub devs: Vec<DevKey>,
+    /// `DIRS`: protected directories and their point index.
+    pub dirs: Vec<(DirKey, u32)>,
+    /// `RULES`: one entry per (point, binary, uid or ANY, gid or ANY).
+    pub rules: Vec<(RuleKey, RuleValue)>,
+    /// `EXES`: every binary some rule names.
+    pub exes: Vec<ExeKey>,
+}
+
+/// Sort key of a rule entry, so the output order does not depend on hashing.
+type RuleOrder = (u32, u32, u64, u32, u32);
+
+impl ResolvedPolicy {
+    /// The map entries of this policy as generation `generation`, in a stable order.
+    ///
+    /// Rules that produce the same key are merged: `allow` is the union of the
+    /// access of `allow` and `audit` rules, `audit` that of `audit` rules, and
+    /// `rule` the lowest rule id. The kernel looks up (uid, gid), (uid, ANY),
+    /// (ANY, gid) and (ANY, ANY) and ORs what it finds, so the cost of a
+    /// decision does not grow with the number of rules.
+    pub fn entries(&self, generation: u32) -> PolicyEntries {
+        let devs: BTreeSet<u32> = self.points.iter().map(|p| p.dev).collect();
+        let dirs = self
+            .points
+            .iter()
+            .enumerate()
+            .map(|(index, p)| {
+                let key = DirKey {
+                    generation,
+                    dev: p.dev,
+                    ino: p.ino,
+                };
+                (key, index as u32)
+            })
+            .collect();
+
+        let mut rules: BTreeMap<RuleOrder, RuleValue> = BTreeMap::new();
+        let mut exes: BTreeSet<(u32, u64)> = BTreeSet::new();
+        for rule in &self.rules {
+            let audit = match rule.effect {
+                Effect::Allow => 0,
+                Effect::Audit => rule.access.0,
+            };
+            let uid = rule.uid.unwrap_or(ANY_ID);
+            let gid = rule.gid.unwrap_or(ANY_ID);
+            for binary in &rule.binaries {
+                exes.insert((binary.dev, binary.ino));
+                let value = rules
+                    .entry((rule.point, binary.dev, binary.ino, uid, gid))
+                    .or_insert(RuleValue {
+                        rule: rule.id,
+                        ..RuleValue::default()
+                    });
+                value.allow |= rule.access.0;
+                value.audit |= audit;
+                value.rule = value.rule.min(rule.id);
+            }
+        }
+
+        PolicyEntries {
+            meta: PolicyMeta {
+                mode: self.mode.kernel_value(),
+                _pad: 0,
+            },
+            devs: devs
+                .into_iter()
+                .map(|dev| DevKey { generation, dev })
+                .collect(),
+            dirs,
+            rules: rules
+                .into_iter()
+                .map(|((point, exe_dev, exe_ino, uid, gid), value)| {
+                    let key = RuleKey {
+                        generation,
+                        point,
+                        exe_dev,
+                        uid,
+                        exe_ino,
+                        gid,
+                        _pad: 0,
+                    };
+                    (key, value)
+                })
+                .collect(),
+            exes: exes
+                .into_iter()
+                .map(|(dev, ino)| ExeKey { dev, _pad: 0, ino })
+                .collect(),
+        }
+    }
+}
+
+/// Two generations share the maps during an apply, so one policy may use half.
+pub const fn per_policy_capacity(map_capacity: u32) -> usize {
+    (map_capacity / 2) as usize
+}
+
+/// Refuses a policy the kernel maps cannot hold.
+pub(super) fn check_capacity(policy: &ResolvedPolicy) -> Vec<PolicyError> {
+    let entries = policy.entries(0);
+    let at = Pointer::root().key("protected");
+    let checks = [
+        ("protected directories", entries.dirs.len(), MAX_POINTS),
+        ("rule entries", entries.rules.len(), MAX_RULE_ENTRIES),
+        ("distinct binaries", entries.exes.len(), MAX_EXES),
+    ];
+    checks
+        .into_iter()
+        .filter(|(_, count, capacity)| *count > per_policy_capacity(*capacity))
+        .map(|(what, count, capacity)| {
+            at.error(format!(
+                "the policy has {count} {what}; the kernel holds at most {} per policy \
+                 (one entry per protected directory, binary, uid and gid)",
+                per_policy_capacity(capacity)
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{
+        resolve, Access, Mode, ResolvedBinary, ResolvedPoint, RuleInfo, Sha256Digest,
+    };
+    use guard_common::access::*;
+    use guard_common::{MODE_AUDIT, MODE_ENFORCE};
+
+    fn binary(dev: u32, ino: u64) -> ResolvedBinary {
+        ResolvedBinary {
+            path: format!("/bin/{dev}-{ino}").into(),
+            dev,
+            ino,
+            sha256: Sha256Digest([0; 32]),
+        }
+    }
+
+    fn point(dev: u32, ino: u64) -> ResolvedPoint {
+        ResolvedPoint {
+            path: format!("/p/{dev}-{ino}").into(),
+            dev,
+            ino,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rule(
+        id: u32,
+        point: u32,
+        effect: Effect,
+        access: u32,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        binaries: Vec<ResolvedBinary>,
+    ) -> RuleInfo {
+        RuleInfo {
+            id,
+            label: format!("r{id}"),
+            point,
+            effect,
+            access: Access(access),
+            uid,
+            gid,
+            binaries,
+        }
+    }
+
+    fn key(generation: u32, point: u32, exe: (u32, u64), uid: u32, gid: u32) -> RuleKey {
+        RuleKey {
+            generation,
+            point,
+            exe_dev: exe.0,
+            uid,
+            exe_ino: exe.1,
+            gid,
+            _pad: 0,
+        }
+    }
+
+    #[test]
+    fn compiles_points_rules_and_binaries() {
+        let policy = ResolvedPolicy {
+            mode: Mode::Enforce,
+            hash: String::new(),
+            points: vec![point(5, 100), point(7, 200), point(5, 300)],
+            rules: vec![
+                rule(
+                    0,
+                    0,
+                    Effect::Allow,
+                    READ | WRITE,
+                    None,
+                    None,
+                    vec![binary(1, 10)],
+                ),
+                rule(
+                    1,
+                    1,
+                    Effect::Audit,
+                    READ,
+                    Some(0),
+                    None,
+                    vec![binary(1, 10), binary(2, 20)],
+                ),
+                rule(
+                    2,
+                    2,
+                    Effect::Allow,
+                    DELETE,
+                    Some(27),
+                    Some(28),
+                    vec![binary(2, 20)],
+                ),
+            ],
+        };
+        let e = policy.entries(9);
+        assert_eq!(e.meta.mode, MODE_ENFORCE);
+        assert_eq!(
+            e.devs,
+            vec![
+                DevKey {
+                    generation: 9,
+                    dev: 5
+                },
+                DevKey {
+                    generation: 9,
+                    dev: 7
+                }
+            ]
+        );
+        assert_eq!(
+            e.dirs,
+            vec![
+                (
+                    DirKey {
+                        generation: 9,
+                        dev: 5,
+                        ino: 100
+                    },
+                    0
+                ),
+                (
+                    DirKey {
+                        generation: 9,
+                        dev: 7,
+                        ino: 200
+                    },
+                    1
+                ),
+                (
+                    DirKey {
+                        generation: 9,
+                        dev: 5,
+                        ino: 300
+                    },
+                    2
+                ),
+            ]
+        );
+        let value = |allow, audit, rule| RuleValue {
+            allow,
+            audit,
+            rule,
+            _pad: 0,
+        };
+        assert_eq!(
+            e.rules,
+            vec![
+                (
+                    key(9, 0, (1, 10), ANY_ID, ANY_ID),
+                    value(READ | WRITE, 0, 0)
+                ),
+                (key(9, 1, (1, 10), 0, ANY_ID), value(READ, READ, 1)),
+                (key(9, 1, (2, 20), 0, ANY_ID), value(READ, READ, 1)),
+                (key(9, 2, (2, 20), 27, 28), value(DELETE, 0, 2)),
+            ]
+        );
+        assert_eq!(
+            e.exes,
+            vec![
+                ExeKey {
+                    dev: 1,
+                    _pad: 0,
+                    ino: 10
+                },
+                ExeKey {
+                    dev: 2,
+                    _pad: 0,
+                    ino: 20
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn merges_rules_with_the_same_key() {
+        let policy = ResolvedPolicy {
+            mode: Mode::Audit,
+            hash: String::new(),
+            points: vec![point(5, 100)],
+            rules: vec![
+                rule(
+                    0,
+                    0,
+                    Effect::Allow,
+                    WRITE,
+                    Some(3),
+                    None,
+                    vec![binary(1, 10)],
+                ),
+                rule(
+                    1,
+                    0,
+                    Effect::Audit,
+                    READ | SETATTR,
+                    Some(3),
+                    None,
+                    vec![binary(1, 10)],
+                ),
+                rule(
+                    2,
+                    0,
+                    Effect::Audit,
+                    EXEC,
+                    Some(3),
+                    None,
+                    vec![binary(1, 10), binary(1, 10)],
+                ),
+                rule(
+                    3,
+                    0,
+                    Effect::Allow,
+                    LINK,
+                    Some(4),
+                    None,
+                    vec![binary(1, 10)],
+                ),
+            ],
+        };
+        let e = policy.entries(1);
+        assert_eq!(e.meta.mode, MODE_AUDIT);
+        assert_eq!(
+            e.rules,
+            vec![
+                (
+                    key(1, 0, (1, 10), 3, ANY_ID),
+                    RuleValue {
+                        allow: WRITE | READ | SETATTR | EXEC,
+                        audit: READ | SETATTR | EXEC,
+                        rule: 0,
+                        _pad: 0
+                    }
+                ),
+                (
+                    key(1, 0, (1, 10), 4, ANY_ID),
+                    RuleValue {
+                        allow: LINK,
+                        audit: 0,
+                        rule: 3,
+                        _pad: 0
+                    }
+                ),
+            ]
+        );
+        assert_eq!(e.exes.len(), 1);
+    }
+
+    #[test]
+    fn a_thousand_rules_resolve_and_compile_with_merged_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let binaries: Vec<String> = (0..4)
+            .map(|i| {
+                let path = dir.path().join(format!("bin{i}"));
+                std::fs::write(&path, vec![i as u8; 1 << 20]).unwrap();
+                path.to_str().unwrap().to_string()
+            })
+            .collect();
+        let rules: Vec<serde_json::Value> = (0..1000)
+            .map(|i| {
+                serde_json::json!({
+                    "binaries": [binaries[i % 4], binaries[(i + 1) % 4]],
+                    "uid": i % 50,
+                    "access": [if i % 2 == 0 { "read" } else { "write" }],
+                    "effect": if i % 3 == 0 { "audit" } else { "allow" },
+                })
+            })
+            .collect();
+        let text =
+            serde_json::json!({"mode": "enforce", "protected": [{"path": data, "rules": rules}]});
+        let started = std::time::Instant::now();
+        let policy = crate::policy::parse(&text.to_string()).unwrap();
+        let resolved = resolve(&policy).unwrap();
+        let entries = resolved.entries(1);
+        eprintln!(
+            "parse + resolve + compile of 1000 rules: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(resolved.rules.len(), 1000);
+        // uid = i % 50 and binaries follow i % 4, so keys repeat: 50 uids x 4 binaries.
+        assert_eq!(entries.rules.len(), 200);
+        assert_eq!(entries.exes.len(), 4);
+        let lowest = entries.rules.iter().map(|(_, v)| v.rule).max().unwrap();
+        assert!(lowest < 100, "merged entries keep the lowest rule id");
+    }
+
+    #[test]
+    fn refuses_policies_larger_than_the_maps() {
+        let too_many = per_policy_capacity(MAX_POINTS) + 1;
+        let policy = ResolvedPolicy {
+            mode: Mode::Enforce,
+            hash: String::new(),
+            points: (0..too_many as u64).map(|i| point(1, i)).collect(),
+            rules: vec![],
+        };
+        let errors = check_capacity(&policy);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].location, "/protected");
+        assert!(errors[0]
+            .message
+            .contains(&format!("{too_many} protected directories")));
+        let fits = ResolvedPolicy {
+            points: policy.points[..too_many - 1].to_vec(),
+            ..policy
+        };
+        assert!(check_capacity(&fits).is_empty());
+    }
+}

@@ -1,0 +1,705 @@
+//! Checking a policy document's shape, reporting every problem at once.
+//!
+//! The text is first read into a JSON value (refusing duplicate keys, which
+//! would otherwise silently override each other), then walked field by
+//! field. Each problem is recorded with its JSON pointer and the walk goes on,
+//! so one run shows the author everything to fix.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use guard_common::access as access_bits;
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+
+use super::{
+    Access, Binary, Effect, Mode, Pointer, Policy, PolicyError, PolicyErrors, Protected, Rule,
+    Sha256Digest,
+};
+
+/// The largest uid/gid a rule may name: `u32::MAX` is the kernel's wildcard.
+const MAX_ID: u64 = (guard_common::ANY_ID - 1) as u64;
+
+/// Parses and checks a policy document. On failure, lists every problem found.
+pub fn parse(text: &str) -> Result<Policy, PolicyErrors> {
+    let document = read_json(text).map_err(|e| PolicyErrors(vec![e]))?;
+    let mut parser = Parser::default();
+    let policy = parser.policy(&document);
+    match policy {
+        Some(policy) if parser.errors.is_empty() => Ok(policy),
+        _ => Err(PolicyErrors(parser.errors)),
+    }
+}
+
+fn read_json(text: &str) -> Result<Value, PolicyError> {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let syntax_error = |e: serde_json::Error| {
+        // serde_json appends " at line L column C"; the location says it already.
+        let full = e.to_string();
+        let suffix = format!(" at line {} column {}", e.line(), e.column());
+        let message = full.strip_suffix(&suffix).unwrap_or(&full).to_string();
+        PolicyError {
+            location: format!("line {}, column {}", e.line(), e.column()),
+            message: format!("invalid JSON: {message}"),
+        }
+    };
+    let StrictValue(value) = StrictValue::deserialize(&mut deserializer).map_err(syntax_error)?;
+    deserializer.end().map_err(syntax_error)?;
+    Ok(value)
+}
+
+/// A JSON value read with duplicate object keys refused.
+struct StrictValue(Value);
+
+impl<'de> Deserialize<'de> for StrictValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictValue(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(de::Error::custom(format!("duplicate field `{key}`")));
+            }
+            let StrictValue(value) = map.next_value()?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+/// What a JSON value is, for "expected X, found Y" messages.
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Walks a document, collecting errors. Each method returns `None` when the
+/// part it checks is wrong (and has recorded why).
+#[derive(Default)]
+struct Parser {
+    errors: Vec<PolicyError>,
+}
+
+/// An object's field: absent, present and valid, or present and invalid.
+type Field<T> = Result<Option<T>, ()>;
+
+impl Parser {
+    fn error(&mut self, at: &Pointer, message: impl Into<String>) {
+        self.errors.push(at.error(message));
+    }
+
+    fn wrong_type(&mut self, at: &Pointer, expected: &str, found: &Value) {
+        self.error(at, format!("expected {expected}, found {}", kind(found)));
+    }
+
+    /// Checks `value` is an object with only `allowed` fields and all `required` ones.
+    fn object<'v>(
+        &mut self,
+        value: &'v Value,
+        at: &Pointer,
+        what: &str,
+        allowed: &[&str],
+        required: &[&str],
+    ) -> Option<&'v Map<String, Value>> {
+        let Value::Object(object) = value else {
+            self.wrong_type(at, what, value);
+            return None;
+        };
+        for key in object.keys() {
+            if !allowed.contains(&key.as_str()) {
+                let expected = allowed
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                self.error(
+                    &at.key(key),
+                    format!("unknown field `{key}`; expected one of {expected}"),
+                );
+            }
+        }
+        for key in required {
+            if !object.contains_key(*key) {
+                self.error(at, format!("missing field `{key}`"));
+            }
+        }
+        Some(object)
+    }
+
+    /// A field that may be absent.
+    fn optional<T>(
+        &mut self,
+        object: &Map<String, Value>,
+        at: &Pointer,
+        key: &str,
+        check: impl FnOnce(&mut Self, &Value, &Pointer) -> Option<T>,
+    ) -> Field<T> {
+        match object.get(key) {
+            None => Ok(None),
+            Some(value) => check(self, value, &at.key(key)).map(Some).ok_or(()),
+        }
+    }
+
+    /// A field that must be present; its absence was reported by [`Parser::object`].
+    fn required<T>(
+        &mut self,
+        object: &Map<String, Value>,
+        at: &Pointer,
+        key: &str,
+        check: impl FnOnce(&mut Self, &Value, &Pointer) -> Option<T>,
+    ) -> Option<T> {
+        self.optional(object, at, key, check).ok().flatten()
+    }
+
+    /// A list, checked item by item (every item is checked even if one fails).
+    fn list<T>(
+        &mut self,
+        value: &Value,
+        at: &Pointer,
+        non_empty: bool,
+        mut item: impl FnMut(&mut Self, &Value, &Pointer) -> Option<T>,
+    ) -> Option<Vec<T>> {
+        let Value::Array(values) = value else {
+            self.wrong_type(at, "a list", value);
+            return None;
+        };
+        if non_empty && values.is_empty() {
+            self.error(at, "must not be empty");
+            return None;
+        }
+        let items: Vec<Option<T>> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| item(self, v, &at.index(i)))
+            .collect();
+        items.into_iter().collect()
+    }
+
+    fn string<'v>(&mut self, value: &'v Value, at: &Pointer) -> Option<&'v str> {
+        match value {
+            Value::String(s) => Some(s),
+            other => {
+                self.wrong_type(at, "a string", other);
+                None
+            }
+        }
+    }
+
+    fn policy(&mut self, value: &Value) -> Option<Policy> {
+        let at = Pointer::root();
+        let object = self.object(
+            value,
+            &at,
+            "a policy object",
+            &["$schema", "mode", "protected"],
+            &["mode", "protected"],
+        )?;
+        // `$schema` lets editors find the schema; it does not change the policy.
+        let schema = self.optional(object, &at, "$schema", |p, v, at| p.string(v, at).map(drop));
+        let mode = self.required(object, &at, "mode", Self::mode);
+        let protected = self.required(object, &at, "protected", |p, v, at| {
+            p.list(v, at, true, Self::protected)
+        });
+        schema.ok()?;
+        Some(Policy {
+            mode: mode?,
+            protected: protected?,
+        })
+    }
+
+    fn mode(&mut self, value: &Value, at: &Pointer) -> Option<Mode> {
+        match self.string(value, at)? {
+            "enforce" => Some(Mode::Enforce),
+            "audit" => Some(Mode::Audit),
+            other => {
+                self.error(
+                    at,
+                    format!("unknown mode `{other}`; expected `enforce` or `audit`"),
+                );
+                None
+            }
+        }
+    }
+
+    fn protected(&mut self, value: &Value, at: &Pointer) -> Option<Protected> {
+        let object = self.object(
+            value,
+            at,
+            "a protected directory object",
+            &["path", "rules"],
+            &["path", "rules"],
+        )?;
+        let path = self.required(object, at, "path", Self::absolute_path);
+        // An empty list is meaningful: nobody may touch the directory.
+        let rules = self.required(object, at, "rules", |p, v, at| {
+            p.list(v, at, false, Self::rule)
+        });
+        Some(Protected {
+            path: path?,
+            rules: rules?,
+        })
+    }
+
+    fn rule(&mut self, value: &Value, at: &Pointer) -> Option<Rule> {
+        let object = self.object(
+            value,
+            at,
+            "a rule object",
+            &["name", "binaries", "uid", "gid", "access", "effect"],
+            &["binaries", "access", "effect"],
+        )?;
+        let name = self.optional(object, at, "name", Self::rule_name);
+        let binaries = self.required(object, at, "binaries", |p, v, at| {
+            p.list(v, at, true, Self::binary)
+        });
+        let uid = self.optional(object, at, "uid", |p, v, at| p.id(v, at, "user"));
+        let gid = self.optional(object, at, "gid", |p, v, at| p.id(v, at, "group"));
+        let access = self.required(object, at, "access", Self::access);
+        let effect = self.required(object, at, "effect", Self::effect);
+        Some(Rule {
+            name: name.ok()?,
+            binaries: binaries?,
+            uid: uid.ok()?,
+            gid: gid.ok()?,
+            access: access?,
+            effect: effect?,
+        })
+    }
+
+    fn rule_name(&mut self, value: &Value, at: &Pointer) -> Option<String> {
+        let name = self.string(value, at)?;
+        if name.is_empty() {
+            self.error(at, "must not be empty");
+            return None;
+        }
+        // Names appear in log lines; a control character could forge one.
+        if name.chars().any(char::is_control) {
+            self.error(at, "must not contain control characters");
+            return None;
+        }
+        Some(name.to_string())
+    }
+
+    fn absolute_path(&mut self, value: &Value, at: &Pointer) -> Option<PathBuf> {
+        let path = self.string(value, at)?;
+        if !path.starts_with('/') {
+            self.error(at, format!("`{path}` is not an absolute path"));
+            return None;
+        }
+        if path.contains('\0') {
+            self.error(at, "a path cannot contain a NUL character");
+            return None;
+        }
+        Some(PathBuf::from(path))
+    }
+
+    fn binary(&mut self, value: &Value, at: &Pointer) -> Option<Binary> {
+        if let Value::String(_) = value {
+            let path = self.absolute_path(value, at)?;
+            return Some(Binary { path, sha256: None });
+        }
+        if !value.is_object() {
+            self.wrong_type(at, "a path or an object with `path` and `sha256`", value);
+            return None;
+        }
+        let object = self.object(value, at, "an object", &["path", "sha256"], &["path"])?;
+        let path = self.required(object, at, "path", Self::absolute_path);
+        let sha256 = self.optional(object, at, "sha256", Self::sha256);
+        Some(Binary {
+            path: path?,
+            sha256: sha256.ok()?,
+        })
+    }
+
+    fn sha256(&mut self, value: &Value, at: &Pointer) -> Option<Sha256Digest> {
+        let text = self.string(value, at)?;
+        let digest = Sha256Digest::from_hex(text);
+        if digest.is_none() {
+            self.error(
+                at,
+                format!("`{text}` is not a SHA-256 digest (64 hex digits)"),
+            );
+        }
+        digest
+    }
+
+    fn id(&mut self, value: &Value, at: &Pointer, what: &str) -> Option<u32> {
+        // 0.0 counts as an integer, as in JSON Schema.
+        let number = value.as_u64().or_else(|| {
+            value
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= MAX_ID as f64)
+                .map(|f| f as u64)
+        });
+        match number {
+            Some(id) if id <= MAX_ID => Some(id as u32),
+            _ => {
+                self.error(
+                    at,
+                    format!(
+                        "expected a {what} id (an integer from 0 to {MAX_ID}), found {}",
+                        describe(value)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn access(&mut self, value: &Value, at: &Pointer) -> Option<Access> {
+        // Checked item by item here (not with `list`) so a duplicate is
+        // reported even when another name in the list is unknown.
+        let Value::Array(values) = value else {
+            self.wrong_type(at, "a list", value);
+            return None;
+        };
+        if values.is_empty() {
+            self.error(at, "must not be empty");
+            return None;
+        }
+        let mut bits = 0;
+        let mut valid = true;
+        for (i, value) in values.iter().enumerate() {
+            let at = at.index(i);
+            let Some(name) = self.string(value, &at) else {
+                valid = false;
+                continue;
+            };
+            match access_bits::from_name(name) {
+                None => {
+                    let known = access_bits::NAMES.map(|(n, _)| n).join(", ");
+                    self.error(
+                        &at,
+                        format!("unknown access `{name}`; expected one of {known}"),
+                    );
+                    valid = false;
+                }
+                Some(bit) if bits & bit != 0 => {
+                    self.error(&at, format!("`{name}` is listed twice"));
+                    valid = false;
+                }
+                Some(bit) => bits |= bit,
+            }
+        }
+        valid.then_some(Access(bits))
+    }
+
+    fn effect(&mut self, value: &Value, at: &Pointer) -> Option<Effect> {
+        match self.string(value, at)? {
+            "allow" => Some(Effect::Allow),
+            "audit" => Some(Effect::Audit),
+            other => {
+                self.error(
+                    at,
+                    format!(
+                        "unknown effect `{other}`; expected `allow` or `audit` \
+                         (whatever no rule allows is denied)"
+                    ),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// A short description of a value for error messages: numbers and strings
+/// are shown, other values are named by kind.
+fn describe(value: &Value) -> String {
+    match value {
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => format!("the string {s:?}"),
+        other => kind(other).to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use guard_common::access::*;
+
+    const EXAMPLE: &str = r#"{
+      "mode": "enforce",
+      "protected": [
+        { "path": "/var/lib/mysql",
+          "rules": [
+            { "name": "mariadb server", "binaries": ["/usr/sbin/mariadbd"],
+              "access": ["read","write","create","delete","rename","link","setattr"],
+              "effect": "allow" },
+            { "binaries": [{"path": "/usr/bin/mariabackup",
+                            "sha256": "AB00000000000000000000000000000000000000000000000000000000000001"}],
+              "uid": 0, "access": ["read"], "effect": "audit" }
+          ] }
+      ]
+    }"#;
+
+    fn errors(text: &str) -> PolicyErrors {
+        parse(text).expect_err("the policy should be refused")
+    }
+
+    #[test]
+    fn parses_the_example() {
+        let policy = parse(EXAMPLE).unwrap();
+        assert_eq!(policy.mode, Mode::Enforce);
+        assert_eq!(policy.protected.len(), 1);
+        let point = &policy.protected[0];
+        assert_eq!(point.path, PathBuf::from("/var/lib/mysql"));
+        let server = &point.rules[0];
+        assert_eq!(server.name.as_deref(), Some("mariadb server"));
+        assert_eq!(
+            server.binaries,
+            vec![Binary {
+                path: "/usr/sbin/mariadbd".into(),
+                sha256: None
+            }]
+        );
+        assert_eq!(
+            server.access,
+            Access(READ | WRITE | CREATE | DELETE | RENAME | LINK | SETATTR)
+        );
+        assert_eq!(server.effect, Effect::Allow);
+        assert_eq!((server.uid, server.gid), (None, None));
+        let backup = &point.rules[1];
+        assert_eq!(backup.uid, Some(0));
+        assert_eq!(backup.access, Access(READ));
+        assert_eq!(backup.effect, Effect::Audit);
+        let digest = backup.binaries[0].sha256.unwrap();
+        assert_eq!(digest.0[0], 0xab);
+        assert_eq!(digest.0[31], 0x01);
+        assert_eq!(policy.rule_label(0, 0), "mariadb server");
+        assert_eq!(policy.rule_label(0, 1), "protected[0].rules[1]");
+    }
+
+    #[test]
+    fn audit_mode_and_empty_rules_are_accepted() {
+        let policy = parse(r#"{"mode":"audit","protected":[{"path":"/srv","rules":[]}]}"#).unwrap();
+        assert_eq!(policy.mode, Mode::Audit);
+        assert!(policy.protected[0].rules.is_empty());
+    }
+
+    #[test]
+    fn invalid_json_reports_line_and_column() {
+        let e = errors("{\n  \"mode\": \"enforce\",\n  \"protected\": [,]\n}");
+        assert_eq!(e.0.len(), 1);
+        assert_eq!(e.0[0].location, "line 3, column 17");
+        assert!(e.0[0].message.starts_with("invalid JSON: "), "{e}");
+        assert!(!e.0[0].message.contains(" at line "), "{e}");
+    }
+
+    #[test]
+    fn trailing_garbage_and_duplicate_keys_are_invalid_json() {
+        let e = errors(r#"{"mode":"enforce","protected":[]} x"#);
+        assert!(e.0[0].message.starts_with("invalid JSON"), "{e}");
+        let e = errors(r#"{"mode":"enforce","mode":"audit","protected":[]}"#);
+        assert!(e.0[0].message.contains("duplicate field `mode`"), "{e}");
+        assert_eq!(e.0[0].location, "line 1, column 24");
+    }
+
+    #[test]
+    fn reports_every_problem_with_its_location() {
+        let text = r#"{
+          "mode": "enforcing",
+          "colour": 1,
+          "protected": [
+            { "path": "relative/dir", "rules": [
+                { "binaries": [], "access": ["read", "reed", "read"], "effect": "deny" },
+                { "name": "", "binaries": [3, {"path": "/bin/x", "sha256": "xyz"}, {"sha256": 5}],
+                  "uid": -1, "gid": 1.5, "access": [], "effect": "allow", "comment": "x" },
+                { "binaries": "/bin/sh", "access": "read" }
+            ] },
+            { "rules": [] },
+            "oops"
+          ]
+        }"#;
+        let e = errors(text);
+        let expected: &[(&str, &str)] = &[
+            ("/colour", "unknown field `colour`"),
+            ("/mode", "unknown mode `enforcing`"),
+            (
+                "/protected/0/path",
+                "`relative/dir` is not an absolute path",
+            ),
+            ("/protected/0/rules/0/binaries", "must not be empty"),
+            ("/protected/0/rules/0/access/1", "unknown access `reed`"),
+            ("/protected/0/rules/0/access/2", "`read` is listed twice"),
+            ("/protected/0/rules/0/effect", "unknown effect `deny`"),
+            ("/protected/0/rules/1/comment", "unknown field `comment`"),
+            ("/protected/0/rules/1/name", "must not be empty"),
+            (
+                "/protected/0/rules/1/binaries/0",
+                "expected a path or an object",
+            ),
+            (
+                "/protected/0/rules/1/binaries/1/sha256",
+                "not a SHA-256 digest",
+            ),
+            ("/protected/0/rules/1/binaries/2", "missing field `path`"),
+            (
+                "/protected/0/rules/1/binaries/2/sha256",
+                "expected a string, found a number",
+            ),
+            ("/protected/0/rules/1/uid", "found -1"),
+            ("/protected/0/rules/1/gid", "found 1.5"),
+            ("/protected/0/rules/1/access", "must not be empty"),
+            ("/protected/0/rules/2", "missing field `effect`"),
+            (
+                "/protected/0/rules/2/binaries",
+                "expected a list, found a string",
+            ),
+            (
+                "/protected/0/rules/2/access",
+                "expected a list, found a string",
+            ),
+            ("/protected/1", "missing field `path`"),
+            (
+                "/protected/2",
+                "expected a protected directory object, found a string",
+            ),
+        ];
+        for (location, text) in expected {
+            assert!(
+                e.contains(location, text),
+                "missing `{location}: {text}` in:\n{e}"
+            );
+        }
+        assert_eq!(e.0.len(), expected.len(), "unexpected extra errors:\n{e}");
+    }
+
+    #[test]
+    fn missing_top_level_fields_and_wrong_root_type() {
+        let e = errors("{}");
+        assert!(e.contains("", "missing field `mode`"), "{e}");
+        assert!(e.contains("", "missing field `protected`"), "{e}");
+        assert!(e.to_string().starts_with("/: missing field"), "{e}");
+        let e = errors("[]");
+        assert!(
+            e.contains("", "expected a policy object, found a list"),
+            "{e}"
+        );
+        let e = errors(r#"{"mode":"audit","protected":[]}"#);
+        assert!(e.contains("/protected", "must not be empty"), "{e}");
+    }
+
+    #[test]
+    fn ids_must_fit_below_the_wildcard() {
+        let rule = |uid: &str| {
+            format!(
+                r#"{{"mode":"enforce","protected":[{{"path":"/d","rules":[
+                {{"binaries":["/b"],"uid":{uid},"access":["read"],"effect":"allow"}}]}}]}}"#
+            )
+        };
+        assert_eq!(
+            parse(&rule("4294967294")).unwrap().protected[0].rules[0].uid,
+            Some(u32::MAX - 1)
+        );
+        assert_eq!(
+            parse(&rule("7.0")).unwrap().protected[0].rules[0].uid,
+            Some(7)
+        );
+        let e = errors(&rule("4294967295"));
+        assert!(
+            e.contains("/protected/0/rules/0/uid", "from 0 to 4294967294"),
+            "{e}"
+        );
+        let e = errors(&rule("\"0\""));
+        assert!(
+            e.contains("/protected/0/rules/0/uid", "the string \"0\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn keys_with_slashes_are_escaped_in_locations() {
+        let e = errors(r#"{"mode":"audit","protected":[],"a/b~":1}"#);
+        assert!(e.contains("/a~1b~0", "unknown field `a/b~`"), "{e}");
+    }
+
+    #[test]
+    fn control_characters_in_names_are_refused() {
+        let e = errors(
+            r#"{"mode":"audit","protected":[{"path":"/d","rules":[
+            {"name":"a\nb","binaries":["/b"],"access":["read"],"effect":"allow"}]}]}"#,
+        );
+        assert!(
+            e.contains("/protected/0/rules/0/name", "control characters"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn canonical_form_ignores_layout_and_spelling() {
+        let a = parse(EXAMPLE).unwrap();
+        let b = parse(
+            r#"{"protected":[{"rules":[
+              {"effect":"allow","access":["setattr","link","rename","delete","create","write","read"],
+               "binaries":[{"path":"/usr/sbin/mariadbd"}],"name":"mariadb server"},
+              {"effect":"audit","access":["read"],"uid":0.0,
+               "binaries":[{"sha256":"ab00000000000000000000000000000000000000000000000000000000000001",
+                            "path":"/usr/bin/mariabackup"}]}],
+              "path":"/var/lib/mysql"}],
+             "$schema":"policy.schema.json","mode":"enforce"}"#,
+        )
+        .unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.canonical_json(), b.canonical_json());
+        assert_eq!(a.hash(), b.hash());
+        assert_eq!(a.hash().len(), 64);
+        let c = parse(&EXAMPLE.replace("\"enforce\"", "\"audit\"")).unwrap();
+        assert_ne!(a.hash(), c.hash());
+        assert!(a.canonical_json().starts_with(r#"{"mode":"enforce","protected":[{"path":"/var/lib/mysql","rules":[{"name":"mariadb server","binaries":[{"path":"/usr/sbin/mariadbd"}],"access":["read","write","create","delete","rename","link","setattr"],"effect":"allow"}"#),
+            "{}", a.canonical_json());
+    }
+}

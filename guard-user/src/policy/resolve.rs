@@ -1,0 +1,819 @@
+//! Checking a policy against the running system and recording the kernel
+//! identities (device, inode) of its directories and binaries.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{
+    Access, Effect, Mode, Pointer, Policy, PolicyError, PolicyErrors, Protected, Sha256Digest,
+};
+
+/// A policy checked against the system, ready to compile to kernel entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedPolicy {
+    pub mode: Mode,
+    /// Hex SHA-256 of the policy's canonical form ([`Policy::hash`]).
+    pub hash: String,
+    /// Protected directories; the index is the kernel's point number.
+    pub points: Vec<ResolvedPoint>,
+    /// Rules in document order; the index is the rule id events carry.
+    pub rules: Vec<RuleInfo>,
+}
+
+/// A protected directory as the kernel sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedPoint {
+    /// Canonical path (symlinks resolved).
+    pub path: PathBuf,
+    /// Kernel `dev_t` of its filesystem ([`kernel_dev`]).
+    pub dev: u32,
+    pub ino: u64,
+}
+
+/// A rule with its binaries resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleInfo {
+    pub id: u32,
+    /// The rule's name, or its position such as `protected[0].rules[1]`.
+    pub label: String,
+    /// Index of its protected directory in [`ResolvedPolicy::points`].
+    pub point: u32,
+    pub effect: Effect,
+    pub access: Access,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub binaries: Vec<ResolvedBinary>,
+}
+
+/// A binary as the kernel identifies it (the inode of `task->mm->exe_file`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedBinary {
+    /// Canonical path (symlinks resolved).
+    pub path: PathBuf,
+    /// Kernel `dev_t` of its filesystem ([`kernel_dev`]).
+    pub dev: u32,
+    pub ino: u64,
+    /// SHA-256 of its content when the policy was resolved.
+    pub sha256: Sha256Digest,
+}
+
+impl ResolvedPolicy {
+    /// The rule an event names, if the id is one of this policy's.
+    pub fn rule(&self, id: u32) -> Option<&RuleInfo> {
+        self.rules.get(id as usize)
+    }
+
+    /// The names events are rendered with: point paths, rule labels, binary paths.
+    pub fn names(&self) -> crate::events::PolicyNames {
+        let binaries = self
+            .rules
+            .iter()
+            .flat_map(|rule| &rule.binaries)
+            .map(|b| {
+                let key = guard_common::ExeKey {
+                    dev: b.dev,
+                    _pad: 0,
+                    ino: b.ino,
+                };
+                (key, b.path.clone())
+            })
+            .collect();
+        crate::events::PolicyNames {
+            points: self.points.iter().map(|p| p.path.clone()).collect(),
+            rules: self.rules.iter().map(|r| r.label.clone()).collect(),
+            binaries,
+        }
+    }
+}
+
+/// Converts a userspace `st_dev` to the kernel's internal `dev_t` encoding
+/// (`(major << 20) | minor`), which is what `super_block.s_dev` holds and so
+/// what the kernel programs compare against.
+pub fn kernel_dev(st_dev: u64) -> u32 {
+    const MINOR_BITS: u32 = 20;
+    let major = libc::major(st_dev) & 0xfff;
+    let minor = libc::minor(st_dev) & ((1 << MINOR_BITS) - 1);
+    (major << MINOR_BITS) | minor
+}
+
+/// Checks a parsed policy against the running system: protected directories
+/// exist, are directories and do not overlap (also through symlinks or bind
+/// mounts); binaries exist, are regular files and match their pinned SHA-256;
+/// the compiled policy fits the kernel maps. Lists every problem found.
+pub fn resolve(policy: &Policy) -> Result<ResolvedPolicy, PolicyErrors> {
+    let mut resolver = Resolver::default();
+    let mounts = match Mounts::read() {
+        Ok(mounts) => mounts,
+        Err(e) => {
+            let at = Pointer::root().key("protected");
+            let message = format!("cannot read {MOUNTINFO} to check for overlaps: {e}");
+            return Err(PolicyErrors(vec![at.error(message)]));
+        }
+    };
+    let located: Vec<Option<LocatedPoint>> = policy
+        .protected
+        .iter()
+        .enumerate()
+        .map(|(index, protected)| resolver.point(index, protected, &mounts))
+        .collect();
+    resolver.check_overlaps(&located);
+    let rules = resolver.rules(policy);
+    if !resolver.errors.is_empty() {
+        return Err(PolicyErrors(resolver.errors));
+    }
+    let resolved = ResolvedPolicy {
+        mode: policy.mode,
+        hash: policy.hash(),
+        points: located
+            .into_iter()
+            .map(|p| p.expect("no errors, so every point resolved").point)
+            .collect(),
+        rules,
+    };
+    let capacity_errors = super::compile::check_capacity(&resolved);
+    if !capacity_errors.is_empty() {
+        return Err(PolicyErrors(capacity_errors));
+    }
+    Ok(resolved)
+}
+
+/// What makes two directories the same one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Identity {
+    /// Userspace (`st_dev`, `st_ino`): catches symlink and bind-mount aliases.
+    Inode(u64, u64),
+    /// Filesystem (`major:minor` from mountinfo) and the path inside it: the
+    /// dentry ancestry the kernel walks, which also sees through a bind mount
+    /// of a subdirectory.
+    FsPath(String, PathBuf),
+}
+
+/// A resolved point with its identities and those of its ancestors.
+struct LocatedPoint {
+    point: ResolvedPoint,
+    own: Vec<Identity>,
+    ancestors: Vec<Identity>,
+}
+
+#[derive(Default)]
+struct Resolver {
+    errors: Vec<PolicyError>,
+    /// Binaries by the path the policy gives, so each is examined once.
+    binaries: HashMap<PathBuf, Result<ResolvedBinary, String>>,
+    /// Content digests by identity, so aliases of one file are hashed once.
+    digests: HashMap<(u64, u64), Sha256Digest>,
+}
+
+impl Resolver {
+    fn point(
+        &mut self,
+        index: usize,
+        protected: &Protected,
+        mounts: &Mounts,
+    ) -> Option<LocatedPoint> {
+        let at = Pointer::protected(index).key("path");
+        match locate_directory(&protected.path, mounts) {
+            Ok(located) => Some(located),
+            Err(message) => {
+                self.errors.push(at.error(message));
+                None
+            }
+        }
+    }
+
+    /// Refuses a directory that is (by identity) the same as, or inside,
+    /// another. A file's nearest protected ancestor would otherwise decide
+    /// silently, and the outer directory's rules would not mean what they say.
+    fn check_overlaps(&mut self, points: &[Option<LocatedPoint>]) {
+        let mut first_with_identity: HashMap<&Identity, usize> = HashMap::new();
+        for (index, point) in points.iter().enumerate() {
+            for identity in point.iter().flat_map(|p| &p.own) {
+                first_with_identity.entry(identity).or_insert(index);
+            }
+        }
+        let mut reported = HashSet::new();
+        for (index, point) in points.iter().enumerate() {
+            let Some(point) = point else { continue };
+            let same = point.own.iter().map(|id| (id, "is the same directory as"));
+            let inside = point.ancestors.iter().map(|id| (id, "is inside"));
+            for (identity, relation) in same.chain(inside) {
+                let Some(&other) = first_with_identity.get(identity) else {
+                    continue;
+                };
+                if other == index || !reported.insert((index, other)) {
+                    continue;
+                }
+                let other_path = &points[other].as_ref().expect("located").point.path;
+                self.errors.push(Pointer::protected(index).key("path").error(format!(
+                    "{} {relation} /protected/{other}/path ({}); protected directories must not overlap",
+                    point.point.path.display(),
+                    other_path.display()
+                )));
+            }
+        }
+    }
+
+    fn rules(&mut self, policy: &Policy) -> Vec<RuleInfo> {
+        let mut rules = Vec::new();
+        for (point, protected) in policy.protected.iter().enumerate() {
+            for (index, rule) in protected.rules.iter().enumerate() {
+                let at = Pointer::rule(point, index).key("binaries");
+                let binaries = rule
+                    .binaries
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, binary)| {
+                        self.binary(&binary.path, binary.sha256, &at.index(i))
+                    })
+                    .collect();
+                rules.push(RuleInfo {
+                    id: rules.len() as u32,
+                    label: policy.rule_label(point, index),
+                    point: point as u32,
+                    effect: rule.effect,
+                    access: rule.access,
+                    uid: rule.uid,
+                    gid: rule.gid,
+                    binaries,
+                });
+            }
+        }
+        rules
+    }
+
+    fn binary(
+        &mut self,
+        path: &Path,
+        pinned: Option<Sha256Digest>,
+        at: &Pointer,
+    ) -> Option<ResolvedBinary> {
+        if !self.binaries.contains_key(path) {
+            let examined = examine_binary(path, &mut self.digests);
+            self.binaries.insert(path.to_path_buf(), examined);
+        }
+        match &self.binaries[path] {
+            Err(message) => {
+                self.errors.push(at.error(message.clone()));
+                None
+            }
+            Ok(binary) => match pinned {
+                Some(expected) if expected != binary.sha256 => {
+                    self.errors.push(at.key("sha256").error(format!(
+                        "{} has SHA-256 {}, not the pinned {expected}",
+                        binary.path.display(),
+                        binary.sha256
+                    )));
+                    None
+                }
+                _ => Some(binary.clone()),
+            },
+        }
+    }
+}
+
+fn locate_directory(path: &Path, mounts: &Mounts) -> Result<LocatedPoint, String> {
+    let metadata = fs::metadata(path).map_err(|e| io_problem(path, e))?;
+    if !metadata.is_dir() {
+        return Err(format!("{} is not a directory", path.display()));
+    }
+    let canonical = fs::canonicalize(path).map_err(|e| io_problem(path, e))?;
+    if canonical.parent().is_none() {
+        return Err("the root directory cannot be protected".to_string());
+    }
+    let mut inodes = canonical
+        .ancestors()
+        .map(|dir| {
+            let m = fs::metadata(dir).map_err(|e| io_problem(dir, e))?;
+            Ok(Identity::Inode(m.dev(), m.ino()))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let mut own = vec![inodes.remove(0)];
+    let mut ancestors = inodes;
+    if let Some((fs_dev, fs_path)) = mounts.locate(&canonical) {
+        own.push(Identity::FsPath(fs_dev.to_string(), fs_path.clone()));
+        ancestors.extend(
+            fs_path
+                .ancestors()
+                .skip(1)
+                .map(|a| Identity::FsPath(fs_dev.to_string(), a.to_path_buf())),
+        );
+    }
+    // Identity from the canonical path's own stat, like the chain.
+    let m = fs::metadata(&canonical).map_err(|e| io_problem(&canonical, e))?;
+    Ok(LocatedPoint {
+        point: ResolvedPoint {
+            path: canonical,
+            dev: kernel_dev(m.dev()),
+            ino: m.ino(),
+        },
+        own,
+        ancestors,
+    })
+}
+
+const MOUNTINFO: &str = "/proc/self/mountinfo";
+
+/// The mount table: which filesystem, and which directory of it, each mount shows.
+struct Mounts(Vec<Mount>);
+
+struct Mount {
+    /// `major:minor` of the filesystem (its superblock's `s_dev`).
+    dev: String,
+    /// The directory of the filesystem mounted (not `/` for bind mounts of a subdirectory).
+    root: PathBuf,
+    mountpoint: PathBuf,
+}
+
+impl Mounts {
+    fn read() -> io::Result<Mounts> {
+        let text = fs::read_to_string(MOUNTINFO)?;
+        let mounts = text
+            .lines()
+            .map(|line| {
+                let fields: Vec<&str> = line.split(' ').collect();
+                match fields.as_slice() {
+                    [_, _, dev, root, mountpoint, ..] => Ok(Mount {
+                        dev: dev.to_string(),
+                        root: PathBuf::from(unescape_mountinfo(root)),
+                        mountpoint: PathBuf::from(unescape_mountinfo(mountpoint)),
+                    }),
+                    _ => Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("unexpected line {line:?}"),
+                    )),
+                }
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(Mounts(mounts))
+    }
+
+    /// The filesystem holding `path` (canonical) and the path inside it.
+    /// Of mounts on the same point, the last one listed is on top.
+    fn locate(&self, path: &Path) -> Option<(&str, PathBuf)> {
+        let mount = self
+            .0
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| path.starts_with(&m.mountpoint))
+            .max_by_key(|(index, m)| (m.mountpoint.components().count(), *index))?
+            .1;
+        let inside = path.strip_prefix(&mount.mountpoint).ok()?;
+        Some((&mount.dev, mount.root.join(inside)))
+    }
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\ooo` octal escapes.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|digits| {
+            let text = std::str::from_utf8(digits).ok()?;
+            u8::from_str_radix(text, 8).ok()
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Identity and content hash of a binary, both taken from one open file so
+/// they describe the same inode.
+fn examine_binary(
+    path: &Path,
+    digests: &mut HashMap<(u64, u64), Sha256Digest>,
+) -> Result<ResolvedBinary, String> {
+    let not_regular = || format!("{} is not a regular file", path.display());
+    if !fs::metadata(path)
+        .map_err(|e| io_problem(path, e))?
+        .is_file()
+    {
+        return Err(not_regular());
+    }
+    let canonical = fs::canonicalize(path).map_err(|e| io_problem(path, e))?;
+    // O_NONBLOCK: if the path was swapped for a FIFO since the check above,
+    // opening it must not hang.
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&canonical)
+        .map_err(|e| io_problem(&canonical, e))?;
+    let metadata = file.metadata().map_err(|e| io_problem(&canonical, e))?;
+    if !metadata.is_file() {
+        return Err(not_regular());
+    }
+    let identity = (metadata.dev(), metadata.ino());
+    let sha256 = match digests.get(&identity) {
+        Some(digest) => *digest,
+        None => {
+            let digest = sha256_of(&mut file).map_err(|e| io_problem(&canonical, e))?;
+            digests.insert(identity, digest);
+            digest
+        }
+    };
+    Ok(ResolvedBinary {
+        path: canonical,
+        dev: kernel_dev(metadata.dev()),
+        ino: metadata.ino(),
+        sha256,
+    })
+}
+
+/// SHA-256 of a file's content now (to compare with what was approved).
+pub fn sha256_file(path: &Path) -> io::Result<Sha256Digest> {
+    sha256_of(&mut File::open(path)?)
+}
+
+fn sha256_of(file: &mut File) -> io::Result<Sha256Digest> {
+    let mut hasher = Sha256::new();
+    io::copy(file, &mut hasher)?;
+    Ok(Sha256Digest(hasher.finalize().into()))
+}
+
+fn io_problem(path: &Path, error: io::Error) -> String {
+    match error.kind() {
+        io::ErrorKind::NotFound => format!("{} does not exist", path.display()),
+        _ => format!("cannot read {}: {error}", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::parse;
+    use std::os::unix::fs::symlink;
+
+    /// A directory tree with protected directories and binaries, for policies to point at.
+    struct Tree {
+        dir: tempfile::TempDir,
+    }
+
+    impl Tree {
+        fn new() -> Tree {
+            Tree {
+                dir: tempfile::tempdir().unwrap(),
+            }
+        }
+
+        fn path(&self, relative: &str) -> String {
+            self.dir.path().join(relative).to_str().unwrap().to_string()
+        }
+
+        fn mkdir(&self, relative: &str) -> String {
+            fs::create_dir_all(self.path(relative)).unwrap();
+            self.path(relative)
+        }
+
+        fn file(&self, relative: &str, content: &[u8]) -> String {
+            fs::write(self.path(relative), content).unwrap();
+            self.path(relative)
+        }
+    }
+
+    fn hex_sha256(content: &[u8]) -> String {
+        hex::encode(Sha256::digest(content))
+    }
+
+    fn policy(json: serde_json::Value) -> Policy {
+        parse(&json.to_string()).unwrap()
+    }
+
+    fn rule(binaries: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({"binaries": binaries, "access": ["read"], "effect": "allow"})
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(
+            unescape_mountinfo(r"/mnt/my\040disk\134x"),
+            "/mnt/my disk\\x"
+        );
+        assert_eq!(unescape_mountinfo(r"/a\b"), r"/a\b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+
+    #[test]
+    fn mounts_locate_paths_inside_their_filesystem() {
+        let mount = |dev: &str, root: &str, at: &str| Mount {
+            dev: dev.into(),
+            root: root.into(),
+            mountpoint: at.into(),
+        };
+        let mounts = Mounts(vec![
+            mount("8:1", "/", "/"),
+            mount("8:2", "/", "/srv"),
+            mount("8:1", "/var/lib", "/srv/bind"),
+            mount("0:50", "/", "/srv/bind"),
+        ]);
+        let locate = |p: &str| mounts.locate(Path::new(p)).map(|(d, p)| (d.to_string(), p));
+        assert_eq!(
+            locate("/var/lib/x"),
+            Some(("8:1".into(), "/var/lib/x".into()))
+        );
+        assert_eq!(locate("/srv/data"), Some(("8:2".into(), "/data".into())));
+        assert_eq!(locate("/srvx"), Some(("8:1".into(), "/srvx".into())));
+        // The later mount on /srv/bind hides the bind mount below it.
+        assert_eq!(locate("/srv/bind/y"), Some(("0:50".into(), "/y".into())));
+    }
+
+    #[test]
+    fn kernel_dev_uses_the_kernel_encoding() {
+        assert_eq!(kernel_dev(libc::makedev(8, 1)), (8 << 20) | 1);
+        assert_eq!(
+            kernel_dev(libc::makedev(259, 0x12345)),
+            (259 << 20) | 0x12345
+        );
+        assert_eq!(kernel_dev(libc::makedev(0, 300)), 300);
+    }
+
+    #[test]
+    fn kernel_dev_matches_what_the_kernel_reports_in_mountinfo() {
+        // mountinfo's major:minor is the superblock's s_dev. (btrfs reports a
+        // per-subvolume st_dev instead, so it is left out.)
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let mut top_mounts = HashMap::new();
+        for line in mountinfo.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let fstype = fields[fields.iter().position(|f| *f == "-").unwrap() + 1];
+            if fstype != "btrfs" && !fields[4].contains('\\') {
+                // A later mount on the same point hides the earlier one.
+                top_mounts.insert(fields[4], fields[2]);
+            }
+        }
+        let mut checked_block_device = false;
+        for (mountpoint, dev) in top_mounts {
+            let Ok(metadata) = fs::metadata(mountpoint) else {
+                continue;
+            };
+            let (major, minor) = dev.split_once(':').unwrap();
+            let (major, minor) = (major.parse::<u32>().unwrap(), minor.parse::<u32>().unwrap());
+            assert_eq!(
+                kernel_dev(metadata.dev()),
+                (major << 20) | minor,
+                "{mountpoint}"
+            );
+            checked_block_device |= major != 0;
+        }
+        assert!(
+            checked_block_device,
+            "no mount with a major number to check"
+        );
+    }
+
+    #[test]
+    fn resolves_directories_and_binaries() {
+        let tree = Tree::new();
+        let data = tree.mkdir("data");
+        let server = tree.file("server", b"server binary");
+        let alias = tree.path("server-link");
+        symlink(&server, &alias).unwrap();
+        let backup = tree.file("backup", b"backup binary");
+        let p = policy(
+            serde_json::json!({"mode": "audit", "protected": [{"path": data, "rules": [
+                rule(serde_json::json!([alias])),
+                {"name": "backup", "binaries": [{"path": backup, "sha256": hex_sha256(b"backup binary")}],
+                 "uid": 0, "gid": 5, "access": ["read", "write"], "effect": "audit"}
+            ]}]}),
+        );
+        let resolved = resolve(&p).unwrap();
+        assert_eq!(resolved.mode, Mode::Audit);
+        assert_eq!(resolved.hash, p.hash());
+        let data_meta = fs::metadata(&data).unwrap();
+        assert_eq!(
+            resolved.points,
+            vec![ResolvedPoint {
+                path: fs::canonicalize(&data).unwrap(),
+                dev: kernel_dev(data_meta.dev()),
+                ino: data_meta.ino(),
+            }]
+        );
+        let server_meta = fs::metadata(&server).unwrap();
+        let first = &resolved.rules[0];
+        assert_eq!(first.id, 0);
+        assert_eq!(first.label, "protected[0].rules[0]");
+        assert_eq!(first.point, 0);
+        assert_eq!(first.effect, Effect::Allow);
+        assert_eq!(
+            first.binaries,
+            vec![ResolvedBinary {
+                path: fs::canonicalize(&server).unwrap(),
+                dev: kernel_dev(server_meta.dev()),
+                ino: server_meta.ino(),
+                sha256: Sha256Digest::from_hex(&hex_sha256(b"server binary")).unwrap(),
+            }]
+        );
+        let second = &resolved.rules[1];
+        assert_eq!((second.id, second.label.as_str()), (1, "backup"));
+        assert_eq!((second.uid, second.gid), (Some(0), Some(5)));
+        assert_eq!(second.effect, Effect::Audit);
+        assert_eq!(resolved.rule(1).unwrap().label, "backup");
+        assert!(resolved.rule(2).is_none());
+        let names = resolved.names();
+        assert_eq!(names.points, vec![fs::canonicalize(&data).unwrap()]);
+        assert_eq!(names.rules, vec!["protected[0].rules[0]", "backup"]);
+        let server_key = guard_common::ExeKey {
+            dev: kernel_dev(server_meta.dev()),
+            _pad: 0,
+            ino: server_meta.ino(),
+        };
+        assert_eq!(
+            names.binaries[&server_key],
+            fs::canonicalize(&server).unwrap()
+        );
+        assert_eq!(names.binaries.len(), 2);
+        // A resolved policy can be stored and read back.
+        let json = serde_json::to_string(&resolved).unwrap();
+        assert_eq!(
+            serde_json::from_str::<ResolvedPolicy>(&json).unwrap(),
+            resolved
+        );
+    }
+
+    #[test]
+    fn reports_every_system_problem_with_its_location() {
+        let tree = Tree::new();
+        let data = tree.mkdir("data");
+        let plain_file = tree.file("plain", b"x");
+        let good = tree.file("good", b"good");
+        let p = policy(serde_json::json!({"mode": "enforce", "protected": [
+            {"path": tree.path("missing"), "rules": []},
+            {"path": plain_file, "rules": []},
+            {"path": data, "rules": [
+                rule(serde_json::json!([tree.path("nope"), data])),
+                rule(serde_json::json!([{"path": good, "sha256": hex_sha256(b"other")}])),
+            ]},
+        ]}));
+        let e = resolve(&p).unwrap_err();
+        let expected: &[(&str, &str)] = &[
+            ("/protected/0/path", "missing does not exist"),
+            ("/protected/1/path", "plain is not a directory"),
+            ("/protected/2/rules/0/binaries/0", "nope does not exist"),
+            (
+                "/protected/2/rules/0/binaries/1",
+                "data is not a regular file",
+            ),
+            ("/protected/2/rules/1/binaries/0/sha256", "not the pinned"),
+        ];
+        for (location, text) in expected {
+            assert!(
+                e.contains(location, text),
+                "missing `{location}: {text}` in:\n{e}"
+            );
+        }
+        assert_eq!(e.0.len(), expected.len(), "{e}");
+        let mismatch = e.0.iter().find(|e| e.message.contains("pinned")).unwrap();
+        assert!(
+            mismatch.message.contains(&hex_sha256(b"good")),
+            "{mismatch:?}"
+        );
+        assert!(
+            mismatch.message.contains(&hex_sha256(b"other")),
+            "{mismatch:?}"
+        );
+    }
+
+    #[test]
+    fn refuses_the_root_directory() {
+        let p = policy(
+            serde_json::json!({"mode": "enforce", "protected": [{"path": "/", "rules": []}]}),
+        );
+        let e = resolve(&p).unwrap_err();
+        assert!(e.contains("/protected/0/path", "root directory"), "{e}");
+    }
+
+    #[test]
+    fn refuses_nested_and_duplicate_directories() {
+        let tree = Tree::new();
+        let outer = tree.mkdir("outer");
+        let inner = tree.mkdir("outer/inner");
+        let p = policy(serde_json::json!({"mode": "enforce", "protected": [
+            {"path": inner, "rules": []},
+            {"path": outer, "rules": []},
+            {"path": format!("{outer}/"), "rules": []},
+        ]}));
+        let e = resolve(&p).unwrap_err();
+        assert!(
+            e.contains("/protected/0/path", "is inside /protected/1/path"),
+            "{e}"
+        );
+        assert!(
+            e.contains(
+                "/protected/2/path",
+                "is the same directory as /protected/1/path"
+            ),
+            "{e}"
+        );
+        assert_eq!(e.0.len(), 2, "{e}");
+    }
+
+    #[test]
+    fn refuses_overlap_through_a_symlinked_alias() {
+        let tree = Tree::new();
+        let outer = tree.mkdir("real/outer");
+        tree.mkdir("real/outer/db");
+        let alias = tree.path("alias");
+        symlink(&outer, &alias).unwrap();
+        let p = policy(serde_json::json!({"mode": "enforce", "protected": [
+            {"path": outer, "rules": []},
+            {"path": format!("{alias}/db"), "rules": []},
+            {"path": alias, "rules": []},
+        ]}));
+        let e = resolve(&p).unwrap_err();
+        assert!(
+            e.contains("/protected/1/path", "is inside /protected/0/path"),
+            "{e}"
+        );
+        assert!(
+            e.contains(
+                "/protected/2/path",
+                "is the same directory as /protected/0/path"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn refuses_overlap_through_bind_mounts() {
+        // Needs root for a mount namespace of our own; says so when skipped.
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root for bind mounts");
+            return;
+        }
+        let tree = Tree::new();
+        let outer = tree.mkdir("outer");
+        tree.mkdir("outer/db");
+        let whole = tree.mkdir("whole");
+        let sub = tree.mkdir("sub");
+        let status = std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(format!(
+                "mount --bind {outer} {whole} && mount --bind {outer}/db {sub} && \
+                 {exe} --exact policy::resolve::tests::bind_mount_probe --nocapture --ignored",
+                exe = std::env::current_exe().unwrap().display()
+            ))
+            .env("GUARD_BIND_PROBE", format!("{outer}:{whole}:{sub}"))
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "the probe inside the mount namespace failed"
+        );
+    }
+
+    /// Runs inside the namespace set up by `refuses_overlap_through_bind_mounts`.
+    #[test]
+    #[ignore = "run by refuses_overlap_through_bind_mounts"]
+    fn bind_mount_probe() {
+        let spec = std::env::var("GUARD_BIND_PROBE").expect("run by the bind mount test");
+        let [outer, whole, sub]: [&str; 3] =
+            spec.split(':').collect::<Vec<_>>().try_into().unwrap();
+        // `whole` shows `outer`: its db is outer's db.
+        let p = policy(serde_json::json!({"mode": "enforce", "protected": [
+            {"path": outer, "rules": []},
+            {"path": format!("{whole}/db"), "rules": []},
+        ]}));
+        let e = resolve(&p).unwrap_err();
+        assert!(
+            e.contains("/protected/1/path", "is inside /protected/0/path"),
+            "{e}"
+        );
+        // `sub` shows outer/db: no path ancestor of `sub` is `outer`, but the
+        // kernel's dentry walk from a file in `sub` reaches it.
+        let p = policy(serde_json::json!({"mode": "enforce", "protected": [
+            {"path": outer, "rules": []},
+            {"path": sub, "rules": []},
+        ]}));
+        let e = resolve(&p).unwrap_err();
+        assert!(
+            e.contains("/protected/1/path", "is inside /protected/0/path"),
+            "{e}"
+        );
+        assert_eq!(e.0.len(), 1, "{e}");
+        // And the other way round: the outer directory given through the bind mount.
+        let p = policy(serde_json::json!({"mode": "enforce", "protected": [
+            {"path": sub, "rules": []},
+            {"path": whole, "rules": []},
+        ]}));
+        let e = resolve(&p).unwrap_err();
+        assert!(
+            e.contains("/protected/0/path", "is inside /protected/1/path"),
+            "{e}"
+        );
+    }
+}

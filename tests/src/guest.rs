@@ -1,0 +1,236 @@
+//! Helpers for the guest tests: run guardd and guardctl as a user would, make
+//! protected sandboxes, read the journal back.
+//!
+//! These run as root inside the QEMU guest (`cargo xtask vm-test`), where the
+//! BPF LSM is active and the scratch disk is mounted at /scratch.
+
+use serde_json::Value;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where guardd and guardctl are (set by the runner; else this build's release dir).
+pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("GUARD_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release"));
+    dir.join(name)
+}
+
+pub const SOCKET: &str = "/run/guard/guardd.sock";
+pub const EPERM: i32 = 1;
+
+/// A running guardd, stopped (SIGTERM) when dropped.
+pub struct Guardd {
+    child: Option<Child>,
+}
+
+impl Guardd {
+    pub fn start() -> Guardd {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(args: &[&str]) -> Guardd {
+        let _ = std::fs::remove_file(SOCKET);
+        let mut child = Command::new(bin("guardd"))
+            .args(args)
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning guardd");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !Path::new(SOCKET).exists() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("guardd exited before serving: {status}");
+            }
+            assert!(Instant::now() < deadline, "guardd did not come up in 60 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Guardd { child: Some(child) }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGKILL, as a crash or an attacker would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Guardd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs guardctl; returns its output whatever the exit status.
+pub fn guardctl(args: &[&str]) -> Output {
+    Command::new(bin("guardctl"))
+        .args(args)
+        .output()
+        .expect("running guardctl")
+}
+
+/// `guardctl policy apply` of `policy`, asserting success.
+pub fn apply(policy: &Value) -> Output {
+    let out = apply_raw(&policy.to_string());
+    assert!(
+        out.status.success(),
+        "policy apply failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `guardctl policy apply` of raw text; the caller checks the outcome.
+pub fn apply_raw(text: &str) -> Output {
+    let file = tempfile::Builder::new().suffix(".json").tempfile().unwrap();
+    std::fs::write(file.path(), text).unwrap();
+    guardctl(&["policy", "apply", file.path().to_str().unwrap()])
+}
+
+pub fn status() -> Value {
+    json_of(guardctl(&["status", "--json"]))
+}
+
+pub fn show() -> Value {
+    json_of(guardctl(&["policy", "show", "--json"]))
+}
+
+fn json_of(out: Output) -> Value {
+    assert!(
+        out.status.success(),
+        "guardctl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("guardctl printed JSON")
+}
+
+/// A protected directory with files, and binaries to act with, under /scratch.
+pub struct Sandbox {
+    pub root: PathBuf,
+    pub data: PathBuf,
+    /// A copy of busybox that the sandbox's policy allows.
+    pub allowed: PathBuf,
+    /// Another copy of the same busybox, not allowed.
+    pub other: PathBuf,
+}
+
+impl Sandbox {
+    pub fn new(name: &str) -> Sandbox {
+        let root = Path::new("/scratch").join(name);
+        let _ = std::fs::remove_dir_all(&root);
+        let data = root.join("data");
+        std::fs::create_dir_all(data.join("sub")).unwrap();
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::write(data.join("secret.txt"), "patient record 4711\n").unwrap();
+        std::fs::write(data.join("sub/nested.txt"), "nested record\n").unwrap();
+        let allowed = root.join("bin/allowed-busybox");
+        let other = root.join("bin/other-busybox");
+        std::fs::copy("/bin/busybox", &allowed).unwrap();
+        std::fs::copy("/bin/busybox", &other).unwrap();
+        Sandbox {
+            root,
+            data,
+            allowed,
+            other,
+        }
+    }
+
+    pub fn file(&self, rel: &str) -> PathBuf {
+        self.data.join(rel)
+    }
+
+    /// The usual policy: `allowed` may do everything in `data`.
+    pub fn policy(&self, mode: &str) -> Value {
+        serde_json::json!({
+            "mode": mode,
+            "protected": [{
+                "path": self.data,
+                "rules": [{
+                    "name": "allowed busybox",
+                    "binaries": [self.allowed],
+                    "access": ["read", "write", "exec", "create", "delete", "rename", "link", "setattr"],
+                    "effect": "allow"
+                }]
+            }]
+        })
+    }
+
+    /// Runs `busybox APPLET ARGS` as the allowed binary.
+    pub fn allowed_run(&self, applet: &str, args: &[&str]) -> Output {
+        Command::new(&self.allowed)
+            .arg(applet)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn other_run(&self, applet: &str, args: &[&str]) -> Output {
+        Command::new(&self.other)
+            .arg(applet)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+/// Runs a shell command line (as root, not an allowed binary).
+pub fn sh(cmd: &str) -> Output {
+    Command::new("/bin/sh").arg("-c").arg(cmd).output().unwrap()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts the command failed with "Operation not permitted".
+#[track_caller]
+pub fn assert_eperm(out: &Output, what: &str) {
+    assert!(
+        !out.status.success() && stderr(out).contains("Operation not permitted"),
+        "{what}: expected EPERM, got {} stdout={:?} stderr={:?}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        stderr(out)
+    );
+}
+
+#[track_caller]
+pub fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what}: expected success, got {} stderr={:?}",
+        out.status,
+        stderr(out)
+    );
+}
+
+/// Asserts an open by this (not allowed) process fails with EPERM.
+#[track_caller]
+pub fn assert_open_eperm(path: &Path) {
+    let err = std::fs::read(path).expect_err(&format!("{} was readable", path.display()));
+    assert_eq!(err.raw_os_error(), Some(EPERM), "{}: {err}", path.display());
+}
+
+/// Journal entries with MESSAGE_ID `id` and `field=value`, waiting up to
+/// `wait` for the first; panics naming what is missing.
+pub fn journal_entries(id: &str, field: &str, value: &str, wait: Duration) -> Vec<Value> {
+    let matches = [format!("MESSAGE_ID={id}"), format!("{field}={value}")];
+    let matches: Vec<&str> = matches.iter().map(String::as_str).collect();
+    crate::wait_for_journal_entries(&matches, 1, wait).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// The inode number of a path (stat is not a guarded operation).
+pub fn inode(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().ino()
+}

@@ -1,0 +1,473 @@
+//! Enforcement core, end to end on a real kernel: guardd arms the LSM
+//! programs, guardctl applies policies, root is refused, the allowed binary
+//! works, and every denial reaches the journal.
+//!
+//! Run inside the QEMU guests by `cargo xtask vm-test` (both kernels).
+
+use guard::journal::{field, message_id};
+use guard_tests::guest::*;
+use serde_json::json;
+use std::os::unix::fs::symlink;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[test]
+#[ignore = "guest: run by cargo xtask vm-test"]
+fn root_is_refused_and_the_allowed_binary_reads_and_writes() {
+    let sb = Sandbox::new("basic");
+    let _guardd = Guardd::start();
+    apply(&sb.policy("enforce"));
+    let secret = sb.file("secret.txt");
+    let secret_s = secret.to_str().unwrap();
+
+    assert_eperm(&sh(&format!("cat {secret_s}")), "root cat");
+    assert_open_eperm(&secret);
+    assert_eperm(&sh(&format!("echo x >> {secret_s}")), "root append");
+    assert_eperm(&sh(&format!("ls {}", sb.data.display())), "root ls");
+
+    let read = sb.allowed_run("cat", &[secret_s]);
+    assert_ok(&read, "allowed cat");
+    assert_eq!(
+        String::from_utf8_lossy(&read.stdout),
+        "patient record 4711\n"
+    );
+    let new = sb.file("new.txt");
+    assert_ok(
+        &sb.allowed_run("sh", &["-c", &format!("echo fresh > {}", new.display())]),
+        "allowed create+write",
+    );
+    let moved = sb.file("moved.txt");
+    assert_ok(
+        &sb.allowed_run("mv", &[new.to_str().unwrap(), moved.to_str().unwrap()]),
+        "allowed rename",
+    );
+    assert_ok(
+        &sb.allowed_run("rm", &[moved.to_str().unwrap()]),
+        "allowed delete",
+    );
+}
+
+#[test]
+#[ignore = "guest: run by cargo xtask vm-test"]
+fn directory_operations_by_root_are_refused() {
+    let sb = Sandbox::new("dirops");
+    let _guardd = Guardd::start();
+    apply(&sb.policy("enforce"));
+    let d = sb.data.display();
+    let cases = [
+        ("create", format!("touch {d}/created")),
+        ("mkdir", format!("mkdir {d}/newdir")),
+        ("symlink", format!("ln -s /etc/passwd {d}/link")),
+        ("delete", format!("rm -f {d}/secret.txt")),
+        ("rmdir", format!("rm -rf {d}/sub")),
+        (
+            "rename inside",
+            format!("mv {d}/secret.txt {d}/renamed.txt"),
+        ),
+        (
+            "rename out",
+            format!("mv {d}/secret.txt /scratch/stolen.txt"),
+        ),
+        (
+            "rename in",
+            format!("touch /scratch/planted && mv /scratch/planted {d}/planted"),
+        ),
+        (
+            "hard link out",
+            format!("ln {d}/secret.txt /scratch/dirops/hardlink"),
+        ),
+        ("chmod", format!("chmod 666 {d}/secret.txt")),
+        ("chown", format!("chown nobody {d}/secret.txt")),
+        ("truncate", format!("truncate -s 0 {d}/secret.txt")),
+        ("mknod", format!("mknod {d}/fifo p")),
+    ];
+    for (what, cmd) in cases {
+        assert_eperm(&sh(&cmd), what);
+    }
+    assert!(sb.file("secret.txt").exists() && sb.file("sub/nested.txt").exists());
+    assert!(!Path::new("/scratch/dirops/hardlink").exists());
+}
+
+#[test]
+#[ignore = "guest: run by cargo xtask vm-test"]
+fn every_alias_of_a_protected_file_is_still_denied() {
+    let sb = Sandbox::new("aliases");
+    let _guardd = Guardd::start();
+    apply(&sb.policy("enforce"));
+    let root = sb.root.display().to_string();
+
+    // bind mount of the protected directory elsewhere
+    std::fs::create_dir_all(sb.root.join("bound")).unwrap();
+    assert_ok(
+        &sh(&format!("mount --bind {root}/data {root}/bound")),
+        "bind mount",
+    );
+    assert_eperm(
+        &sh(&format!("cat {root}/bound/secret.txt")),
+        "via bind mount",
+    );
+    assert_ok(&sh(&format!("umount {root}/bound")), "umount");
+
+    // symlink from outside
+    symlink(sb.file("secret.txt"), sb.root.join("link")).unwrap();
+    assert_eperm(&sh(&format!("cat {root}/link")), "via symlink");
+    // .. and relative paths
+    assert_eperm(
+        &sh(&format!("cat {root}/bin/../data/sub/../secret.txt")),
+        "via ..",
+    );
+    assert_eperm(
+        &sh(&format!("cd {root}/data/sub && cat ../secret.txt")),
+        "relative",
+    );
+    // /proc/self/cwd
+    assert_eperm(
+        &sh(&format!("cd {root}/data && cat /proc/self/cwd/secret.txt")),
+        "cwd",
+    );
+    // openat on a directory fd (O_PATH does not open the directory's contents)
+    let dir = std::ffi::CString::new(sb.data.to_str().unwrap()).unwrap();
+    let name = std::ffi::CString::new("secret.txt").unwrap();
+    unsafe {
+        let dfd = libc::open(dir.as_ptr(), libc::O_PATH | libc::O_DIRECTORY);
+        assert!(dfd >= 0, "O_PATH open of the directory");
+        let fd = libc::openat(dfd, name.as_ptr(), libc::O_RDONLY);
+        let errno = std::io::Error::last_os_error().raw_os_error();
+        libc::close(dfd);
+        assert!(
+            fd < 0 && errno == Some(EPERM),
+            "openat on dir fd: fd={fd} errno={errno:?}"
+        );
+    }
+    // chroot: the same directory seen from a new root
+    let chroot = Command::new("chroot")
+        .args([&root, "/bin/other-busybox", "cat", "/data/secret.txt"])
+        .output()
+        .unwrap();
+    assert_eperm(&chroot, "via chroot");
+}
+
+#[test]
+#[ignore = "guest: run by cargo xtask vm-test"]
+fn binary_identity_not_path_decides() {
+    let sb = Sandbox::new("identity");
+    let _guardd = Guardd::start();
+    apply(&sb.policy("enforce"));
+    let secret = sb.file("secret.txt");
+    let secret_s = secret.to_str().unwrap();
+
+    // A copy of the allowed binary at another path is not allowed.
+    assert_eperm(
+        &sb.other_run("cat", &[secret_s]),
+        "copy of the allowed binary",
+    );
+    assert_ok(
+        &sb.allowed_run("cat", &[secret_s]),
+        "the allowed binary itself",
+    );
+
+    // A different binary moved to the allowed path is not allowed.
+    let saved = sb.root.join("bin/saved");
+    std::fs::rename(&sb.allowed, &saved).unwrap();
+    std::fs::copy("/bin/busybox", &sb.allowed).unwrap();
+    assert_eperm(
+        &sb.allowed_run("cat", &[secret_s]),
+        "another binary at the allowed path",
+    );
+    let shown = show();
+    let state = shown["binaries"][0]["state"].as_str().unwrap().to_string();
+    assert!(
+        state.contains("NOT ALLOWED") && state.contains("replaced"),
+        "{state}"
+    );
+}
+
+#[test]
+#[ignore = "guest: run by cargo xtask vm-test"]
+fn an_allowed_binary_changed_on_disk_loses_its_rights() {
+    let sb = Sandbox::new("tamper");
+    let _guardd = Guardd::start();
+    apply(&sb.policy("enforce"));
+    let secret = sb.file("secret.txt");
+    assert_ok(
+        &sb.allowed_run("cat", &[secret.to_str().unwrap()]),
+        "before",
+    );
+    assert_eq!(show()["binaries"][0]["state"], "ok");
+
+    // Append a byte: the binary still runs, but it is no longer what was approved.
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&sb.allowed)
+        .unwrap();
+    f.write_all(b"\0").unwrap();
+    drop(f);
+    assert_eperm(
+        &sb.allowed_run("cat", &[secret.to_str().unwrap()]),
+        "after tampering",
+    );
+    let state = show()["binaries"][0]["state"].as_str().unwrap().to_string();
+    assert!(state.starts_with("NOT ALLOWED"), "{state}");
+
+    // Re-applying approves the new content (and records its new hash).
+    apply(&sb.policy("enforce"));
+    assert_ok(
+        &sb.allowed_run("cat", &[secret.to_str().unwrap()]),
+        "after re-apply",
+    );
+}
+
+#[test]
+#[ignore = "guest: run by cargo xtask vm-test"]
+fn a_denial_reaches_the_journal_with_its_fields() {
+    let sb = Sandbox::new("journal");
+    let _guardd = Guardd::start();
+    apply(&sb.policy("enforce"));
+    let secret = sb.file("secret.txt");
+    let ino = inode(&secret).to_string();
+    let out = Command::new("/usr/bin/cat").arg(&secret).output().unwrap();
+    assert_eperm(&out, "root cat");
+
+    let entries = journal_entries(
+        message_id::DENIED,
+        field::PATH,
+        secret.to_str().unwrap(),
+        Duration::from_secs(15),
+    );
+    let e = entries
+        .last()
+        .unwrap_or_else(|| panic!("no denial for {} in the journal", secret.display()));
+    assert_eq!(e[field::VERDICT], "denied");
+    assert_eq!(e[field::ACCESS], "read");
+    assert_eq!(e[field::INODE], ino.as_str());
+    assert_eq!(e[field::UID], "0");
+    assert_eq!(e[field::COMM], "cat");
+    assert_eq!(e[field::EXE], "/usr/bin/cat");
+    assert_eq!(e[field::RULE], "default-deny");
+    assert_eq!(e[field::HOOK], "file_open");
+    assert!(e[field::PID].as_str().unwrap().parse::<u32>().is_ok());
+    assert_eq!(e["PRIORITY"], "4");
+    assert!(e["MESSAGE"].as_str().unwrap().contains("denied read of"));
+}
+
+#[test]
+#[ignore = "guest: run by cargo xtask vm-test"]
+fn audit_effect_and_audit_mode_allow_and_log() {
+    let sb = Sandbox::new("audit");
+    let _guardd = Guardd::start();
+    // Policy mode audit: nothing is denied, what would be is logged.
+    apply(&sb.policy("audit"));
+    let secret = sb.file("secret.txt");
+    let out = Command::new("/usr/bin/cat").arg(&secret).output().unwrap();
+    assert_ok(&out, "root cat in audit mode");
+    let would = journal_entries(
+        message_id::WOULD_DENY,
+        field::PATH,
+        secret.to_str().unwrap(),
+        Duration::from_secs(15),
+    );
+    assert!(!would.is_empty(), "no would-deny entry in the journal");
+    assert_eq!(would[0][field::VERDICT], "would-deny");
+    assert_eq!(status()["state"], "audit only (nothing is denied)");
+
+    // Effect audit: allowed, and each use logged with the rule's name.
+    let mut policy = sb.policy("enforce");
+    policy["protected"][0]["rules"][0]["effect"] = json!("audit");
+    policy["protected"][0]["rules"][0]["name"] = json!("backup reads");
+    apply(&policy);
+    let nested = sb.file("sub/nested.txt");
+    assert_ok(
+        &sb.allowed_run("cat", &[nested.to_str().unwrap()]),
+        "audited read",
+    );
+    let audited = journal_entries(
+        message_id::AUDITED,
+        field::PATH,
+        nested.to_str().unwrap(),
+        Duration::from_secs(15),
+    );
+    assert!(!audited.is_empty(), "no audited entry in the journal");
+    assert_eq!(audited[0][field::RULE], "backup reads");
+    assert_eq!(audited[0][field::EXE], sb.allowed.to_str().unwrap());
+}
+
+#[test]
+#[ignore = "guest: run by cargo xtask vm-test"]
+fn kill_9_of_guardd_keeps_enforcing_and_a_restart_adopts() {
+    let sb = Sandbox::new("kill9");
+    let mut guardd = Guardd::start();
+    apply(&sb.policy("enforce"));
+    let secret = sb.file("secret.txt");
+    let hash = status()["policy_hash"].clone();
+    guardd.kill9();
+
+    assert_eperm(
+        &sh(&format!("cat {}", secret.display())),
+        "while guardd is dead",
+    );
+    assert_ok(
+        &sb.allowed_run("cat", &[secret.to_str().unwrap()]),
+        "allowed while dead",
+    );
+
+    let _again = Guardd::start();
+    let st = status();
+    assert_eq!(st["programs"], "adopted", "{st}");
+    assert_eq!(st["state"], "enforcing");
+    assert_eq!(st["policy_hash"], hash);
+    // One copy of each program, not two.
+    let progs = sh("bpftool prog show | grep -c 'name file_open'");
+    assert_eq!(String::from_utf8_lossy(&progs.stdout).trim(), "1");
+    assert_eperm(&sh(&format!("cat {}", secret.display())), "after restart");
+}
+
+#[test]
+#[ignore = "guest: run by cargo xtask vm-test"]
+fn an_invalid_policy_is_refused_and_the_old_one_keeps_working() {
+    let sb = Sandbox::new("invalid");
+    let _guardd = Guardd::start();
+    apply(&sb.policy("enforce"));
+    let before = status()["policy_hash"].clone();
+
+    let bad = json!({
+        "mode": "enforce",
+        "protected": [{
+            "path": sb.data,
+            "colour": "blue",
+            "rules": [{ "binaries": ["/no/such/binary"], "access": ["read", "fly"], "effect": "allow" }]
+        }]
+    });
+    let out = apply_raw(&bad.to_string());
+    assert!(!out.status.success(), "invalid policy was accepted");
+    let err = stderr(&out);
+    for expected in [
+        "/protected/0/colour",
+        "/protected/0/rules/0/access/1",
+        "fly",
+    ] {
+        assert!(
+            err.contains(expected),
+            "error does not name {expected}: {err}"
+        );
+    }
+    let out = apply_raw("{ not json");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("line 1"), "{}", stderr(&out));
+
+    assert_eq!(status()["policy_hash"], before);
+    assert_eperm(
+        &sh(&format!("cat {}", sb.file("secret.txt").display())),
+        "old policy",
+    );
+    assert_ok(
+        &sb.allowed_run("cat", &[sb.file("secret.txt").to_str().unwrap()]),
+        "old rule",
+    );
+}
+
+#[test]
+#[ignore = "guest: run by cargo xtask vm-test"]
+fn reapplying_under_concurrent_opens_never_lets_a_denied_open_through() {
+    let sb = Sandbox::new("atomic");
+    let _guardd = Guardd::start();
+    apply(&sb.policy("enforce"));
+    let secret = sb.file("secret.txt");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let leaked = Arc::new(AtomicU64::new(0));
+    let tries = Arc::new(AtomicU64::new(0));
+    let opener = {
+        let (stop, leaked, tries, secret) =
+            (stop.clone(), leaked.clone(), tries.clone(), secret.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                tries.fetch_add(1, Ordering::Relaxed);
+                if std::fs::File::open(&secret).is_ok() {
+                    leaked.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    // The allowed binary reads in a loop at the same time and must never be refused.
+    let reader = Command::new(&sb.allowed)
+        .args([
+            "sh",
+            "-c",
+            &format!(
+            "i=0; while [ $i -lt 300 ]; do {} cat {} > /dev/null || echo REFUSED; i=$((i+1)); done",
+            sb.allowed.display(), secret.display()),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let usual = sb.policy("enforce");
+    let mut alternate = usual.clone();
+    alternate["protected"][0]["rules"][0]["name"] = json!("alternate");
+    for i in 0..20 {
+        apply(if i % 2 == 0 { &alternate } else { &usual });
+    }
+    let reader = reader.wait_with_output().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    opener.join().unwrap();
+    assert!(tries.load(Ordering::Relaxed) > 100, "the opener barely ran");
+    assert_eq!(
+        leaked.load(Ordering::Relaxed),
+        0,
+        "a denied open got through during re-apply"
+    );
+    assert!(
+        !String::from_utf8_lossy(&reader.stdout).contains("REFUSED"),
+        "the allowed binary was refused during re-apply"
+    );
+}
+
+#[test]
+#[ignore = "guest: run by cargo xtask vm-test"]
+fn status_reports_enforcement_counters_and_kernel() {
+    let sb = Sandbox::new("status");
+    let _guardd = Guardd::start();
+    apply(&sb.policy("enforce"));
+    let before = status();
+    let _ = sh(&format!("cat {}", sb.file("secret.txt").display()));
+    let after = status();
+    assert_eq!(after["state"], "enforcing");
+    assert_eq!(after["enforcing"], true);
+    assert_eq!(after["mode"], "enforce");
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_eq!(after["kernel"], release.trim());
+    let denied = |s: &serde_json::Value| s["counters"]["denied"].as_u64().unwrap();
+    assert!(denied(&after) > denied(&before), "{before} -> {after}");
+    let text = guardctl(&["status"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("state: enforcing"));
+}
+
+#[test]
+#[ignore = "guest: run by cargo xtask vm-test"]
+fn a_flood_is_rate_limited_and_the_suppressed_are_counted() {
+    let sb = Sandbox::new("flood");
+    let _guardd = Guardd::start_with(&["--event-rate", "20"]);
+    apply(&sb.policy("enforce"));
+    let secret = sb.file("secret.txt");
+    for _ in 0..400 {
+        assert_open_eperm(&secret);
+    }
+    // A later event carries the count of those suppressed before it.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_open_eperm(&secret);
+    let suppressed = journal_entries(
+        message_id::SUPPRESSED,
+        "SYSLOG_IDENTIFIER",
+        "guardd",
+        Duration::from_secs(15),
+    );
+    let total: u64 = suppressed
+        .iter()
+        .filter_map(|e| e[field::SUPPRESSED].as_str()?.parse::<u64>().ok())
+        .sum();
+    assert!(total >= 300, "suppressed count in the journal: {total}");
+    assert!(status()["counters"]["events_suppressed"].as_u64().unwrap() >= 300);
+}
