@@ -271,3 +271,87 @@ fn unlock_refuses_a_directory_with_another_key() {
         "{err:#}"
     );
 }
+
+#[test]
+fn cli_commands_drive_the_volume_lifecycle() {
+    use guard::volume::cli::{run_key, run_volume};
+    use guard::volume::{KeyCommand, KeysOptions, VolumeCommand};
+    let image = Ext4Image::new(32, true);
+    let kms = KmsServer::start();
+    let store = Store::new();
+    let config = store.dir.path().join("kms.json");
+    kms.write_config(&config);
+    let options = KeysOptions {
+        volume_dir: store.dir.path().join("volumes"),
+        kms_config: config,
+    };
+    let dir = image.path("cli");
+    fs::create_dir(&dir).unwrap();
+
+    let init = VolumeCommand::Init {
+        name: "cli".into(),
+        dir: Some(dir.clone()),
+        dm_crypt: None,
+    };
+    run_volume(init, &options).unwrap();
+    fs::write(dir.join("f"), MARKER).unwrap();
+    run_volume(VolumeCommand::Status { json: true }, &options).unwrap();
+    run_volume(VolumeCommand::Lock { name: "cli".into() }, &options).unwrap();
+    assert!(read(&dir.join("f")).is_err());
+    run_volume(
+        VolumeCommand::Unlock {
+            name: None,
+            all: true,
+        },
+        &options,
+    )
+    .unwrap();
+    assert_eq!(read(&dir.join("f")).unwrap(), MARKER);
+    run_key(KeyCommand::Rotate { volume: None }, &options).unwrap();
+    assert_eq!(read(&dir.join("f")).unwrap(), MARKER);
+
+    // Revocation needs an explicit --yes, and changes nothing without it.
+    let err = run_key(
+        KeyCommand::Revoke {
+            volume: "cli".into(),
+            yes: false,
+        },
+        &options,
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("--yes"), "{err:#}");
+    assert_eq!(read(&dir.join("f")).unwrap(), MARKER);
+    run_key(
+        KeyCommand::Revoke {
+            volume: "cli".into(),
+            yes: true,
+        },
+        &options,
+    )
+    .unwrap();
+    assert!(read(&dir.join("f")).is_err());
+    let err = run_volume(
+        VolumeCommand::Unlock {
+            name: Some("cli".into()),
+            all: false,
+        },
+        &options,
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("stay locked"), "{err:#}");
+
+    // A missing KMS configuration is named in the error.
+    let bad = KeysOptions {
+        kms_config: store.dir.path().join("nope.json"),
+        ..options
+    };
+    let err = run_volume(
+        VolumeCommand::Unlock {
+            name: Some("cli".into()),
+            all: false,
+        },
+        &bad,
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("nope.json"), "{err:#}");
+}

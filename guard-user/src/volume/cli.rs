@@ -238,3 +238,91 @@ pub fn run_key(command: KeyCommand, options: &KeysOptions) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser, Subcommand};
+
+    use super::*;
+    use crate::recovery::{RecoverArgs, VerifyEncryptionArgs};
+    use crate::volume::bench::BenchKeysArgs;
+
+    /// The shape the lead wires into guardctl.
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        options: KeysOptions,
+        #[command(subcommand)]
+        command: Top,
+    }
+
+    #[derive(Subcommand)]
+    enum Top {
+        #[command(subcommand)]
+        Volume(VolumeCommand),
+        #[command(subcommand)]
+        Key(KeyCommand),
+        VerifyEncryption(VerifyEncryptionArgs),
+        Recover(RecoverArgs),
+        BenchKeys(BenchKeysArgs),
+    }
+
+    #[test]
+    fn commands_parse_and_reject_bad_arguments() {
+        Cli::command().debug_assert();
+        let cli =
+            Cli::try_parse_from(["guardctl", "volume", "init", "db", "/var/lib/mysql"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Top::Volume(VolumeCommand::Init { dm_crypt: None, .. })
+        ));
+        let cli =
+            Cli::try_parse_from(["guardctl", "volume", "init", "db", "--dm-crypt", "/dev/vdb"])
+                .unwrap();
+        assert!(matches!(
+            cli.command,
+            Top::Volume(VolumeCommand::Init {
+                dir: None,
+                dm_crypt: Some(_),
+                ..
+            })
+        ));
+        // Neither or both targets, unlock without a name or --all: refused.
+        assert!(Cli::try_parse_from(["guardctl", "volume", "init", "db"]).is_err());
+        assert!(Cli::try_parse_from([
+            "guardctl",
+            "volume",
+            "init",
+            "db",
+            "/d",
+            "--dm-crypt",
+            "/dev/vdb"
+        ])
+        .is_err());
+        assert!(Cli::try_parse_from(["guardctl", "volume", "unlock"]).is_err());
+        assert!(Cli::try_parse_from(["guardctl", "volume", "unlock", "db", "--all"]).is_err());
+        let cli = Cli::try_parse_from([
+            "guardctl",
+            "verify-encryption",
+            "db",
+            "--marker",
+            "a",
+            "--marker",
+            "b",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Top::VerifyEncryption(ref a) if a.markers.len() == 2));
+        assert!(Cli::try_parse_from(["guardctl", "recover", "db", "--image", "/x.img"]).is_err());
+        let cli = Cli::try_parse_from([
+            "guardctl",
+            "--volume-dir",
+            "/tmp/v",
+            "key",
+            "revoke",
+            "db",
+            "--yes",
+        ])
+        .unwrap();
+        assert_eq!(cli.options.volume_dir, PathBuf::from("/tmp/v"));
+    }
+}
