@@ -15,13 +15,20 @@ use keys_support::*;
 fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>, u32, u32)> {
     let mut out = Vec::new();
     fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>, u32, u32)>) {
-        let mut entries: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut entries: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         entries.sort();
         for path in entries {
             let meta = fs::symlink_metadata(&path).unwrap();
             let rel = path.strip_prefix(base).unwrap().display().to_string();
             let data = if meta.file_type().is_symlink() {
-                fs::read_link(&path).unwrap().display().to_string().into_bytes()
+                fs::read_link(&path)
+                    .unwrap()
+                    .display()
+                    .to_string()
+                    .into_bytes()
             } else if meta.is_file() {
                 fs::read(&path).unwrap()
             } else {
@@ -55,22 +62,36 @@ fn migrate_copies_verifies_and_swaps() {
     make_data_dir(&src);
     let before = snapshot(&src);
 
-    let report =
-        volume::migrate::migrate(&store.store, kms.client().as_ref(), "mysql", &src, &image.path("mysql.new")).unwrap();
+    let report = volume::migrate::migrate(
+        &store.store,
+        kms.client().as_ref(),
+        "mysql",
+        &src,
+        &image.path("mysql.new"),
+    )
+    .unwrap();
     assert_eq!(report.files, 2);
     // The encrypted copy now has the source's path, with identical contents.
     assert_eq!(
         report.record.kind,
-        VolumeKind::Fscrypt { path: src.clone(), previous_path: None }
+        VolumeKind::Fscrypt {
+            path: src.clone(),
+            previous_path: None
+        }
     );
     match fscrypt::get_policy(&src).unwrap() {
-        DirPolicy::V2 { key_identifier, .. } => assert_eq!(key_identifier.to_hex(), report.record.key_identifier),
+        DirPolicy::V2 { key_identifier, .. } => {
+            assert_eq!(key_identifier.to_hex(), report.record.key_identifier)
+        }
         other => panic!("{other:?}"),
     }
     assert_eq!(snapshot(&src), before);
     // The old plaintext sits at the destination path, untouched.
     assert_eq!(report.old_data, image.path("mysql.new"));
-    assert_eq!(fscrypt::get_policy(&report.old_data).unwrap(), DirPolicy::Unencrypted);
+    assert_eq!(
+        fscrypt::get_policy(&report.old_data).unwrap(),
+        DirPolicy::Unencrypted
+    );
     assert_eq!(snapshot(&report.old_data), before);
 
     // It is a normal volume: lock makes the data unreadable, unlock restores it.
@@ -94,16 +115,24 @@ fn a_failed_migrate_leaves_the_source_untouched() {
     let before = snapshot(&src);
 
     let dest = image.path("pg.new");
-    let err = volume::migrate::migrate(&store.store, kms.client().as_ref(), "pg", &src, &dest).unwrap_err();
+    let err = volume::migrate::migrate(&store.store, kms.client().as_ref(), "pg", &src, &dest)
+        .unwrap_err();
     let text = format!("{err:#}");
-    assert!(text.contains("special file") && text.contains("source is untouched"), "{text}");
+    assert!(
+        text.contains("special file") && text.contains("source is untouched"),
+        "{text}"
+    );
     assert_eq!(snapshot(&src), before);
     assert_eq!(fscrypt::get_policy(&src).unwrap(), DirPolicy::Unencrypted);
     assert!(!dest.exists(), "the half-made volume is removed");
     assert!(store.files().is_empty(), "no volume record is left behind");
     // Its KEK was destroyed in the KMS.
     let keks = kms.client().locate(&volume::kek_name("pg")).unwrap();
-    assert!(keks.iter().all(|k| k.state == guard::kms::KekState::Destroyed), "{keks:?}");
+    assert!(
+        keks.iter()
+            .all(|k| k.state == guard::kms::KekState::Destroyed),
+        "{keks:?}"
+    );
 }
 
 #[test]
@@ -114,13 +143,25 @@ fn migrate_refuses_a_destination_on_another_filesystem_or_not_empty() {
     let store = Store::new();
     let src = image.path("d");
     make_data_dir(&src);
-    let err = volume::migrate::migrate(&store.store, kms.client().as_ref(), "d", &src, &other.path("d")).unwrap_err();
+    let err = volume::migrate::migrate(
+        &store.store,
+        kms.client().as_ref(),
+        "d",
+        &src,
+        &other.path("d"),
+    )
+    .unwrap_err();
     assert!(format!("{err:#}").contains("another filesystem"), "{err:#}");
     let busy = image.path("busy");
     fs::create_dir(&busy).unwrap();
     fs::write(busy.join("x"), b"x").unwrap();
-    let err = volume::migrate::migrate(&store.store, kms.client().as_ref(), "d", &src, &busy).unwrap_err();
+    let err = volume::migrate::migrate(&store.store, kms.client().as_ref(), "d", &src, &busy)
+        .unwrap_err();
     assert!(format!("{err:#}").contains("not empty"), "{err:#}");
     assert!(store.files().is_empty());
-    assert!(kms.client().locate(&volume::kek_name("d")).unwrap().is_empty());
+    assert!(kms
+        .client()
+        .locate(&volume::kek_name("d"))
+        .unwrap()
+        .is_empty());
 }
