@@ -431,3 +431,53 @@ fn kms_store_keeps_keys_sealed_and_survives_restart() {
     let err = client.unwrap(&id, &wrapped, b"aad").unwrap_err();
     assert!(matches!(err, KmsError::Refused { .. }), "{err}");
 }
+
+#[test]
+fn kms_audit_entries_reach_the_journal() {
+    let _journald = guard_tests::ensure_journald().unwrap();
+    let kms = KmsServer::start_journaled();
+    let client = kms.client();
+    let id = client.create_kek("journal-test").unwrap();
+    client.revoke(&id).unwrap();
+    let key = guard::keyring::SecretKey::random(64).unwrap();
+    let err = client.wrap(&id, &key, b"").unwrap_err();
+    assert!(matches!(err, KmsError::Refused { .. }), "{err}");
+
+    let id_match = format!("GUARD_KMS_KEY={id}");
+    let message_id = format!("MESSAGE_ID={}", guard::kms::server::AUDIT_MESSAGE_ID);
+    let entries = guard_tests::wait_for_journal_entries(
+        &[&message_id, &id_match],
+        2,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let outcomes: Vec<_> = entries
+        .iter()
+        .map(|e| {
+            (
+                guard_tests::field_text(e, "GUARD_KMS_OPERATION").unwrap(),
+                guard_tests::field_text(e, "GUARD_KMS_OUTCOME").unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        outcomes.contains(&("revoke".into(), "ok".into())),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.contains(&("wrap".into(), "refused".into())),
+        "{outcomes:?}"
+    );
+    let refused = entries
+        .iter()
+        .find(|e| guard_tests::field_text(e, "GUARD_KMS_OUTCOME").as_deref() == Some("refused"))
+        .unwrap();
+    assert_eq!(
+        guard_tests::field_text(refused, "SYSLOG_IDENTIFIER").as_deref(),
+        Some("guard-kms")
+    );
+    assert_eq!(
+        guard_tests::field_text(refused, "PRIORITY").as_deref(),
+        Some("4")
+    );
+}

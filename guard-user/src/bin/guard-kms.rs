@@ -41,6 +41,10 @@ enum Command {
         /// Append-only audit log (JSON lines, hash-chained).
         #[arg(long)]
         audit_log: Option<PathBuf>,
+        /// Also write audit entries to the systemd journal (refuses to start
+        /// if journald is not listening).
+        #[arg(long)]
+        journal: bool,
     },
     /// Create a new random master key file (refuses to overwrite one).
     InitMasterKey { path: PathBuf },
@@ -68,6 +72,7 @@ fn main() -> Result<()> {
             cert,
             key,
             audit_log,
+            journal,
         } => {
             let config = ServerConfig {
                 listen,
@@ -78,6 +83,7 @@ fn main() -> Result<()> {
                 key,
                 audit_log,
                 audit_to_stderr: true,
+                audit_to_journal: journal,
             };
             tokio::runtime::Runtime::new()?.block_on(async {
                 let server = Server::bind(&config).await?;

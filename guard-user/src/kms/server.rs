@@ -62,7 +62,15 @@ pub struct ServerConfig {
     pub audit_log: Option<PathBuf>,
     /// Also print each audit entry on stderr (the service's log).
     pub audit_to_stderr: bool,
+    /// Also write each audit entry to the systemd journal (start fails if
+    /// journald is not listening: an audited service must not run unaudited).
+    pub audit_to_journal: bool,
 }
+
+/// `MESSAGE_ID` of guard-kms audit entries in the journal (fixed, random).
+pub const AUDIT_MESSAGE_ID: &str = "71c2cf62fd728246c9f75a6342c5b8c6";
+/// `SYSLOG_IDENTIFIER` of guard-kms journal entries.
+pub const JOURNAL_IDENTIFIER: &str = "guard-kms";
 
 /// Writes a new random master key to `path` (mode 0400). Refuses to overwrite.
 pub fn init_master_key(path: &Path) -> Result<()> {
@@ -115,6 +123,7 @@ pub fn start_embedded(dir: &Path) -> Result<KmsConfig> {
         key: pki.server_key.clone(),
         audit_log: Some(dir.join("kms-audit.log")),
         audit_to_stderr: false,
+        audit_to_journal: false,
     };
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -471,11 +480,20 @@ struct AuditEntry<'a> {
 struct Audit {
     file: Option<File>,
     to_stderr: bool,
+    journal: Option<crate::journal::Journal>,
     last_hash: [u8; 32],
 }
 
 impl Audit {
-    fn open(path: Option<&Path>, to_stderr: bool) -> Result<Self> {
+    fn open(path: Option<&Path>, to_stderr: bool, to_journal: bool) -> Result<Self> {
+        let journal = match to_journal {
+            true => Some(
+                crate::journal::Journal::connect()
+                    .context("connecting to the systemd journal for audit entries")?
+                    .with_identifier(JOURNAL_IDENTIFIER),
+            ),
+            false => None,
+        };
         let mut last_hash = [0u8; 32];
         let file = match path {
             None => None,
@@ -497,6 +515,7 @@ impl Audit {
         Ok(Self {
             file,
             to_stderr,
+            journal,
             last_hash,
         })
     }
@@ -520,6 +539,31 @@ impl Audit {
             // An audit write failure must be visible; it does not stop the service.
             if let Err(e) = writeln!(file, "{line}").and_then(|_| file.sync_data()) {
                 eprintln!("guard-kms: writing the audit log failed: {e}");
+            }
+        }
+        if let Some(journal) = &self.journal {
+            let message = format!(
+                "guard-kms {operation} {key}: {outcome} ({client}){}",
+                if detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {detail}")
+                }
+            );
+            let priority = if outcome == "ok" { "6" } else { "4" };
+            let fields = [
+                ("MESSAGE", message.as_str()),
+                ("MESSAGE_ID", AUDIT_MESSAGE_ID),
+                ("PRIORITY", priority),
+                ("GUARD_KMS_CLIENT", client),
+                ("GUARD_KMS_OPERATION", operation),
+                ("GUARD_KMS_KEY", key),
+                ("GUARD_KMS_OUTCOME", outcome),
+                ("GUARD_KMS_DETAIL", detail),
+                ("GUARD_KMS_ENTRY", line.as_str()),
+            ];
+            if let Err(e) = journal.send(&fields) {
+                eprintln!("guard-kms: writing the audit entry to the journal failed: {e}");
             }
         }
     }
@@ -567,7 +611,11 @@ impl Server {
         let tls = tls_server_config(config)?;
         let master = load_master_key(&config.master_key)?;
         let store = KeyStore::open(&config.state_dir, master)?;
-        let audit = Audit::open(config.audit_log.as_deref(), config.audit_to_stderr)?;
+        let audit = Audit::open(
+            config.audit_log.as_deref(),
+            config.audit_to_stderr,
+            config.audit_to_journal,
+        )?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;

@@ -144,10 +144,20 @@ pub struct KmsServer {
     pub pki: PkiFiles,
     pub addr: SocketAddr,
     pub audit_log: PathBuf,
+    /// Pass `--journal` (audit entries to the systemd journal).
+    journal: bool,
     child: Option<Child>,
 }
 
 impl KmsServer {
+    /// Starts with `--journal`; the caller keeps journald running.
+    pub fn start_journaled() -> Self {
+        let mut server = Self::start();
+        server.journal = true;
+        server.restart();
+        server
+    }
+
     pub fn start() -> Self {
         Self::start_on(0)
     }
@@ -180,6 +190,7 @@ impl KmsServer {
             dir,
             pki,
             addr: ([127, 0, 0, 1], port).into(),
+            journal: false,
             child: None,
         };
         server.spawn(port);
@@ -203,6 +214,7 @@ impl KmsServer {
             .arg(&self.pki.server_key)
             .arg("--audit-log")
             .arg(&self.audit_log)
+            .args(self.journal.then_some("--journal"))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
