@@ -481,3 +481,34 @@ fn kms_audit_entries_reach_the_journal() {
         Some("4")
     );
 }
+
+#[test]
+fn a_kmip_server_answering_garbage_gets_a_clear_error() {
+    let kms = KmsServer::start();
+    let kmip_config = |url: String| KmsConfig::Kmip {
+        address: url.trim_start_matches("https://").to_string(),
+        server_name: "localhost".into(),
+        tls: kms.client_tls(),
+    };
+    // Not TTLV at all.
+    let client = kmip_config(garbage_kms(&kms, b"HTTP/1.1 200 OK\r\n\r\n"))
+        .connect()
+        .unwrap();
+    let err = kms_error(client.create_kek("x"));
+    assert!(
+        matches!(err, KmsError::BadAnswer { .. })
+            && err.to_string().contains("KMIP message header"),
+        "{err}"
+    );
+    // Well-formed TTLV that is not a Response Message.
+    let text = guard::kms::ttlv::Item::text(0x420094, "not a response").encode();
+    let client = kmip_config(garbage_kms(&kms, Box::leak(text.into_boxed_slice())))
+        .connect()
+        .unwrap();
+    let err = kms_error(client.create_kek("x"));
+    assert!(
+        matches!(err, KmsError::BadAnswer { .. })
+            && err.to_string().contains("not a Response Message"),
+        "{err}"
+    );
+}

@@ -184,9 +184,11 @@ fn kind_name(value: &Value) -> &'static str {
     }
 }
 
-/// Length of the whole message whose 8-byte header is `header`.
+/// Length of the whole message whose 8-byte header is `header`, padding
+/// included (a value is padded to a multiple of 8 bytes).
 pub fn message_len(header: &[u8; 8]) -> usize {
-    8 + u32::from_be_bytes(header[4..8].try_into().expect("4 bytes")) as usize
+    let len = u32::from_be_bytes(header[4..8].try_into().expect("4 bytes")) as usize;
+    8 + len.div_ceil(8) * 8
 }
 
 fn decode_at(bytes: &[u8], at: usize, depth: usize) -> Result<(Item, usize)> {
@@ -317,6 +319,10 @@ mod tests {
         assert_eq!(Item::decode(&bytes).unwrap(), msg);
         assert!(Item::decode(&bytes[..bytes.len() - 1]).is_err());
         assert!(Item::decode(b"HTTP/1.1 200 OK\r\n\r\n").is_err());
+        let header: [u8; 8] = Item::text(0x420094, "fifteen bytes!!").encode()[..8]
+            .try_into()
+            .unwrap();
+        assert_eq!(message_len(&header), 8 + 16);
         let mut bad_len = bytes.clone();
         bad_len[7] = 0xFF;
         assert!(Item::decode(&bad_len).is_err());
