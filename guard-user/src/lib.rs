@@ -1,6 +1,7 @@
 //! guard's userspace library: everything `guardd` and `guardctl` share.
 
 pub mod alerts;
+pub mod audit;
 pub mod control;
 pub mod daemon;
 pub mod enforcement;
