@@ -61,6 +61,8 @@ const APT_PACKAGES: &[AptPackage] = &[
     default_release("rsyslog"),
     default_release("rsyslog-gnutls"),
     default_release("openssl"),
+    // The KMIP client is tested against PyKMIP's real server.
+    default_release("python3-pykmip"),
 ];
 
 const BACKPORTS: &str = "bookworm-backports";
