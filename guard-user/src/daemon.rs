@@ -29,6 +29,9 @@ pub struct Config {
     pub events_per_sec: u32,
     /// The audit trail: local chain and remote destinations.
     pub audit: TrailConfig,
+    /// Encrypted volumes to unlock at start (records folder) and the KMS to ask.
+    pub volume_dir: PathBuf,
+    pub kms_config: PathBuf,
 }
 
 impl Config {
@@ -103,6 +106,7 @@ pub async fn run(config: Config) -> Result<()> {
         trail,
     });
     tokio::spawn(record_trail_alerts(daemon.clone()));
+    tokio::spawn(unlock_volumes(daemon.clone()));
     daemon.admin_entry(
         message_id::GUARDD_STARTED,
         &format!("guardd started ({})", armed_name(armed)),
@@ -321,6 +325,30 @@ impl Daemon {
         }
     }
 
+    fn volume_event(&self, event: &crate::volume::startup::UnlockEvent) {
+        use crate::volume::startup::UnlockEvent;
+        match event {
+            UnlockEvent::Unlocked { volume, elapsed } => self.admin_entry(
+                message_id::VOLUME_UNLOCKED,
+                &format!("guard volume {volume} unlocked from the KMS in {elapsed:?}"),
+                &[("GUARD_VOLUME", volume)],
+            ),
+            UnlockEvent::AlreadyUnlocked { .. } => {}
+            UnlockEvent::Failed { volume, attempt, reason, retry_in } => self.admin_entry(
+                message_id::VOLUME_UNLOCK_FAILED,
+                &format!(
+                    "guard volume {volume} stays locked (attempt {attempt}): {reason}; retrying in {retry_in:?}"
+                ),
+                &[("GUARD_VOLUME", volume), ("GUARD_REASON", reason)],
+            ),
+            UnlockEvent::GaveUp { volume, reason } => self.admin_entry(
+                message_id::VOLUME_UNLOCK_FAILED,
+                &format!("guard volume {volume} stays locked for good: {reason}"),
+                &[("GUARD_VOLUME", volume), ("GUARD_REASON", reason)],
+            ),
+        }
+    }
+
     fn decision_entry(&self, d: &Decision) {
         let (id, priority) = match d.verdict {
             "denied" => (message_id::DENIED, "4"),
@@ -386,6 +414,41 @@ async fn report_suppressed(daemon: Arc<Daemon>) {
             );
             reported = now;
         }
+    }
+}
+
+/// Unlocks the configured volumes from the KMS, retrying with backoff. There
+/// is no fallback: a volume whose key the KMS does not give stays locked.
+async fn unlock_volumes(daemon: Arc<Daemon>) {
+    use crate::volume::{startup, VolumeStore};
+    let store = VolumeStore::new(&daemon.config.volume_dir);
+    if store.list().map(|v| v.is_empty()).unwrap_or(true) {
+        return; // no volumes configured
+    }
+    let kms = crate::kms::KmsConfig::load(&daemon.config.kms_config).and_then(|c| c.connect());
+    let kms = match kms {
+        Ok(kms) => kms,
+        Err(e) => {
+            let reason = format!("{e:#}");
+            daemon.admin_entry(
+                message_id::VOLUME_UNLOCK_FAILED,
+                &format!("guard volumes stay locked: no usable KMS configuration: {reason}"),
+                &[("GUARD_REASON", &reason)],
+            );
+            return;
+        }
+    };
+    let d = daemon.clone();
+    let on_event = move |event: startup::UnlockEvent| d.volume_event(&event);
+    let result =
+        startup::unlock_configured(store, kms, None, startup::Backoff::default(), on_event).await;
+    if let Err(e) = result {
+        let reason = format!("{e:#}");
+        daemon.admin_entry(
+            message_id::VOLUME_UNLOCK_FAILED,
+            &format!("guard volume unlocking stopped: {reason}"),
+            &[("GUARD_REASON", &reason)],
+        );
     }
 }
 

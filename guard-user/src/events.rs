@@ -81,7 +81,7 @@ impl Decision {
             _ => "would deny (audit mode)",
         };
         format!(
-            "guard {what} {} of {} to {} (pid {}, uid {}, rule: {})",
+            "guard {what} {} of {} by {} (pid {}, uid {}, rule: {})",
             self.access, self.path, self.exe, self.pid, self.uid, self.rule
         )
     }

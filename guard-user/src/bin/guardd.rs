@@ -28,6 +28,12 @@ struct Args {
     /// syslog). Without it the trail is kept only locally, under the state folder.
     #[arg(long)]
     audit_config: Option<PathBuf>,
+    /// Records of the encrypted volumes to unlock at start (wrapped keys only).
+    #[arg(long, default_value = "/var/lib/guard/volumes")]
+    volume_dir: PathBuf,
+    /// How to reach the KMS that unwraps the volume keys.
+    #[arg(long, default_value = "/etc/guard/kms.json")]
+    kms_config: PathBuf,
 }
 
 #[tokio::main]
@@ -50,6 +56,8 @@ async fn main() -> std::process::ExitCode {
         btf: args.btf,
         events_per_sec: args.event_rate,
         audit,
+        volume_dir: args.volume_dir,
+        kms_config: args.kms_config,
     };
     match daemon::run(config).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
