@@ -28,11 +28,37 @@ pub mod access {
         ("setattr", SETATTR),
     ];
 
-    /// The bit for a policy access name.
+    /// The bit for a policy access name (process operations are not policy names).
     pub fn from_name(name: &str) -> Option<u32> {
         NAMES.iter().find(|(n, _)| *n == name).map(|(_, bit)| *bit)
     }
 }
+
+/// Access bits of attempts on a guarded process (`Event::access` for the
+/// process hooks); never policy names.
+pub mod tamper {
+    /// Inspecting: /proc/PID/{fd,root,cwd,exe,maps,environ}, kcmp (PTRACE_MODE_READ).
+    pub const PTRACE_READ: u32 = 1 << 16;
+    /// Controlling: PTRACE_ATTACH/SEIZE, /proc/PID/mem, process_vm_readv/writev,
+    /// pidfd_getfd (PTRACE_MODE_ATTACH).
+    pub const PTRACE_ATTACH: u32 = 1 << 17;
+    /// Starting an allowed binary under a tracer (strace, gdb).
+    pub const EXEC_TRACED: u32 = 1 << 18;
+    /// Sending a signal (`Event::detail` holds its number).
+    pub const SIGNAL: u32 = 1 << 19;
+
+    pub const NAMES: [(&str, u32); 4] = [
+        ("ptrace-read", PTRACE_READ),
+        ("ptrace-attach", PTRACE_ATTACH),
+        ("exec-traced", EXEC_TRACED),
+        ("signal", SIGNAL),
+    ];
+}
+
+/// `mode` bits of the `ptrace_access_check` hook (include/linux/ptrace.h).
+pub const PTRACE_MODE_READ: u32 = 0x01;
+pub const PTRACE_MODE_ATTACH: u32 = 0x02;
+pub const PTRACE_MODE_NOAUDIT: u32 = 0x04;
 
 /// Wildcard for `RuleKey::uid` and `RuleKey::gid`.
 pub const ANY_ID: u32 = u32::MAX;
@@ -67,8 +93,9 @@ pub mod maps {
     pub const RATE: &str = "GUARD_RATE";
     pub const EVENTS: &str = "GUARD_EVENTS";
     pub const SETTINGS: &str = "GUARD_SETTINGS";
-    pub const ALL: [&str; 11] = [
-        ACTIVE, META, DEVS, DIRS, RULES, EXES, TAINTED, STATS, RATE, EVENTS, SETTINGS,
+    pub const SELF: &str = "GUARD_SELF";
+    pub const ALL: [&str; 12] = [
+        ACTIVE, META, DEVS, DIRS, RULES, EXES, TAINTED, STATS, RATE, EVENTS, SETTINGS, SELF,
     ];
 }
 
@@ -106,6 +133,14 @@ pub mod hook {
     pub const INODE_RENAME: u32 = 8;
     pub const INODE_LINK: u32 = 9;
     pub const INODE_SETATTR: u32 = 10;
+    pub const PTRACE_ACCESS_CHECK: u32 = 11;
+    pub const BPRM_CHECK_SECURITY: u32 = 12;
+    pub const TASK_KILL: u32 = 13;
+
+    /// Hooks whose object is a process, not a file.
+    pub fn is_process(hook: u32) -> bool {
+        matches!(hook, PTRACE_ACCESS_CHECK | BPRM_CHECK_SECURITY | TASK_KILL)
+    }
 
     pub fn name(hook: u32) -> &'static str {
         match hook {
@@ -119,6 +154,9 @@ pub mod hook {
             INODE_RENAME => "inode_rename",
             INODE_LINK => "inode_link",
             INODE_SETATTR => "inode_setattr",
+            PTRACE_ACCESS_CHECK => "ptrace_access_check",
+            BPRM_CHECK_SECURITY => "bprm_check_security",
+            TASK_KILL => "task_kill",
             _ => "unknown",
         }
     }
@@ -197,7 +235,7 @@ pub struct PolicyMeta {
 /// Key of `EXES` (binaries some policy allows) and `TAINTED` (those opened for
 /// writing since the policy was applied; they lose their rules).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct ExeKey {
     pub dev: u32,
     pub _pad: u32,
@@ -219,6 +257,20 @@ pub struct Settings {
     /// Events per CPU per second before suppression; 0 means the default.
     pub events_per_sec: u32,
     pub _pad: u32,
+}
+
+/// guardd's identity and whether it protects itself (`SELF`, index 0).
+/// Written by guardd at start; `protect` is set by `guardd --protect-self`
+/// and cleared only by a clean, journaled `guardctl stop`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SelfProtect {
+    /// 1: nobody but guardd may signal or trace guardd.
+    pub protect: u32,
+    /// The running guardd's process id (thread group id).
+    pub tgid: u32,
+    /// guardd's executable: processes running it are guardd.
+    pub exe: ExeKey,
 }
 
 /// Per-CPU rate limiter state (`RATE`). Suppressed events are counted in
@@ -255,6 +307,12 @@ pub struct Event {
     /// Names from the object up to (not including) its protected directory,
     /// nearest first, each NUL-terminated; empty slots start with NUL.
     pub path: [[u8; NAME_LEN]; PATH_DEPTH],
+    /// Process hooks: the process acted upon (its tgid); `dev`/`ino` are
+    /// then its executable's identity. 0 for file hooks.
+    pub target: u32,
+    /// Process hooks: the signal number (`task_kill`), the ptrace mode
+    /// (`ptrace_access_check`). 0 otherwise.
+    pub detail: u32,
 }
 
 /// Kernel struct layout, resolved from the running kernel's BTF by userspace
@@ -280,7 +338,10 @@ pub struct KernelOffsets {
     /// Position of the `struct dentry *` argument of the `inode_setattr` hook
     /// (0 before Linux 6.3, 1 after `struct mnt_idmap *` was added in front).
     pub setattr_dentry_arg: u32,
-    pub _pad: u32,
+    pub task_struct_tgid: u32,
+    /// `task_struct.ptrace`: non-zero while the task is traced.
+    pub task_struct_ptrace: u32,
+    pub linux_binprm_file: u32,
 }
 
 /// `fmode_t` bits read from `struct file`.
@@ -301,5 +362,6 @@ mod pod {
     unsafe impl aya::Pod for Taint {}
     unsafe impl aya::Pod for RateState {}
     unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for SelfProtect {}
     unsafe impl aya::Pod for KernelOffsets {}
 }

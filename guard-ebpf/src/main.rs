@@ -24,8 +24,9 @@ use aya_ebpf::{
     EbpfContext,
 };
 use guard_common::{
-    access, flags, hook, stat, verdict, DevKey, DirKey, Event, ExeKey, KernelOffsets,
-    PolicyMeta, RateState, RuleKey, RuleValue, Settings, Taint, ANY_ID, DEFAULT_EVENTS_PER_SEC_PER_CPU,
+    access, flags, hook, stat, tamper, verdict, DevKey, DirKey, Event, ExeKey, KernelOffsets,
+    PolicyMeta, RateState, RuleKey, RuleValue, SelfProtect, Settings, Taint, ANY_ID,
+    DEFAULT_EVENTS_PER_SEC_PER_CPU, PTRACE_MODE_ATTACH, PTRACE_MODE_NOAUDIT,
     EVENTS_RING_BYTES, FMODE_EXEC, FMODE_READ, FMODE_WRITE, MAX_DEPTH, MAX_EXES, MAX_POINTS,
     MAX_RULE_ENTRIES, MODE_AUDIT, NAME_LEN, NO_RULE, PATH_DEPTH,
 };
@@ -49,7 +50,9 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     task_struct_mm: 0,
     mm_struct_exe_file: 0,
     setattr_dentry_arg: 0,
-    _pad: 0,
+    task_struct_tgid: 0,
+    task_struct_ptrace: 0,
+    linux_binprm_file: 0,
 };
 
 /// Index 0: the active policy generation (0 = no policy).
@@ -73,6 +76,8 @@ static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
 static RATE: PerCpuArray<RateState> = PerCpuArray::pinned(1, 0);
 #[map(name = "GUARD_SETTINGS")]
 static SETTINGS: Array<Settings> = Array::pinned(1, 0);
+#[map(name = "GUARD_SELF")]
+static SELF: Array<SelfProtect> = Array::pinned(1, 0);
 #[map(name = "GUARD_EVENTS")]
 static EVENTS: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
 
@@ -161,10 +166,19 @@ struct Caller {
     gid: u32,
 }
 
-/// `None` for kernel threads (no mm): the kernel itself is not confined.
+/// The identity of a file's inode.
 #[inline(always)]
-unsafe fn caller(o: &KernelOffsets) -> Result<Option<Caller>, i32> {
-    let task = bpf_get_current_task();
+unsafe fn file_identity(o: &KernelOffsets, file: u64) -> Result<ExeKey, i32> {
+    let inode: u64 = read(file, o.file_f_inode)?;
+    let sb: u64 = read(inode, o.inode_i_sb)?;
+    let dev: u32 = read(sb, o.super_block_s_dev)?;
+    let ino: u64 = read(inode, o.inode_i_ino)?;
+    Ok(ExeKey { dev, _pad: 0, ino })
+}
+
+/// The executable of `task`; `None` for kernel threads (no mm).
+#[inline(always)]
+unsafe fn task_exe(o: &KernelOffsets, task: u64) -> Result<Option<ExeKey>, i32> {
     let mm: u64 = read(task, o.task_struct_mm)?;
     if mm == 0 {
         return Ok(None);
@@ -173,13 +187,18 @@ unsafe fn caller(o: &KernelOffsets) -> Result<Option<Caller>, i32> {
     if exe_file == 0 {
         return Err(EPERM);
     }
-    let inode: u64 = read(exe_file, o.file_f_inode)?;
-    let sb: u64 = read(inode, o.inode_i_sb)?;
-    let dev: u32 = read(sb, o.super_block_s_dev)?;
-    let ino: u64 = read(inode, o.inode_i_ino)?;
+    Ok(Some(file_identity(o, exe_file)?))
+}
+
+/// `None` for kernel threads (no mm): the kernel itself is not confined.
+#[inline(always)]
+unsafe fn caller(o: &KernelOffsets) -> Result<Option<Caller>, i32> {
+    let Some(exe) = task_exe(o, bpf_get_current_task())? else {
+        return Ok(None);
+    };
     let uid_gid = bpf_get_current_uid_gid();
     Ok(Some(Caller {
-        exe: ExeKey { dev, _pad: 0, ino },
+        exe,
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
     }))
@@ -325,6 +344,16 @@ unsafe fn emit(o: &KernelOffsets, obj: &Object, r: &Report) {
         return;
     };
     let e = &mut *entry.as_mut_ptr();
+    fill_header(r, e);
+    e.dev = obj.dev;
+    e.ino = obj.ino;
+    fill_path(o, obj, r.point, e);
+    entry.submit(0);
+}
+
+/// The fields every event has: the decision and who asked.
+#[inline(always)]
+unsafe fn fill_header(r: &Report, e: &mut Event) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
     e.verdict = r.verdict;
@@ -339,13 +368,11 @@ unsafe fn emit(o: &KernelOffsets, obj: &Object, r: &Report) {
     e.rule = r.rule;
     e.generation = r.generation;
     e._pad = 0;
-    e.dev = obj.dev;
     e.exe_dev = r.exe.dev;
-    e.ino = obj.ino;
     e.exe_ino = r.exe.ino;
     e.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    fill_path(o, obj, r.point, e);
-    entry.submit(0);
+    e.target = 0;
+    e.detail = 0;
 }
 
 /// Copies the names from the object up to its protected directory.
@@ -523,6 +550,294 @@ pub fn inode_setattr(ctx: LsmContext) -> i32 {
         }
         decide(dentry, access::SETATTR, hook::INODE_SETATTR)
     }
+}
+
+// Processes: the allowed binaries and guardd cannot be traced, inspected
+// through /proc or (guardd) signalled by anyone else, root included.
+
+/// A process acted upon: its thread group id and executable.
+struct Target {
+    tgid: u32,
+    exe: ExeKey,
+}
+
+/// Why a process is guarded.
+enum Guarded {
+    No,
+    /// It runs a binary the active policy allows.
+    AllowedBinary { generation: u32 },
+    /// It is guardd, and guardd protects itself.
+    Guardd,
+}
+
+#[inline(always)]
+fn self_protect() -> SelfProtect {
+    SELF.get(0).copied().unwrap_or_default()
+}
+
+#[inline(always)]
+fn guarded(target: &Target) -> Guarded {
+    let me = self_protect();
+    if me.protect != 0 && me.tgid == target.tgid && me.exe == target.exe {
+        return Guarded::Guardd;
+    }
+    match ACTIVE.get(0) {
+        Some(g) if *g != 0 && EXES.get_ptr(&target.exe).is_some() => {
+            Guarded::AllowedBinary { generation: *g }
+        }
+        _ => Guarded::No,
+    }
+}
+
+/// guardd's binary (recorded by guardd at start) is trusted with its own
+/// processes and the database's.
+#[inline(always)]
+fn is_guardd(exe: &ExeKey) -> bool {
+    let me = self_protect();
+    me.exe.ino != 0 && me.exe == *exe
+}
+
+/// What a process decision is about.
+struct ProcessAttempt {
+    access: u32,
+    hook: u32,
+    /// Signal number or ptrace mode, for the report.
+    detail: u32,
+    /// The kernel asked for no audit record (e.g. `ps` probing /proc/PID/stat).
+    quiet: bool,
+}
+
+/// Decides whether the current process may act on `task`: only processes of
+/// the same binary (and guardd) may. Returns 0 or -EPERM.
+#[inline(always)]
+unsafe fn decide_process(task: u64, a: &ProcessAttempt) -> i32 {
+    match try_decide_process(task, a) {
+        Ok(ret) => ret,
+        Err(_) => {
+            count(stat::FAIL_CLOSED);
+            count(stat::DENIED);
+            let report = process_report(verdict::DENIED, a, ExeKey::default(), 0);
+            let target = Target { tgid: 0, exe: ExeKey::default() };
+            emit_process(&report, &target, a.detail, flags::FAIL_CLOSED);
+            EPERM
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn try_decide_process(task: u64, a: &ProcessAttempt) -> Result<i32, i32> {
+    let generation = ACTIVE.get(0).copied().unwrap_or(0);
+    if generation == 0 && self_protect().protect == 0 {
+        return Ok(ALLOW); // nothing guarded: no reads on this path
+    }
+    let o = offsets();
+    let Some(exe) = task_exe(&o, task)? else {
+        return Ok(ALLOW); // a kernel thread, or a process that is exiting
+    };
+    let tgid: u32 = read(task, o.task_struct_tgid)?;
+    let target = Target { tgid, exe };
+    let guarded = guarded(&target);
+    if let Guarded::No = guarded {
+        return Ok(ALLOW);
+    }
+    let Some(caller) = caller(&o)? else {
+        return Ok(ALLOW);
+    };
+    if caller.exe == target.exe || is_guardd(&caller.exe) {
+        return Ok(ALLOW);
+    }
+    finish_process_decision(guarded, a, &caller.exe, &target)
+}
+
+/// Denies (or, for a policy in audit mode, reports) an attempt on a guarded process.
+#[inline(always)]
+unsafe fn finish_process_decision(
+    guarded: Guarded,
+    a: &ProcessAttempt,
+    caller: &ExeKey,
+    target: &Target,
+) -> Result<i32, i32> {
+    let generation = match guarded {
+        Guarded::AllowedBinary { generation } => generation,
+        _ => ACTIVE.get(0).copied().unwrap_or(0),
+    };
+    let audit_only = match guarded {
+        Guarded::AllowedBinary { generation } => {
+            META.get(&generation).map(|m| m.mode).unwrap_or(0) == MODE_AUDIT
+        }
+        _ => false,
+    };
+    if audit_only {
+        count(stat::WOULD_DENY);
+        if !a.quiet {
+            let report = process_report(verdict::WOULD_DENY, a, *caller, generation);
+            emit_process(&report, target, a.detail, 0);
+        }
+        return Ok(ALLOW);
+    }
+    count(stat::DENIED);
+    if !a.quiet {
+        let report = process_report(verdict::DENIED, a, *caller, generation);
+        emit_process(&report, target, a.detail, 0);
+    }
+    Ok(EPERM)
+}
+
+#[inline(always)]
+fn process_report(verdict: u32, a: &ProcessAttempt, exe: ExeKey, generation: u32) -> Report {
+    Report {
+        verdict,
+        access: a.access,
+        hook: a.hook,
+        flags: 0,
+        point: u32::MAX,
+        rule: NO_RULE,
+        generation,
+        exe,
+    }
+}
+
+/// Reports a decision about a process: `dev`/`ino` name its executable.
+#[inline(always)]
+unsafe fn emit_process(r: &Report, target: &Target, detail: u32, extra_flags: u32) {
+    if !within_rate() {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count(stat::DROPPED);
+        return;
+    };
+    let e = &mut *entry.as_mut_ptr();
+    fill_header(r, e);
+    e.flags |= extra_flags;
+    e.dev = target.exe.dev;
+    e.ino = target.exe.ino;
+    for i in 0..PATH_DEPTH {
+        e.path[i][0] = 0;
+    }
+    e.target = target.tgid;
+    e.detail = detail;
+    entry.submit(0);
+}
+
+/// ptrace_access_check(child, mode): PTRACE_ATTACH/SEIZE, /proc/PID/mem,
+/// process_vm_readv/writev, pidfd_getfd, and the /proc/PID links and files
+/// (fd, root, cwd, exe, maps, environ) all ask this before touching `child`.
+#[lsm(hook = "ptrace_access_check")]
+pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
+    unsafe {
+        let child: u64 = ctx.arg(0);
+        let mode = ctx.arg::<u64>(1) as u32;
+        let access = if mode & PTRACE_MODE_ATTACH != 0 {
+            tamper::PTRACE_ATTACH
+        } else {
+            tamper::PTRACE_READ
+        };
+        let attempt = ProcessAttempt {
+            access,
+            hook: hook::PTRACE_ACCESS_CHECK,
+            detail: mode,
+            quiet: mode & PTRACE_MODE_NOAUDIT != 0,
+        };
+        decide_process(child, &attempt)
+    }
+}
+
+/// bprm_check_security(bprm): a traced process may not start an allowed
+/// binary (strace or gdb would see everything it reads).
+#[lsm(hook = "bprm_check_security")]
+pub fn bprm_check_security(ctx: LsmContext) -> i32 {
+    unsafe {
+        let bprm: u64 = ctx.arg(0);
+        let attempt = ProcessAttempt {
+            access: tamper::EXEC_TRACED,
+            hook: hook::BPRM_CHECK_SECURITY,
+            detail: 0,
+            quiet: false,
+        };
+        match try_exec_traced(bprm, &attempt) {
+            Ok(ret) => ret,
+            Err(_) => {
+                count(stat::FAIL_CLOSED);
+                count(stat::DENIED);
+                let report = process_report(verdict::DENIED, &attempt, ExeKey::default(), 0);
+                let target = Target { tgid: 0, exe: ExeKey::default() };
+                emit_process(&report, &target, 0, flags::FAIL_CLOSED);
+                EPERM
+            }
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn try_exec_traced(bprm: u64, a: &ProcessAttempt) -> Result<i32, i32> {
+    let generation = match ACTIVE.get(0) {
+        Some(g) if *g != 0 => *g,
+        _ => return Ok(ALLOW),
+    };
+    let o = offsets();
+    let task = bpf_get_current_task();
+    let ptrace: u32 = read(task, o.task_struct_ptrace)?;
+    if ptrace == 0 {
+        return Ok(ALLOW); // not traced: the usual case, one read
+    }
+    let file: u64 = read(bprm, o.linux_binprm_file)?;
+    let exe = file_identity(&o, file)?;
+    if EXES.get_ptr(&exe).is_none() {
+        return Ok(ALLOW);
+    }
+    let target = Target {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        exe,
+    };
+    let caller = caller(&o)?.map(|c| c.exe).unwrap_or_default();
+    finish_process_decision(Guarded::AllowedBinary { generation }, a, &caller, &target)
+}
+
+/// task_kill(p, info, sig, cred): while guardd protects itself, only guardd
+/// may signal guardd. Signals the kernel sends (terminal, SIGCHLD) do not
+/// come through here.
+#[lsm(hook = "task_kill")]
+pub fn task_kill(ctx: LsmContext) -> i32 {
+    unsafe {
+        let sig = ctx.arg::<u64>(2) as u32;
+        let me = self_protect();
+        if me.protect == 0 || sig == 0 {
+            return ALLOW; // signal 0 only asks whether the process exists
+        }
+        let p: u64 = ctx.arg(0);
+        let attempt = ProcessAttempt {
+            access: tamper::SIGNAL,
+            hook: hook::TASK_KILL,
+            detail: sig,
+            quiet: false,
+        };
+        match try_signal(p, &me, &attempt) {
+            Ok(ret) => ret,
+            Err(_) => decide_process(p, &attempt),
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn try_signal(p: u64, me: &SelfProtect, a: &ProcessAttempt) -> Result<i32, i32> {
+    let o = offsets();
+    let tgid: u32 = read(p, o.task_struct_tgid)?;
+    if tgid != me.tgid {
+        return Ok(ALLOW); // the cheap test for every other kill()
+    }
+    if (bpf_get_current_pid_tgid() >> 32) as u32 == me.tgid {
+        return Ok(ALLOW);
+    }
+    let Some(exe) = task_exe(&o, p)? else {
+        return Ok(ALLOW);
+    };
+    let target = Target { tgid, exe };
+    if let Guarded::Guardd = guarded(&target) {
+        let caller = caller(&o)?.map(|c| c.exe).unwrap_or_default();
+        return finish_process_decision(Guarded::Guardd, a, &caller, &target);
+    }
+    Ok(ALLOW)
 }
 
 #[cfg(not(test))]

@@ -11,7 +11,8 @@ use crate::policy::PolicyEntries;
 use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use guard_common::{
-    maps, stat, DevKey, DirKey, ExeKey, PolicyMeta, RuleKey, RuleValue, Settings, Taint,
+    maps, stat, DevKey, DirKey, ExeKey, PolicyMeta, RuleKey, RuleValue, SelfProtect, Settings,
+    Taint,
 };
 use serde::Serialize;
 use std::time::Duration;
@@ -41,6 +42,7 @@ pub struct KernelMaps {
     tainted: HashMap<MapData, ExeKey, Taint>,
     stats: PerCpuArray<MapData, u64>,
     settings: Array<MapData, Settings>,
+    self_protect: Array<MapData, SelfProtect>,
 }
 
 fn pinned(pins: &Pins, name: &str) -> Result<MapData> {
@@ -62,6 +64,7 @@ impl KernelMaps {
             tainted: typed(maps::TAINTED, Map::HashMap)?.try_into()?,
             stats: typed(maps::STATS, Map::PerCpuArray)?.try_into()?,
             settings: typed(maps::SETTINGS, Map::Array)?.try_into()?,
+            self_protect: typed(maps::SELF, Map::Array)?.try_into()?,
         })
     }
 
@@ -69,6 +72,17 @@ impl KernelMaps {
         self.settings
             .set(0, settings, 0)
             .context("writing GUARD_SETTINGS")
+    }
+
+    /// guardd's identity as the kernel knows it, and whether it protects itself.
+    pub fn self_protect(&self) -> Result<SelfProtect> {
+        self.self_protect.get(&0, 0).context("reading GUARD_SELF")
+    }
+
+    pub fn set_self_protect(&mut self, value: SelfProtect) -> Result<()> {
+        self.self_protect
+            .set(0, value, 0)
+            .context("writing GUARD_SELF")
     }
 
     /// The generation the kernel decides from (0: no policy).

@@ -1,6 +1,6 @@
 //! Decision events from the kernel ring buffer, rendered for the journal.
 
-use guard_common::{access, flags, hook, verdict, Event, ExeKey, NO_RULE};
+use guard_common::{access, flags, hook, tamper, verdict, Event, ExeKey, NO_RULE};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -46,6 +46,9 @@ pub struct Decision {
 
 impl Decision {
     pub fn from_event(e: &Event, names: &PolicyNames) -> Self {
+        if hook::is_process(e.hook) {
+            return Self::from_process_event(e, names);
+        }
         let point = names.points.get(e.point as usize);
         Decision {
             verdict: verdict_name(e.verdict),
@@ -61,6 +64,28 @@ impl Decision {
             exe: exe_path(e, names),
             access: access_names(e.access),
             rule: rule_label(e.rule, names),
+            hook: hook::name(e.hook),
+            fail_closed: e.flags & flags::FAIL_CLOSED != 0,
+        }
+    }
+
+    /// An attempt on a guarded process: `path` names the process and its binary.
+    fn from_process_event(e: &Event, names: &PolicyNames) -> Self {
+        let target_exe = identity_path(e.target, e.dev, e.ino, names);
+        Decision {
+            verdict: verdict_name(e.verdict),
+            path: format!("process {} ({target_exe})", e.target),
+            point: String::new(),
+            inode: e.ino,
+            device: kernel_dev_string(e.dev),
+            pid: e.tgid,
+            tid: e.pid,
+            uid: e.uid,
+            gid: e.gid,
+            comm: c_string(&e.comm),
+            exe: exe_path(e, names),
+            access: process_access(e),
+            rule: "self-protection".into(),
             hook: hook::name(e.hook),
             fail_closed: e.flags & flags::FAIL_CLOSED != 0,
         }
@@ -99,6 +124,39 @@ pub fn access_names(bits: u32) -> String {
         .join(",")
 }
 
+/// What was tried on a process: `ptrace-attach`, `signal:SIGKILL`, ...
+fn process_access(e: &Event) -> String {
+    let names: Vec<&str> = tamper::NAMES
+        .iter()
+        .filter(|(_, bit)| e.access & bit != 0)
+        .map(|(name, _)| *name)
+        .collect();
+    let mut text = names.join(",");
+    if e.access & tamper::SIGNAL != 0 {
+        text.push(':');
+        text.push_str(&signal_name(e.detail));
+    }
+    text
+}
+
+fn signal_name(sig: u32) -> String {
+    let name = match sig as i32 {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGCONT => "SIGCONT",
+        libc::SIGSTOP => "SIGSTOP",
+        libc::SIGTSTP => "SIGTSTP",
+        _ => return format!("signal {sig}"),
+    };
+    name.into()
+}
+
 fn rule_label(rule: u32, names: &PolicyNames) -> String {
     if rule == NO_RULE {
         return "default-deny".into();
@@ -129,24 +187,19 @@ fn object_path(point: Option<&Path>, e: &Event) -> String {
 }
 
 fn exe_path(e: &Event, names: &PolicyNames) -> String {
-    let key = ExeKey {
-        dev: e.exe_dev,
-        _pad: 0,
-        ino: e.exe_ino,
-    };
+    identity_path(e.tgid, e.exe_dev, e.exe_ino, names)
+}
+
+/// The path of the executable `(dev, ino)` that process `tgid` runs.
+fn identity_path(tgid: u32, dev: u32, ino: u64, names: &PolicyNames) -> String {
+    let key = ExeKey { dev, _pad: 0, ino };
     if let Some(p) = names.binaries.get(&key) {
         return p.display().to_string();
     }
     // The process may be gone by now; then say what identity it had.
-    std::fs::read_link(format!("/proc/{}/exe", e.tgid))
+    std::fs::read_link(format!("/proc/{tgid}/exe"))
         .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| {
-            format!(
-                "<exited> dev {} ino {}",
-                kernel_dev_string(e.exe_dev),
-                e.exe_ino
-            )
-        })
+        .unwrap_or_else(|_| format!("<exited> dev {} ino {ino}", kernel_dev_string(dev)))
 }
 
 /// "major:minor" of a kernel-encoded dev_t.
@@ -187,6 +240,8 @@ mod tests {
             exe_ino: 99,
             comm: *b"cat\0\0\0\0\0\0\0\0\0\0\0\0\0",
             path,
+            target: 0,
+            detail: 0,
         }
     }
 
@@ -215,6 +270,45 @@ mod tests {
         assert!(d
             .message()
             .contains("denied read,write of /var/lib/mysql/shop/t1.ibd"));
+    }
+
+    #[test]
+    fn a_signal_to_guardd_is_rendered_with_its_name_and_target() {
+        let mut e = event();
+        e.hook = hook::TASK_KILL;
+        e.access = tamper::SIGNAL;
+        e.detail = libc::SIGKILL as u32;
+        e.target = 77;
+        e.path = [[0u8; NAME_LEN]; PATH_DEPTH];
+        let names = PolicyNames {
+            binaries: [(
+                ExeKey {
+                    dev: (8 << 20) | 1,
+                    _pad: 0,
+                    ino: 1234,
+                },
+                "/usr/sbin/guardd".into(),
+            )]
+            .into(),
+            ..Default::default()
+        };
+        let d = Decision::from_event(&e, &names);
+        assert_eq!(d.hook, "task_kill");
+        assert_eq!(d.access, "signal:SIGKILL");
+        assert_eq!(d.path, "process 77 (/usr/sbin/guardd)");
+        assert_eq!(d.rule, "self-protection");
+        assert!(d.message().contains("denied signal:SIGKILL of process 77"));
+    }
+
+    #[test]
+    fn a_ptrace_attach_is_named() {
+        let mut e = event();
+        e.hook = hook::PTRACE_ACCESS_CHECK;
+        e.access = tamper::PTRACE_ATTACH;
+        e.detail = guard_common::PTRACE_MODE_ATTACH;
+        let d = Decision::from_event(&e, &PolicyNames::default());
+        assert_eq!(d.access, "ptrace-attach");
+        assert_eq!(d.hook, "ptrace_access_check");
     }
 
     #[test]

@@ -23,7 +23,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 const SECURITYFS_MAGIC: i64 = 0x73636673;
 
 /// The LSM hooks guard attaches to; each program is named after its hook.
-pub const HOOKS: [&str; 10] = [
+pub const HOOKS: [&str; 13] = [
     "file_open",
     "inode_create",
     "inode_mkdir",
@@ -34,6 +34,9 @@ pub const HOOKS: [&str; 10] = [
     "inode_rename",
     "inode_link",
     "inode_setattr",
+    "ptrace_access_check",
+    "bprm_check_security",
+    "task_kill",
 ];
 
 /// Where guard's pins live.

@@ -16,7 +16,7 @@ pub fn resolve(btf_path: &Path) -> Result<KernelOffsets> {
     let btf = Btf::from_file(btf_path)
         .map_err(|e| anyhow!("reading kernel BTF {}: {e}", btf_path.display()))?;
     let field = |path: &str| field_offset(&btf, path);
-    Ok(KernelOffsets {
+    let offsets = KernelOffsets {
         file_f_inode: field("file.f_inode")?,
         file_f_path_dentry: field("file.f_path")? + field("path.dentry")?,
         file_f_mode: field("file.f_mode")?,
@@ -30,8 +30,35 @@ pub fn resolve(btf_path: &Path) -> Result<KernelOffsets> {
         task_struct_mm: field("task_struct.mm")?,
         mm_struct_exe_file: field("mm_struct.exe_file")?,
         setattr_dentry_arg: hook_param_index(&btf, "inode_setattr", "dentry")?,
-        _pad: 0,
-    })
+        task_struct_tgid: field("task_struct.tgid")?,
+        task_struct_ptrace: field("task_struct.ptrace")?,
+        linux_binprm_file: field("linux_binprm.file")?,
+    };
+    check_hook_params(&btf)?;
+    Ok(offsets)
+}
+
+/// Hook arguments the programs read at a fixed position. Their order has been
+/// stable for years; if a kernel changes it, refuse to load rather than read
+/// the wrong argument.
+const FIXED_HOOK_PARAMS: [(&str, &str, u32); 4] = [
+    ("ptrace_access_check", "child", 0),
+    ("ptrace_access_check", "mode", 1),
+    ("bprm_check_security", "bprm", 0),
+    ("task_kill", "sig", 2),
+];
+
+fn check_hook_params(btf: &Btf) -> Result<()> {
+    for (hook, param, expected) in FIXED_HOOK_PARAMS {
+        let found = hook_param_index(btf, hook, param)?;
+        if found != expected {
+            bail!(
+                "LSM hook {hook} takes {param} as argument {found}, not {expected}: \
+                 this guard build does not know this kernel; refusing to load"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Byte offset of `struct.member`, looking through anonymous structs and
@@ -132,6 +159,8 @@ mod tests {
         assert_ne!(o.dentry_d_parent, o.dentry_d_inode);
         // Since Linux 6.3 inode_setattr takes the idmap first.
         assert!(o.setattr_dentry_arg <= 1);
+        assert_ne!(o.task_struct_tgid, o.task_struct_ptrace);
+        assert_eq!(o.linux_binprm_file % 8, 0, "{o:?}");
     }
 
     #[test]
