@@ -473,3 +473,37 @@ fn a_flood_is_rate_limited_and_the_suppressed_are_counted() {
     assert!(total >= 300, "suppressed count in the journal: {total}");
     assert!(status()["counters"]["events_suppressed"].as_u64().unwrap() >= 300);
 }
+
+#[test]
+#[ignore = "guest: run by cargo xtask vm-test"]
+fn denials_and_admin_actions_reach_the_audit_chain_and_it_verifies() {
+    let sb = Sandbox::new("auditchain");
+    let _guardd = Guardd::start();
+    apply(&sb.policy("enforce"));
+    let secret = sb.file("secret.txt");
+    assert_open_eperm(&secret);
+
+    let records = Path::new("/var/lib/guard/audit/records.jsonl");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let (mut denied, mut applied) = (false, false);
+    while !(denied && applied) && std::time::Instant::now() < deadline {
+        let text = std::fs::read_to_string(records).unwrap_or_default();
+        for line in text.lines() {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap();
+            let event = &record["event"];
+            denied |= event["kind"] == "denied" && event["path"] == secret.to_str().unwrap();
+            applied |= event["kind"] == "policy_applied";
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        denied,
+        "the denial of {} is not in {}",
+        secret.display(),
+        records.display()
+    );
+    assert!(applied, "the policy apply is not in {}", records.display());
+
+    let verify = guardctl(&["log", "verify", "--local", "/var/lib/guard/audit"]);
+    assert_ok(&verify, "guardctl log verify");
+}

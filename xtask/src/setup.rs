@@ -57,6 +57,12 @@ const APT_PACKAGES: &[AptPackage] = &[
     default_release("systemd"),
     default_release("cryptsetup-bin"),
     default_release("strace"),
+    // The audit trail's syslog destination is tested against a real rsyslog.
+    default_release("rsyslog"),
+    default_release("rsyslog-gnutls"),
+    default_release("openssl"),
+    // The KMIP client is tested against PyKMIP's real server.
+    default_release("python3-pykmip"),
 ];
 
 const BACKPORTS: &str = "bookworm-backports";

@@ -28,11 +28,25 @@ struct Args {
     /// across guardd restarts, until a clean `guardctl stop`.
     #[arg(long)]
     protect_self: bool,
+    /// Audit trail configuration (JSON: local folder, host key, collectors,
+    /// syslog). Without it the trail is kept only locally, under the state folder.
+    #[arg(long)]
+    audit_config: Option<PathBuf>,
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    let audit = match &args.audit_config {
+        Some(path) => match read_audit_config(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("guardd: {e:#}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+        None => daemon::Config::local_audit(&args.state_dir),
+    };
     let config = daemon::Config {
         pin_dir: args.pin_dir,
         state_dir: args.state_dir,
@@ -40,6 +54,7 @@ async fn main() -> std::process::ExitCode {
         btf: args.btf,
         events_per_sec: args.event_rate,
         protect_self: args.protect_self,
+        audit,
     };
     match daemon::run(config).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -48,4 +63,11 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn read_audit_config(path: &std::path::Path) -> anyhow::Result<guard::audit::TrailConfig> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading audit config {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("audit config {}", path.display()))
 }
