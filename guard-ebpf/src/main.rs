@@ -24,8 +24,9 @@ use aya_ebpf::{
     EbpfContext,
 };
 use guard_common::{
-    access, flags, hook, stat, tamper, verdict, DevKey, DirKey, Event, ExeKey, KernelOffsets,
-    PolicyMeta, RateState, RuleKey, RuleValue, SelfProtect, Settings, Taint, ANY_ID,
+    access, bpf_uapi, flags, hook, object, stat, tamper, verdict, DevKey, DirKey, Event, ExeKey,
+    KernelOffsets, ObjectKey, PolicyMeta, RateState, RuleKey, RuleValue, SelfProtect, Settings,
+    Taint, ANY_ID, MAX_OBJECTS, PINS_POINT,
     DEFAULT_EVENTS_PER_SEC_PER_CPU, PTRACE_MODE_ATTACH, PTRACE_MODE_NOAUDIT,
     EVENTS_RING_BYTES, FMODE_EXEC, FMODE_READ, FMODE_WRITE, MAX_DEPTH, MAX_EXES, MAX_POINTS,
     MAX_RULE_ENTRIES, MODE_AUDIT, NAME_LEN, NO_RULE, PATH_DEPTH, EXE_DEPTH,
@@ -53,6 +54,12 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     task_struct_tgid: 0,
     task_struct_ptrace: 0,
     linux_binprm_file: 0,
+    bpf_map_id: 0,
+    bpf_prog_aux: 0,
+    bpf_prog_aux_id: 0,
+    vfsmount_mnt_sb: 0,
+    bpf_attr_prog_type: 0,
+    bpf_attr_link_id: 0,
 };
 
 /// Index 0: the active policy generation (0 = no policy).
@@ -78,6 +85,8 @@ static RATE: PerCpuArray<RateState> = PerCpuArray::pinned(1, 0);
 static SETTINGS: Array<Settings> = Array::pinned(1, 0);
 #[map(name = "GUARD_SELF")]
 static SELF: Array<SelfProtect> = Array::pinned(1, 0);
+#[map(name = "GUARD_OBJECTS")]
+static OBJECTS: HashMap<ObjectKey, u32> = HashMap::pinned(MAX_OBJECTS, 0);
 #[map(name = "GUARD_EVENTS")]
 static EVENTS: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
 
@@ -347,7 +356,11 @@ unsafe fn emit(o: &KernelOffsets, obj: &Object, r: &Report) {
     fill_header(r, e);
     e.dev = obj.dev;
     e.ino = obj.ino;
-    fill_path(o, obj, r.point, e);
+    let generation = e.generation;
+    fill_path(o, obj, e, |ino| {
+        let key = DirKey { generation, dev: obj.dev, ino };
+        DIRS.get(&key).map(|p| *p == r.point).unwrap_or(false)
+    });
     fill_exe(o, e);
     entry.submit(0);
 }
@@ -419,20 +432,17 @@ unsafe fn fill_exe(o: &KernelOffsets, e: &mut Event) {
     }
 }
 
-/// Copies the names from the object up to its protected directory.
+/// Copies the names from the object up to the directory `is_top` recognises.
 #[inline(always)]
-unsafe fn fill_path(o: &KernelOffsets, obj: &Object, point: u32, e: &mut Event) {
+unsafe fn fill_path(o: &KernelOffsets, obj: &Object, e: &mut Event, is_top: impl Fn(u64) -> bool) {
     let mut dentry = obj.dentry;
     let mut ino = obj.ino;
     for i in 0..PATH_DEPTH {
         e.path[i][0] = 0;
     }
     for i in 0..PATH_DEPTH {
-        if ino != 0 {
-            let key = DirKey { generation: e.generation, dev: obj.dev, ino };
-            if DIRS.get(&key).map(|p| *p == point).unwrap_or(false) {
-                return;
-            }
+        if ino != 0 && is_top(ino) {
+            return;
         }
         let Ok(name) = read::<u64>(dentry, o.dentry_d_name_name) else {
             return;
@@ -522,32 +532,32 @@ pub fn file_open(ctx: LsmContext) -> i32 {
 
 #[lsm(hook = "inode_create")]
 pub fn inode_create(ctx: LsmContext) -> i32 {
-    unsafe { decide(ctx.arg(1), access::CREATE, hook::INODE_CREATE) }
+    unsafe { decide_dir_op(ctx.arg(1), access::CREATE, hook::INODE_CREATE) }
 }
 
 #[lsm(hook = "inode_mkdir")]
 pub fn inode_mkdir(ctx: LsmContext) -> i32 {
-    unsafe { decide(ctx.arg(1), access::CREATE, hook::INODE_MKDIR) }
+    unsafe { decide_dir_op(ctx.arg(1), access::CREATE, hook::INODE_MKDIR) }
 }
 
 #[lsm(hook = "inode_mknod")]
 pub fn inode_mknod(ctx: LsmContext) -> i32 {
-    unsafe { decide(ctx.arg(1), access::CREATE, hook::INODE_MKNOD) }
+    unsafe { decide_dir_op(ctx.arg(1), access::CREATE, hook::INODE_MKNOD) }
 }
 
 #[lsm(hook = "inode_symlink")]
 pub fn inode_symlink(ctx: LsmContext) -> i32 {
-    unsafe { decide(ctx.arg(1), access::CREATE, hook::INODE_SYMLINK) }
+    unsafe { decide_dir_op(ctx.arg(1), access::CREATE, hook::INODE_SYMLINK) }
 }
 
 #[lsm(hook = "inode_unlink")]
 pub fn inode_unlink(ctx: LsmContext) -> i32 {
-    unsafe { decide(ctx.arg(1), access::DELETE, hook::INODE_UNLINK) }
+    unsafe { decide_dir_op(ctx.arg(1), access::DELETE, hook::INODE_UNLINK) }
 }
 
 #[lsm(hook = "inode_rmdir")]
 pub fn inode_rmdir(ctx: LsmContext) -> i32 {
-    unsafe { decide(ctx.arg(1), access::DELETE, hook::INODE_RMDIR) }
+    unsafe { decide_dir_op(ctx.arg(1), access::DELETE, hook::INODE_RMDIR) }
 }
 
 /// inode_rename(old_dir, old_dentry, new_dir, new_dentry): both the source and
@@ -555,11 +565,11 @@ pub fn inode_rmdir(ctx: LsmContext) -> i32 {
 #[lsm(hook = "inode_rename")]
 pub fn inode_rename(ctx: LsmContext) -> i32 {
     unsafe {
-        let ret = decide(ctx.arg(1), access::RENAME, hook::INODE_RENAME);
+        let ret = decide_dir_op(ctx.arg(1), access::RENAME, hook::INODE_RENAME);
         if ret != ALLOW {
             return ret;
         }
-        decide(ctx.arg(3), access::RENAME, hook::INODE_RENAME)
+        decide_dir_op(ctx.arg(3), access::RENAME, hook::INODE_RENAME)
     }
 }
 
@@ -568,11 +578,11 @@ pub fn inode_rename(ctx: LsmContext) -> i32 {
 #[lsm(hook = "inode_link")]
 pub fn inode_link(ctx: LsmContext) -> i32 {
     unsafe {
-        let ret = decide(ctx.arg(0), access::LINK, hook::INODE_LINK);
+        let ret = decide_dir_op(ctx.arg(0), access::LINK, hook::INODE_LINK);
         if ret != ALLOW {
             return ret;
         }
-        decide(ctx.arg(2), access::LINK, hook::INODE_LINK)
+        decide_dir_op(ctx.arg(2), access::LINK, hook::INODE_LINK)
     }
 }
 
@@ -592,7 +602,7 @@ pub fn inode_setattr(ctx: LsmContext) -> i32 {
                 taint_if_allowed_exe(&o, inode);
             }
         }
-        decide(dentry, access::SETATTR, hook::INODE_SETATTR)
+        decide_dir_op(dentry, access::SETATTR, hook::INODE_SETATTR)
     }
 }
 
@@ -883,6 +893,234 @@ unsafe fn try_signal(p: u64, me: &SelfProtect, a: &ProcessAttempt) -> Result<i32
         return finish_process_decision(Guarded::Guardd, a, &caller, &target);
     }
     Ok(ALLOW)
+}
+
+// guard's own BPF state: while guardd protects itself, only guardd may reach
+// guard's maps, programs and links, change its pin folder or unmount its
+// bpffs, or load programs that read kernel memory or override LSM decisions.
+
+/// A namespace operation: guard's pin folder first, then the policy.
+#[inline(always)]
+unsafe fn decide_dir_op(dentry: u64, access: u32, hook: u32) -> i32 {
+    let ret = protect_pins(dentry, access, hook);
+    if ret != ALLOW {
+        return ret;
+    }
+    decide(dentry, access, hook)
+}
+
+/// Refuses changes inside guard's pin folder to all but guardd.
+#[inline(always)]
+unsafe fn protect_pins(dentry: u64, access: u32, hook: u32) -> i32 {
+    let me = self_protect();
+    if me.protect == 0 || me.pins.ino == 0 {
+        return ALLOW; // one array lookup on this path while unprotected
+    }
+    match try_protect_pins(&me, dentry, access, hook) {
+        Ok(ret) => ret,
+        Err(_) => {
+            count(stat::FAIL_CLOSED);
+            count(stat::DENIED);
+            emit_failure(dentry, access, hook);
+            EPERM
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn try_protect_pins(me: &SelfProtect, dentry: u64, access: u32, hook: u32) -> Result<i32, i32> {
+    let o = offsets();
+    let obj = object(&o, dentry)?;
+    if obj.dev != me.pins.dev || !under(&o, &obj, me.pins.ino)? {
+        return Ok(ALLOW);
+    }
+    let Some(caller) = caller(&o)? else {
+        return Ok(ALLOW);
+    };
+    if is_guardd(&caller.exe) {
+        return Ok(ALLOW);
+    }
+    count(stat::DENIED);
+    let report = Report {
+        verdict: verdict::DENIED,
+        access,
+        hook,
+        flags: 0,
+        point: PINS_POINT,
+        rule: NO_RULE,
+        generation: ACTIVE.get(0).copied().unwrap_or(0),
+        exe: caller.exe,
+    };
+    if within_rate() {
+        if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
+            let e = &mut *entry.as_mut_ptr();
+            fill_header(&report, e);
+            e.dev = obj.dev;
+            e.ino = obj.ino;
+            let top = me.pins.ino;
+            fill_path(&o, &obj, e, |ino| ino == top);
+            fill_exe(&o, e);
+            entry.submit(0);
+        } else {
+            count(stat::DROPPED);
+        }
+    }
+    Ok(EPERM)
+}
+
+/// Whether `obj` is the directory `ino` or below it (same filesystem).
+#[inline(always)]
+unsafe fn under(o: &KernelOffsets, obj: &Object, ino: u64) -> Result<bool, i32> {
+    let mut dentry = obj.dentry;
+    let mut current = obj.ino;
+    for _ in 0..MAX_DEPTH {
+        if current == ino {
+            return Ok(true);
+        }
+        let parent: u64 = read(dentry, o.dentry_d_parent)?;
+        if parent == dentry || parent == 0 {
+            return Ok(false);
+        }
+        dentry = parent;
+        current = dentry_ino(o, dentry)?;
+    }
+    Err(EPERM)
+}
+
+/// Who is asking, when guard protects itself: `None` when the answer is
+/// allow (no protection, a kernel thread, or guardd itself).
+#[inline(always)]
+unsafe fn bpf_outsider() -> Result<Option<ExeKey>, i32> {
+    if self_protect().protect == 0 {
+        return Ok(None);
+    }
+    match caller(&offsets())? {
+        Some(c) if !is_guardd(&c.exe) => Ok(Some(c.exe)),
+        _ => Ok(None),
+    }
+}
+
+/// Denies and reports an attempt on guard's BPF state. `what` is the
+/// command, `id` the object id or program type.
+#[inline(always)]
+unsafe fn deny_bpf(exe: ExeKey, hook: u32, access: u32, what: u32, id: u64, dev: u32) -> i32 {
+    count(stat::DENIED);
+    let a = ProcessAttempt { access, hook, detail: what, quiet: false };
+    let report = process_report(verdict::DENIED, &a, exe, ACTIVE.get(0).copied().unwrap_or(0));
+    let target = Target { tgid: 0, exe: ExeKey { dev, _pad: 0, ino: id } };
+    emit_process(&report, &target, what, 0);
+    EPERM
+}
+
+#[inline(always)]
+fn is_guard_object(kind: u32, id: u32) -> bool {
+    unsafe { OBJECTS.get(&ObjectKey { kind, id }).is_some() }
+}
+
+/// bpf(cmd, attr, size[, kernel]): loading tracing, kprobe, LSM, extension
+/// programs (they could read keys and data, or override guard's decisions),
+/// taking guard's links by id, or detaching links.
+#[lsm(hook = "bpf")]
+pub fn bpf(ctx: LsmContext) -> i32 {
+    unsafe {
+        let exe = match bpf_outsider() {
+            Ok(Some(exe)) => exe,
+            Ok(None) => return ALLOW,
+            Err(_) => return EPERM,
+        };
+        let cmd = ctx.arg::<u64>(0) as u32;
+        let attr: u64 = ctx.arg(1);
+        let o = offsets();
+        match cmd {
+            bpf_uapi::BPF_PROG_LOAD => {
+                let Ok(prog_type) = read::<u32>(attr, o.bpf_attr_prog_type) else {
+                    return deny_bpf(exe, hook::BPF, tamper::BPF, cmd, 0, 0);
+                };
+                if bpf_uapi::is_dangerous_prog_type(prog_type) {
+                    return deny_bpf(exe, hook::BPF, tamper::BPF, cmd, prog_type as u64, 0);
+                }
+                ALLOW
+            }
+            bpf_uapi::BPF_LINK_GET_FD_BY_ID => {
+                let Ok(id) = read::<u32>(attr, o.bpf_attr_link_id) else {
+                    return deny_bpf(exe, hook::BPF, tamper::BPF, cmd, 0, 0);
+                };
+                if is_guard_object(object::LINK, id) {
+                    return deny_bpf(exe, hook::BPF, tamper::BPF, cmd, id as u64, 0);
+                }
+                ALLOW
+            }
+            // The hook cannot tell whose link an fd is: nobody detaches links
+            // while guard protects itself.
+            bpf_uapi::BPF_LINK_DETACH => deny_bpf(exe, hook::BPF, tamper::BPF, cmd, 0, 0),
+            _ => ALLOW,
+        }
+    }
+}
+
+/// bpf_map(map, fmode): an fd to one of guard's maps (by id, pin or iteration).
+#[lsm(hook = "bpf_map")]
+pub fn bpf_map(ctx: LsmContext) -> i32 {
+    unsafe {
+        let exe = match bpf_outsider() {
+            Ok(Some(exe)) => exe,
+            Ok(None) => return ALLOW,
+            Err(_) => return EPERM,
+        };
+        let map: u64 = ctx.arg(0);
+        let Ok(id) = read::<u32>(map, offsets().bpf_map_id) else {
+            return deny_bpf(exe, hook::BPF_MAP, tamper::BPF, 0, 0, 0);
+        };
+        if is_guard_object(object::MAP, id) {
+            return deny_bpf(exe, hook::BPF_MAP, tamper::BPF, 0, id as u64, 0);
+        }
+        ALLOW
+    }
+}
+
+/// bpf_prog(prog): an fd to one of guard's programs.
+#[lsm(hook = "bpf_prog")]
+pub fn bpf_prog(ctx: LsmContext) -> i32 {
+    unsafe {
+        let exe = match bpf_outsider() {
+            Ok(Some(exe)) => exe,
+            Ok(None) => return ALLOW,
+            Err(_) => return EPERM,
+        };
+        let o = offsets();
+        let prog: u64 = ctx.arg(0);
+        let id = match read::<u64>(prog, o.bpf_prog_aux).and_then(|aux| read::<u32>(aux, o.bpf_prog_aux_id)) {
+            Ok(id) => id,
+            Err(_) => return deny_bpf(exe, hook::BPF_PROG, tamper::BPF, 0, 0, 0),
+        };
+        if is_guard_object(object::PROG, id) {
+            return deny_bpf(exe, hook::BPF_PROG, tamper::BPF, 0, id as u64, 0);
+        }
+        ALLOW
+    }
+}
+
+/// sb_umount(mnt, flags): unmounting the bpffs that holds guard's pins
+/// would drop them and detach the programs.
+#[lsm(hook = "sb_umount")]
+pub fn sb_umount(ctx: LsmContext) -> i32 {
+    unsafe {
+        let exe = match bpf_outsider() {
+            Ok(Some(exe)) => exe,
+            Ok(None) => return ALLOW,
+            Err(_) => return EPERM,
+        };
+        let o = offsets();
+        let mnt: u64 = ctx.arg(0);
+        let dev = match read::<u64>(mnt, o.vfsmount_mnt_sb).and_then(|sb| read::<u32>(sb, o.super_block_s_dev)) {
+            Ok(dev) => dev,
+            Err(_) => return deny_bpf(exe, hook::SB_UMOUNT, tamper::UMOUNT, 0, 0, 0),
+        };
+        if dev == self_protect().pins.dev {
+            return deny_bpf(exe, hook::SB_UMOUNT, tamper::UMOUNT, 0, 0, dev);
+        }
+        ALLOW
+    }
 }
 
 #[cfg(not(test))]

@@ -92,7 +92,7 @@ pub async fn run(config: Config) -> Result<()> {
         events_per_sec: config.events_per_sec,
         _pad: 0,
     })?;
-    let protected = register_self(&mut maps, config.protect_self)?;
+    let protected = register_self(&mut maps, &pins, config.protect_self)?;
     let applied = load_applied(&config.state_dir)?;
     let names = applied
         .as_ref()
@@ -216,14 +216,10 @@ async fn serve(daemon: Arc<Daemon>, stream: UnixStream) {
 /// it guards). With `protect`, or when an earlier guardd protected itself and
 /// is gone without a clean stop, the kernel refuses signals and tracing of
 /// this guardd from anyone else. Returns whether it does.
-fn register_self(maps: &mut KernelMaps, protect: bool) -> Result<bool> {
-    use std::os::unix::fs::MetadataExt;
-    let exe = std::fs::metadata("/proc/self/exe").context("identifying guardd's executable")?;
-    let exe = ExeKey {
-        dev: policy::kernel_dev(exe.dev()),
-        _pad: 0,
-        ino: exe.ino(),
-    };
+fn register_self(maps: &mut KernelMaps, pins: &Pins, protect: bool) -> Result<bool> {
+    let exe = identity(Path::new("/proc/self/exe")).context("identifying guardd's executable")?;
+    let pin_dir = identity(pins.root()).context("identifying guard's pin folder")?;
+    maps.set_objects(&loader::object_ids(pins)?)?;
     let previous = maps.self_protect()?;
     if previous.protect != 0 && runs(previous.tgid, &previous.exe) {
         anyhow::bail!(
@@ -236,8 +232,20 @@ fn register_self(maps: &mut KernelMaps, protect: bool) -> Result<bool> {
         protect: protect as u32,
         tgid: std::process::id(),
         exe,
+        pins: pin_dir,
     })?;
     Ok(protect)
+}
+
+/// The kernel's identity of a file: (dev, ino).
+fn identity(path: &Path) -> Result<ExeKey> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).with_context(|| format!("stat {}", path.display()))?;
+    Ok(ExeKey {
+        dev: policy::kernel_dev(meta.dev()),
+        _pad: 0,
+        ino: meta.ino(),
+    })
 }
 
 /// Whether process `tgid` exists and runs the executable `exe`.

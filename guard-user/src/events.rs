@@ -1,6 +1,8 @@
 //! Decision events from the kernel ring buffer, rendered for the journal.
 
-use guard_common::{access, flags, hook, tamper, verdict, Event, ExeKey, NO_RULE};
+use guard_common::{
+    access, bpf_uapi, flags, hook, tamper, verdict, Event, ExeKey, NO_RULE, PINS_POINT,
+};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -46,10 +48,15 @@ pub struct Decision {
 
 impl Decision {
     pub fn from_event(e: &Event, names: &PolicyNames) -> Self {
-        if hook::is_process(e.hook) {
+        if hook::is_process(e.hook) || hook::is_bpf(e.hook) {
             return Self::from_process_event(e, names);
         }
         let point = names.points.get(e.point as usize);
+        let rule = if e.point == PINS_POINT {
+            "self-protection".into()
+        } else {
+            rule_label(e.rule, names)
+        };
         Decision {
             verdict: verdict_name(e.verdict),
             path: object_path(point.map(PathBuf::as_path), e),
@@ -63,7 +70,7 @@ impl Decision {
             comm: c_string(&e.comm),
             exe: exe_path(e, names),
             access: access_names(e.access),
-            rule: rule_label(e.rule, names),
+            rule,
             hook: hook::name(e.hook),
             fail_closed: e.flags & flags::FAIL_CLOSED != 0,
         }
@@ -71,10 +78,15 @@ impl Decision {
 
     /// An attempt on a guarded process: `path` names the process and its binary.
     fn from_process_event(e: &Event, names: &PolicyNames) -> Self {
-        let target_exe = identity_path(e.target, e.dev, e.ino, names);
+        let path = if hook::is_bpf(e.hook) {
+            bpf_object(e)
+        } else {
+            let target_exe = identity_path(e.target, e.dev, e.ino, names);
+            format!("process {} ({target_exe})", e.target)
+        };
         Decision {
             verdict: verdict_name(e.verdict),
-            path: format!("process {} ({target_exe})", e.target),
+            path,
             point: String::new(),
             inode: e.ino,
             device: kernel_dev_string(e.dev),
@@ -131,6 +143,28 @@ pub fn access_names(bits: u32) -> String {
         .join(",")
 }
 
+/// Which of guard's BPF objects, or what kind of program, an attempt was about.
+fn bpf_object(e: &Event) -> String {
+    match e.hook {
+        hook::BPF_MAP => format!("guard's bpf map (id {})", e.ino),
+        hook::BPF_PROG => format!("guard's bpf program (id {})", e.ino),
+        hook::SB_UMOUNT => format!("bpffs holding guard's pins ({})", kernel_dev_string(e.dev)),
+        _ => match e.detail {
+            bpf_uapi::BPF_PROG_LOAD => {
+                let kind = bpf_uapi::DANGEROUS_PROG_TYPES
+                    .iter()
+                    .find(|(_, t)| u64::from(*t) == e.ino)
+                    .map(|(name, _)| *name)
+                    .unwrap_or("unknown");
+                format!("BPF_PROG_LOAD of a {kind} program")
+            }
+            bpf_uapi::BPF_LINK_GET_FD_BY_ID => format!("guard's bpf link (id {})", e.ino),
+            bpf_uapi::BPF_LINK_DETACH => "BPF_LINK_DETACH".into(),
+            cmd => format!("bpf command {cmd}"),
+        },
+    }
+}
+
 /// What was tried on a process: `ptrace-attach`, `signal:SIGKILL`, ...
 fn process_access(e: &Event) -> String {
     let names: Vec<&str> = tamper::NAMES
@@ -177,9 +211,11 @@ fn rule_label(rule: u32, names: &PolicyNames) -> String {
 
 /// The protected directory joined with the components the kernel collected.
 fn object_path(point: Option<&Path>, e: &Event) -> String {
-    let mut path = point
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "<unknown>".into());
+    let mut path = match point {
+        Some(p) => p.display().to_string(),
+        None if e.point == PINS_POINT => "<guard pins>".into(),
+        None => "<unknown>".into(),
+    };
     if e.flags & flags::PATH_TRUNCATED != 0 {
         path.push_str("/...");
     }

@@ -349,3 +349,125 @@ fn a_self_protecting_guardd_cannot_be_killed_stopped_or_traced() {
     assert_eq!(status()["self_protection"], false);
     plain.kill9();
 }
+
+/// bpf(BPF_PROG_LOAD) of `mov r0, 0; exit` as `prog_type`: the errno, or 0.
+fn load_trivial_program(prog_type: u32) -> i32 {
+    // struct bpf_insn: code u8, regs u8, off i16, imm i32.
+    let insns: [u64; 2] = [0x0000_0000_0000_00b7, 0x0000_0000_0000_0095];
+    let license = b"GPL\0";
+    // union bpf_attr, BPF_PROG_LOAD part: prog_type, insn_cnt, insns, license.
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&prog_type.to_ne_bytes());
+    attr[4..8].copy_from_slice(&2u32.to_ne_bytes());
+    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, 5, attr.as_ptr(), attr.len()) };
+    if fd >= 0 {
+        unsafe { libc::close(fd as i32) };
+        0
+    } else {
+        errno()
+    }
+}
+
+fn hook_denials(hook: &str) -> Vec<Value> {
+    journal_entries(
+        message_id::DENIED,
+        field::HOOK,
+        hook,
+        Duration::from_secs(15),
+    )
+}
+
+#[test]
+#[ignore = "guest: run by cargo xtask vm-test"]
+fn a_self_protecting_guard_keeps_root_away_from_its_bpf_state() {
+    let sb = Sandbox::new("selfbpf");
+    let _guardd = ProtectedGuardd::start();
+    apply(&sb.policy("enforce"));
+    let pins = "/sys/fs/bpf/guard";
+
+    // The pins: unlinking or renaming them would detach the programs.
+    assert_eperm(
+        &sh(&format!("rm -f {pins}/links/file_open")),
+        "rm a link pin",
+    );
+    assert_eperm(&sh(&format!("rm -rf {pins}")), "rm -rf the pin folder");
+    assert_eperm(
+        &sh(&format!("mv {pins}/maps/GUARD_EXES {pins}/maps/moved")),
+        "rename a map pin",
+    );
+    let bpffs = std::ffi::CString::new("/sys/fs/bpf").unwrap();
+    for (flags, what) in [(0, "umount"), (libc::MNT_DETACH, "umount -l")] {
+        let rc = unsafe { libc::umount2(bpffs.as_ptr(), flags) };
+        assert_eq!((rc, errno()), (-1, EPERM), "{what} of the bpffs");
+    }
+    // The maps, programs and links themselves.
+    for (what, cmd) in [
+        (
+            "map dump",
+            format!("bpftool map dump pinned {pins}/maps/GUARD_EXES"),
+        ),
+        (
+            "map update",
+            format!("bpftool map update pinned {pins}/maps/GUARD_ACTIVE key 0 0 0 0 value 0 0 0 0"),
+        ),
+        (
+            "prog show",
+            format!("bpftool prog show pinned {pins}/programs/file_open"),
+        ),
+        (
+            "link detach",
+            format!("bpftool link detach pinned {pins}/links/file_open"),
+        ),
+    ] {
+        let out = sh(&cmd);
+        assert!(!out.status.success(), "bpftool {what} succeeded");
+        assert!(
+            stderr(&out).contains("Operation not permitted"),
+            "bpftool {what}: {}",
+            stderr(&out)
+        );
+    }
+    // Programs that read kernel memory or override LSM decisions cannot be
+    // loaded; harmless ones can.
+    assert_eq!(load_trivial_program(2), EPERM, "kprobe program");
+    assert_eq!(load_trivial_program(1), 0, "socket filter program");
+
+    // Nothing was lost: still enforcing, the allowed binary works, guardctl works.
+    let st = status();
+    assert_eq!(st["state"], "enforcing", "{st}");
+    assert_eq!(st["armed"], true, "{st}");
+    assert_open_eperm(&sb.file("secret.txt"));
+    assert_ok(
+        &sb.allowed_run("cat", &[sb.file("secret.txt").to_str().unwrap()]),
+        "allowed cat",
+    );
+
+    let unlinks = hook_denials("inode_unlink");
+    assert!(
+        unlinks
+            .iter()
+            .any(|e| e[field::PATH] == "<guard pins>/links/file_open"),
+        "{unlinks:?}"
+    );
+    assert!(!hook_denials("sb_umount").is_empty());
+    let maps = hook_denials("bpf_map");
+    assert!(
+        maps.iter().any(|e| e[field::PATH]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("guard's bpf map")),
+        "{maps:?}"
+    );
+    let loads = hook_denials("bpf");
+    let paths: Vec<&str> = loads
+        .iter()
+        .filter_map(|e| e[field::PATH].as_str())
+        .collect();
+    assert!(
+        paths.contains(&"BPF_PROG_LOAD of a kprobe program"),
+        "{paths:?}"
+    );
+    assert!(paths.contains(&"BPF_LINK_DETACH"), "{paths:?}");
+}
