@@ -24,6 +24,10 @@ struct Args {
     /// the rest (their number is reported in a later journal entry).
     #[arg(long, default_value_t = guard_common::DEFAULT_EVENTS_PER_SEC_PER_CPU)]
     event_rate: u32,
+    /// Nobody but guardd may signal (kill, stop) or trace guardd. Stays on,
+    /// across guardd restarts, until a clean `guardctl stop`.
+    #[arg(long)]
+    protect_self: bool,
     /// Audit trail configuration (JSON: local folder, host key, collectors,
     /// syslog). Without it the trail is kept only locally, under the state folder.
     #[arg(long)]
@@ -55,6 +59,7 @@ async fn main() -> std::process::ExitCode {
         socket: args.socket,
         btf: args.btf,
         events_per_sec: args.event_rate,
+        protect_self: args.protect_self,
         audit,
         volume_dir: args.volume_dir,
         kms_config: args.kms_config,
