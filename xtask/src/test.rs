@@ -23,6 +23,7 @@ pub fn run() -> ExitCode {
             let args = vm_test::Args {
                 kernel: KernelChoice::All,
                 timeout: vm_test::DEFAULT_TIMEOUT_SECS,
+                silence_timeout: vm_test::DEFAULT_SILENCE_SECS,
                 verbose: false,
                 filter: None,
             };
