@@ -48,6 +48,8 @@ pub const MODE_AUDIT: u32 = 1;
 pub const MAX_DEPTH: u32 = 64;
 /// Path components carried in an event (nearest the file first).
 pub const PATH_DEPTH: usize = 8;
+/// Path components of the caller's executable carried in an event.
+pub const EXE_DEPTH: usize = 6;
 /// Bytes per path component in an event, NUL included.
 pub const NAME_LEN: usize = 48;
 /// Default kernel-side event budget per CPU per second (`Settings`); the rest
@@ -139,6 +141,8 @@ pub mod flags {
     pub const FAIL_CLOSED: u32 = 1 << 0;
     /// The file is deeper than `PATH_DEPTH` below its protected directory.
     pub const PATH_TRUNCATED: u32 = 1 << 1;
+    /// The executable is deeper than `EXE_DEPTH` below its filesystem's root.
+    pub const EXE_TRUNCATED: u32 = 1 << 2;
 }
 
 /// Key of `DEVS`: filesystems (kernel `dev_t` of the superblock) holding a
@@ -255,6 +259,9 @@ pub struct Event {
     /// Names from the object up to (not including) its protected directory,
     /// nearest first, each NUL-terminated; empty slots start with NUL.
     pub path: [[u8; NAME_LEN]; PATH_DEPTH],
+    /// Names from the caller's executable up to the root of its filesystem,
+    /// nearest first, like `path` (the process may be gone when guardd reads this).
+    pub exe_path: [[u8; NAME_LEN]; EXE_DEPTH],
 }
 
 /// Kernel struct layout, resolved from the running kernel's BTF by userspace

@@ -27,7 +27,7 @@ use guard_common::{
     access, flags, hook, stat, verdict, DevKey, DirKey, Event, ExeKey, KernelOffsets,
     PolicyMeta, RateState, RuleKey, RuleValue, Settings, Taint, ANY_ID, DEFAULT_EVENTS_PER_SEC_PER_CPU,
     EVENTS_RING_BYTES, FMODE_EXEC, FMODE_READ, FMODE_WRITE, MAX_DEPTH, MAX_EXES, MAX_POINTS,
-    MAX_RULE_ENTRIES, MODE_AUDIT, NAME_LEN, NO_RULE, PATH_DEPTH,
+    MAX_RULE_ENTRIES, MODE_AUDIT, NAME_LEN, NO_RULE, PATH_DEPTH, EXE_DEPTH,
 };
 
 const ALLOW: i32 = 0;
@@ -345,7 +345,51 @@ unsafe fn emit(o: &KernelOffsets, obj: &Object, r: &Report) {
     e.exe_ino = r.exe.ino;
     e.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     fill_path(o, obj, r.point, e);
+    fill_exe(o, e);
     entry.submit(0);
+}
+
+/// Copies the names of the caller's executable up to its filesystem's root.
+#[inline(always)]
+unsafe fn fill_exe(o: &KernelOffsets, e: &mut Event) {
+    for i in 0..EXE_DEPTH {
+        e.exe_path[i][0] = 0;
+    }
+    let task = bpf_get_current_task();
+    let Ok(mm) = read::<u64>(task, o.task_struct_mm) else {
+        return;
+    };
+    if mm == 0 {
+        return;
+    }
+    let Ok(exe) = read::<u64>(mm, o.mm_struct_exe_file) else {
+        return;
+    };
+    if exe == 0 {
+        return;
+    }
+    let Ok(mut dentry) = read::<u64>(exe, o.file_f_path_dentry) else {
+        return;
+    };
+    for i in 0..EXE_DEPTH {
+        let Ok(parent) = read::<u64>(dentry, o.dentry_d_parent) else {
+            return;
+        };
+        if parent == dentry {
+            return; // the filesystem's root
+        }
+        let Ok(name) = read::<u64>(dentry, o.dentry_d_name_name) else {
+            return;
+        };
+        let slot: &mut [u8; NAME_LEN] = &mut e.exe_path[i];
+        if bpf_probe_read_kernel_str_bytes(name as *const u8, slot).is_err() {
+            slot[0] = 0;
+        }
+        dentry = parent;
+    }
+    if read::<u64>(dentry, o.dentry_d_parent).is_ok_and(|p| p != dentry) {
+        e.flags |= flags::EXE_TRUNCATED;
+    }
 }
 
 /// Copies the names from the object up to its protected directory.

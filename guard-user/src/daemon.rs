@@ -1,5 +1,6 @@
 //! guardd: arms the kernel programs, applies policies, reports decisions.
 
+use crate::audit::{AuditTrail, TrailConfig};
 use crate::control::{Request, Response};
 use crate::enforcement::{KernelMaps, Stats};
 use crate::events::{self, Decision, PolicyNames};
@@ -26,6 +27,19 @@ pub struct Config {
     pub btf: PathBuf,
     /// Decision events per CPU per second before the kernel suppresses (and counts) them.
     pub events_per_sec: u32,
+    /// The audit trail: local chain and remote destinations.
+    pub audit: TrailConfig,
+}
+
+impl Config {
+    /// A local-only audit trail under the state folder, signed with a host key kept there.
+    pub fn local_audit(state_dir: &Path) -> TrailConfig {
+        let dir = state_dir.join("audit");
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into());
+        TrailConfig::new(&dir, &host, dir.join("host.key"))
+    }
 }
 
 /// What guardd records about the policy it applied (survives restarts).
@@ -61,6 +75,7 @@ struct Daemon {
     applied: Mutex<Option<AppliedPolicy>>,
     names: RwLock<PolicyNames>,
     journal: Journal,
+    trail: AuditTrail,
 }
 
 pub async fn run(config: Config) -> Result<()> {
@@ -77,6 +92,7 @@ pub async fn run(config: Config) -> Result<()> {
         .map(|a| a.resolved.names())
         .unwrap_or_default();
     let journal = Journal::connect().context("connecting to the systemd journal")?;
+    let trail = AuditTrail::open(config.audit.clone()).context("opening the audit trail")?;
     let daemon = Arc::new(Daemon {
         config: config.clone(),
         armed,
@@ -84,7 +100,9 @@ pub async fn run(config: Config) -> Result<()> {
         applied: Mutex::new(applied),
         names: RwLock::new(names),
         journal,
+        trail,
     });
+    tokio::spawn(record_trail_alerts(daemon.clone()));
     daemon.admin_entry(
         message_id::GUARDD_STARTED,
         &format!("guardd started ({})", armed_name(armed)),
@@ -118,6 +136,7 @@ pub async fn run(config: Config) -> Result<()> {
         &[],
     );
     let _ = std::fs::remove_file(&config.socket);
+    daemon.trail.close().await;
     outcome
 }
 
@@ -277,7 +296,19 @@ impl Daemon {
         })))
     }
 
+    /// Writes an admin action to the journal and the audit trail.
     fn admin_entry(&self, id: &str, message: &str, extra: &[(&str, &str)]) {
+        let mut event = serde_json::Map::new();
+        event.insert("kind".into(), message_id::name(id).into());
+        event.insert("message".into(), message.into());
+        for (k, v) in extra {
+            event.insert(k.to_ascii_lowercase(), (*v).into());
+        }
+        // block_in_place: callable from the runtime and from blocking handlers alike.
+        let recorded = tokio::task::block_in_place(|| self.trail.record_blocking(event.into()));
+        if let Err(e) = recorded {
+            eprintln!("guardd: audit trail write failed: {e}: {message}");
+        }
         let mut fields = vec![
             ("MESSAGE_ID", id),
             ("MESSAGE", message),
@@ -358,7 +389,18 @@ async fn report_suppressed(daemon: Arc<Daemon>) {
     }
 }
 
-/// Reads decision events from the pinned ring buffer into the journal.
+/// Records the trail's own alerts (a destination down or back, the spool
+/// nearly full) as admin events.
+async fn record_trail_alerts(daemon: Arc<Daemon>) {
+    let mut alerts = daemon.trail.alerts();
+    while let Ok(alert) = alerts.recv().await {
+        if let Err(e) = daemon.trail.record(alert.to_event()).await {
+            eprintln!("guardd: audit trail write failed: {e}");
+        }
+    }
+}
+
+/// Reads decision events from the pinned ring buffer into the journal and the audit trail.
 async fn forward_events(daemon: Arc<Daemon>, ring_pin: PathBuf) -> Result<()> {
     let map =
         MapData::from_pin(&ring_pin).with_context(|| format!("opening {}", ring_pin.display()))?;
@@ -369,13 +411,21 @@ async fn forward_events(daemon: Arc<Daemon>, ring_pin: PathBuf) -> Result<()> {
     loop {
         let mut ready = fd.readable_mut().await?;
         let ring = ready.get_inner_mut();
+        let names = daemon.names.read().unwrap().clone();
+        let mut batch = Vec::new();
         while let Some(item) = ring.next() {
             if let Some(event) = events::decode(&item) {
-                let names = daemon.names.read().unwrap().clone();
-                daemon.decision_entry(&Decision::from_event(&event, &names));
+                let decision = Decision::from_event(&event, &names);
+                daemon.decision_entry(&decision);
+                batch.push(decision.audit_event());
             }
         }
         ready.clear_ready();
+        if !batch.is_empty() {
+            if let Err(e) = daemon.trail.record_batch(batch).await {
+                eprintln!("guardd: audit trail write failed: {e}");
+            }
+        }
     }
 }
 

@@ -66,6 +66,13 @@ impl Decision {
         }
     }
 
+    /// The audit trail's record of this decision.
+    pub fn audit_event(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        v["kind"] = self.verdict.into();
+        v
+    }
+
     /// One readable sentence.
     pub fn message(&self) -> String {
         let what = match self.verdict {
@@ -118,16 +125,11 @@ fn object_path(point: Option<&Path>, e: &Event) -> String {
     if e.flags & flags::PATH_TRUNCATED != 0 {
         path.push_str("/...");
     }
-    for name in e.path.iter().rev() {
-        let name = c_string(name);
-        if !name.is_empty() {
-            path.push('/');
-            path.push_str(&name);
-        }
-    }
-    path
+    path + &join_components(&e.path)
 }
 
+/// The caller's executable: an allowed binary's policy path, else the path the
+/// kernel collected under the mount point of its filesystem, else /proc.
 fn exe_path(e: &Event, names: &PolicyNames) -> String {
     let key = ExeKey {
         dev: e.exe_dev,
@@ -137,16 +139,59 @@ fn exe_path(e: &Event, names: &PolicyNames) -> String {
     if let Some(p) = names.binaries.get(&key) {
         return p.display().to_string();
     }
-    // The process may be gone by now; then say what identity it had.
+    let components = join_components(&e.exe_path);
+    if !components.is_empty() {
+        if let Some(mount) = mount_point(e.exe_dev) {
+            let dots = if e.flags & flags::EXE_TRUNCATED != 0 {
+                "/..."
+            } else {
+                ""
+            };
+            return format!("{}{dots}{components}", mount.trim_end_matches('/'));
+        }
+    }
     std::fs::read_link(format!("/proc/{}/exe", e.tgid))
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| {
             format!(
-                "<exited> dev {} ino {}",
+                "<unknown> dev {} ino {}{components}",
                 kernel_dev_string(e.exe_dev),
                 e.exe_ino
             )
         })
+}
+
+/// "/a/b/c" from components collected nearest first.
+fn join_components<const N: usize>(names: &[[u8; N]]) -> String {
+    let mut path = String::new();
+    for name in names.iter().rev() {
+        let name = c_string(name);
+        if !name.is_empty() {
+            path.push('/');
+            path.push_str(&name);
+        }
+    }
+    path
+}
+
+/// Where the filesystem with kernel device `dev` is mounted (its root, not a
+/// bind mount of a subfolder), from /proc/self/mountinfo, cached.
+fn mount_point(dev: u32) -> Option<String> {
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<u32, String>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(m) = cache.lock().unwrap().get(&dev) {
+        return Some(m.clone());
+    }
+    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let found = table.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(' ').collect();
+        let (major, minor) = f.get(2)?.split_once(':')?;
+        let this = (major.parse::<u32>().ok()? << 20) | minor.parse::<u32>().ok()?;
+        (this == dev && *f.get(3)? == "/").then(|| f.get(4).map(|m| m.to_string()))?
+    })?;
+    cache.lock().unwrap().insert(dev, found.clone());
+    Some(found)
 }
 
 /// "major:minor" of a kernel-encoded dev_t.
@@ -162,7 +207,7 @@ fn c_string(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use guard_common::{NAME_LEN, PATH_DEPTH};
+    use guard_common::{EXE_DEPTH, NAME_LEN, PATH_DEPTH};
 
     fn event() -> Event {
         let mut path = [[0u8; NAME_LEN]; PATH_DEPTH];
@@ -187,6 +232,7 @@ mod tests {
             exe_ino: 99,
             comm: *b"cat\0\0\0\0\0\0\0\0\0\0\0\0\0",
             path,
+            exe_path: [[0; NAME_LEN]; EXE_DEPTH],
         }
     }
 
@@ -215,6 +261,20 @@ mod tests {
         assert!(d
             .message()
             .contains("denied read,write of /var/lib/mysql/shop/t1.ibd"));
+    }
+
+    #[test]
+    fn exe_of_an_exited_process_comes_from_the_kernel_path_and_mountinfo() {
+        use std::os::unix::fs::MetadataExt;
+        let root_dev = crate::policy::kernel_dev(std::fs::metadata("/").unwrap().dev());
+        let mut e = event();
+        e.tgid = u32::MAX; // no such process: /proc cannot answer
+        e.exe_dev = root_dev;
+        for (slot, name) in e.exe_path.iter_mut().zip(["cat", "bin", "usr"]) {
+            slot[..name.len()].copy_from_slice(name.as_bytes());
+        }
+        let d = Decision::from_event(&e, &PolicyNames::default());
+        assert_eq!(d.exe, "/usr/bin/cat");
     }
 
     #[test]

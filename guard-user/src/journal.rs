@@ -55,6 +55,34 @@ pub mod message_id {
     pub const COLLECTOR_UP: &str = "c8deaeb37d724122636be1598753132d";
     /// The local spool of log records for collectors is nearly full.
     pub const SPOOL_NEAR_FULL: &str = "9e97608261f26a333f08fdb1e5bd6d34";
+
+    /// Every message ID with the event kind it stands for.
+    pub const KINDS: [(&str, &str); 16] = [
+        (DENIED, "denied"),
+        (AUDITED, "audited"),
+        (WOULD_DENY, "would-deny"),
+        (SUPPRESSED, "suppressed"),
+        (POLICY_APPLIED, "policy_applied"),
+        (POLICY_REFUSED, "policy_refused"),
+        (GUARDD_STARTED, "guardd_started"),
+        (GUARDD_STOPPED, "guardd_stopped"),
+        (VOLUME_UNLOCKED, "volume_unlocked"),
+        (VOLUME_LOCKED, "volume_locked"),
+        (VOLUME_UNLOCK_FAILED, "volume_unlock_failed"),
+        (KEY_ROTATED, "key_rotated"),
+        (KEY_REVOKED, "key_revoked"),
+        (COLLECTOR_DOWN, "collector_down"),
+        (COLLECTOR_UP, "collector_up"),
+        (SPOOL_NEAR_FULL, "spool_near_full"),
+    ];
+
+    /// The event kind of a message ID ("unknown" for none of guard's).
+    pub fn name(id: &str) -> &'static str {
+        KINDS
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map_or("unknown", |(_, kind)| kind)
+    }
 }
 
 /// Field names of guard's entries.

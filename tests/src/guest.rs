@@ -131,11 +131,13 @@ impl Sandbox {
         let _ = std::fs::remove_dir_all(&root);
         let data = root.join("data");
         std::fs::create_dir_all(data.join("sub")).unwrap();
-        std::fs::create_dir_all(root.join("bin")).unwrap();
+        // busybox picks its applet from argv[0], so both copies keep the name.
+        std::fs::create_dir_all(root.join("allowed")).unwrap();
+        std::fs::create_dir_all(root.join("other")).unwrap();
         std::fs::write(data.join("secret.txt"), "patient record 4711\n").unwrap();
         std::fs::write(data.join("sub/nested.txt"), "nested record\n").unwrap();
-        let allowed = root.join("bin/allowed-busybox");
-        let other = root.join("bin/other-busybox");
+        let allowed = root.join("allowed/busybox");
+        let other = root.join("other/busybox");
         std::fs::copy("/bin/busybox", &allowed).unwrap();
         std::fs::copy("/bin/busybox", &other).unwrap();
         Sandbox {

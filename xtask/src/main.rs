@@ -6,6 +6,7 @@
 mod cargo;
 mod command;
 mod ebpf;
+mod guest_run;
 mod kernels;
 mod setup;
 mod test;
@@ -41,6 +42,14 @@ enum Command {
     VmShell(VmShellArgs),
     /// Everything CI runs: host tests, then the guest tests on every kernel.
     Test,
+    /// The main job: a guest on Debian's 6.12 kernel showing guard at work.
+    Demo,
+    /// The enforcement benchmark (open() latency with and without guard, policy apply).
+    Bench {
+        /// Which guest kernels to measure on.
+        #[arg(long, value_enum, default_value = "6.12")]
+        kernel: KernelChoice,
+    },
 }
 
 #[derive(clap::Args)]
@@ -75,6 +84,8 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::VmShell(args) => vm_shell(&setup::run()?, &args),
         // It runs setup itself: its failure, too, must reach the line CI reads.
         Command::Test => Ok(test::run()),
+        Command::Demo => guest_run::demo(&setup::run()?),
+        Command::Bench { kernel } => guest_run::bench(&setup::run()?, kernel),
     }
 }
 

@@ -63,6 +63,12 @@ const APT_PACKAGES: &[AptPackage] = &[
     apt("systemd"),
     apt("cryptsetup-bin"),
     apt("strace"),
+    // The audit trail's syslog destination is tested against a real rsyslog.
+    apt("rsyslog"),
+    apt("rsyslog-gnutls"),
+    apt("openssl"),
+    // The KMIP client is tested against PyKMIP's real server.
+    apt("python3-pykmip"),
 ];
 
 const BACKPORTS: &str = "bookworm-backports";

@@ -11,6 +11,8 @@ struct Cli {
     /// guardd's control socket.
     #[arg(long, global = true, default_value = control::DEFAULT_SOCKET)]
     socket: PathBuf,
+    #[command(flatten)]
+    keys: guard::volume::cli::KeysOptions,
     #[command(subcommand)]
     command: Command,
 }
@@ -28,6 +30,28 @@ enum Command {
     },
     /// Follow guard's decision alerts in the journal.
     Alerts(guard::alerts::AlertOptions),
+    /// Verify the tamper-evident audit log and its remote copies.
+    #[command(subcommand)]
+    Log(guard::audit::LogCommand),
+    /// Encrypted volumes: init, unlock, lock, status, migrate.
+    #[command(subcommand)]
+    Volume(guard::volume::cli::VolumeCommand),
+    /// Volume keys in the KMS: rotate, revoke.
+    #[command(subcommand)]
+    Key(guard::volume::cli::KeyCommand),
+    /// Prove a volume's bytes on disk are encrypted: decrypt them as the kernel does.
+    VerifyEncryption(guard::recovery::VerifyEncryptionArgs),
+    /// Read files out of an unmounted volume image with the key from the KMS.
+    Recover(guard::recovery::RecoverArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Unlock latency end to end and verify-encryption throughput vs openssl.
+    Keys(guard::volume::bench::BenchKeysArgs),
 }
 
 #[derive(Subcommand)]
@@ -65,6 +89,12 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Alerts(options) => guard::alerts::follow(options),
+        Command::Log(command) => guard::audit::cli::run(command),
+        Command::Volume(command) => guard::volume::cli::run_volume(command, &cli.keys),
+        Command::Key(command) => guard::volume::cli::run_key(command, &cli.keys),
+        Command::VerifyEncryption(args) => guard::recovery::run_verify_encryption(args, &cli.keys),
+        Command::Recover(args) => guard::recovery::run_recover(args, &cli.keys),
+        Command::Bench(BenchCommand::Keys(args)) => guard::volume::bench::run(args),
     }
 }
 

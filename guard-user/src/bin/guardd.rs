@@ -24,17 +24,32 @@ struct Args {
     /// the rest (their number is reported in a later journal entry).
     #[arg(long, default_value_t = guard_common::DEFAULT_EVENTS_PER_SEC_PER_CPU)]
     event_rate: u32,
+    /// Audit trail configuration (JSON: local folder, host key, collectors,
+    /// syslog). Without it the trail is kept only locally, under the state folder.
+    #[arg(long)]
+    audit_config: Option<PathBuf>,
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    let audit = match &args.audit_config {
+        Some(path) => match read_audit_config(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("guardd: {e:#}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+        None => daemon::Config::local_audit(&args.state_dir),
+    };
     let config = daemon::Config {
         pin_dir: args.pin_dir,
         state_dir: args.state_dir,
         socket: args.socket,
         btf: args.btf,
         events_per_sec: args.event_rate,
+        audit,
     };
     match daemon::run(config).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -43,4 +58,11 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn read_audit_config(path: &std::path::Path) -> anyhow::Result<guard::audit::TrailConfig> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading audit config {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("audit config {}", path.display()))
 }

@@ -1,0 +1,282 @@
+//! Forwarding to existing syslog infrastructure: RFC 5424 messages over TLS
+//! with RFC 5425 octet-counting framing (`<length> <message>`).
+//!
+//! Each record becomes one message:
+//!
+//! ```text
+//! <PRI>1 2026-11-29T14:39:00.123456Z db1 guardd - denied [guard@32473 seq="7" hash="ab12..."] {"seq":7,...}
+//! ```
+//!
+//! PRI is facility authpriv (10) with severity warning for kernel decisions
+//! that denied, error for the trail's own alerts, notice otherwise. The MSG
+//! is the record line exactly as stored, so the syslog copy can be checked
+//! against the chain. (32473 is the enterprise number RFC 5612 reserves for
+//! documentation; a deployment with its own number can change `SD_ID`.)
+//!
+//! RFC 5425 has no acknowledgements. A record counts as delivered once it has
+//! been written to the connection at least `CONFIRM_DELAY` ago and the server
+//! has not closed it since; when a connection fails, everything not yet
+//! confirmed is sent again on the next one (at least once: a message can
+//! arrive twice, none is dropped unless the server itself loses what it had
+//! already read).
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rustls_pki_types::ServerName;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::chain::ChainReader;
+use super::record::{Record, Seq};
+use super::spool::Destination;
+use super::tls::{client_config, TlsFiles};
+use super::trail::{Shared, TrailAlert};
+
+/// One syslog server to forward to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogDestination {
+    pub name: String,
+    /// `host:port` (6514 is the registered syslog-over-TLS port).
+    pub address: String,
+    /// The name the server's certificate must carry.
+    pub server_name: String,
+    pub tls: TlsFiles,
+    /// APP-NAME of the messages.
+    #[serde(default = "default_app_name")]
+    pub app_name: String,
+}
+
+fn default_app_name() -> String {
+    "guardd".into()
+}
+
+/// The structured-data ID of guard's parameters.
+pub const SD_ID: &str = "guard@32473";
+const FACILITY_AUTHPRIV: u8 = 10;
+const CONFIRM_DELAY: Duration = Duration::from_secs(1);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+const BATCH: usize = 1024;
+
+/// Severity for an event kind (RFC 5424 numbers).
+fn severity(kind: &str) -> u8 {
+    if kind.starts_with("audit_") {
+        3 // error: the audit trail itself is in trouble
+    } else if kind == "denied" || kind.ends_with("_refused") || kind == "would_deny" {
+        4 // warning
+    } else {
+        5 // notice
+    }
+}
+
+/// The RFC 5424 message for a record (without framing).
+pub fn format_message(record: &Record, line: &str, app_name: &str) -> String {
+    let pri = FACILITY_AUTHPRIV * 8 + severity(record.kind());
+    format!(
+        "<{pri}>1 {} {} {} - {} [{SD_ID} seq=\"{}\" hash=\"{}\"] {line}",
+        timestamp(record.time_ns),
+        record.host,
+        header_field(app_name, 48),
+        header_field(record.kind(), 32),
+        record.seq,
+        hex::encode(record.hash),
+    )
+}
+
+/// RFC 5424 TIMESTAMP: UTC with microseconds (at most 6 fraction digits).
+pub fn timestamp(time_ns: i64) -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+    );
+    time::OffsetDateTime::from_unix_timestamp_nanos(time_ns as i128)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// Header fields are printable US-ASCII without spaces, bounded in length.
+fn header_field(text: &str, max: usize) -> String {
+    let clean: String = text
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(max)
+        .collect();
+    if clean.is_empty() {
+        "-".into()
+    } else {
+        clean
+    }
+}
+
+/// Delivers to one syslog server until the trail shuts down.
+pub(crate) async fn deliver(
+    shared: Arc<Shared>,
+    dest: Arc<Destination>,
+    config: SyslogDestination,
+) {
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut backoff = MIN_BACKOFF;
+    let mut down_reported = false;
+    loop {
+        let outcome = tokio::select! {
+            outcome = session(&shared, &dest, &config, &mut down_reported) => outcome,
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        let error = match outcome {
+            Err(e) => format!("{e:#}"),
+            Ok(never) => match never {},
+        };
+        if dest.set_connected(false) {
+            backoff = MIN_BACKOFF;
+        }
+        dest.set_error(Some(error.clone()));
+        if !down_reported {
+            down_reported = true;
+            shared.alert(TrailAlert::DestinationDown {
+                destination: dest.name.clone(),
+                error,
+            });
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn session(
+    shared: &Shared,
+    dest: &Destination,
+    config: &SyslogDestination,
+    down_reported: &mut bool,
+) -> anyhow::Result<Infallible> {
+    let tls = client_config(&config.tls)?;
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&config.address))
+        .await
+        .with_context(|| format!("connecting to {}: timed out", config.address))?
+        .with_context(|| format!("connecting to {}", config.address))?;
+    tcp.set_nodelay(true)?;
+    let server_name = ServerName::try_from(config.server_name.clone())
+        .with_context(|| format!("invalid server name {:?}", config.server_name))?;
+    let stream = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        TlsConnector::from(tls).connect(server_name, tcp),
+    )
+    .await
+    .context("TLS handshake timed out")?
+    .context("TLS handshake")?;
+    let (mut read_half, mut writer) = tokio::io::split(stream);
+
+    if !dest.set_connected(true) && *down_reported {
+        shared.alert(TrailAlert::DestinationBack {
+            destination: dest.name.clone(),
+        });
+    }
+    *down_reported = false;
+    dest.set_error(None);
+
+    // The server never writes to us: anything readable means it closed.
+    let closed = async move {
+        let mut byte = [0u8; 1];
+        let _ = read_half.read(&mut byte).await;
+    };
+    tokio::pin!(closed);
+
+    let start = dest.acked_seq() + 1;
+    let mut records = ChainReader::open_at(&shared.dir, start)?;
+    let mut next = start;
+    let mut unconfirmed: VecDeque<(Seq, u64, Instant)> = VecDeque::new();
+    let mut head_rx = shared.head.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut line = Vec::with_capacity(512);
+    let mut frames = Vec::with_capacity(BATCH * 512);
+    loop {
+        let durable = head_rx.borrow_and_update().seq;
+        while next <= durable {
+            frames.clear();
+            let mut count = 0;
+            while count < BATCH && next <= durable {
+                if !records.next_line(&mut line)? {
+                    break;
+                }
+                let record = Record::parse(&line)
+                    .with_context(|| format!("local record {next} is damaged"))?;
+                if record.seq != next {
+                    bail!("local log: expected record {next}, found {}", record.seq);
+                }
+                let text = std::str::from_utf8(&line).context("record is not UTF-8")?;
+                let message = format_message(&record, text, &config.app_name);
+                frames.extend_from_slice(format!("{} ", message.len()).as_bytes());
+                frames.extend_from_slice(message.as_bytes());
+                next += 1;
+                count += 1;
+            }
+            if count == 0 {
+                break;
+            }
+            writer
+                .write_all(&frames)
+                .await
+                .context("writing to the syslog server")?;
+            unconfirmed.push_back((next - 1, records.offset(), Instant::now()));
+        }
+        writer
+            .flush()
+            .await
+            .context("writing to the syslog server")?;
+        tokio::select! {
+            _ = &mut closed => bail!("the syslog server closed the connection"),
+            changed = head_rx.changed() => changed.context("audit writer stopped")?,
+            _ = tick.tick() => {
+                let mut confirmed = None;
+                while unconfirmed.front().is_some_and(|(_, _, at)| at.elapsed() >= CONFIRM_DELAY) {
+                    confirmed = unconfirmed.pop_front();
+                }
+                if let Some((seq, offset, _)) = confirmed {
+                    dest.set_acked(seq, offset, false)?;
+                } else {
+                    dest.persist_cursor()?;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::record::GENESIS;
+    use serde_json::json;
+
+    #[test]
+    fn message_follows_rfc5424() {
+        let record = Record::new(
+            7,
+            1_764_427_140_123_456_789,
+            "db1",
+            json!({"kind":"denied","pid":1}),
+            GENESIS,
+        );
+        let line = record.to_line();
+        let message = format_message(&record, &line, "guardd");
+        let expected_head = format!(
+            "<84>1 2025-11-29T14:39:00.123456Z db1 guardd - denied [guard@32473 seq=\"7\" hash=\"{}\"] ",
+            hex::encode(record.hash)
+        );
+        assert!(message.starts_with(&expected_head), "{message}");
+        assert!(message.ends_with(&line));
+        let admin = Record::new(8, 0, "db1", json!({"kind":"policy_applied"}), GENESIS);
+        assert!(
+            format_message(&admin, "x", "guardd").starts_with("<85>1 1970-01-01T00:00:00.000000Z")
+        );
+    }
+}

@@ -1,0 +1,148 @@
+//! dm-crypt volumes, in the QEMU guest (the host kernel has no device-mapper):
+//! the volume key reaches dm-crypt as a `logon` key referenced from the table
+//! as `:64:logon:guard:NAME`, never as hex in the table. Needs root, dmsetup,
+//! mkfs.ext4, losetup and the dm_crypt module; the KMS is an embedded
+//! guard-kms on loopback (no cargo in the guest).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use guard::kms::server::start_embedded;
+use guard::volume::{self, dmcrypt, VolumeStore};
+
+const MARKER: &str = "GUARD-PLAINTEXT-MARKER-dmcrypt-4be1";
+
+fn sh(cmd: &mut Command) -> String {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().unwrap_or_else(|e| panic!("{shown}: {e}"));
+    assert!(
+        out.status.success(),
+        "{shown}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A loop device over a file; detached (and the mapping removed) on drop.
+struct LoopDevice {
+    device: PathBuf,
+    volume: String,
+    mnt: PathBuf,
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mnt).status();
+        let _ = Command::new("dmsetup")
+            .args(["remove", &dmcrypt::mapper_name(&self.volume)])
+            .status();
+        let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
+    }
+}
+
+fn contains(path: &Path, needle: &[u8]) -> bool {
+    let data = fs::read(path).unwrap();
+    data.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+#[ignore = "guest: run by cargo xtask vm-test"]
+fn dm_crypt_volume_keyed_through_a_logon_key() {
+    let _ = Command::new("modprobe").arg("dm_crypt").status();
+    let tmp = tempfile::tempdir().unwrap();
+    let kms = start_embedded(&tmp.path().join("kms"))
+        .unwrap()
+        .connect()
+        .unwrap();
+    let store = VolumeStore::new(tmp.path().join("volumes"));
+    let backing = tmp.path().join("disk.img");
+    fs::File::create(&backing)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let device =
+        PathBuf::from(sh(Command::new("losetup").args(["-f", "--show"]).arg(&backing)).trim());
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let guard = LoopDevice {
+        device: device.clone(),
+        volume: "dm".into(),
+        mnt: mnt.clone(),
+    };
+
+    let record = dmcrypt::init(&store, kms.as_ref(), "dm", &device).unwrap();
+    let mapper = dmcrypt::mapper_path("dm");
+    assert!(mapper.exists());
+    // The table names the logon key; no key material appears in it.
+    let table =
+        sh(Command::new("dmsetup").args(["table", "--showkeys", &dmcrypt::mapper_name("dm")]));
+    assert!(table.contains(":64:logon:guard:dm"), "{table}");
+    assert!(table.contains("aes-xts-plain64"), "{table}");
+    // The keyring copy was removed once dm-crypt had the key.
+    let keys = fs::read_to_string("/proc/keys").unwrap();
+    assert!(!keys.contains("guard:dm"), "{keys}");
+
+    sh(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&mapper));
+    sh(Command::new("mount").arg(&mapper).arg(&mnt));
+    fs::write(mnt.join("secret.txt"), MARKER.repeat(50)).unwrap();
+    sh(Command::new("umount").arg(&mnt));
+    volume::lock(&store, "dm").unwrap();
+    assert!(!mapper.exists());
+    assert!(
+        !contains(&backing, MARKER.as_bytes()),
+        "plaintext reached the backing device"
+    );
+
+    let report = volume::unlock(&store, kms.as_ref(), "dm").unwrap();
+    assert_eq!(report.key_identifier, record.key_identifier);
+    sh(Command::new("mount").arg(&mapper).arg(&mnt));
+    assert_eq!(
+        fs::read_to_string(mnt.join("secret.txt")).unwrap(),
+        MARKER.repeat(50)
+    );
+    let status = volume::status(&store).unwrap();
+    assert!(status[0].state.starts_with("unlocked"), "{status:?}");
+    sh(Command::new("umount").arg(&mnt));
+
+    // Revocation: the mapping goes and the KMS refuses to bring it back.
+    volume::revoke(&store, kms.as_ref(), "dm").unwrap();
+    assert!(!mapper.exists());
+    let mut unflagged = store.load("dm").unwrap();
+    unflagged.revoked = false;
+    store.save(&unflagged).unwrap();
+    let err = volume::unlock(&store, kms.as_ref(), "dm").unwrap_err();
+    assert!(format!("{err:#}").contains("Revoked"), "{err:#}");
+    assert!(!mapper.exists());
+    drop(guard);
+}
+
+#[test]
+#[ignore = "guest: run by cargo xtask vm-test"]
+fn dm_crypt_init_refuses_a_mounted_device() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kms = start_embedded(&tmp.path().join("kms"))
+        .unwrap()
+        .connect()
+        .unwrap();
+    let store = VolumeStore::new(tmp.path().join("volumes"));
+    let backing = tmp.path().join("disk.img");
+    fs::File::create(&backing)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let device =
+        PathBuf::from(sh(Command::new("losetup").args(["-f", "--show"]).arg(&backing)).trim());
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let _guard = LoopDevice {
+        device: device.clone(),
+        volume: "m".into(),
+        mnt: mnt.clone(),
+    };
+    sh(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&device));
+    sh(Command::new("mount").arg(&device).arg(&mnt));
+    let err = dmcrypt::init(&store, kms.as_ref(), "m", &device).unwrap_err();
+    assert!(format!("{err:#}").contains("is mounted"), "{err:#}");
+    assert!(store.list().unwrap().is_empty());
+}

@@ -1,0 +1,50 @@
+//! `cargo xtask demo` and `cargo xtask bench`: boot a guest and run one job in it.
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result};
+
+use crate::cargo;
+use crate::command::{self, repo_root};
+use crate::ebpf;
+use crate::kernels::KernelChoice;
+use crate::setup::Installed;
+use crate::vm;
+
+const DEMO_SCRIPT: &str = include_str!("../demo/enforcement.sh");
+
+/// The main job: a guest where a protected directory is used by its allowed
+/// program and refused to root, with the journal alert shown.
+pub fn demo(setup: &Installed) -> Result<ExitCode> {
+    ebpf::build()?;
+    cargo::build_guard_binaries()?;
+    run_in_guest(setup, KernelChoice::Backports, DEMO_SCRIPT)
+}
+
+/// The enforcement benchmark table, on each chosen kernel.
+pub fn bench(setup: &Installed, kernel: KernelChoice) -> Result<ExitCode> {
+    ebpf::build()?;
+    let bin_dir = cargo::build_guard_binaries()?;
+    command::run(Command::new("cargo").current_dir(repo_root()).args([
+        "build",
+        "--release",
+        "-p",
+        "guard-tests",
+        "--bin",
+        "guard-bench",
+    ]))?;
+    let bench = bin_dir.join("guard-bench");
+    let script = vm::shell_quote(bench.to_str().context("non-UTF-8 target path")?);
+    run_in_guest(setup, kernel, &script)
+}
+
+fn run_in_guest(setup: &Installed, kernel: KernelChoice, script: &str) -> Result<ExitCode> {
+    let mut worst = 0;
+    for kernel in setup.kernels(kernel) {
+        let code = vm::run(kernel, script)?;
+        if code != 0 && worst == 0 {
+            worst = code;
+        }
+    }
+    Ok(ExitCode::from(u8::try_from(worst).unwrap_or(1)))
+}
