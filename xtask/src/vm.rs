@@ -10,6 +10,8 @@
 //! /var/lib/guard, and overlays on /etc, /var, /root. Executables stay on plain
 //! virtio-fs (no overlay), so the (device, inode) the kernel sees for a binary is the
 //! one `stat` reports, which the guard's executable identity relies on.
+//! journald is started by hand (PID 1 is not systemd); udev does not run, so
+//! DM_DISABLE_UDEV=1 makes libdevmapper create /dev/mapper nodes itself.
 //!
 //! Measured here under TCG (2 vCPUs on a 2-core host shared with other builds): the
 //! kernel runs stage 2 about 2.5-4 s after QEMU starts, and the script starts 7-8 s
