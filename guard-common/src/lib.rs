@@ -28,11 +28,80 @@ pub mod access {
         ("setattr", SETATTR),
     ];
 
-    /// The bit for a policy access name.
+    /// The bit for a policy access name (process operations are not policy names).
     pub fn from_name(name: &str) -> Option<u32> {
         NAMES.iter().find(|(n, _)| *n == name).map(|(_, bit)| *bit)
     }
 }
+
+/// Access bits of attempts on a guarded process (`Event::access` for the
+/// process hooks); never policy names.
+pub mod tamper {
+    /// Inspecting: /proc/PID/{fd,root,cwd,exe,maps,environ}, kcmp (PTRACE_MODE_READ).
+    pub const PTRACE_READ: u32 = 1 << 16;
+    /// Controlling: PTRACE_ATTACH/SEIZE, /proc/PID/mem, process_vm_readv/writev,
+    /// pidfd_getfd (PTRACE_MODE_ATTACH).
+    pub const PTRACE_ATTACH: u32 = 1 << 17;
+    /// Starting an allowed binary under a tracer (strace, gdb).
+    pub const EXEC_TRACED: u32 = 1 << 18;
+    /// Sending a signal (`Event::detail` holds its number).
+    pub const SIGNAL: u32 = 1 << 19;
+    /// Reaching guard's BPF programs, maps or links, or loading programs that
+    /// can read kernel memory or override LSM decisions.
+    pub const BPF: u32 = 1 << 20;
+    /// Unmounting the bpffs holding guard's pins.
+    pub const UMOUNT: u32 = 1 << 21;
+
+    pub const NAMES: [(&str, u32); 6] = [
+        ("ptrace-read", PTRACE_READ),
+        ("ptrace-attach", PTRACE_ATTACH),
+        ("exec-traced", EXEC_TRACED),
+        ("signal", SIGNAL),
+        ("bpf", BPF),
+        ("umount", UMOUNT),
+    ];
+}
+
+/// `bpf(2)` commands and program types (UAPI, include/uapi/linux/bpf.h:
+/// numbers that never change).
+pub mod bpf_uapi {
+    pub const BPF_PROG_LOAD: u32 = 5;
+    pub const BPF_LINK_GET_FD_BY_ID: u32 = 30;
+    pub const BPF_LINK_DETACH: u32 = 34;
+
+    /// Program types that can read or write kernel memory, or change what
+    /// an LSM hook returns: only guardd may load them while guard protects itself.
+    pub const DANGEROUS_PROG_TYPES: [(&str, u32); 9] = [
+        ("kprobe", 2),
+        ("tracepoint", 5),
+        ("perf_event", 7),
+        ("raw_tracepoint", 17),
+        ("raw_tracepoint_writable", 24),
+        ("tracing", 26),
+        ("struct_ops", 27),
+        ("ext", 28),
+        ("lsm", 29),
+    ];
+
+    pub fn is_dangerous_prog_type(prog_type: u32) -> bool {
+        let mut i = 0;
+        while i < DANGEROUS_PROG_TYPES.len() {
+            if DANGEROUS_PROG_TYPES[i].1 == prog_type {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
+/// `Event::point` of a decision about guard's own pin folder.
+pub const PINS_POINT: u32 = u32::MAX - 1;
+
+/// `mode` bits of the `ptrace_access_check` hook (include/linux/ptrace.h).
+pub const PTRACE_MODE_READ: u32 = 0x01;
+pub const PTRACE_MODE_ATTACH: u32 = 0x02;
+pub const PTRACE_MODE_NOAUDIT: u32 = 0x04;
 
 /// Wildcard for `RuleKey::uid` and `RuleKey::gid`.
 pub const ANY_ID: u32 = u32::MAX;
@@ -69,8 +138,11 @@ pub mod maps {
     pub const RATE: &str = "GUARD_RATE";
     pub const EVENTS: &str = "GUARD_EVENTS";
     pub const SETTINGS: &str = "GUARD_SETTINGS";
-    pub const ALL: [&str; 11] = [
-        ACTIVE, META, DEVS, DIRS, RULES, EXES, TAINTED, STATS, RATE, EVENTS, SETTINGS,
+    pub const SELF: &str = "GUARD_SELF";
+    pub const OBJECTS: &str = "GUARD_OBJECTS";
+    pub const ALL: [&str; 13] = [
+        ACTIVE, META, DEVS, DIRS, RULES, EXES, TAINTED, STATS, RATE, EVENTS, SETTINGS, SELF,
+        OBJECTS,
     ];
 }
 
@@ -108,6 +180,23 @@ pub mod hook {
     pub const INODE_RENAME: u32 = 8;
     pub const INODE_LINK: u32 = 9;
     pub const INODE_SETATTR: u32 = 10;
+    pub const PTRACE_ACCESS_CHECK: u32 = 11;
+    pub const BPRM_CHECK_SECURITY: u32 = 12;
+    pub const TASK_KILL: u32 = 13;
+    pub const BPF: u32 = 14;
+    pub const BPF_MAP: u32 = 15;
+    pub const BPF_PROG: u32 = 16;
+    pub const SB_UMOUNT: u32 = 17;
+
+    /// Hooks whose object is a process, not a file.
+    pub fn is_process(hook: u32) -> bool {
+        matches!(hook, PTRACE_ACCESS_CHECK | BPRM_CHECK_SECURITY | TASK_KILL)
+    }
+
+    /// Hooks whose object is guard's BPF state.
+    pub fn is_bpf(hook: u32) -> bool {
+        matches!(hook, BPF | BPF_MAP | BPF_PROG | SB_UMOUNT)
+    }
 
     pub fn name(hook: u32) -> &'static str {
         match hook {
@@ -121,6 +210,13 @@ pub mod hook {
             INODE_RENAME => "inode_rename",
             INODE_LINK => "inode_link",
             INODE_SETATTR => "inode_setattr",
+            PTRACE_ACCESS_CHECK => "ptrace_access_check",
+            BPRM_CHECK_SECURITY => "bprm_check_security",
+            TASK_KILL => "task_kill",
+            BPF => "bpf",
+            BPF_MAP => "bpf_map",
+            BPF_PROG => "bpf_prog",
+            SB_UMOUNT => "sb_umount",
             _ => "unknown",
         }
     }
@@ -201,7 +297,7 @@ pub struct PolicyMeta {
 /// Key of `EXES` (binaries some policy allows) and `TAINTED` (those opened for
 /// writing since the policy was applied; they lose their rules).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct ExeKey {
     pub dev: u32,
     pub _pad: u32,
@@ -224,6 +320,41 @@ pub struct Settings {
     pub events_per_sec: u32,
     pub _pad: u32,
 }
+
+/// guardd's identity and whether it protects itself (`SELF`, index 0).
+/// Written by guardd at start; `protect` is set by `guardd --protect-self`
+/// and cleared only by a clean, journaled `guardctl stop`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SelfProtect {
+    /// 1: nobody but guardd may signal or trace guardd.
+    pub protect: u32,
+    /// The running guardd's process id (thread group id).
+    pub tgid: u32,
+    /// guardd's executable: processes running it are guardd.
+    pub exe: ExeKey,
+    /// guard's pin folder: only guardd may unlink or rename in it, or
+    /// unmount its bpffs.
+    pub pins: ExeKey,
+}
+
+/// Kinds of guard's BPF objects in `OBJECTS`.
+pub mod object {
+    pub const MAP: u32 = 1;
+    pub const PROG: u32 = 2;
+    pub const LINK: u32 = 3;
+}
+
+/// Key of `OBJECTS`: guard's own maps, programs and links by kernel id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ObjectKey {
+    pub kind: u32,
+    pub id: u32,
+}
+
+/// Capacity of `OBJECTS`.
+pub const MAX_OBJECTS: u32 = 128;
 
 /// Per-CPU rate limiter state (`RATE`). Suppressed events are counted in
 /// `STATS[SUPPRESSED]`, which guardd reports to the journal.
@@ -259,6 +390,12 @@ pub struct Event {
     /// Names from the object up to (not including) its protected directory,
     /// nearest first, each NUL-terminated; empty slots start with NUL.
     pub path: [[u8; NAME_LEN]; PATH_DEPTH],
+    /// Process hooks: the process acted upon (its tgid); `dev`/`ino` are
+    /// then its executable's identity. 0 for file hooks.
+    pub target: u32,
+    /// Process hooks: the signal number (`task_kill`), the ptrace mode
+    /// (`ptrace_access_check`). 0 otherwise.
+    pub detail: u32,
     /// Names from the caller's executable up to the root of its filesystem,
     /// nearest first, like `path` (the process may be gone when guardd reads this).
     pub exe_path: [[u8; NAME_LEN]; EXE_DEPTH],
@@ -287,7 +424,17 @@ pub struct KernelOffsets {
     /// Position of the `struct dentry *` argument of the `inode_setattr` hook
     /// (0 before Linux 6.3, 1 after `struct mnt_idmap *` was added in front).
     pub setattr_dentry_arg: u32,
-    pub _pad: u32,
+    pub task_struct_tgid: u32,
+    /// `task_struct.ptrace`: non-zero while the task is traced.
+    pub task_struct_ptrace: u32,
+    pub linux_binprm_file: u32,
+    pub bpf_map_id: u32,
+    pub bpf_prog_aux: u32,
+    pub bpf_prog_aux_id: u32,
+    pub vfsmount_mnt_sb: u32,
+    /// union bpf_attr (UAPI; resolved all the same)
+    pub bpf_attr_prog_type: u32,
+    pub bpf_attr_link_id: u32,
 }
 
 /// `fmode_t` bits read from `struct file`.
@@ -308,5 +455,7 @@ mod pod {
     unsafe impl aya::Pod for Taint {}
     unsafe impl aya::Pod for RateState {}
     unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for SelfProtect {}
+    unsafe impl aya::Pod for ObjectKey {}
     unsafe impl aya::Pod for KernelOffsets {}
 }

@@ -24,8 +24,10 @@ use aya_ebpf::{
     EbpfContext,
 };
 use guard_common::{
-    access, flags, hook, stat, verdict, DevKey, DirKey, Event, ExeKey, KernelOffsets,
-    PolicyMeta, RateState, RuleKey, RuleValue, Settings, Taint, ANY_ID, DEFAULT_EVENTS_PER_SEC_PER_CPU,
+    access, bpf_uapi, flags, hook, object, stat, tamper, verdict, DevKey, DirKey, Event, ExeKey,
+    KernelOffsets, ObjectKey, PolicyMeta, RateState, RuleKey, RuleValue, SelfProtect, Settings,
+    Taint, ANY_ID, MAX_OBJECTS, PINS_POINT,
+    DEFAULT_EVENTS_PER_SEC_PER_CPU, PTRACE_MODE_ATTACH, PTRACE_MODE_NOAUDIT,
     EVENTS_RING_BYTES, FMODE_EXEC, FMODE_READ, FMODE_WRITE, MAX_DEPTH, MAX_EXES, MAX_POINTS,
     MAX_RULE_ENTRIES, MODE_AUDIT, NAME_LEN, NO_RULE, PATH_DEPTH, EXE_DEPTH,
 };
@@ -49,7 +51,15 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     task_struct_mm: 0,
     mm_struct_exe_file: 0,
     setattr_dentry_arg: 0,
-    _pad: 0,
+    task_struct_tgid: 0,
+    task_struct_ptrace: 0,
+    linux_binprm_file: 0,
+    bpf_map_id: 0,
+    bpf_prog_aux: 0,
+    bpf_prog_aux_id: 0,
+    vfsmount_mnt_sb: 0,
+    bpf_attr_prog_type: 0,
+    bpf_attr_link_id: 0,
 };
 
 /// Index 0: the active policy generation (0 = no policy).
@@ -73,6 +83,10 @@ static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
 static RATE: PerCpuArray<RateState> = PerCpuArray::pinned(1, 0);
 #[map(name = "GUARD_SETTINGS")]
 static SETTINGS: Array<Settings> = Array::pinned(1, 0);
+#[map(name = "GUARD_SELF")]
+static SELF: Array<SelfProtect> = Array::pinned(1, 0);
+#[map(name = "GUARD_OBJECTS")]
+static OBJECTS: HashMap<ObjectKey, u32> = HashMap::pinned(MAX_OBJECTS, 0);
 #[map(name = "GUARD_EVENTS")]
 static EVENTS: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
 
@@ -161,10 +175,19 @@ struct Caller {
     gid: u32,
 }
 
-/// `None` for kernel threads (no mm): the kernel itself is not confined.
+/// The identity of a file's inode.
 #[inline(always)]
-unsafe fn caller(o: &KernelOffsets) -> Result<Option<Caller>, i32> {
-    let task = bpf_get_current_task();
+unsafe fn file_identity(o: &KernelOffsets, file: u64) -> Result<ExeKey, i32> {
+    let inode: u64 = read(file, o.file_f_inode)?;
+    let sb: u64 = read(inode, o.inode_i_sb)?;
+    let dev: u32 = read(sb, o.super_block_s_dev)?;
+    let ino: u64 = read(inode, o.inode_i_ino)?;
+    Ok(ExeKey { dev, _pad: 0, ino })
+}
+
+/// The executable of `task`; `None` for kernel threads (no mm).
+#[inline(always)]
+unsafe fn task_exe(o: &KernelOffsets, task: u64) -> Result<Option<ExeKey>, i32> {
     let mm: u64 = read(task, o.task_struct_mm)?;
     if mm == 0 {
         return Ok(None);
@@ -173,13 +196,18 @@ unsafe fn caller(o: &KernelOffsets) -> Result<Option<Caller>, i32> {
     if exe_file == 0 {
         return Err(EPERM);
     }
-    let inode: u64 = read(exe_file, o.file_f_inode)?;
-    let sb: u64 = read(inode, o.inode_i_sb)?;
-    let dev: u32 = read(sb, o.super_block_s_dev)?;
-    let ino: u64 = read(inode, o.inode_i_ino)?;
+    Ok(Some(file_identity(o, exe_file)?))
+}
+
+/// `None` for kernel threads (no mm): the kernel itself is not confined.
+#[inline(always)]
+unsafe fn caller(o: &KernelOffsets) -> Result<Option<Caller>, i32> {
+    let Some(exe) = task_exe(o, bpf_get_current_task())? else {
+        return Ok(None);
+    };
     let uid_gid = bpf_get_current_uid_gid();
     Ok(Some(Caller {
-        exe: ExeKey { dev, _pad: 0, ino },
+        exe,
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
     }))
@@ -325,6 +353,21 @@ unsafe fn emit(o: &KernelOffsets, obj: &Object, r: &Report) {
         return;
     };
     let e = &mut *entry.as_mut_ptr();
+    fill_header(r, e);
+    e.dev = obj.dev;
+    e.ino = obj.ino;
+    let generation = e.generation;
+    fill_path(o, obj, e, |ino| {
+        let key = DirKey { generation, dev: obj.dev, ino };
+        DIRS.get(&key).map(|p| *p == r.point).unwrap_or(false)
+    });
+    fill_exe(o, e);
+    entry.submit(0);
+}
+
+/// The fields every event has: the decision and who asked.
+#[inline(always)]
+unsafe fn fill_header(r: &Report, e: &mut Event) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
     e.verdict = r.verdict;
@@ -339,14 +382,11 @@ unsafe fn emit(o: &KernelOffsets, obj: &Object, r: &Report) {
     e.rule = r.rule;
     e.generation = r.generation;
     e._pad = 0;
-    e.dev = obj.dev;
     e.exe_dev = r.exe.dev;
-    e.ino = obj.ino;
     e.exe_ino = r.exe.ino;
     e.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    fill_path(o, obj, r.point, e);
-    fill_exe(o, e);
-    entry.submit(0);
+    e.target = 0;
+    e.detail = 0;
 }
 
 /// Copies the names of the caller's executable up to its filesystem's root.
@@ -392,20 +432,17 @@ unsafe fn fill_exe(o: &KernelOffsets, e: &mut Event) {
     }
 }
 
-/// Copies the names from the object up to its protected directory.
+/// Copies the names from the object up to the directory `is_top` recognises.
 #[inline(always)]
-unsafe fn fill_path(o: &KernelOffsets, obj: &Object, point: u32, e: &mut Event) {
+unsafe fn fill_path(o: &KernelOffsets, obj: &Object, e: &mut Event, is_top: impl Fn(u64) -> bool) {
     let mut dentry = obj.dentry;
     let mut ino = obj.ino;
     for i in 0..PATH_DEPTH {
         e.path[i][0] = 0;
     }
     for i in 0..PATH_DEPTH {
-        if ino != 0 {
-            let key = DirKey { generation: e.generation, dev: obj.dev, ino };
-            if DIRS.get(&key).map(|p| *p == point).unwrap_or(false) {
-                return;
-            }
+        if ino != 0 && is_top(ino) {
+            return;
         }
         let Ok(name) = read::<u64>(dentry, o.dentry_d_name_name) else {
             return;
@@ -495,32 +532,32 @@ pub fn file_open(ctx: LsmContext) -> i32 {
 
 #[lsm(hook = "inode_create")]
 pub fn inode_create(ctx: LsmContext) -> i32 {
-    unsafe { decide(ctx.arg(1), access::CREATE, hook::INODE_CREATE) }
+    unsafe { decide_dir_op(ctx.arg(1), access::CREATE, hook::INODE_CREATE) }
 }
 
 #[lsm(hook = "inode_mkdir")]
 pub fn inode_mkdir(ctx: LsmContext) -> i32 {
-    unsafe { decide(ctx.arg(1), access::CREATE, hook::INODE_MKDIR) }
+    unsafe { decide_dir_op(ctx.arg(1), access::CREATE, hook::INODE_MKDIR) }
 }
 
 #[lsm(hook = "inode_mknod")]
 pub fn inode_mknod(ctx: LsmContext) -> i32 {
-    unsafe { decide(ctx.arg(1), access::CREATE, hook::INODE_MKNOD) }
+    unsafe { decide_dir_op(ctx.arg(1), access::CREATE, hook::INODE_MKNOD) }
 }
 
 #[lsm(hook = "inode_symlink")]
 pub fn inode_symlink(ctx: LsmContext) -> i32 {
-    unsafe { decide(ctx.arg(1), access::CREATE, hook::INODE_SYMLINK) }
+    unsafe { decide_dir_op(ctx.arg(1), access::CREATE, hook::INODE_SYMLINK) }
 }
 
 #[lsm(hook = "inode_unlink")]
 pub fn inode_unlink(ctx: LsmContext) -> i32 {
-    unsafe { decide(ctx.arg(1), access::DELETE, hook::INODE_UNLINK) }
+    unsafe { decide_dir_op(ctx.arg(1), access::DELETE, hook::INODE_UNLINK) }
 }
 
 #[lsm(hook = "inode_rmdir")]
 pub fn inode_rmdir(ctx: LsmContext) -> i32 {
-    unsafe { decide(ctx.arg(1), access::DELETE, hook::INODE_RMDIR) }
+    unsafe { decide_dir_op(ctx.arg(1), access::DELETE, hook::INODE_RMDIR) }
 }
 
 /// inode_rename(old_dir, old_dentry, new_dir, new_dentry): both the source and
@@ -528,11 +565,11 @@ pub fn inode_rmdir(ctx: LsmContext) -> i32 {
 #[lsm(hook = "inode_rename")]
 pub fn inode_rename(ctx: LsmContext) -> i32 {
     unsafe {
-        let ret = decide(ctx.arg(1), access::RENAME, hook::INODE_RENAME);
+        let ret = decide_dir_op(ctx.arg(1), access::RENAME, hook::INODE_RENAME);
         if ret != ALLOW {
             return ret;
         }
-        decide(ctx.arg(3), access::RENAME, hook::INODE_RENAME)
+        decide_dir_op(ctx.arg(3), access::RENAME, hook::INODE_RENAME)
     }
 }
 
@@ -541,11 +578,11 @@ pub fn inode_rename(ctx: LsmContext) -> i32 {
 #[lsm(hook = "inode_link")]
 pub fn inode_link(ctx: LsmContext) -> i32 {
     unsafe {
-        let ret = decide(ctx.arg(0), access::LINK, hook::INODE_LINK);
+        let ret = decide_dir_op(ctx.arg(0), access::LINK, hook::INODE_LINK);
         if ret != ALLOW {
             return ret;
         }
-        decide(ctx.arg(2), access::LINK, hook::INODE_LINK)
+        decide_dir_op(ctx.arg(2), access::LINK, hook::INODE_LINK)
     }
 }
 
@@ -565,7 +602,524 @@ pub fn inode_setattr(ctx: LsmContext) -> i32 {
                 taint_if_allowed_exe(&o, inode);
             }
         }
-        decide(dentry, access::SETATTR, hook::INODE_SETATTR)
+        decide_dir_op(dentry, access::SETATTR, hook::INODE_SETATTR)
+    }
+}
+
+// Processes: the allowed binaries and guardd cannot be traced, inspected
+// through /proc or (guardd) signalled by anyone else, root included.
+
+/// A process acted upon: its thread group id and executable.
+struct Target {
+    tgid: u32,
+    exe: ExeKey,
+}
+
+/// Why a process is guarded.
+enum Guarded {
+    No,
+    /// It runs a binary the active policy allows.
+    AllowedBinary { generation: u32 },
+    /// It is guardd, and guardd protects itself.
+    Guardd,
+}
+
+#[inline(always)]
+fn self_protect() -> SelfProtect {
+    SELF.get(0).copied().unwrap_or_default()
+}
+
+#[inline(always)]
+fn guarded(target: &Target) -> Guarded {
+    let me = self_protect();
+    if me.protect != 0 && me.tgid == target.tgid && me.exe == target.exe {
+        return Guarded::Guardd;
+    }
+    match ACTIVE.get(0) {
+        Some(g) if *g != 0 && EXES.get_ptr(&target.exe).is_some() => {
+            Guarded::AllowedBinary { generation: *g }
+        }
+        _ => Guarded::No,
+    }
+}
+
+/// guardd's binary (recorded by guardd at start) is trusted with its own
+/// processes and the database's.
+#[inline(always)]
+fn is_guardd(exe: &ExeKey) -> bool {
+    let me = self_protect();
+    me.exe.ino != 0 && me.exe == *exe
+}
+
+/// What a process decision is about.
+struct ProcessAttempt {
+    access: u32,
+    hook: u32,
+    /// Signal number or ptrace mode, for the report.
+    detail: u32,
+    /// The kernel asked for no audit record (e.g. `ps` probing /proc/PID/stat).
+    quiet: bool,
+}
+
+/// Decides whether the current process may act on `task`: only processes of
+/// the same binary (and guardd) may. Returns 0 or -EPERM.
+#[inline(always)]
+unsafe fn decide_process(task: u64, a: &ProcessAttempt) -> i32 {
+    match try_decide_process(task, a) {
+        Ok(ret) => ret,
+        Err(_) => {
+            count(stat::FAIL_CLOSED);
+            count(stat::DENIED);
+            let report = process_report(verdict::DENIED, a, ExeKey::default(), 0);
+            let target = Target { tgid: 0, exe: ExeKey::default() };
+            emit_process(&report, &target, a.detail, flags::FAIL_CLOSED);
+            EPERM
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn try_decide_process(task: u64, a: &ProcessAttempt) -> Result<i32, i32> {
+    let generation = ACTIVE.get(0).copied().unwrap_or(0);
+    if generation == 0 && self_protect().protect == 0 {
+        return Ok(ALLOW); // nothing guarded: no reads on this path
+    }
+    let o = offsets();
+    let Some(exe) = task_exe(&o, task)? else {
+        return Ok(ALLOW); // a kernel thread, or a process that is exiting
+    };
+    let tgid: u32 = read(task, o.task_struct_tgid)?;
+    let target = Target { tgid, exe };
+    let guarded = guarded(&target);
+    if let Guarded::No = guarded {
+        return Ok(ALLOW);
+    }
+    let Some(caller) = caller(&o)? else {
+        return Ok(ALLOW);
+    };
+    if caller.exe == target.exe || is_guardd(&caller.exe) {
+        return Ok(ALLOW);
+    }
+    finish_process_decision(guarded, a, &caller.exe, &target)
+}
+
+/// Denies (or, for a policy in audit mode, reports) an attempt on a guarded process.
+#[inline(always)]
+unsafe fn finish_process_decision(
+    guarded: Guarded,
+    a: &ProcessAttempt,
+    caller: &ExeKey,
+    target: &Target,
+) -> Result<i32, i32> {
+    let generation = match guarded {
+        Guarded::AllowedBinary { generation } => generation,
+        _ => ACTIVE.get(0).copied().unwrap_or(0),
+    };
+    let audit_only = match guarded {
+        Guarded::AllowedBinary { generation } => {
+            META.get(&generation).map(|m| m.mode).unwrap_or(0) == MODE_AUDIT
+        }
+        _ => false,
+    };
+    if audit_only {
+        count(stat::WOULD_DENY);
+        if !a.quiet {
+            let report = process_report(verdict::WOULD_DENY, a, *caller, generation);
+            emit_process(&report, target, a.detail, 0);
+        }
+        return Ok(ALLOW);
+    }
+    count(stat::DENIED);
+    if !a.quiet {
+        let report = process_report(verdict::DENIED, a, *caller, generation);
+        emit_process(&report, target, a.detail, 0);
+    }
+    Ok(EPERM)
+}
+
+#[inline(always)]
+fn process_report(verdict: u32, a: &ProcessAttempt, exe: ExeKey, generation: u32) -> Report {
+    Report {
+        verdict,
+        access: a.access,
+        hook: a.hook,
+        flags: 0,
+        point: u32::MAX,
+        rule: NO_RULE,
+        generation,
+        exe,
+    }
+}
+
+/// Reports a decision about a process: `dev`/`ino` name its executable.
+#[inline(always)]
+unsafe fn emit_process(r: &Report, target: &Target, detail: u32, extra_flags: u32) {
+    if !within_rate() {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count(stat::DROPPED);
+        return;
+    };
+    let e = &mut *entry.as_mut_ptr();
+    fill_header(r, e);
+    e.flags |= extra_flags;
+    e.dev = target.exe.dev;
+    e.ino = target.exe.ino;
+    for i in 0..PATH_DEPTH {
+        e.path[i][0] = 0;
+    }
+    e.target = target.tgid;
+    e.detail = detail;
+    fill_exe(&offsets(), e);
+    entry.submit(0);
+}
+
+/// ptrace_access_check(child, mode): PTRACE_ATTACH/SEIZE, /proc/PID/mem,
+/// process_vm_readv/writev, pidfd_getfd, and the /proc/PID links and files
+/// (fd, root, cwd, exe, maps, environ) all ask this before touching `child`.
+#[lsm(hook = "ptrace_access_check")]
+pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
+    unsafe {
+        let child: u64 = ctx.arg(0);
+        let mode = ctx.arg::<u64>(1) as u32;
+        let access = if mode & PTRACE_MODE_ATTACH != 0 {
+            tamper::PTRACE_ATTACH
+        } else {
+            tamper::PTRACE_READ
+        };
+        let attempt = ProcessAttempt {
+            access,
+            hook: hook::PTRACE_ACCESS_CHECK,
+            detail: mode,
+            quiet: mode & PTRACE_MODE_NOAUDIT != 0,
+        };
+        decide_process(child, &attempt)
+    }
+}
+
+/// bprm_check_security(bprm): a traced process may not start an allowed
+/// binary (strace or gdb would see everything it reads).
+#[lsm(hook = "bprm_check_security")]
+pub fn bprm_check_security(ctx: LsmContext) -> i32 {
+    unsafe {
+        let bprm: u64 = ctx.arg(0);
+        let attempt = ProcessAttempt {
+            access: tamper::EXEC_TRACED,
+            hook: hook::BPRM_CHECK_SECURITY,
+            detail: 0,
+            quiet: false,
+        };
+        match try_exec_traced(bprm, &attempt) {
+            Ok(ret) => ret,
+            Err(_) => {
+                count(stat::FAIL_CLOSED);
+                count(stat::DENIED);
+                let report = process_report(verdict::DENIED, &attempt, ExeKey::default(), 0);
+                let target = Target { tgid: 0, exe: ExeKey::default() };
+                emit_process(&report, &target, 0, flags::FAIL_CLOSED);
+                EPERM
+            }
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn try_exec_traced(bprm: u64, a: &ProcessAttempt) -> Result<i32, i32> {
+    let generation = match ACTIVE.get(0) {
+        Some(g) if *g != 0 => *g,
+        _ => return Ok(ALLOW),
+    };
+    let o = offsets();
+    let task = bpf_get_current_task();
+    let ptrace: u32 = read(task, o.task_struct_ptrace)?;
+    if ptrace == 0 {
+        return Ok(ALLOW); // not traced: the usual case, one read
+    }
+    let file: u64 = read(bprm, o.linux_binprm_file)?;
+    let exe = file_identity(&o, file)?;
+    if EXES.get_ptr(&exe).is_none() {
+        return Ok(ALLOW);
+    }
+    let target = Target {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        exe,
+    };
+    let caller = caller(&o)?.map(|c| c.exe).unwrap_or_default();
+    finish_process_decision(Guarded::AllowedBinary { generation }, a, &caller, &target)
+}
+
+/// task_kill(p, info, sig, cred): while guardd protects itself, only guardd
+/// may signal guardd. Signals the kernel sends (terminal, SIGCHLD) do not
+/// come through here.
+#[lsm(hook = "task_kill")]
+pub fn task_kill(ctx: LsmContext) -> i32 {
+    unsafe {
+        let sig = ctx.arg::<u64>(2) as u32;
+        let me = self_protect();
+        if me.protect == 0 || sig == 0 {
+            return ALLOW; // signal 0 only asks whether the process exists
+        }
+        let p: u64 = ctx.arg(0);
+        let attempt = ProcessAttempt {
+            access: tamper::SIGNAL,
+            hook: hook::TASK_KILL,
+            detail: sig,
+            quiet: false,
+        };
+        match try_signal(p, &me, &attempt) {
+            Ok(ret) => ret,
+            Err(_) => decide_process(p, &attempt),
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn try_signal(p: u64, me: &SelfProtect, a: &ProcessAttempt) -> Result<i32, i32> {
+    let o = offsets();
+    let tgid: u32 = read(p, o.task_struct_tgid)?;
+    if tgid != me.tgid {
+        return Ok(ALLOW); // the cheap test for every other kill()
+    }
+    if (bpf_get_current_pid_tgid() >> 32) as u32 == me.tgid {
+        return Ok(ALLOW);
+    }
+    let Some(exe) = task_exe(&o, p)? else {
+        return Ok(ALLOW);
+    };
+    let target = Target { tgid, exe };
+    if let Guarded::Guardd = guarded(&target) {
+        let caller = caller(&o)?.map(|c| c.exe).unwrap_or_default();
+        return finish_process_decision(Guarded::Guardd, a, &caller, &target);
+    }
+    Ok(ALLOW)
+}
+
+// guard's own BPF state: while guardd protects itself, only guardd may reach
+// guard's maps, programs and links, change its pin folder or unmount its
+// bpffs, or load programs that read kernel memory or override LSM decisions.
+
+/// A namespace operation: guard's pin folder first, then the policy.
+#[inline(always)]
+unsafe fn decide_dir_op(dentry: u64, access: u32, hook: u32) -> i32 {
+    let ret = protect_pins(dentry, access, hook);
+    if ret != ALLOW {
+        return ret;
+    }
+    decide(dentry, access, hook)
+}
+
+/// Refuses changes inside guard's pin folder to all but guardd.
+#[inline(always)]
+unsafe fn protect_pins(dentry: u64, access: u32, hook: u32) -> i32 {
+    let me = self_protect();
+    if me.protect == 0 || me.pins.ino == 0 {
+        return ALLOW; // one array lookup on this path while unprotected
+    }
+    match try_protect_pins(&me, dentry, access, hook) {
+        Ok(ret) => ret,
+        Err(_) => {
+            count(stat::FAIL_CLOSED);
+            count(stat::DENIED);
+            emit_failure(dentry, access, hook);
+            EPERM
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn try_protect_pins(me: &SelfProtect, dentry: u64, access: u32, hook: u32) -> Result<i32, i32> {
+    let o = offsets();
+    let obj = object(&o, dentry)?;
+    if obj.dev != me.pins.dev || !under(&o, &obj, me.pins.ino)? {
+        return Ok(ALLOW);
+    }
+    let Some(caller) = caller(&o)? else {
+        return Ok(ALLOW);
+    };
+    if is_guardd(&caller.exe) {
+        return Ok(ALLOW);
+    }
+    count(stat::DENIED);
+    let report = Report {
+        verdict: verdict::DENIED,
+        access,
+        hook,
+        flags: 0,
+        point: PINS_POINT,
+        rule: NO_RULE,
+        generation: ACTIVE.get(0).copied().unwrap_or(0),
+        exe: caller.exe,
+    };
+    if within_rate() {
+        if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
+            let e = &mut *entry.as_mut_ptr();
+            fill_header(&report, e);
+            e.dev = obj.dev;
+            e.ino = obj.ino;
+            let top = me.pins.ino;
+            fill_path(&o, &obj, e, |ino| ino == top);
+            fill_exe(&o, e);
+            entry.submit(0);
+        } else {
+            count(stat::DROPPED);
+        }
+    }
+    Ok(EPERM)
+}
+
+/// Whether `obj` is the directory `ino` or below it (same filesystem).
+#[inline(always)]
+unsafe fn under(o: &KernelOffsets, obj: &Object, ino: u64) -> Result<bool, i32> {
+    let mut dentry = obj.dentry;
+    let mut current = obj.ino;
+    for _ in 0..MAX_DEPTH {
+        if current == ino {
+            return Ok(true);
+        }
+        let parent: u64 = read(dentry, o.dentry_d_parent)?;
+        if parent == dentry || parent == 0 {
+            return Ok(false);
+        }
+        dentry = parent;
+        current = dentry_ino(o, dentry)?;
+    }
+    Err(EPERM)
+}
+
+/// Who is asking, when guard protects itself: `None` when the answer is
+/// allow (no protection, a kernel thread, or guardd itself).
+#[inline(always)]
+unsafe fn bpf_outsider() -> Result<Option<ExeKey>, i32> {
+    if self_protect().protect == 0 {
+        return Ok(None);
+    }
+    match caller(&offsets())? {
+        Some(c) if !is_guardd(&c.exe) => Ok(Some(c.exe)),
+        _ => Ok(None),
+    }
+}
+
+/// Denies and reports an attempt on guard's BPF state. `what` is the
+/// command, `id` the object id or program type.
+#[inline(always)]
+unsafe fn deny_bpf(exe: ExeKey, hook: u32, access: u32, what: u32, id: u64, dev: u32) -> i32 {
+    count(stat::DENIED);
+    let a = ProcessAttempt { access, hook, detail: what, quiet: false };
+    let report = process_report(verdict::DENIED, &a, exe, ACTIVE.get(0).copied().unwrap_or(0));
+    let target = Target { tgid: 0, exe: ExeKey { dev, _pad: 0, ino: id } };
+    emit_process(&report, &target, what, 0);
+    EPERM
+}
+
+#[inline(always)]
+fn is_guard_object(kind: u32, id: u32) -> bool {
+    unsafe { OBJECTS.get(&ObjectKey { kind, id }).is_some() }
+}
+
+/// bpf(cmd, attr, size[, kernel]): loading tracing, kprobe, LSM, extension
+/// programs (they could read keys and data, or override guard's decisions),
+/// taking guard's links by id, or detaching links.
+#[lsm(hook = "bpf")]
+pub fn bpf(ctx: LsmContext) -> i32 {
+    unsafe {
+        let exe = match bpf_outsider() {
+            Ok(Some(exe)) => exe,
+            Ok(None) => return ALLOW,
+            Err(_) => return EPERM,
+        };
+        let cmd = ctx.arg::<u64>(0) as u32;
+        let attr: u64 = ctx.arg(1);
+        let o = offsets();
+        match cmd {
+            bpf_uapi::BPF_PROG_LOAD => {
+                let Ok(prog_type) = read::<u32>(attr, o.bpf_attr_prog_type) else {
+                    return deny_bpf(exe, hook::BPF, tamper::BPF, cmd, 0, 0);
+                };
+                if bpf_uapi::is_dangerous_prog_type(prog_type) {
+                    return deny_bpf(exe, hook::BPF, tamper::BPF, cmd, prog_type as u64, 0);
+                }
+                ALLOW
+            }
+            bpf_uapi::BPF_LINK_GET_FD_BY_ID => {
+                let Ok(id) = read::<u32>(attr, o.bpf_attr_link_id) else {
+                    return deny_bpf(exe, hook::BPF, tamper::BPF, cmd, 0, 0);
+                };
+                if is_guard_object(object::LINK, id) {
+                    return deny_bpf(exe, hook::BPF, tamper::BPF, cmd, id as u64, 0);
+                }
+                ALLOW
+            }
+            // The hook cannot tell whose link an fd is: nobody detaches links
+            // while guard protects itself.
+            bpf_uapi::BPF_LINK_DETACH => deny_bpf(exe, hook::BPF, tamper::BPF, cmd, 0, 0),
+            _ => ALLOW,
+        }
+    }
+}
+
+/// bpf_map(map, fmode): an fd to one of guard's maps (by id, pin or iteration).
+#[lsm(hook = "bpf_map")]
+pub fn bpf_map(ctx: LsmContext) -> i32 {
+    unsafe {
+        let exe = match bpf_outsider() {
+            Ok(Some(exe)) => exe,
+            Ok(None) => return ALLOW,
+            Err(_) => return EPERM,
+        };
+        let map: u64 = ctx.arg(0);
+        let Ok(id) = read::<u32>(map, offsets().bpf_map_id) else {
+            return deny_bpf(exe, hook::BPF_MAP, tamper::BPF, 0, 0, 0);
+        };
+        if is_guard_object(object::MAP, id) {
+            return deny_bpf(exe, hook::BPF_MAP, tamper::BPF, 0, id as u64, 0);
+        }
+        ALLOW
+    }
+}
+
+/// bpf_prog(prog): an fd to one of guard's programs.
+#[lsm(hook = "bpf_prog")]
+pub fn bpf_prog(ctx: LsmContext) -> i32 {
+    unsafe {
+        let exe = match bpf_outsider() {
+            Ok(Some(exe)) => exe,
+            Ok(None) => return ALLOW,
+            Err(_) => return EPERM,
+        };
+        let o = offsets();
+        let prog: u64 = ctx.arg(0);
+        let id = match read::<u64>(prog, o.bpf_prog_aux).and_then(|aux| read::<u32>(aux, o.bpf_prog_aux_id)) {
+            Ok(id) => id,
+            Err(_) => return deny_bpf(exe, hook::BPF_PROG, tamper::BPF, 0, 0, 0),
+        };
+        if is_guard_object(object::PROG, id) {
+            return deny_bpf(exe, hook::BPF_PROG, tamper::BPF, 0, id as u64, 0);
+        }
+        ALLOW
+    }
+}
+
+/// sb_umount(mnt, flags): unmounting the bpffs that holds guard's pins
+/// would drop them and detach the programs.
+#[lsm(hook = "sb_umount")]
+pub fn sb_umount(ctx: LsmContext) -> i32 {
+    unsafe {
+        let exe = match bpf_outsider() {
+            Ok(Some(exe)) => exe,
+            Ok(None) => return ALLOW,
+            Err(_) => return EPERM,
+        };
+        let o = offsets();
+        let mnt: u64 = ctx.arg(0);
+        let dev = match read::<u64>(mnt, o.vfsmount_mnt_sb).and_then(|sb| read::<u32>(sb, o.super_block_s_dev)) {
+            Ok(dev) => dev,
+            Err(_) => return deny_bpf(exe, hook::SB_UMOUNT, tamper::UMOUNT, 0, 0, 0),
+        };
+        if dev == self_protect().pins.dev {
+            return deny_bpf(exe, hook::SB_UMOUNT, tamper::UMOUNT, 0, 0, dev);
+        }
+        ALLOW
     }
 }
 

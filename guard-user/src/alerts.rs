@@ -81,7 +81,7 @@ pub struct AlertOptions {
     pub format: AlertFormat,
     /// Start from this time (any `journalctl --since` value, such as
     /// `-1h`, `today` or `@1764400000`); without it, follow from now on.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub since: Option<String>,
     /// Shell command run (`sh -c`) for each alert, with the alert's JSON on
     /// stdin and its main fields in `GUARD_*` environment variables.

@@ -18,6 +18,8 @@ pub enum Request {
     Show,
     /// Enforcement state and counters.
     Status,
+    /// Stop guardd, lifting its self-protection; enforcement stays armed.
+    Stop,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

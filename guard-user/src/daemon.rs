@@ -9,7 +9,7 @@ use crate::loader::{self, Armed, Pins};
 use crate::policy::{self, ResolvedBinary, ResolvedPolicy};
 use anyhow::{Context, Result};
 use aya::maps::{Map, MapData, RingBuf};
-use guard_common::{maps, ExeKey, Settings};
+use guard_common::{maps, ExeKey, SelfProtect, Settings};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -27,8 +27,13 @@ pub struct Config {
     pub btf: PathBuf,
     /// Decision events per CPU per second before the kernel suppresses (and counts) them.
     pub events_per_sec: u32,
+    /// Refuse signals and tracing of guardd from anyone else (`--protect-self`).
+    pub protect_self: bool,
     /// The audit trail: local chain and remote destinations.
     pub audit: TrailConfig,
+    /// Encrypted volumes to unlock at start (records folder) and the KMS to ask.
+    pub volume_dir: PathBuf,
+    pub kms_config: PathBuf,
 }
 
 impl Config {
@@ -75,6 +80,10 @@ struct Daemon {
     applied: Mutex<Option<AppliedPolicy>>,
     names: RwLock<PolicyNames>,
     journal: Journal,
+    /// Whether the kernel refuses signals and tracing of guardd.
+    protected: bool,
+    /// Notified by a `guardctl stop` once it has been answered.
+    stop: tokio::sync::Notify,
     trail: AuditTrail,
 }
 
@@ -86,6 +95,7 @@ pub async fn run(config: Config) -> Result<()> {
         events_per_sec: config.events_per_sec,
         _pad: 0,
     })?;
+    let protected = register_self(&mut maps, &pins, config.protect_self)?;
     let applied = load_applied(&config.state_dir)?;
     let names = applied
         .as_ref()
@@ -100,13 +110,23 @@ pub async fn run(config: Config) -> Result<()> {
         applied: Mutex::new(applied),
         names: RwLock::new(names),
         journal,
+        protected,
+        stop: tokio::sync::Notify::new(),
         trail,
     });
     tokio::spawn(record_trail_alerts(daemon.clone()));
+    tokio::spawn(unlock_volumes(daemon.clone()));
+    let protection = if protected { "on" } else { "off" };
     daemon.admin_entry(
         message_id::GUARDD_STARTED,
-        &format!("guardd started ({})", armed_name(armed)),
-        &[("GUARD_ARMED", armed_name(armed))],
+        &format!(
+            "guardd started ({}, self-protection {protection})",
+            armed_name(armed)
+        ),
+        &[
+            ("GUARD_ARMED", armed_name(armed)),
+            ("GUARD_SELF_PROTECTION", protection),
+        ],
     );
     let listener = bind_socket(&config.socket)?;
     let mut events = tokio::spawn(forward_events(daemon.clone(), pins.map(maps::EVENTS)));
@@ -128,8 +148,12 @@ pub async fn run(config: Config) -> Result<()> {
             }
             _ = term.recv() => break Ok(()),
             _ = int.recv() => break Ok(()),
+            _ = daemon.stop.notified() => break Ok(()),
         }
     };
+    if let Err(e) = daemon.lift_self_protection() {
+        eprintln!("guardd: {e:#}");
+    }
     daemon.admin_entry(
         message_id::GUARDD_STOPPED,
         "guardd stopped; enforcement stays armed in the kernel",
@@ -160,10 +184,19 @@ fn bind_socket(path: &Path) -> Result<UnixListener> {
 }
 
 async fn serve(daemon: Arc<Daemon>, stream: UnixStream) {
+    let peer = stream
+        .peer_cred()
+        .map(|c| (c.pid().unwrap_or(0), c.uid()))
+        .unwrap_or((0, u32::MAX));
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
+    let mut stopping = false;
     let response = match BufReader::new(read).read_line(&mut line).await {
         Ok(_) => match serde_json::from_str::<Request>(&line) {
+            Ok(Request::Stop) => {
+                stopping = true;
+                daemon.stop_requested(peer)
+            }
             Ok(request) => {
                 let d = daemon.clone();
                 tokio::task::spawn_blocking(move || d.handle(request))
@@ -177,6 +210,54 @@ async fn serve(daemon: Arc<Daemon>, stream: UnixStream) {
     let mut reply = serde_json::to_string(&response).unwrap_or_default();
     reply.push('\n');
     let _ = write.write_all(reply.as_bytes()).await;
+    if stopping {
+        // Only once answered: the main loop ends the process.
+        daemon.stop.notify_one();
+    }
+}
+
+/// Records guardd's identity for the kernel (guardd may act on the processes
+/// it guards). With `protect`, or when an earlier guardd protected itself and
+/// is gone without a clean stop, the kernel refuses signals and tracing of
+/// this guardd from anyone else. Returns whether it does.
+fn register_self(maps: &mut KernelMaps, pins: &Pins, protect: bool) -> Result<bool> {
+    let exe = identity(Path::new("/proc/self/exe")).context("identifying guardd's executable")?;
+    let pin_dir = identity(pins.root()).context("identifying guard's pin folder")?;
+    maps.set_objects(&loader::object_ids(pins)?)?;
+    let previous = maps.self_protect()?;
+    if previous.protect != 0 && runs(previous.tgid, &previous.exe) {
+        anyhow::bail!(
+            "a self-protecting guardd (pid {}) is running; stop it with `guardctl stop` first",
+            previous.tgid
+        );
+    }
+    let protect = protect || previous.protect != 0;
+    maps.set_self_protect(SelfProtect {
+        protect: protect as u32,
+        tgid: std::process::id(),
+        exe,
+        pins: pin_dir,
+    })?;
+    Ok(protect)
+}
+
+/// The kernel's identity of a file: (dev, ino).
+fn identity(path: &Path) -> Result<ExeKey> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).with_context(|| format!("stat {}", path.display()))?;
+    Ok(ExeKey {
+        dev: policy::kernel_dev(meta.dev()),
+        _pad: 0,
+        ino: meta.ino(),
+    })
+}
+
+/// Whether process `tgid` exists and runs the executable `exe`.
+fn runs(tgid: u32, exe: &ExeKey) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{tgid}/exe"))
+        .map(|m| policy::kernel_dev(m.dev()) == exe.dev && m.ino() == exe.ino)
+        .unwrap_or(false)
 }
 
 impl Daemon {
@@ -185,6 +266,7 @@ impl Daemon {
             Request::Apply { policy } => self.apply(policy),
             Request::Show => self.show(),
             Request::Status => self.status(),
+            Request::Stop => Ok(Response::err("stop is handled by the connection")),
         };
         result.unwrap_or_else(|e| Response::err(format!("{e:#}")))
     }
@@ -293,7 +375,35 @@ impl Daemon {
             "kernel": kernel_release(),
             "counters": stats,
             "guardd_pid": std::process::id(),
+            "self_protection": self.protected,
         })))
+    }
+
+    /// A `guardctl stop`: journaled with who asked; the reply goes out first.
+    fn stop_requested(&self, (pid, uid): (i32, u32)) -> Response {
+        let (pid, uid) = (pid.to_string(), uid.to_string());
+        let lifted = if self.protected {
+            "; self-protection lifted"
+        } else {
+            ""
+        };
+        self.admin_entry(
+            message_id::GUARDD_STOP_REQUESTED,
+            &format!("guardd stop requested by pid {pid} uid {uid}{lifted}"),
+            &[(journal::field::PID, &pid), (journal::field::UID, &uid)],
+        );
+        Response::ok(serde_json::json!({ "stopping": true }))
+    }
+
+    /// Clears the kernel's protection of this guardd, if it is ours.
+    fn lift_self_protection(&self) -> Result<()> {
+        let mut maps = self.maps.lock().unwrap();
+        let mut me = maps.self_protect()?;
+        if me.tgid == std::process::id() && me.protect != 0 {
+            me.protect = 0;
+            maps.set_self_protect(me)?;
+        }
+        Ok(())
     }
 
     /// Writes an admin action to the journal and the audit trail.
@@ -318,6 +428,30 @@ impl Daemon {
         fields.extend_from_slice(extra);
         if let Err(e) = self.journal.send(&fields) {
             eprintln!("guardd: journal write failed: {e}: {message}");
+        }
+    }
+
+    fn volume_event(&self, event: &crate::volume::startup::UnlockEvent) {
+        use crate::volume::startup::UnlockEvent;
+        match event {
+            UnlockEvent::Unlocked { volume, elapsed } => self.admin_entry(
+                message_id::VOLUME_UNLOCKED,
+                &format!("guard volume {volume} unlocked from the KMS in {elapsed:?}"),
+                &[("GUARD_VOLUME", volume)],
+            ),
+            UnlockEvent::AlreadyUnlocked { .. } => {}
+            UnlockEvent::Failed { volume, attempt, reason, retry_in } => self.admin_entry(
+                message_id::VOLUME_UNLOCK_FAILED,
+                &format!(
+                    "guard volume {volume} stays locked (attempt {attempt}): {reason}; retrying in {retry_in:?}"
+                ),
+                &[("GUARD_VOLUME", volume), ("GUARD_REASON", reason)],
+            ),
+            UnlockEvent::GaveUp { volume, reason } => self.admin_entry(
+                message_id::VOLUME_UNLOCK_FAILED,
+                &format!("guard volume {volume} stays locked for good: {reason}"),
+                &[("GUARD_VOLUME", volume), ("GUARD_REASON", reason)],
+            ),
         }
     }
 
@@ -386,6 +520,41 @@ async fn report_suppressed(daemon: Arc<Daemon>) {
             );
             reported = now;
         }
+    }
+}
+
+/// Unlocks the configured volumes from the KMS, retrying with backoff. There
+/// is no fallback: a volume whose key the KMS does not give stays locked.
+async fn unlock_volumes(daemon: Arc<Daemon>) {
+    use crate::volume::{startup, VolumeStore};
+    let store = VolumeStore::new(&daemon.config.volume_dir);
+    if store.list().map(|v| v.is_empty()).unwrap_or(true) {
+        return; // no volumes configured
+    }
+    let kms = crate::kms::KmsConfig::load(&daemon.config.kms_config).and_then(|c| c.connect());
+    let kms = match kms {
+        Ok(kms) => kms,
+        Err(e) => {
+            let reason = format!("{e:#}");
+            daemon.admin_entry(
+                message_id::VOLUME_UNLOCK_FAILED,
+                &format!("guard volumes stay locked: no usable KMS configuration: {reason}"),
+                &[("GUARD_REASON", &reason)],
+            );
+            return;
+        }
+    };
+    let d = daemon.clone();
+    let on_event = move |event: startup::UnlockEvent| d.volume_event(&event);
+    let result =
+        startup::unlock_configured(store, kms, None, startup::Backoff::default(), on_event).await;
+    if let Err(e) = result {
+        let reason = format!("{e:#}");
+        daemon.admin_entry(
+            message_id::VOLUME_UNLOCK_FAILED,
+            &format!("guard volume unlocking stopped: {reason}"),
+            &[("GUARD_REASON", &reason)],
+        );
     }
 }
 

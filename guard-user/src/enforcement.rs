@@ -11,7 +11,8 @@ use crate::policy::PolicyEntries;
 use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use guard_common::{
-    maps, stat, DevKey, DirKey, ExeKey, PolicyMeta, RuleKey, RuleValue, Settings, Taint,
+    maps, stat, DevKey, DirKey, ExeKey, ObjectKey, PolicyMeta, RuleKey, RuleValue, SelfProtect,
+    Settings, Taint,
 };
 use serde::Serialize;
 use std::time::Duration;
@@ -41,6 +42,8 @@ pub struct KernelMaps {
     tainted: HashMap<MapData, ExeKey, Taint>,
     stats: PerCpuArray<MapData, u64>,
     settings: Array<MapData, Settings>,
+    self_protect: Array<MapData, SelfProtect>,
+    objects: HashMap<MapData, ObjectKey, u32>,
 }
 
 fn pinned(pins: &Pins, name: &str) -> Result<MapData> {
@@ -62,6 +65,8 @@ impl KernelMaps {
             tainted: typed(maps::TAINTED, Map::HashMap)?.try_into()?,
             stats: typed(maps::STATS, Map::PerCpuArray)?.try_into()?,
             settings: typed(maps::SETTINGS, Map::Array)?.try_into()?,
+            self_protect: typed(maps::SELF, Map::Array)?.try_into()?,
+            objects: typed(maps::OBJECTS, Map::HashMap)?.try_into()?,
         })
     }
 
@@ -69,6 +74,29 @@ impl KernelMaps {
         self.settings
             .set(0, settings, 0)
             .context("writing GUARD_SETTINGS")
+    }
+
+    /// guardd's identity as the kernel knows it, and whether it protects itself.
+    pub fn self_protect(&self) -> Result<SelfProtect> {
+        self.self_protect.get(&0, 0).context("reading GUARD_SELF")
+    }
+
+    pub fn set_self_protect(&mut self, value: SelfProtect) -> Result<()> {
+        self.self_protect
+            .set(0, value, 0)
+            .context("writing GUARD_SELF")
+    }
+
+    /// Records guard's own BPF objects, which only guardd may reach while it
+    /// protects itself. Ids of objects that are gone are dropped.
+    pub fn set_objects(&mut self, ids: &[ObjectKey]) -> Result<()> {
+        for id in ids {
+            self.objects
+                .insert(id, 1, 0)
+                .context("GUARD_OBJECTS is full")?;
+        }
+        remove_where(&mut self.objects, |k| !ids.contains(k));
+        Ok(())
     }
 
     /// The generation the kernel decides from (0: no policy).

@@ -1,6 +1,8 @@
 //! Decision events from the kernel ring buffer, rendered for the journal.
 
-use guard_common::{access, flags, hook, verdict, Event, ExeKey, NO_RULE};
+use guard_common::{
+    access, bpf_uapi, flags, hook, tamper, verdict, Event, ExeKey, NO_RULE, PINS_POINT,
+};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -46,7 +48,15 @@ pub struct Decision {
 
 impl Decision {
     pub fn from_event(e: &Event, names: &PolicyNames) -> Self {
+        if hook::is_process(e.hook) || hook::is_bpf(e.hook) {
+            return Self::from_process_event(e, names);
+        }
         let point = names.points.get(e.point as usize);
+        let rule = if e.point == PINS_POINT {
+            "self-protection".into()
+        } else {
+            rule_label(e.rule, names)
+        };
         Decision {
             verdict: verdict_name(e.verdict),
             path: object_path(point.map(PathBuf::as_path), e),
@@ -60,7 +70,34 @@ impl Decision {
             comm: c_string(&e.comm),
             exe: exe_path(e, names),
             access: access_names(e.access),
-            rule: rule_label(e.rule, names),
+            rule,
+            hook: hook::name(e.hook),
+            fail_closed: e.flags & flags::FAIL_CLOSED != 0,
+        }
+    }
+
+    /// An attempt on a guarded process: `path` names the process and its binary.
+    fn from_process_event(e: &Event, names: &PolicyNames) -> Self {
+        let path = if hook::is_bpf(e.hook) {
+            bpf_object(e)
+        } else {
+            let target_exe = identity_path(e.target, e.dev, e.ino, names);
+            format!("process {} ({target_exe})", e.target)
+        };
+        Decision {
+            verdict: verdict_name(e.verdict),
+            path,
+            point: String::new(),
+            inode: e.ino,
+            device: kernel_dev_string(e.dev),
+            pid: e.tgid,
+            tid: e.pid,
+            uid: e.uid,
+            gid: e.gid,
+            comm: c_string(&e.comm),
+            exe: exe_path(e, names),
+            access: process_access(e),
+            rule: "self-protection".into(),
             hook: hook::name(e.hook),
             fail_closed: e.flags & flags::FAIL_CLOSED != 0,
         }
@@ -81,7 +118,7 @@ impl Decision {
             _ => "would deny (audit mode)",
         };
         format!(
-            "guard {what} {} of {} to {} (pid {}, uid {}, rule: {})",
+            "guard {what} {} of {} by {} (pid {}, uid {}, rule: {})",
             self.access, self.path, self.exe, self.pid, self.uid, self.rule
         )
     }
@@ -106,6 +143,61 @@ pub fn access_names(bits: u32) -> String {
         .join(",")
 }
 
+/// Which of guard's BPF objects, or what kind of program, an attempt was about.
+fn bpf_object(e: &Event) -> String {
+    match e.hook {
+        hook::BPF_MAP => format!("guard's bpf map (id {})", e.ino),
+        hook::BPF_PROG => format!("guard's bpf program (id {})", e.ino),
+        hook::SB_UMOUNT => format!("bpffs holding guard's pins ({})", kernel_dev_string(e.dev)),
+        _ => match e.detail {
+            bpf_uapi::BPF_PROG_LOAD => {
+                let kind = bpf_uapi::DANGEROUS_PROG_TYPES
+                    .iter()
+                    .find(|(_, t)| u64::from(*t) == e.ino)
+                    .map(|(name, _)| *name)
+                    .unwrap_or("unknown");
+                format!("BPF_PROG_LOAD of a {kind} program")
+            }
+            bpf_uapi::BPF_LINK_GET_FD_BY_ID => format!("guard's bpf link (id {})", e.ino),
+            bpf_uapi::BPF_LINK_DETACH => "BPF_LINK_DETACH".into(),
+            cmd => format!("bpf command {cmd}"),
+        },
+    }
+}
+
+/// What was tried on a process: `ptrace-attach`, `signal:SIGKILL`, ...
+fn process_access(e: &Event) -> String {
+    let names: Vec<&str> = tamper::NAMES
+        .iter()
+        .filter(|(_, bit)| e.access & bit != 0)
+        .map(|(name, _)| *name)
+        .collect();
+    let mut text = names.join(",");
+    if e.access & tamper::SIGNAL != 0 {
+        text.push(':');
+        text.push_str(&signal_name(e.detail));
+    }
+    text
+}
+
+fn signal_name(sig: u32) -> String {
+    let name = match sig as i32 {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGCONT => "SIGCONT",
+        libc::SIGSTOP => "SIGSTOP",
+        libc::SIGTSTP => "SIGTSTP",
+        _ => return format!("signal {sig}"),
+    };
+    name.into()
+}
+
 fn rule_label(rule: u32, names: &PolicyNames) -> String {
     if rule == NO_RULE {
         return "default-deny".into();
@@ -119,9 +211,11 @@ fn rule_label(rule: u32, names: &PolicyNames) -> String {
 
 /// The protected directory joined with the components the kernel collected.
 fn object_path(point: Option<&Path>, e: &Event) -> String {
-    let mut path = point
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "<unknown>".into());
+    let mut path = match point {
+        Some(p) => p.display().to_string(),
+        None if e.point == PINS_POINT => "<guard pins>".into(),
+        None => "<unknown>".into(),
+    };
     if e.flags & flags::PATH_TRUNCATED != 0 {
         path.push_str("/...");
     }
@@ -159,6 +253,18 @@ fn exe_path(e: &Event, names: &PolicyNames) -> String {
                 e.exe_ino
             )
         })
+}
+
+/// The path of the executable `(dev, ino)` that process `tgid` runs.
+fn identity_path(tgid: u32, dev: u32, ino: u64, names: &PolicyNames) -> String {
+    let key = ExeKey { dev, _pad: 0, ino };
+    if let Some(p) = names.binaries.get(&key) {
+        return p.display().to_string();
+    }
+    // The process may be gone by now; then say what identity it had.
+    std::fs::read_link(format!("/proc/{tgid}/exe"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| format!("<exited> dev {} ino {ino}", kernel_dev_string(dev)))
 }
 
 /// "/a/b/c" from components collected nearest first.
@@ -232,6 +338,8 @@ mod tests {
             exe_ino: 99,
             comm: *b"cat\0\0\0\0\0\0\0\0\0\0\0\0\0",
             path,
+            target: 0,
+            detail: 0,
             exe_path: [[0; NAME_LEN]; EXE_DEPTH],
         }
     }
@@ -261,6 +369,45 @@ mod tests {
         assert!(d
             .message()
             .contains("denied read,write of /var/lib/mysql/shop/t1.ibd"));
+    }
+
+    #[test]
+    fn a_signal_to_guardd_is_rendered_with_its_name_and_target() {
+        let mut e = event();
+        e.hook = hook::TASK_KILL;
+        e.access = tamper::SIGNAL;
+        e.detail = libc::SIGKILL as u32;
+        e.target = 77;
+        e.path = [[0u8; NAME_LEN]; PATH_DEPTH];
+        let names = PolicyNames {
+            binaries: [(
+                ExeKey {
+                    dev: (8 << 20) | 1,
+                    _pad: 0,
+                    ino: 1234,
+                },
+                "/usr/sbin/guardd".into(),
+            )]
+            .into(),
+            ..Default::default()
+        };
+        let d = Decision::from_event(&e, &names);
+        assert_eq!(d.hook, "task_kill");
+        assert_eq!(d.access, "signal:SIGKILL");
+        assert_eq!(d.path, "process 77 (/usr/sbin/guardd)");
+        assert_eq!(d.rule, "self-protection");
+        assert!(d.message().contains("denied signal:SIGKILL of process 77"));
+    }
+
+    #[test]
+    fn a_ptrace_attach_is_named() {
+        let mut e = event();
+        e.hook = hook::PTRACE_ACCESS_CHECK;
+        e.access = tamper::PTRACE_ATTACH;
+        e.detail = guard_common::PTRACE_MODE_ATTACH;
+        let d = Decision::from_event(&e, &PolicyNames::default());
+        assert_eq!(d.access, "ptrace-attach");
+        assert_eq!(d.hook, "ptrace_access_check");
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub mod message_id {
     pub const POLICY_REFUSED: &str = "d7d159e35dfa81dffc4c425f107fbd80";
     pub const GUARDD_STARTED: &str = "8ab93b9ec3c1b104fd15631d8d812338";
     pub const GUARDD_STOPPED: &str = "3c066e680e617cd5d4af190a2fe29ef0";
+    /// Someone asked guardd to stop (`guardctl stop`); names who.
+    pub const GUARDD_STOP_REQUESTED: &str = "e4cd3771c22e4162adc7c23b066f1672";
     pub const VOLUME_UNLOCKED: &str = "2d76e0d2a983f93d2803fd41eb32225e";
     pub const VOLUME_LOCKED: &str = "c29fbef211aca7c4ee3621c2c1ebf772";
     pub const VOLUME_UNLOCK_FAILED: &str = "e6a8b9074ef8dd47424b633bb58fc459";

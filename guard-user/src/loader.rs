@@ -10,7 +10,7 @@ use aya::{
     programs::{links::FdLink, Lsm},
     Btf, EbpfLoader,
 };
-use guard_common::maps;
+use guard_common::{maps, object, ObjectKey};
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -23,7 +23,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 const SECURITYFS_MAGIC: i64 = 0x73636673;
 
 /// The LSM hooks guard attaches to; each program is named after its hook.
-pub const HOOKS: [&str; 10] = [
+pub const HOOKS: [&str; 17] = [
     "file_open",
     "inode_create",
     "inode_mkdir",
@@ -34,6 +34,13 @@ pub const HOOKS: [&str; 10] = [
     "inode_rename",
     "inode_link",
     "inode_setattr",
+    "ptrace_access_check",
+    "bprm_check_security",
+    "task_kill",
+    "bpf",
+    "bpf_map",
+    "bpf_prog",
+    "sb_umount",
 ];
 
 /// Where guard's pins live.
@@ -169,6 +176,42 @@ fn replace_pin(path: &Path, pin: impl FnOnce(&Path) -> Result<()>) -> Result<()>
     let _ = fs::remove_file(&tmp);
     pin(&tmp)?;
     fs::rename(&tmp, path).with_context(|| format!("renaming pin to {}", path.display()))
+}
+
+/// The kernel ids of guard's pinned maps, programs and links.
+pub fn object_ids(pins: &Pins) -> Result<Vec<ObjectKey>> {
+    use aya::{maps::MapInfo, programs::links::PinnedLink, programs::ProgramInfo};
+    let mut ids = Vec::new();
+    for name in maps::ALL {
+        let path = pins.map(name);
+        let info = MapInfo::from_pin(&path)
+            .with_context(|| format!("reading the id of {}", path.display()))?;
+        ids.push(ObjectKey {
+            kind: object::MAP,
+            id: info.id(),
+        });
+    }
+    for hook in HOOKS {
+        let path = pins.program(hook);
+        let info = ProgramInfo::from_pin(&path)
+            .with_context(|| format!("reading the id of {}", path.display()))?;
+        ids.push(ObjectKey {
+            kind: object::PROG,
+            id: info.id(),
+        });
+        let path = pins.link(hook);
+        let link: FdLink = PinnedLink::from_pin(&path)
+            .with_context(|| format!("opening {}", path.display()))?
+            .into();
+        let info = link
+            .info()
+            .with_context(|| format!("reading the id of {}", path.display()))?;
+        ids.push(ObjectKey {
+            kind: object::LINK,
+            id: info.id(),
+        });
+    }
+    Ok(ids)
 }
 
 /// Removes every pin: the programs detach once nothing holds them.

@@ -16,7 +16,7 @@ pub fn resolve(btf_path: &Path) -> Result<KernelOffsets> {
     let btf = Btf::from_file(btf_path)
         .map_err(|e| anyhow!("reading kernel BTF {}: {e}", btf_path.display()))?;
     let field = |path: &str| field_offset(&btf, path);
-    Ok(KernelOffsets {
+    let offsets = KernelOffsets {
         file_f_inode: field("file.f_inode")?,
         file_f_path_dentry: field("file.f_path")? + field("path.dentry")?,
         file_f_mode: field("file.f_mode")?,
@@ -30,8 +30,46 @@ pub fn resolve(btf_path: &Path) -> Result<KernelOffsets> {
         task_struct_mm: field("task_struct.mm")?,
         mm_struct_exe_file: field("mm_struct.exe_file")?,
         setattr_dentry_arg: hook_param_index(&btf, "inode_setattr", "dentry")?,
-        _pad: 0,
-    })
+        task_struct_tgid: field("task_struct.tgid")?,
+        task_struct_ptrace: field("task_struct.ptrace")?,
+        linux_binprm_file: field("linux_binprm.file")?,
+        bpf_map_id: field("bpf_map.id")?,
+        bpf_prog_aux: field("bpf_prog.aux")?,
+        bpf_prog_aux_id: field("bpf_prog_aux.id")?,
+        vfsmount_mnt_sb: field("vfsmount.mnt_sb")?,
+        bpf_attr_prog_type: field("bpf_attr.prog_type")?,
+        bpf_attr_link_id: field("bpf_attr.link_id")?,
+    };
+    check_hook_params(&btf)?;
+    Ok(offsets)
+}
+
+/// Hook arguments the programs read at a fixed position. Their order has been
+/// stable for years; if a kernel changes it, refuse to load rather than read
+/// the wrong argument.
+const FIXED_HOOK_PARAMS: [(&str, &str, u32); 9] = [
+    ("ptrace_access_check", "child", 0),
+    ("ptrace_access_check", "mode", 1),
+    ("bprm_check_security", "bprm", 0),
+    ("task_kill", "sig", 2),
+    ("bpf", "cmd", 0),
+    ("bpf", "attr", 1),
+    ("bpf_map", "map", 0),
+    ("bpf_prog", "prog", 0),
+    ("sb_umount", "mnt", 0),
+];
+
+fn check_hook_params(btf: &Btf) -> Result<()> {
+    for (hook, param, expected) in FIXED_HOOK_PARAMS {
+        let found = hook_param_index(btf, hook, param)?;
+        if found != expected {
+            bail!(
+                "LSM hook {hook} takes {param} as argument {found}, not {expected}: \
+                 this guard build does not know this kernel; refusing to load"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Byte offset of `struct.member`, looking through anonymous structs and
@@ -58,10 +96,10 @@ fn named_struct(btf: &Btf, name: &str) -> Result<btf_rs::Struct> {
         .map_err(|e| anyhow!("no type named {name}: {e}"))?
         .into_iter()
         .find_map(|t| match t {
-            Type::Struct(s) if !s.members.is_empty() => Some(s),
+            Type::Struct(s) | Type::Union(s) if !s.members.is_empty() => Some(s),
             _ => None,
         })
-        .ok_or_else(|| anyhow!("no struct named {name}"))
+        .ok_or_else(|| anyhow!("no struct or union named {name}"))
 }
 
 /// Bit offset of `member` in `st`, recursing into anonymous members.
@@ -132,6 +170,44 @@ mod tests {
         assert_ne!(o.dentry_d_parent, o.dentry_d_inode);
         // Since Linux 6.3 inode_setattr takes the idmap first.
         assert!(o.setattr_dentry_arg <= 1);
+        assert_ne!(o.task_struct_tgid, o.task_struct_ptrace);
+        assert_eq!(o.linux_binprm_file % 8, 0, "{o:?}");
+        // UAPI: bpf_attr's first member of the PROG_LOAD and GET_FD_BY_ID structs.
+        assert_eq!((o.bpf_attr_prog_type, o.bpf_attr_link_id), (0, 0));
+    }
+
+    /// The UAPI numbers guard-common spells out are the running kernel's.
+    #[test]
+    fn bpf_uapi_numbers_match_the_kernel() {
+        use guard_common::bpf_uapi;
+        let btf = Btf::from_file(VMLINUX_BTF).unwrap();
+        let value = |enum_name: &str, member: &str| -> u32 {
+            let e = btf
+                .resolve_types_by_name(enum_name)
+                .unwrap()
+                .into_iter()
+                .find_map(|t| match t {
+                    Type::Enum(e) => Some(e),
+                    _ => None,
+                })
+                .unwrap_or_else(|| panic!("no enum {enum_name}"));
+            e.members
+                .iter()
+                .find(|m| btf.resolve_name(*m).ok().as_deref() == Some(member))
+                .unwrap_or_else(|| panic!("no {member} in {enum_name}"))
+                .val()
+        };
+        assert_eq!(value("bpf_cmd", "BPF_PROG_LOAD"), bpf_uapi::BPF_PROG_LOAD);
+        let link_by_id = value("bpf_cmd", "BPF_LINK_GET_FD_BY_ID");
+        assert_eq!(link_by_id, bpf_uapi::BPF_LINK_GET_FD_BY_ID);
+        assert_eq!(
+            value("bpf_cmd", "BPF_LINK_DETACH"),
+            bpf_uapi::BPF_LINK_DETACH
+        );
+        for (name, number) in bpf_uapi::DANGEROUS_PROG_TYPES {
+            let member = format!("BPF_PROG_TYPE_{}", name.to_uppercase());
+            assert_eq!(value("bpf_prog_type", &member), number, "{member}");
+        }
     }
 
     #[test]

@@ -35,3 +35,33 @@ fn guardd_refuses_to_start_and_names_a_field_missing_from_btf() {
     assert!(stderr.contains("mm_struct.exe_file"), "{stderr}");
     assert!(stderr.contains("refusing to load"), "{stderr}");
 }
+
+/// On a kernel whose active LSM list lacks `bpf` the programs would attach and
+/// never run: guardd must refuse. The list is what securityfs reports; a
+/// private mount namespace shows guardd one without `bpf`.
+#[test]
+fn guardd_refuses_to_start_when_bpf_is_not_an_active_lsm() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("lsm");
+    std::fs::write(&fake, "lockdown,capability,landlock,yama,apparmor").unwrap();
+    let pins = format!("/sys/fs/bpf/guard-test-lsm-{}", std::process::id());
+    let script = format!(
+        "set -e; mountpoint -q /sys/kernel/security || mount -t securityfs securityfs /sys/kernel/security; \
+         mount --bind {fake} /sys/kernel/security/lsm; exec {guardd} --pin-dir {pins} --socket {sock} --state-dir {state}",
+        fake = fake.display(),
+        guardd = env!("CARGO_BIN_EXE_guardd"),
+        sock = dir.path().join("s").display(),
+        state = dir.path().display(),
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "guardd started: {stderr}");
+    assert!(stderr.contains("BPF LSM is not active"), "{stderr}");
+    assert!(
+        stderr.contains("lsm="),
+        "the error says how to fix it: {stderr}"
+    );
+}

@@ -443,6 +443,11 @@ fn status_reports_enforcement_counters_and_kernel() {
     assert_eq!(after["kernel"], release.trim());
     let denied = |s: &serde_json::Value| s["counters"]["denied"].as_u64().unwrap();
     assert!(denied(&after) > denied(&before), "{before} -> {after}");
+    let shown = show();
+    assert_eq!(shown["hash"], after["policy_hash"]);
+    let applied_at = humantime::parse_rfc3339(shown["applied_at"].as_str().unwrap());
+    assert!(applied_at.is_ok(), "applied_at is not RFC 3339: {shown}");
+    assert_eq!(shown["protected"][0], sb.data.to_str().unwrap());
     let text = guardctl(&["status"]);
     assert!(String::from_utf8_lossy(&text.stdout).contains("state: enforcing"));
 }

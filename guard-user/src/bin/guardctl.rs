@@ -28,6 +28,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Stop guardd: lifts its self-protection (journaled); the kernel keeps enforcing.
+    Stop,
     /// Follow guard's decision alerts in the journal.
     Alerts(guard::alerts::AlertOptions),
     /// Verify the tamper-evident audit log and its remote copies.
@@ -86,6 +88,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Status { json } => {
             let status = control::call(&cli.socket, &Request::Status)?;
             print_value(&status, json);
+            Ok(())
+        }
+        Command::Stop => {
+            control::call(&cli.socket, &Request::Stop)?;
+            println!("guardd stopped; enforcement stays armed in the kernel");
             Ok(())
         }
         Command::Alerts(options) => guard::alerts::follow(options),

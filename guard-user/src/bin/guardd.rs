@@ -24,10 +24,20 @@ struct Args {
     /// the rest (their number is reported in a later journal entry).
     #[arg(long, default_value_t = guard_common::DEFAULT_EVENTS_PER_SEC_PER_CPU)]
     event_rate: u32,
+    /// Nobody but guardd may signal (kill, stop) or trace guardd. Stays on,
+    /// across guardd restarts, until a clean `guardctl stop`.
+    #[arg(long)]
+    protect_self: bool,
     /// Audit trail configuration (JSON: local folder, host key, collectors,
     /// syslog). Without it the trail is kept only locally, under the state folder.
     #[arg(long)]
     audit_config: Option<PathBuf>,
+    /// Records of the encrypted volumes to unlock at start (wrapped keys only).
+    #[arg(long, default_value = "/var/lib/guard/volumes")]
+    volume_dir: PathBuf,
+    /// How to reach the KMS that unwraps the volume keys.
+    #[arg(long, default_value = "/etc/guard/kms.json")]
+    kms_config: PathBuf,
 }
 
 #[tokio::main]
@@ -49,7 +59,10 @@ async fn main() -> std::process::ExitCode {
         socket: args.socket,
         btf: args.btf,
         events_per_sec: args.event_rate,
+        protect_self: args.protect_self,
         audit,
+        volume_dir: args.volume_dir,
+        kms_config: args.kms_config,
     };
     match daemon::run(config).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

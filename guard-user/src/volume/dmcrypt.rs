@@ -129,6 +129,9 @@ pub fn open(volume: &str, device: &Path, key: &SecretKey) -> Result<()> {
     let invalidated = installed.invalidate();
     created.with_context(|| format!("mapping {} for volume {volume}", device.display()))?;
     invalidated?;
+    // Without udev (minimal hosts, containers) nobody creates /dev/mapper/NAME.
+    run(Command::new("dmsetup").args(["mknodes", &mapper_name(volume)]))
+        .with_context(|| format!("creating the device node of volume {volume}"))?;
     Ok(())
 }
 
@@ -139,6 +142,9 @@ pub fn close(volume: &str) -> Result<()> {
     }
     run(Command::new("dmsetup").args(["remove", &mapper_name(volume)]))
         .with_context(|| format!("locking volume {volume} (is its filesystem still mounted?)"))?;
+    // Without udev the stale /dev/mapper node stays: make nodes match the mappings.
+    run(Command::new("dmsetup").arg("mknodes"))
+        .with_context(|| format!("removing the device node of volume {volume}"))?;
     Ok(())
 }
 

@@ -116,6 +116,10 @@ pub fn guard_kms_binary() -> PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY
         .get_or_init(|| {
+            // In the guest the workspace is read-only: use what vm-test built.
+            if let Some(dir) = std::env::var_os("GUARD_BIN_DIR") {
+                return PathBuf::from(dir).join("guard-kms");
+            }
             let exe = std::env::current_exe().unwrap();
             let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
             let mut cargo = Command::new(env!("CARGO"));
