@@ -22,6 +22,9 @@
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root
 export LANG=C.UTF-8
+# No udev runs in the guest (nor on these hosts): libdevmapper (dmsetup, cryptsetup)
+# then makes the /dev/mapper/<name> nodes itself instead of waiting for udev rules.
+export DM_DISABLE_UDEV=1
 bb=/bin/busybox
 OUT=/dev/ttyS1
 # The host's root as it was before anything was mounted over parts of it.

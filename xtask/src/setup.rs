@@ -20,10 +20,19 @@ struct AptPackage {
     release: Option<&'static str>,
 }
 
-const fn default_release(name: &'static str) -> AptPackage {
+/// A package from the default release (bookworm and its updates).
+const fn apt(name: &'static str) -> AptPackage {
     AptPackage {
         name,
         release: None,
+    }
+}
+
+/// A package that must come from bookworm-backports.
+const fn backports(name: &'static str) -> AptPackage {
+    AptPackage {
+        name,
+        release: Some(BACKPORTS),
     }
 }
 
@@ -33,36 +42,33 @@ const fn default_release(name: &'static str) -> AptPackage {
 const APT_PACKAGES: &[AptPackage] = &[
     // The stable qemu-system-x86 conflicts with the qemu-utils from backports that
     // these machines have installed.
-    AptPackage {
-        name: "qemu-system-x86",
-        release: Some(BACKPORTS),
-    },
+    backports("qemu-system-x86"),
     // Guest boot: busybox is the initramfs, cpio packs it, kmod resolves and loads
     // the guest kernel's modules, xz unpacks compressed ones.
-    default_release("busybox-static"),
-    default_release("cpio"),
-    default_release("kmod"),
-    default_release("xz-utils"),
-    default_release("util-linux"),
-    default_release("iproute2"),
+    apt("busybox-static"),
+    apt("cpio"),
+    apt("kmod"),
+    apt("xz-utils"),
+    apt("util-linux"),
+    apt("iproute2"),
     // Building: clang/llvm for eBPF C shims, bpftool to inspect objects; libseccomp
     // and libcap-ng for building virtiofsd.
-    default_release("clang"),
-    default_release("llvm"),
-    default_release("bpftool"),
-    default_release("libseccomp-dev"),
-    default_release("libcap-ng-dev"),
+    apt("clang"),
+    apt("llvm"),
+    apt("bpftool"),
+    apt("libseccomp-dev"),
+    apt("libcap-ng-dev"),
     // Programs the tests use, on the host and in the guests.
-    default_release("e2fsprogs"),
-    default_release("systemd"),
-    default_release("cryptsetup-bin"),
-    default_release("strace"),
+    apt("e2fsprogs"),
+    apt("systemd"),
+    apt("cryptsetup-bin"),
+    apt("strace"),
     // The audit trail's syslog destination is tested against a real rsyslog.
-    default_release("rsyslog"),
-    default_release("rsyslog-gnutls"),
-    default_release("openssl"),
+    apt("rsyslog"),
+    apt("rsyslog-gnutls"),
+    apt("openssl"),
     // The KMIP client is tested against PyKMIP's real server.
-    default_release("python3-pykmip"),
+    apt("python3-pykmip"),
 ];
 
 const BACKPORTS: &str = "bookworm-backports";

@@ -10,6 +10,8 @@
 //! /var/lib/guard, and overlays on /etc, /var, /root. Executables stay on plain
 //! virtio-fs (no overlay), so the (device, inode) the kernel sees for a binary is the
 //! one `stat` reports, which the guard's executable identity relies on.
+//! journald is started by hand (PID 1 is not systemd); udev does not run, so
+//! DM_DISABLE_UDEV=1 makes libdevmapper create /dev/mapper nodes itself.
 //!
 //! Measured here under TCG (2 vCPUs on a 2-core host shared with other builds): the
 //! kernel runs stage 2 about 2.5-4 s after QEMU starts, and the script starts 7-8 s
@@ -35,6 +37,7 @@
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -58,8 +61,12 @@ const VIRTIOFS_TAG: &str = "hostroot";
 
 /// How to run a guest.
 pub struct Options {
-    /// The guest fails if the script has not finished by then (it is killed).
+    /// The guest fails (is killed) if the script has not finished by then.
     pub timeout: Duration,
+    /// The guest fails (is killed) if the script prints no line for this long: the
+    /// quick way to end a hung test. libtest shows a test's output only when it ends,
+    /// so this must exceed the longest test.
+    pub silence_timeout: Duration,
     /// Extra environment for the script.
     pub env: Vec<(String, String)>,
 }
@@ -68,6 +75,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             timeout: Duration::from_secs(20 * 60),
+            silence_timeout: Duration::from_secs(10 * 60),
             env: Vec::new(),
         }
     }
@@ -202,15 +210,7 @@ fn boot_and_wait(
         &socket,
         &kernel_command_line(kernel, files, &nonce)?,
     )?;
-    let code = watch(
-        kernel,
-        qemu,
-        files,
-        &nonce,
-        started,
-        options.timeout,
-        on_line,
-    )?;
+    let code = watch(kernel, qemu, files, &nonce, started, options, on_line)?;
     eprintln!(
         "xtask: [{}] guest finished in {:.1} s, script exit code {code}",
         kernel.label(),
@@ -380,6 +380,22 @@ pub fn random_nonce() -> Result<String> {
     Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
 }
 
+/// Makes the child get SIGKILL when xtask dies (killed by CI, say), so no QEMU or
+/// virtiofsd outlives it.
+fn die_with_parent(command: &mut Command) -> &mut Command {
+    // SAFETY: the closure runs between fork and exec and only makes one
+    // async-signal-safe system call.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        })
+    }
+}
+
 /// A child process killed when dropped, so no error path leaves a QEMU or virtiofsd behind.
 struct KillOnDrop(Child);
 
@@ -404,7 +420,7 @@ fn start_virtiofsd(socket: &Path, log: &Path) -> Result<KillOnDrop> {
         .stdout(log_file.try_clone()?)
         .stderr(log_file);
     let mut child = KillOnDrop(
-        virtiofsd
+        die_with_parent(&mut virtiofsd)
             .spawn()
             .with_context(|| format!("cannot start `{}`", command::describe(&virtiofsd)))?,
     );
@@ -510,7 +526,7 @@ fn start_qemu(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(qemu_log);
-    let child = qemu
+    let child = die_with_parent(&mut qemu)
         .spawn()
         .with_context(|| format!("cannot start `{}`", command::describe(&qemu)))?;
     Ok(KillOnDrop(child))
@@ -546,30 +562,35 @@ fn watch(
     files: &GuestFiles,
     nonce: &str,
     started: Instant,
-    timeout: Duration,
+    options: &Options,
     on_line: &mut dyn FnMut(&str),
 ) -> Result<i32> {
     let stdout = qemu.0.stdout.take().expect("QEMU's stdout is piped");
     let lines = spawn_line_reader(stdout);
     let mut output_log = File::create(&files.output_log)
         .with_context(|| format!("cannot create {}", files.output_log.display()))?;
-    let deadline = started + timeout;
+    let deadline = started + options.timeout;
     let mut exit_code = None;
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let line = match lines.recv_timeout(remaining) {
+        let line = match lines.recv_timeout(remaining.min(options.silence_timeout)) {
             Ok(line) => line,
             Err(RecvTimeoutError::Timeout) => {
+                let why = if remaining <= options.silence_timeout {
+                    format!("did not finish within {} s", options.timeout.as_secs())
+                } else {
+                    format!(
+                        "printed nothing for {} s (hung?)",
+                        options.silence_timeout.as_secs()
+                    )
+                };
                 qemu.0.kill().context("cannot kill QEMU")?;
                 // What the guest printed last (a test's name, say) tells where it hung.
                 while let Ok(line) = lines.recv_timeout(Duration::from_secs(2)) {
                     writeln!(output_log, "{line}")?;
                     on_line(&line);
                 }
-                bail!(
-                    "the guest did not finish within {} s and was killed",
-                    timeout.as_secs()
-                );
+                bail!("the guest {why} and was killed");
             }
             Err(RecvTimeoutError::Disconnected) => break,
         };

@@ -17,9 +17,11 @@ use crate::kernels::{Kernel, KernelChoice};
 use crate::setup::Installed;
 use crate::vm::{self, shell_quote};
 
-/// Long enough for the whole guest suite on one kernel under TCG; short enough that two
-/// hung guests still end a CI run inside its 30 minutes.
-pub const DEFAULT_TIMEOUT_SECS: u64 = 600;
+/// Long enough for the whole guest suite on one kernel under TCG.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 1200;
+/// A hung test shows as silence: the guest is killed after this long without a line,
+/// so it need not wait for the whole timeout.
+pub const DEFAULT_SILENCE_SECS: u64 = 600;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -29,6 +31,9 @@ pub struct Args {
     /// Fail a guest that has not finished after this many seconds.
     #[arg(long, default_value_t = DEFAULT_TIMEOUT_SECS)]
     pub timeout: u64,
+    /// Fail a guest that prints no line for this many seconds (a hung test).
+    #[arg(long, default_value_t = DEFAULT_SILENCE_SECS)]
+    pub silence_timeout: u64,
     /// Print every line the guest prints, not only test results.
     #[arg(long, short)]
     pub verbose: bool,
@@ -107,6 +112,7 @@ fn run_on(kernel: &Kernel, binaries: &[TestBinary], args: &Args) -> Summary {
     let mut results = Results::new(kernel.label(), nonce, args.verbose);
     let options = vm::Options {
         timeout: Duration::from_secs(args.timeout),
+        silence_timeout: Duration::from_secs(args.silence_timeout),
         ..vm::Options::default()
     };
     let outcome = vm::run_with(kernel, &script, &options, &mut |line| results.line(line));
