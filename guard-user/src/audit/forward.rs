@@ -19,12 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use rustls_pki_types::ServerName;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufReader as AsyncBufReader};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_rustls::TlsConnector;
 
 use super::chain::{append_line_synced, line_seq, ChainReader, CHECKPOINTS_FILE, RECEIPTS_FILE};
 use super::checkpoint::{Checkpoint, Receipt};
@@ -33,7 +30,7 @@ use super::protocol::{
 };
 use super::record::{Record, Seq};
 use super::spool::Destination;
-use super::tls::{client_config, TlsFiles};
+use super::tls::{connect, TlsFiles, CONNECT_TIMEOUT};
 use super::trail::{Shared, TrailAlert};
 
 /// One collector to deliver to.
@@ -57,7 +54,6 @@ pub struct CollectorDestination {
 const WINDOW: usize = 16;
 /// Records per batch.
 const BATCH: usize = 1024;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -104,21 +100,7 @@ async fn session(
     config: &CollectorDestination,
     down_reported: &mut bool,
 ) -> anyhow::Result<Infallible> {
-    let tls = client_config(&config.tls)?;
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&config.address))
-        .await
-        .with_context(|| format!("connecting to {}: timed out", config.address))?
-        .with_context(|| format!("connecting to {}", config.address))?;
-    tcp.set_nodelay(true)?;
-    let server_name = ServerName::try_from(config.server_name.clone())
-        .with_context(|| format!("invalid server name {:?}", config.server_name))?;
-    let stream = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        TlsConnector::from(tls).connect(server_name, tcp),
-    )
-    .await
-    .context("TLS handshake timed out")?
-    .context("TLS handshake")?;
+    let stream = connect(&config.address, &config.server_name, &config.tls).await?;
     let (read_half, mut writer) = tokio::io::split(stream);
 
     let hello = ClientMessage::Hello {

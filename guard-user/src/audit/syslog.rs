@@ -26,16 +26,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use rustls_pki_types::ServerName;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 use super::chain::ChainReader;
 use super::record::{Record, Seq};
 use super::spool::Destination;
-use super::tls::{client_config, TlsFiles};
+use super::tls::{connect, TlsFiles};
 use super::trail::{Shared, TrailAlert};
 
 /// One syslog server to forward to.
@@ -61,7 +58,6 @@ fn default_app_name() -> String {
 pub const SD_ID: &str = "guard@32473";
 const FACILITY_AUTHPRIV: u8 = 10;
 const CONFIRM_DELAY: Duration = Duration::from_secs(1);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const BATCH: usize = 1024;
@@ -159,21 +155,7 @@ async fn session(
     config: &SyslogDestination,
     down_reported: &mut bool,
 ) -> anyhow::Result<Infallible> {
-    let tls = client_config(&config.tls)?;
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&config.address))
-        .await
-        .with_context(|| format!("connecting to {}: timed out", config.address))?
-        .with_context(|| format!("connecting to {}", config.address))?;
-    tcp.set_nodelay(true)?;
-    let server_name = ServerName::try_from(config.server_name.clone())
-        .with_context(|| format!("invalid server name {:?}", config.server_name))?;
-    let stream = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        TlsConnector::from(tls).connect(server_name, tcp),
-    )
-    .await
-    .context("TLS handshake timed out")?
-    .context("TLS handshake")?;
+    let stream = connect(&config.address, &config.server_name, &config.tls).await?;
     let (mut read_half, mut writer) = tokio::io::split(stream);
 
     if !dest.set_connected(true) && *down_reported {

@@ -146,3 +146,30 @@ impl TestPki {
         })
     }
 }
+
+/// How long a TCP connect or TLS handshake to a destination may take.
+pub(crate) const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens a mutual-TLS connection to a log destination (collector or syslog).
+pub(crate) async fn connect(
+    address: &str,
+    server_name: &str,
+    files: &TlsFiles,
+) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use anyhow::Context;
+    let tls = client_config(files)?;
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address))
+        .await
+        .with_context(|| format!("connecting to {address}: timed out"))?
+        .with_context(|| format!("connecting to {address}"))?;
+    tcp.set_nodelay(true)?;
+    let name = rustls_pki_types::ServerName::try_from(server_name.to_string())
+        .with_context(|| format!("invalid server name {server_name:?}"))?;
+    tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio_rustls::TlsConnector::from(tls).connect(name, tcp),
+    )
+    .await
+    .context("TLS handshake timed out")?
+    .context("TLS handshake")
+}
