@@ -14,8 +14,8 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
+        bpf_get_current_uid_gid, bpf_ktime_get_ns,
         bpf_probe_read_kernel_str_bytes,
     },
     macros::{lsm, map},
@@ -90,16 +90,35 @@ static OBJECTS: HashMap<ObjectKey, u32> = HashMap::pinned(MAX_OBJECTS, 0);
 #[map(name = "GUARD_EVENTS")]
 static EVENTS: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
 
+/// The offsets patched into `.rodata` at load time. Only the pointer is read
+/// volatile, so the compiler cannot fold the fields to their build-time zeros
+/// yet loads just the fields a hook uses (the verifier sees each as a
+/// constant of the frozen map).
 #[inline(always)]
-fn offsets() -> KernelOffsets {
-    // volatile: the value is patched into .rodata at load time.
-    unsafe { core::ptr::read_volatile(&OFFSETS) }
+fn offsets() -> &'static KernelOffsets {
+    unsafe { &*core::ptr::read_volatile(&core::ptr::addr_of!(OFFSETS)) }
 }
 
-/// Reads a `T` at `base + off` from kernel memory.
+/// Reads the field at `base + off` of a kernel object.
+///
+/// `base` is always a BTF-typed pointer (a hook argument, the current task
+/// from `bpf_get_current_task_btf`, or a pointer field read from one) and
+/// `off` a constant from the frozen `OFFSETS`, so the verifier checks the
+/// access against the field's type and emits a fault-safe direct load: a
+/// few instructions instead of a `bpf_probe_read_kernel` call. A load that
+/// faults reads 0; a null `base` is an error (fail closed).
 #[inline(always)]
 unsafe fn read<T>(base: u64, off: u32) -> Result<T, i32> {
-    bpf_probe_read_kernel((base + off as u64) as *const T)
+    if base == 0 {
+        return Err(EPERM);
+    }
+    Ok(core::ptr::read_volatile((base + off as u64) as *const T))
+}
+
+/// The current task as a BTF-typed pointer, so its fields can be `read`.
+#[inline(always)]
+fn current_task() -> u64 {
+    unsafe { bpf_get_current_task_btf() as u64 }
 }
 
 #[inline(always)]
@@ -137,10 +156,16 @@ unsafe fn dentry_ino(o: &KernelOffsets, dentry: u64) -> Result<u64, i32> {
     read(inode, o.inode_i_ino)
 }
 
+/// The device of the filesystem `dentry` is on.
+#[inline(always)]
+unsafe fn dentry_dev(o: &KernelOffsets, dentry: u64) -> Result<u32, i32> {
+    let sb: u64 = read(dentry, o.dentry_d_sb)?;
+    read(sb, o.super_block_s_dev)
+}
+
 #[inline(always)]
 unsafe fn object(o: &KernelOffsets, dentry: u64) -> Result<Object, i32> {
-    let sb: u64 = read(dentry, o.dentry_d_sb)?;
-    let dev: u32 = read(sb, o.super_block_s_dev)?;
+    let dev = dentry_dev(o, dentry)?;
     let ino = dentry_ino(o, dentry)?;
     Ok(Object { dentry, dev, ino })
 }
@@ -202,7 +227,7 @@ unsafe fn task_exe(o: &KernelOffsets, task: u64) -> Result<Option<ExeKey>, i32> 
 /// `None` for kernel threads (no mm): the kernel itself is not confined.
 #[inline(always)]
 unsafe fn caller(o: &KernelOffsets) -> Result<Option<Caller>, i32> {
-    let Some(exe) = task_exe(o, bpf_get_current_task())? else {
+    let Some(exe) = task_exe(o, current_task())? else {
         return Ok(None);
     };
     let uid_gid = bpf_get_current_uid_gid();
@@ -275,10 +300,15 @@ unsafe fn try_decide(dentry: u64, access: u32, hook: u32) -> Result<i32, i32> {
         _ => return Ok(ALLOW), // no policy applied
     };
     let o = offsets();
-    let obj = object(&o, dentry)?;
-    if DEVS.get_ptr(&DevKey { generation, dev: obj.dev }).is_none() {
+    let dev = dentry_dev(o, dentry)?;
+    if DEVS.get_ptr(&DevKey { generation, dev }).is_none() {
         return Ok(ALLOW); // fast path: nothing protected on this filesystem
     }
+    let obj = Object {
+        dentry,
+        dev,
+        ino: dentry_ino(o, dentry)?,
+    };
     let protection = match find_point(&o, generation, &obj)? {
         Lookup::NotProtected => return Ok(ALLOW),
         Lookup::Protected(p) => p,
@@ -395,7 +425,7 @@ unsafe fn fill_exe(o: &KernelOffsets, e: &mut Event) {
     for i in 0..EXE_DEPTH {
         e.exe_path[i][0] = 0;
     }
-    let task = bpf_get_current_task();
+    let task = current_task();
     let Ok(mm) = read::<u64>(task, o.task_struct_mm) else {
         return;
     };
@@ -831,7 +861,7 @@ unsafe fn try_exec_traced(bprm: u64, a: &ProcessAttempt) -> Result<i32, i32> {
         _ => return Ok(ALLOW),
     };
     let o = offsets();
-    let task = bpf_get_current_task();
+    let task = current_task();
     let ptrace: u32 = read(task, o.task_struct_ptrace)?;
     if ptrace == 0 {
         return Ok(ALLOW); // not traced: the usual case, one read

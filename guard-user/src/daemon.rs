@@ -91,6 +91,8 @@ pub async fn run(config: Config) -> Result<()> {
     let pins = Pins::new(&config.pin_dir);
     let armed = loader::arm(&pins, crate::EBPF_OBJECT, &config.btf)?;
     let mut maps = KernelMaps::open(&pins)?;
+    maps.remove_inactive_generations()
+        .context("removing policy generations a previous guardd left")?;
     maps.set_settings(Settings {
         events_per_sec: config.events_per_sec,
         _pad: 0,
@@ -131,6 +133,7 @@ pub async fn run(config: Config) -> Result<()> {
     let listener = bind_socket(&config.socket)?;
     let mut events = tokio::spawn(forward_events(daemon.clone(), pins.map(maps::EVENTS)));
     tokio::spawn(report_suppressed(daemon.clone()));
+    tokio::spawn(retire_replaced_generations(daemon.clone()));
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let outcome = loop {
@@ -274,6 +277,7 @@ impl Daemon {
     /// Validates and resolves the policy, then swaps it in atomically. Any
     /// error leaves the running policy as it was.
     fn apply(&self, text: String) -> Result<Response> {
+        let started = std::time::Instant::now();
         let resolved = match policy::parse(&text).and_then(|p| policy::resolve(&p)) {
             Ok(r) => r,
             Err(errors) => {
@@ -297,6 +301,7 @@ impl Daemon {
                 );
             })?
         };
+        let in_force_ms = started.elapsed().as_secs_f64() * 1000.0;
         let applied = AppliedPolicy {
             applied_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             generation,
@@ -308,6 +313,7 @@ impl Daemon {
         let (hash, mode) = (&applied.resolved.hash, applied.resolved.mode.name());
         let summary = serde_json::json!({
             "hash": hash, "generation": generation, "applied_at": applied.applied_at, "mode": mode,
+            "in_force_ms": in_force_ms,
         });
         self.admin_entry(
             message_id::POLICY_APPLIED,
@@ -520,6 +526,15 @@ async fn report_suppressed(daemon: Arc<Daemon>) {
             );
             reported = now;
         }
+    }
+}
+
+/// Deletes a replaced policy generation once no hook can still be using it.
+async fn retire_replaced_generations(daemon: Arc<Daemon>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        daemon.maps.lock().unwrap().retire_due();
     }
 }
 

@@ -18,7 +18,12 @@ const DEMO_SCRIPT: &str = include_str!("../demo/enforcement.sh");
 pub fn demo(setup: &Installed) -> Result<ExitCode> {
     ebpf::build()?;
     cargo::build_guard_binaries()?;
-    run_in_guest(setup, KernelChoice::Backports, DEMO_SCRIPT)
+    run_in_guest(
+        setup,
+        KernelChoice::Backports,
+        DEMO_SCRIPT,
+        &vm::Options::default(),
+    )
 }
 
 /// The enforcement benchmark table, on each chosen kernel.
@@ -35,13 +40,23 @@ pub fn bench(setup: &Installed, kernel: KernelChoice) -> Result<ExitCode> {
     ]))?;
     let bench = bin_dir.join("guard-bench");
     let script = vm::shell_quote(bench.to_str().context("non-UTF-8 target path")?);
-    run_in_guest(setup, kernel, &script)
+    let options = vm::Options {
+        instruction_clock: true,
+        env: vec![("GUARD_BENCH_CLOCK".into(), "instructions".into())],
+        ..vm::Options::default()
+    };
+    run_in_guest(setup, kernel, &script, &options)
 }
 
-fn run_in_guest(setup: &Installed, kernel: KernelChoice, script: &str) -> Result<ExitCode> {
+fn run_in_guest(
+    setup: &Installed,
+    kernel: KernelChoice,
+    script: &str,
+    options: &vm::Options,
+) -> Result<ExitCode> {
     let mut worst = 0;
     for kernel in setup.kernels(kernel) {
-        let code = vm::run(kernel, script)?;
+        let code = vm::run_with(kernel, script, options, &mut |line| println!("{line}"))?;
         if code != 0 && worst == 0 {
             worst = code;
         }
