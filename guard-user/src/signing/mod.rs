@@ -46,7 +46,10 @@ const DOMAIN: &[u8] = b"guard-signed-document-v1\0";
 /// The fingerprint of a public key: `SHA256:` and the unpadded base64 of the
 /// SHA-256 of its 32 bytes (as `ssh-keygen -l` shows keys).
 pub fn fingerprint(key: &VerifyingKey) -> String {
-    format!("SHA256:{}", B64_NO_PAD.encode(Sha256::digest(key.as_bytes())))
+    format!(
+        "SHA256:{}",
+        B64_NO_PAD.encode(Sha256::digest(key.as_bytes()))
+    )
 }
 
 /// A fresh nonce for orders: 16 random bytes as hex.
@@ -240,10 +243,11 @@ impl SignedDocument {
 }
 
 fn decode(field: &'static str, text: &str) -> Result<Vec<u8>, DocumentError> {
-    B64.decode(text.trim()).map_err(|e| DocumentError::BadBase64 {
-        field,
-        reason: e.to_string(),
-    })
+    B64.decode(text.trim())
+        .map_err(|e| DocumentError::BadBase64 {
+            field,
+            reason: e.to_string(),
+        })
 }
 
 #[cfg(test)]
@@ -291,7 +295,10 @@ mod tests {
         document.payload = B64.encode(other);
         let err = document.verify(&key.verifying_key()).unwrap_err();
         assert!(matches!(err, DocumentError::BadSignature(_)), "{err}");
-        assert!(err.to_string().contains("changed after it was signed"), "{err}");
+        assert!(
+            err.to_string().contains("changed after it was signed"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -361,7 +368,13 @@ mod tests {
         document.payload.truncate(document.payload.len() - 3);
         let err = document.verify(&key.verifying_key()).unwrap_err();
         assert!(
-            matches!(err, DocumentError::BadBase64 { field: "payload", .. }),
+            matches!(
+                err,
+                DocumentError::BadBase64 {
+                    field: "payload",
+                    ..
+                }
+            ),
             "{err}"
         );
         assert!(err.to_string().contains("`payload`"), "{err}");
@@ -409,7 +422,10 @@ mod tests {
     fn fingerprints_are_stable() {
         let key = SigningKey::from_bytes(&[1; 32]);
         let print = fingerprint(&key.verifying_key());
-        assert!(print.starts_with("SHA256:") && print.len() == 7 + 43, "{print}");
+        assert!(
+            print.starts_with("SHA256:") && print.len() == 7 + 43,
+            "{print}"
+        );
         assert_eq!(print, fingerprint(&key.verifying_key()));
     }
 }

@@ -269,7 +269,12 @@ impl Trust {
         &self.nonce
     }
 
-    fn verify(&self, text: &str, what: &'static str, how: &'static str) -> Result<Payload, Refusal> {
+    fn verify(
+        &self,
+        text: &str,
+        what: &'static str,
+        how: &'static str,
+    ) -> Result<Payload, Refusal> {
         if !SignedDocument::looks_signed(text) {
             return Err(Refusal::Unsigned {
                 what,
@@ -333,7 +338,11 @@ impl Trust {
 
     /// Checks an order: signed by the trusted key, for `action`, carrying
     /// this guardd's nonce. An accepted order uses the nonce up.
-    pub fn accept_order(&mut self, text: &str, action: OrderAction) -> Result<SignedOrder, Refusal> {
+    pub fn accept_order(
+        &mut self,
+        text: &str,
+        action: OrderAction,
+    ) -> Result<SignedOrder, Refusal> {
         let what = match action {
             OrderAction::Disarm => "disarm order",
             OrderAction::Stop => "stop order",
@@ -415,7 +424,9 @@ mod tests {
         let err = Trust::establish(&d.pins, &d.state, Some(&other.verifying_key())).unwrap_err();
         let mismatch = err.downcast_ref::<KeyMismatch>().expect("a KeyMismatch");
         assert_eq!(mismatch.pinned, trust.fingerprint());
-        assert!(err.to_string().contains(&fingerprint(&other.verifying_key())));
+        assert!(err
+            .to_string()
+            .contains(&fingerprint(&other.verifying_key())));
         // The pinned key is unchanged by the refused attempt.
         let again = Trust::establish(&d.pins, &d.state, None).unwrap().unwrap();
         assert_eq!(again.fingerprint(), trust.fingerprint());
@@ -505,7 +516,9 @@ mod tests {
             &key,
             &Payload::order(OrderAction::Disarm, &new_nonce().unwrap()),
         );
-        let err = trust.accept_order(&foreign, OrderAction::Disarm).unwrap_err();
+        let err = trust
+            .accept_order(&foreign, OrderAction::Disarm)
+            .unwrap_err();
         assert_eq!(err.code(), "wrong-nonce", "{err}");
 
         let order = signed(&key, &Payload::order(OrderAction::Disarm, trust.nonce()));
