@@ -312,7 +312,10 @@ fn policy_signing_applies_only_signed_newer_policies_and_disarms_on_order() {
         "an order made for another guardd, or one already used",
     );
     still_enforced(&sb, &hash);
-    assert!(Path::new(PINS).join("signing/trust-key").exists());
+    // The key is pinned again (a symlink whose target is the key: not a path).
+    let pinned = std::fs::read_link(Path::new(PINS).join("signing/trust-key")).unwrap();
+    let public = std::fs::read_to_string(&admin.public).unwrap();
+    assert_eq!(pinned.to_str().unwrap(), public.trim());
 }
 
 #[test]
