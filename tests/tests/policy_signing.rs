@@ -136,6 +136,11 @@ fn tamper(signed: &Path, edit: impl FnOnce(&mut Value)) -> std::path::PathBuf {
     out
 }
 
+/// The 64 hex digits of a public key file.
+fn hex_of(public: &Path) -> String {
+    std::fs::read_to_string(public).unwrap().trim().to_string()
+}
+
 /// Root can read the file again (the programs detach as the pins go).
 fn readable_by_root(path: &Path) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -203,6 +208,44 @@ fn policy_signing_applies_only_signed_newer_policies_and_disarms_on_order() {
         "{applied:?}"
     );
     assert_eq!(show()["signed"]["serial"], 10);
+
+    // Root cannot swap the pinned key or reset the serial kept with the pins.
+    let signing = Path::new(PINS).join("signing");
+    let (key_link, serial_link) = (signing.join("trust-key"), signing.join("policy-serial"));
+    let forged = hex_of(&intruder.public);
+    let tries = [
+        (
+            format!("ln -sfn {forged} {}", key_link.display()),
+            "replacing the pinned key",
+        ),
+        (
+            format!("rm -f {}", key_link.display()),
+            "removing the pinned key",
+        ),
+        (
+            format!("ln -sfn 0 {}", serial_link.display()),
+            "resetting the serial",
+        ),
+        (
+            format!("mv {} {}/moved", serial_link.display(), signing.display()),
+            "moving the serial",
+        ),
+        (
+            format!("ln -s {forged} {}/trust-key_new", signing.display()),
+            "adding a link",
+        ),
+    ];
+    for (command, what) in &tries {
+        assert_eperm(&sh(command), what);
+    }
+    assert_eq!(
+        std::fs::read_link(&key_link).unwrap().to_str(),
+        Some(hex_of(&admin.public).as_str())
+    );
+    assert_eq!(
+        std::fs::read_link(&serial_link).unwrap().to_str(),
+        Some("10")
+    );
 
     // Unsigned.
     let out = apply_raw(&weaker(&sb).to_string());
@@ -314,8 +357,7 @@ fn policy_signing_applies_only_signed_newer_policies_and_disarms_on_order() {
     still_enforced(&sb, &hash);
     // The key is pinned again (a symlink whose target is the key: not a path).
     let pinned = std::fs::read_link(Path::new(PINS).join("signing/trust-key")).unwrap();
-    let public = std::fs::read_to_string(&admin.public).unwrap();
-    assert_eq!(pinned.to_str().unwrap(), public.trim());
+    assert_eq!(pinned.to_str().unwrap(), hex_of(&admin.public));
 }
 
 #[test]
