@@ -107,6 +107,24 @@ pub mod bpf_uapi {
 
 /// `Event::point` of a decision about guard's own pin folder.
 pub const PINS_POINT: u32 = u32::MAX - 1;
+/// `Event::point` of a denied change to an immutable file (`IMMUTABLE`).
+pub const IMMUTABLE_POINT: u32 = u32::MAX - 2;
+
+/// `IMMUTABLE` values, keyed by a file's or directory's (dev, ino): nobody
+/// but guardd may change these.
+pub mod immutable {
+    /// The file itself: no write, truncate, unlink, rename over, chmod...
+    pub const FILE: u32 = 1 << 0;
+    /// The directory's entries: nothing created, removed or renamed in it,
+    /// and its files are immutable too.
+    pub const DIR: u32 = 1 << 1;
+    /// One of guard's own files: enforced while guardd protects itself.
+    /// Without it, an allowed binary: enforced while a policy is active.
+    pub const GUARD: u32 = 1 << 2;
+}
+
+/// Capacity of `IMMUTABLE`: allowed binaries plus guard's own files.
+pub const MAX_IMMUTABLE: u32 = MAX_EXES + 256;
 
 /// `mode` bits of the `ptrace_access_check` hook (include/linux/ptrace.h).
 pub const PTRACE_MODE_READ: u32 = 0x01;
@@ -150,10 +168,30 @@ pub mod maps {
     pub const SETTINGS: &str = "GUARD_SETTINGS";
     pub const SELF: &str = "GUARD_SELF";
     pub const OBJECTS: &str = "GUARD_OBJECTS";
-    pub const ALL: [&str; 13] = [
+    pub const IMMUTABLE: &str = "GUARD_IMMUTABLE";
+    pub const DIR_FILTER: &str = "GUARD_DIR_FILTER";
+    pub const ALL: [&str; 15] = [
         ACTIVE, META, DEVS, DIRS, RULES, EXES, TAINTED, STATS, RATE, EVENTS, SETTINGS, SELF,
-        OBJECTS,
+        OBJECTS, IMMUTABLE, DIR_FILTER,
     ];
+}
+
+/// A bit set over inode numbers of protected directories (`DIR_FILTER`, an
+/// array of u64 words), so the kernel's walk up a file's ancestors does a
+/// hash-map lookup only where a protected directory may be. A set bit may be
+/// a false positive; every protected directory of a live generation has its
+/// bit set before that generation becomes active, and keeps it until that
+/// generation is retired.
+pub mod dir_filter {
+    pub const WORDS: u32 = 4096;
+    const BITS_LOG2: u32 = 18; // WORDS * 64 = 2^18
+
+    /// The word index and bit mask of `ino` (Fibonacci hashing).
+    #[inline(always)]
+    pub fn slot(ino: u64) -> (u32, u64) {
+        let h = ino.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - BITS_LOG2);
+        ((h >> 6) as u32, 1u64 << (h & 63))
+    }
 }
 
 /// Capacities. Two policy generations live side by side during an apply.
@@ -338,7 +376,9 @@ pub struct RuleValue {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct PolicyMeta {
     pub mode: u32,
-    pub _pad: u32,
+    /// Non-zero when some rule names a uid or gid; otherwise the kernel
+    /// looks up only the (any uid, any gid) rule entry.
+    pub uses_ids: u32,
 }
 
 /// Key of `EXES` (binaries some policy allows) and `TAINTED` (those opened for

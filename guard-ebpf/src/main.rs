@@ -26,7 +26,7 @@ use aya_ebpf::{
 use guard_common::{
     access, bpf_uapi, flags, hook, object, stat, tamper, verdict, DevKey, DirKey, Event, ExeKey,
     KernelOffsets, ObjectKey, PolicyMeta, RateState, RuleKey, RuleValue, SelfProtect, Settings,
-    Taint, ANY_ID, MAX_OBJECTS, PINS_POINT,
+    Taint, ANY_ID, MAX_OBJECTS, PINS_POINT, IMMUTABLE_POINT, MAX_IMMUTABLE, immutable, dir_filter,
     DEFAULT_EVENTS_PER_SEC_PER_CPU, PTRACE_MODE_ATTACH, PTRACE_MODE_NOAUDIT,
     EVENTS_RING_BYTES, FMODE_EXEC, FMODE_READ, FMODE_WRITE, MAX_DEPTH, MAX_EXES, MAX_POINTS,
     MAX_RULE_ENTRIES, MODE_AUDIT, NAME_LEN, NO_RULE, PATH_DEPTH, EXE_DEPTH,
@@ -97,6 +97,10 @@ static SETTINGS: Array<Settings> = Array::pinned(1, 0);
 static SELF: Array<SelfProtect> = Array::pinned(1, 0);
 #[map(name = "GUARD_OBJECTS")]
 static OBJECTS: HashMap<ObjectKey, u32> = HashMap::pinned(MAX_OBJECTS, 0);
+#[map(name = "GUARD_DIR_FILTER")]
+static DIR_FILTER: Array<u64> = Array::pinned(dir_filter::WORDS, 0);
+#[map(name = "GUARD_IMMUTABLE")]
+static IMMUTABLE: HashMap<ExeKey, u32> = HashMap::pinned(MAX_IMMUTABLE, 0);
 #[map(name = "GUARD_EVENTS")]
 static EVENTS: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
 
@@ -180,6 +184,17 @@ unsafe fn object(o: &KernelOffsets, dentry: u64) -> Result<Object, i32> {
     Ok(Object { dentry, dev, ino })
 }
 
+/// False when `ino` is certainly not a protected directory (one array
+/// load instead of a hash lookup); a missing word counts as maybe.
+#[inline(always)]
+fn may_be_protected(ino: u64) -> bool {
+    let (word, mask) = dir_filter::slot(ino);
+    match DIR_FILTER.get(word) {
+        Some(bits) => bits & mask != 0,
+        None => true,
+    }
+}
+
 /// Walks the dentry ancestors of `obj` on its superblock looking for a
 /// protected directory of the active generation.
 #[inline(always)]
@@ -187,7 +202,7 @@ unsafe fn find_point(o: &KernelOffsets, generation: u32, obj: &Object) -> Result
     let mut dentry = obj.dentry;
     let mut ino = obj.ino;
     for _ in 0..MAX_DEPTH {
-        if ino != 0 {
+        if ino != 0 && may_be_protected(ino) {
             let key = DirKey { generation, dev: obj.dev, ino };
             if let Some(point) = DIRS.get(&key) {
                 return Ok(Lookup::Protected(Protection { generation, point: *point }));
@@ -263,8 +278,13 @@ fn grants(p: &Protection, c: &Caller) -> (u32, u32, u32) {
     if TAINTED.get_ptr(&c.exe).is_some() {
         return (allow, audit, rule); // the binary was written to since apply
     }
-    let ids = [(c.uid, c.gid), (c.uid, ANY_ID), (ANY_ID, c.gid), (ANY_ID, ANY_ID)];
-    for (uid, gid) in ids {
+    // Most policies name no uid or gid: then one lookup, not four.
+    let uses_ids = unsafe { META.get(&p.generation) }.map(|m| m.uses_ids).unwrap_or(1);
+    let ids = [(ANY_ID, ANY_ID), (c.uid, c.gid), (c.uid, ANY_ID), (ANY_ID, c.gid)];
+    for (i, (uid, gid)) in ids.into_iter().enumerate() {
+        if i > 0 && uses_ids == 0 {
+            break;
+        }
         let key = RuleKey {
             generation: p.generation,
             point: p.point,
@@ -565,18 +585,22 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         if mode & FMODE_READ != 0 {
             want |= access::READ;
         }
-        if mode & FMODE_WRITE != 0 {
-            want |= access::WRITE;
-            if let Ok(inode) = read::<u64>(file, o.file_f_inode) {
-                taint_if_allowed_exe(&o, inode);
-            }
-        }
         if mode & FMODE_EXEC != 0 {
             want |= access::EXEC;
         }
         let Ok(dentry) = read::<u64>(file, o.file_f_path_dentry) else {
             return EPERM;
         };
+        if mode & FMODE_WRITE != 0 {
+            want |= access::WRITE;
+            let ret = protect_immutable(dentry, access::WRITE, hook::FILE_OPEN);
+            if ret != ALLOW {
+                return ret;
+            }
+            if let Ok(inode) = read::<u64>(file, o.file_f_inode) {
+                taint_if_allowed_exe(o, inode);
+            }
+        }
         if is_kernel_memory(o, file, dentry) {
             return deny_outsider(hook::KERNEL_MEMORY, tamper::KERNEL_MEMORY, 0);
         }
@@ -883,12 +907,15 @@ pub fn inode_setattr(ctx: LsmContext) -> i32 {
         let first = core::ptr::read_volatile(args);
         let second = core::ptr::read_volatile(args.add(1));
         let dentry = if o.setattr_dentry_arg == 0 { first } else { second };
-        if let Ok(inode) = read::<u64>(dentry, o.dentry_d_inode) {
-            if inode != 0 {
-                taint_if_allowed_exe(&o, inode);
+        let ret = decide_dir_op(dentry, access::SETATTR, hook::INODE_SETATTR);
+        if ret == ALLOW {
+            if let Ok(inode) = read::<u64>(dentry, o.dentry_d_inode) {
+                if inode != 0 {
+                    taint_if_allowed_exe(o, inode);
+                }
             }
         }
-        decide_dir_op(dentry, access::SETATTR, hook::INODE_SETATTR)
+        ret
     }
 }
 
@@ -1185,14 +1212,108 @@ unsafe fn try_signal(p: u64, me: &SelfProtect, a: &ProcessAttempt) -> Result<i32
 // guard's maps, programs and links, change its pin folder or unmount its
 // bpffs, or load programs that read kernel memory or override LSM decisions.
 
-/// A namespace operation: guard's pin folder first, then the policy.
+/// A namespace operation: guard's pin folder first, then immutable files,
+/// then the policy.
 #[inline(always)]
 unsafe fn decide_dir_op(dentry: u64, access: u32, hook: u32) -> i32 {
     let ret = protect_pins(dentry, access, hook);
     if ret != ALLOW {
         return ret;
     }
+    let ret = protect_immutable(dentry, access, hook);
+    if ret != ALLOW {
+        return ret;
+    }
     decide(dentry, access, hook)
+}
+
+/// Access that changes a file, or a directory's entries.
+const CHANGES: u32 = access::WRITE
+    | access::CREATE
+    | access::DELETE
+    | access::RENAME
+    | access::LINK
+    | access::SETATTR;
+
+/// Refuses changes to guard's own files (while guardd protects itself) and
+/// to the binaries the policy allows (while it is active), to all but guardd.
+#[inline(always)]
+unsafe fn protect_immutable(dentry: u64, access: u32, hook: u32) -> i32 {
+    if access & CHANGES == 0 {
+        return ALLOW;
+    }
+    match try_protect_immutable(dentry, access, hook) {
+        Ok(ret) => ret,
+        Err(_) => {
+            count(stat::FAIL_CLOSED);
+            count(stat::DENIED);
+            emit_failure(dentry, access, hook);
+            EPERM
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn try_protect_immutable(dentry: u64, access: u32, hook: u32) -> Result<i32, i32> {
+    let o = offsets();
+    let dev = dentry_dev(o, dentry)?;
+    let ino = dentry_ino(o, dentry)?;
+    let mut kind = 0;
+    // A new hard link to an immutable file changes nothing in it.
+    if ino != 0 && access != access::LINK {
+        if let Some(bits) = IMMUTABLE.get(&ExeKey { dev, _pad: 0, ino }) {
+            kind |= *bits;
+        }
+    }
+    let parent: u64 = read(dentry, o.dentry_d_parent)?;
+    if parent != dentry {
+        let parent_ino = dentry_ino(o, parent)?;
+        if let Some(bits) = IMMUTABLE.get(&ExeKey { dev, _pad: 0, ino: parent_ino }) {
+            if *bits & immutable::DIR != 0 {
+                kind |= *bits;
+            }
+        }
+    }
+    if kind == 0 {
+        return Ok(ALLOW);
+    }
+    let generation = ACTIVE.get(0).copied().unwrap_or(0);
+    let enforced = if kind & immutable::GUARD != 0 {
+        self_protect().protect != 0
+    } else {
+        generation != 0
+    };
+    if !enforced {
+        return Ok(ALLOW);
+    }
+    let Some(caller) = caller(o)? else {
+        return Ok(ALLOW);
+    };
+    if is_guardd(&caller.exe) {
+        return Ok(ALLOW);
+    }
+    let audit_mode = kind & immutable::GUARD == 0
+        && META.get(&generation).map(|m| m.mode).unwrap_or(0) == MODE_AUDIT;
+    let obj = Object { dentry, dev, ino };
+    let mut report = Report {
+        verdict: verdict::DENIED,
+        access,
+        hook,
+        flags: 0,
+        point: IMMUTABLE_POINT,
+        rule: NO_RULE,
+        generation,
+        exe: caller.exe,
+    };
+    if audit_mode {
+        count(stat::WOULD_DENY);
+        report.verdict = verdict::WOULD_DENY;
+        emit(o, &obj, &report);
+        return Ok(ALLOW);
+    }
+    count(stat::DENIED);
+    emit(o, &obj, &report);
+    Ok(EPERM)
 }
 
 /// Refuses changes inside guard's pin folder to all but guardd.

@@ -142,6 +142,7 @@ pub async fn run(config: Config) -> Result<()> {
     let protected = register_self(&mut maps, &pins, protect)?;
     let journal = Journal::connect().context("connecting to the systemd journal")?;
     let trail = AuditTrail::open(config.audit.clone()).context("opening the audit trail")?;
+    maps.set_guard_files(&guard_files(&config)?)?;
     let applied = load_applied(&config.state_dir)?;
     let names = applied
         .as_ref()
@@ -299,6 +300,32 @@ fn register_self(maps: &mut KernelMaps, pins: &Pins, protect: bool) -> Result<bo
         pins: pin_dir,
     })?;
     Ok(protect)
+}
+
+/// guard's own binaries, configuration, keys and state, which nobody but
+/// guardd may change while it protects itself.
+fn guard_files(config: &Config) -> Result<Vec<(ExeKey, u32)>> {
+    use guard_common::immutable::{DIR, FILE};
+    let exe = std::fs::read_link("/proc/self/exe").context("reading /proc/self/exe")?;
+    let mut files = vec![(exe.clone(), FILE)];
+    if let Some(bin_dir) = exe.parent() {
+        for sibling in ["guardctl", "guard-kms", "guard-logd"] {
+            files.push((bin_dir.join(sibling), FILE));
+        }
+    }
+    if let Some(key) = &config.trust_key {
+        files.push((key.clone(), FILE));
+    }
+    files.push((config.kms_config.clone(), FILE));
+    files.push((config.audit.key_file.clone(), FILE));
+    files.push((config.audit.dir.clone(), DIR));
+    files.push((config.state_dir.clone(), DIR));
+    files.push((config.volume_dir.clone(), DIR));
+    // What does not exist (yet) has nothing to protect.
+    Ok(files
+        .into_iter()
+        .filter_map(|(path, kind)| identity(&path).ok().map(|id| (id, kind)))
+        .collect())
 }
 
 /// The kernel's identity of a file: (dev, ino).

@@ -12,8 +12,8 @@ use crate::policy::PolicyEntries;
 use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use guard_common::{
-    maps, stat, DevKey, DirKey, ExeKey, ObjectKey, PolicyMeta, RuleKey, RuleValue, SelfProtect,
-    Settings, Taint,
+    dir_filter, immutable, maps, stat, DevKey, DirKey, ExeKey, ObjectKey, PolicyMeta, RuleKey,
+    RuleValue, SelfProtect, Settings, Taint,
 };
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -45,6 +45,10 @@ pub struct KernelMaps {
     settings: Array<MapData, Settings>,
     self_protect: Array<MapData, SelfProtect>,
     objects: HashMap<MapData, ObjectKey, u32>,
+    immutable: HashMap<MapData, ExeKey, u32>,
+    dir_filter: Array<MapData, u64>,
+    /// What `dir_filter` holds, so updates write only the words that change.
+    dir_filter_words: Vec<u64>,
     /// The generation replaced by the last apply, still readable by hooks
     /// that started before the flip.
     retiring: Option<Retiring>,
@@ -77,7 +81,17 @@ impl KernelMaps {
             settings: typed(maps::SETTINGS, Map::Array)?.try_into()?,
             self_protect: typed(maps::SELF, Map::Array)?.try_into()?,
             objects: typed(maps::OBJECTS, Map::HashMap)?.try_into()?,
+            immutable: typed(maps::IMMUTABLE, Map::HashMap)?.try_into()?,
+            dir_filter: typed(maps::DIR_FILTER, Map::Array)?.try_into()?,
+            dir_filter_words: Vec::new(),
             retiring: None,
+        })
+        .and_then(|mut maps: KernelMaps| {
+            maps.dir_filter_words = (0..dir_filter::WORDS)
+                .map(|w| maps.dir_filter.get(&w, 0))
+                .collect::<Result<_, _>>()
+                .context("reading GUARD_DIR_FILTER")?;
+            Ok(maps)
         })
     }
 
@@ -148,7 +162,7 @@ impl KernelMaps {
         remove_where(&mut self.devs, |k| k.generation != active);
         remove_where(&mut self.dirs, |k| k.generation != active);
         remove_where(&mut self.rules, |k| k.generation != active);
-        Ok(())
+        self.rebuild_dir_filter()
     }
 
     /// Deletes the replaced generation if its grace period is over.
@@ -172,6 +186,45 @@ impl KernelMaps {
         let r = self.retiring.take().expect("checked above");
         self.remove_generation(r.generation);
         self.drop_stale_exes(&r.keep_exes);
+        if let Err(e) = self.rebuild_dir_filter() {
+            // Stale bits only cost a lookup; the filter stays correct.
+            eprintln!("guardd: trimming the directory filter: {e:#}");
+        }
+    }
+
+    /// Sets the filter bits of `inos`, keeping every bit already set.
+    fn add_to_dir_filter(&mut self, inos: impl Iterator<Item = u64>) -> Result<()> {
+        let mut wanted = self.dir_filter_words.clone();
+        for ino in inos {
+            let (word, mask) = dir_filter::slot(ino);
+            wanted[word as usize] |= mask;
+        }
+        self.write_dir_filter(wanted)
+    }
+
+    /// Recomputes the filter from the directories in the maps, once no hook
+    /// can use a retired generation. Each word goes from a superset of the
+    /// live bits to exactly the live bits, so no live bit is ever clear.
+    fn rebuild_dir_filter(&mut self) -> Result<()> {
+        let mut wanted = vec![0u64; dir_filter::WORDS as usize];
+        for key in self.dirs.keys() {
+            let key = key.context("reading GUARD_DIRS")?;
+            let (word, mask) = dir_filter::slot(key.ino);
+            wanted[word as usize] |= mask;
+        }
+        self.write_dir_filter(wanted)
+    }
+
+    fn write_dir_filter(&mut self, wanted: Vec<u64>) -> Result<()> {
+        for (word, want) in wanted.iter().enumerate() {
+            if self.dir_filter_words[word] != *want {
+                self.dir_filter
+                    .set(word as u32, *want, 0)
+                    .context("writing GUARD_DIR_FILTER")?;
+                self.dir_filter_words[word] = *want;
+            }
+        }
+        Ok(())
     }
 
     fn write_generation(&mut self, generation: u32, e: &PolicyEntries) -> Result<()> {
@@ -179,6 +232,10 @@ impl KernelMaps {
         for exe in &e.exes {
             self.exes.insert(exe, 1, 0).context("GUARD_EXES is full")?;
             let _ = self.tainted.remove(exe);
+            let bits = self.immutable.get(exe, 0).unwrap_or(0) | immutable::FILE;
+            self.immutable
+                .insert(exe, bits, 0)
+                .context("GUARD_IMMUTABLE is full")?;
         }
         self.meta
             .insert(generation, e.meta, 0)
@@ -188,6 +245,8 @@ impl KernelMaps {
                 .insert(key, value, 0)
                 .context("GUARD_RULES is full")?;
         }
+        // Before the flip: the new generation's directories must pass the filter.
+        self.add_to_dir_filter(e.dirs.iter().map(|(key, _)| key.ino))?;
         for (key, point) in &e.dirs {
             self.dirs
                 .insert(key, point, 0)
@@ -213,6 +272,38 @@ impl KernelMaps {
     fn drop_stale_exes(&mut self, keep: &[ExeKey]) {
         remove_where(&mut self.exes, |k| !keep.contains(k));
         remove_where(&mut self.tainted, |k| !keep.contains(k));
+        let guard_own: Vec<ExeKey> = self
+            .immutable
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, bits)| bits & immutable::GUARD != 0)
+            .map(|(k, _)| k)
+            .collect();
+        remove_where(&mut self.immutable, |k| {
+            !keep.contains(k) && !guard_own.contains(k)
+        });
+    }
+
+    /// Records guard's own files and folders, which nobody but guardd may
+    /// change while it protects itself; earlier ones no longer named go.
+    pub fn set_guard_files(&mut self, files: &[(ExeKey, u32)]) -> Result<()> {
+        let stale: Vec<ExeKey> = self
+            .immutable
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(k, bits)| bits & immutable::GUARD != 0 && !files.iter().any(|(f, _)| f == k))
+            .map(|(k, _)| k)
+            .collect();
+        for key in stale {
+            let _ = self.immutable.remove(&key);
+        }
+        for (key, kind) in files {
+            let bits = self.immutable.get(key, 0).unwrap_or(0) | kind | immutable::GUARD;
+            self.immutable
+                .insert(key, bits, 0)
+                .context("GUARD_IMMUTABLE is full")?;
+        }
+        Ok(())
     }
 
     /// Allowed binaries opened for writing since they were approved.

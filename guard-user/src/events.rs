@@ -1,7 +1,8 @@
 //! Decision events from the kernel ring buffer, rendered for the journal.
 
 use guard_common::{
-    access, bpf_uapi, flags, hook, tamper, verdict, Event, ExeKey, NO_RULE, PINS_POINT,
+    access, bpf_uapi, flags, hook, tamper, verdict, Event, ExeKey, IMMUTABLE_POINT, NO_RULE,
+    PINS_POINT,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -54,6 +55,8 @@ impl Decision {
         let point = names.points.get(e.point as usize);
         let rule = if e.point == PINS_POINT {
             "self-protection".into()
+        } else if e.point == IMMUTABLE_POINT {
+            "immutable".into()
         } else {
             rule_label(e.rule, names)
         };
@@ -221,6 +224,8 @@ fn object_path(point: Option<&Path>, e: &Event) -> String {
     let mut path = match point {
         Some(p) => p.display().to_string(),
         None if e.point == PINS_POINT => "<guard pins>".into(),
+        // Components up to the filesystem's root (or as many as fit).
+        None if e.point == IMMUTABLE_POINT => String::new(),
         None => "<unknown>".into(),
     };
     if e.flags & flags::PATH_TRUNCATED != 0 {

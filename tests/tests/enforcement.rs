@@ -169,13 +169,22 @@ fn binary_identity_not_path_decides() {
         "the allowed binary itself",
     );
 
-    // A different binary moved to the allowed path is not allowed.
+    // While enforcing, nobody may move the allowed binary away.
     let saved = sb.root.join("allowed/saved");
+    let refused = std::fs::rename(&sb.allowed, &saved).expect_err("moving the allowed binary");
+    assert_eq!(refused.raw_os_error(), Some(EPERM), "{refused}");
+
+    // In audit mode the swap goes through: another binary at the allowed
+    // path is not the allowed one (its reads would be denied).
+    apply(&sb.policy("audit"));
     std::fs::rename(&sb.allowed, &saved).unwrap();
     std::fs::copy("/bin/busybox", &sb.allowed).unwrap();
-    assert_eperm(
-        &sb.allowed_run("cat", &[secret_s]),
-        "another binary at the allowed path",
+    let would_deny = || status()["counters"]["would_deny"].as_u64().unwrap();
+    let before = would_deny();
+    assert_ok(&sb.allowed_run("cat", &[secret_s]), "audit mode allows");
+    assert!(
+        would_deny() > before,
+        "another binary at the allowed path would be denied"
     );
     let shown = show();
     let state = shown["binaries"][0]["state"].as_str().unwrap().to_string();
@@ -198,20 +207,38 @@ fn an_allowed_binary_changed_on_disk_loses_its_rights() {
     );
     assert_eq!(show()["binaries"][0]["state"], "ok");
 
-    // Append a byte: the binary still runs, but it is no longer what was approved.
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&sb.allowed)
-        .unwrap();
-    f.write_all(b"\0").unwrap();
-    drop(f);
-    assert_eperm(
+    // While the policy enforces, nobody may change an allowed binary.
+    let append = |path: &Path| {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(b"\0"))
+    };
+    let refused = append(&sb.allowed).expect_err("appending to the allowed binary");
+    assert_eq!(refused.raw_os_error(), Some(EPERM), "{refused}");
+    assert_ok(
         &sb.allowed_run("cat", &[secret.to_str().unwrap()]),
-        "after tampering",
+        "after the refused write",
     );
+    assert_eq!(show()["binaries"][0]["state"], "ok");
+
+    // In audit mode the write goes through: the binary still runs, but it is
+    // no longer what was approved, and loses its rights.
+    apply(&sb.policy("audit"));
+    append(&sb.allowed).expect("appending in audit mode");
     let state = show()["binaries"][0]["state"].as_str().unwrap().to_string();
     assert!(state.starts_with("NOT ALLOWED"), "{state}");
+    let would_deny = || status()["counters"]["would_deny"].as_u64().unwrap();
+    let before = would_deny();
+    assert_ok(
+        &sb.allowed_run("cat", &[secret.to_str().unwrap()]),
+        "audit mode allows",
+    );
+    assert!(
+        would_deny() > before,
+        "the changed binary's read counts as would-deny"
+    );
 
     // Re-applying approves the new content (and records its new hash).
     apply(&sb.policy("enforce"));

@@ -77,7 +77,10 @@ impl ResolvedPolicy {
         PolicyEntries {
             meta: PolicyMeta {
                 mode: self.mode.kernel_value(),
-                _pad: 0,
+                uses_ids: self
+                    .rules
+                    .iter()
+                    .any(|r| r.uid.is_some() || r.gid.is_some()) as u32,
             },
             devs: devs
                 .into_iter()

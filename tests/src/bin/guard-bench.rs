@@ -44,6 +44,8 @@ impl Case {
 #[derive(Default)]
 struct Results {
     base_out: Case,
+    base_else: Case,
+    else_1000: Case,
     base_in: Case,
     floor_out: Case,
     out_1: Case,
@@ -64,20 +66,24 @@ fn main() -> anyhow::Result<()> {
     pin_to_cpu(0)?;
     let root = Path::new("/scratch/bench");
     let _ = std::fs::remove_dir_all(root);
+    // Outside, on the protected directory's filesystem (the kernel walks up
+    // to its root) and on another filesystem (one lookup decides).
     let outside = root.join("outside/file");
+    let elsewhere = Path::new("/tmp/guard-bench/file").to_path_buf();
     let inside = root.join("data/file");
-    for f in [&outside, &inside] {
+    for f in [&outside, &elsewhere, &inside] {
         std::fs::create_dir_all(f.parent().unwrap())?;
         std::fs::write(f, b"benchmark")?;
     }
     let me = std::env::current_exe()?;
-    let policy_1 = policy(&root.join("data"), &me, 1);
-    let policy_1000 = policy(&root.join("data"), &me, 1000);
+    let policy_1 = policy(&root.join("data"), &me, 1)?;
+    let policy_1000 = policy(&root.join("data"), &me, 1000)?;
     let pins = Pins::new(loader::DEFAULT_PIN_DIR);
     let mut r = Results::default();
     for _ in 0..ROUNDS {
         loader::disarm(&pins)?;
         r.base_out.measure(&outside);
+        r.base_else.measure(&elsewhere);
         r.base_in.measure(&inside);
         let guardd = Guardd::start();
         r.floor_out.measure(&outside);
@@ -86,6 +92,7 @@ fn main() -> anyhow::Result<()> {
         r.in_1.measure(&inside);
         r.apply_1000.push(apply(&policy_1000)?);
         r.out_1000.measure(&outside);
+        r.else_1000.measure(&elsewhere);
         r.in_1000.measure(&inside);
         drop(guardd);
     }
@@ -97,23 +104,40 @@ fn main() -> anyhow::Result<()> {
 fn print_table(r: &Results) {
     let (base_out, base_in) = (r.base_out.typical(), r.base_in.typical());
     let rows = [
-        row("open+close outside, no guard", base_out, None, ""),
         row(
-            "open+close outside, guard, no policy (hook floor)",
+            "open+close outside, same filesystem, no guard",
+            base_out,
+            None,
+            "",
+        ),
+        row(
+            "open+close outside, guard, no policy (floor)",
             r.floor_out.typical(),
             Some(base_out),
             "",
         ),
         row(
-            "open+close outside, guard (1 rule)",
+            "open+close outside, same fs, guard (1 rule)",
             r.out_1.typical(),
             Some(base_out),
             "<= +3%",
         ),
         row(
-            "open+close outside, guard (1000 rules)",
+            "open+close outside, same fs, guard (1000 rules)",
             r.out_1000.typical(),
             Some(base_out),
+            "<= +3%",
+        ),
+        row(
+            "open+close on another filesystem, no guard",
+            r.base_else.typical(),
+            None,
+            "",
+        ),
+        row(
+            "open+close on another filesystem, guard (1000 rules)",
+            r.else_1000.typical(),
+            Some(r.base_else.typical()),
             "<= +3%",
         ),
         row("open+close allowed inside, no guard", base_in, None, ""),
@@ -232,21 +256,31 @@ fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A policy protecting `data` with `rules` rules, each allowing this binary
-/// for a different uid (uid 0 = root, which runs the benchmark, comes first).
-fn policy(data: &Path, me: &Path, rules: usize) -> Value {
-    let rules: Vec<Value> = (0..rules)
-        .map(|i| {
+/// A policy protecting `data` with `rules` rules: the first allows this
+/// binary, each other one a different small program (so the kernel holds one
+/// rule entry per rule, as with many allowed programs).
+fn policy(data: &Path, me: &Path, rules: usize) -> anyhow::Result<Value> {
+    let others = data.parent().unwrap().join("programs");
+    std::fs::create_dir_all(&others)?;
+    let mut binaries = vec![me.to_path_buf()];
+    for i in 1..rules {
+        let program = others.join(format!("program-{i}"));
+        std::fs::write(&program, format!("#!/bin/sh\n# allowed program {i}\n"))?;
+        binaries.push(program);
+    }
+    let rules: Vec<Value> = binaries
+        .iter()
+        .enumerate()
+        .map(|(i, binary)| {
             json!({
                 "name": format!("rule {i}"),
-                "binaries": [me],
-                "uid": i,
+                "binaries": [binary],
                 "access": ["read", "write", "create", "delete", "rename", "setattr"],
                 "effect": "allow"
             })
         })
         .collect();
-    json!({ "mode": "enforce", "protected": [{ "path": data, "rules": rules }] })
+    Ok(json!({ "mode": "enforce", "protected": [{ "path": data, "rules": rules }] }))
 }
 
 /// Applies `policy` twice: through guardd's socket (its own in-force time)
