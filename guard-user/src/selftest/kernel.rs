@@ -117,7 +117,7 @@ fn code_load(what: &str, rc: libc::c_long) -> Attempt {
         Attempt::blocked(format!("{what}: {}", errno_name(errno)))
     } else {
         Attempt::not_blocked(format!(
-            "{what}: {} (the kernel read it; only the garbage failed)",
+            "{what}: {} (not refused by policy: the kernel went on and the content failed)",
             errno_name(errno)
         ))
     }
