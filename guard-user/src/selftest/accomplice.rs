@@ -129,6 +129,8 @@ pub fn serve(args: AccompliceArgs) -> Result<()> {
     };
     for stream in listener.incoming() {
         let mut stream = stream?;
+        // A technique killed mid-request must not hang the accomplice.
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         let request = read_request(&mut stream);
         let exit = matches!(request, Ok(Request::Exit));
         let (response, fd) = match request {
