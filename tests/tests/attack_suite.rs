@@ -26,7 +26,37 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Techniques the kernel side does not close yet (observed on 6.1 and 6.12
 /// when the suite was written). Remove ids as they are closed.
-const STILL_OPEN: &[&str] = &[];
+const STILL_OPEN: &[&str] = &[
+    // A disconnected dentry has no parent to walk up to the protected directory.
+    "file-handle-dropped",
+    // Extended attributes: no inode_setxattr / inode_removexattr hook.
+    "setxattr-user",
+    "setxattr-security",
+    "removexattr",
+    // Descriptors the allowed process opened, used by others (no
+    // file_receive / file_permission / mmap_file check).
+    "scm-rights-read",
+    "scm-rights-mmap",
+    "scm-rights-sendfile",
+    "scm-rights-splice",
+    "scm-rights-copy-range",
+    // ext4 refuses FICLONE itself (EOPNOTSUPP): blocked, but guard never sees it.
+    "scm-rights-ficlone",
+    "inherited-fd",
+    // Mounts over and under the protected directory (no sb_mount /
+    // move_mount hook; sb_umount only guards guard's own bpffs).
+    "mount-over",
+    "fsmount-over",
+    "umount",
+    "remount",
+    // Kernel memory, where the volume keys are, and code into the kernel.
+    "proc-kcore",
+    "dev-mem",
+    "finit-module",
+    "init-module",
+    "kexec-file-load",
+    "kexec-load",
+];
 
 const MARKER: &str = "ATTACK-SUITE-PLAINTEXT-MARKER-5c1e";
 const ROOT: &str = "/scratch/attack";
