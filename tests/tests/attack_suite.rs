@@ -283,6 +283,8 @@ fn attacks_closed_today_stay_closed() {
 #[ignore = "guest: run by cargo xtask vm-test"]
 fn every_attack_is_blocked_and_alerted() {
     let run = suite();
+    // Shown in the log when this fails: the whole table, not only the open rows.
+    print_table(&run.report);
     let open: Vec<String> = rows(&run.report)
         .iter()
         .filter(|r| r["passed"] != true)
