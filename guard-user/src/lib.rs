@@ -14,6 +14,7 @@ pub mod loader;
 pub mod offsets;
 pub mod policy;
 pub mod recovery;
+pub mod selftest;
 pub mod signing;
 pub mod volume;
 

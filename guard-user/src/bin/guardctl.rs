@@ -68,6 +68,9 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Prove the guard holds: `--attack` tries every known way around it
+    /// against the live policy and prints what was blocked and alerted.
+    Selftest(guard::selftest::SelftestArgs),
 }
 
 #[derive(Subcommand)]
@@ -129,6 +132,13 @@ enum PolicyCommand {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Command::Selftest(args) = cli.command {
+        // Its exit code says how the attacks went.
+        return guard::selftest::run(args).unwrap_or_else(|e| {
+            eprintln!("guardctl selftest: {e:#}");
+            std::process::ExitCode::FAILURE
+        });
+    }
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -181,6 +191,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::VerifyEncryption(args) => guard::recovery::run_verify_encryption(args, &cli.keys),
         Command::Recover(args) => guard::recovery::run_recover(args, &cli.keys),
         Command::Bench(BenchCommand::Keys(args)) => guard::volume::bench::run(args),
+        Command::Selftest(_) => unreachable!("handled in main"),
     }
 }
 

@@ -1,0 +1,309 @@
+//! Techniques that go under the files: kernel memory (where the fscrypt and
+//! dm-crypt keys live), code in the kernel, the raw block device, and
+//! running the allowed binary through the dynamic loader.
+
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+
+use anyhow::{Context, Result};
+
+use super::sys::{self, errno_name, last_errno, refused, refused_by_policy};
+use super::{AlertRule, Attempt, Needs, Target, Technique, ACCOMPLICE, NOTHING};
+
+pub fn techniques() -> Vec<Technique> {
+    let t = |id, name, expected, needs, run| Technique {
+        id,
+        name,
+        expected,
+        needs,
+        alert: AlertRule::Denial,
+        run,
+    };
+    vec![
+        t(
+            "proc-kcore",
+            "read /proc/kcore (kernel memory: the volume keys)",
+            "EPERM",
+            NOTHING,
+            kcore,
+        ),
+        t("dev-mem", "read /dev/mem", "EPERM", NOTHING, dev_mem),
+        t(
+            "finit-module",
+            "finit_module of a file (garbage)",
+            "EPERM from guard, not ENOEXEC",
+            NOTHING,
+            finit_module,
+        ),
+        t(
+            "init-module",
+            "init_module from memory (garbage)",
+            "EPERM from guard, not ENOEXEC",
+            NOTHING,
+            init_module,
+        ),
+        t(
+            "kexec-file-load",
+            "kexec_file_load of a file (garbage)",
+            "EPERM from guard, not ENOEXEC",
+            NOTHING,
+            kexec_file_load,
+        ),
+        t(
+            "kexec-load",
+            "kexec_load (empty: unloads, harmless)",
+            "EPERM",
+            NOTHING,
+            kexec_load,
+        ),
+        t(
+            "bpf-kprobe",
+            "load a kprobe BPF program (reads kernel memory)",
+            "EPERM",
+            NOTHING,
+            bpf_kprobe,
+        ),
+        t(
+            "ld-so",
+            "run the allowed binary through ld.so",
+            "EPERM",
+            ACCOMPLICE,
+            ld_so,
+        ),
+        Technique {
+            id: "raw-device",
+            name: "search the raw block device for the plaintext",
+            expected: "markers absent (ciphertext only)",
+            needs: Needs {
+                device: true,
+                ..NOTHING
+            },
+            alert: AlertRule::NotApplicable("encrypted at rest: nothing to deny"),
+            run: raw_device,
+        },
+    ]
+}
+
+fn read_kernel_file(path: &str) -> Attempt {
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => return refused(&format!("open {path}"), &e),
+    };
+    let mut buf = vec![0u8; 4096];
+    match file.read(&mut buf) {
+        Ok(0) => Attempt::blocked(format!("{path}: opened, read 0 bytes")),
+        Ok(n) => Attempt::not_blocked(format!("{path}: opened, read {n} bytes")),
+        Err(e) => refused(&format!("{path}: opened, read"), &e),
+    }
+}
+
+fn kcore(_: &Target) -> Result<Attempt> {
+    Ok(read_kernel_file("/proc/kcore"))
+}
+
+fn dev_mem(_: &Target) -> Result<Attempt> {
+    Ok(read_kernel_file("/dev/mem"))
+}
+
+/// A refusal must be a policy refusal: any other error means the kernel
+/// accepted the request and only the garbage content stopped it.
+fn code_load(what: &str, rc: libc::c_long) -> Attempt {
+    if rc == 0 {
+        return Attempt::not_blocked(format!("{what}: accepted"));
+    }
+    let errno = last_errno();
+    if refused_by_policy(errno) {
+        Attempt::blocked(format!("{what}: {}", errno_name(errno)))
+    } else {
+        Attempt::not_blocked(format!(
+            "{what}: {} (not refused by policy: the kernel went on and the content failed)",
+            errno_name(errno)
+        ))
+    }
+}
+
+const GARBAGE: &[u8] = b"guard selftest: this is not a kernel module or a kernel image\n";
+
+fn garbage_memfd() -> Result<std::fs::File> {
+    let name = c"guard-selftest";
+    // SAFETY: valid C string.
+    let fd = sys::owned_fd(unsafe { libc::memfd_create(name.as_ptr(), 0) } as libc::c_long)
+        .context("memfd_create")?;
+    let mut file = std::fs::File::from(fd);
+    std::io::Write::write_all(&mut file, &GARBAGE.repeat(64))?;
+    Ok(file)
+}
+
+fn finit_module(_: &Target) -> Result<Attempt> {
+    let file = garbage_memfd()?;
+    let params = c"";
+    // SAFETY: valid descriptor and C string.
+    let rc = unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), params.as_ptr(), 0) };
+    Ok(code_load("finit_module", rc))
+}
+
+fn init_module(_: &Target) -> Result<Attempt> {
+    let image = GARBAGE.repeat(64);
+    let params = c"";
+    // SAFETY: valid buffer and C string.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_init_module,
+            image.as_ptr(),
+            image.len(),
+            params.as_ptr(),
+        )
+    };
+    Ok(code_load("init_module", rc))
+}
+
+fn kexec_file_load(_: &Target) -> Result<Attempt> {
+    const KEXEC_FILE_NO_INITRAMFS: libc::c_ulong = 0x4;
+    let file = garbage_memfd()?;
+    let cmdline = c"";
+    // SAFETY: valid descriptor; the command line is one NUL byte.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_kexec_file_load,
+            file.as_raw_fd(),
+            -1,
+            1usize,
+            cmdline.as_ptr(),
+            KEXEC_FILE_NO_INITRAMFS,
+        )
+    };
+    Ok(code_load("kexec_file_load", rc))
+}
+
+fn kexec_load(_: &Target) -> Result<Attempt> {
+    // No segments and no flags: unload the loaded image (there is none).
+    // SAFETY: no pointers are dereferenced with zero segments.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_kexec_load,
+            0usize,
+            0usize,
+            std::ptr::null::<u8>(),
+            0usize,
+        )
+    };
+    Ok(code_load("kexec_load", rc))
+}
+
+fn bpf_kprobe(_: &Target) -> Result<Attempt> {
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_TYPE_KPROBE: u32 = 2;
+    // mov r0, 0; exit
+    let insns: [u64; 2] = [0x0000_0000_0000_00b7, 0x0000_0000_0000_0095];
+    let license = c"GPL";
+    // union bpf_attr, BPF_PROG_LOAD part: prog_type, insn_cnt, insns, license.
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_KPROBE.to_ne_bytes());
+    attr[4..8].copy_from_slice(&2u32.to_ne_bytes());
+    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    // SAFETY: attr is a bpf_attr of the size passed; insns and license outlive the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_ptr(), attr.len()) };
+    if rc >= 0 {
+        // SAFETY: closing the program fd we were given.
+        unsafe { libc::close(rc as i32) };
+    }
+    Ok(code_load("BPF_PROG_LOAD kprobe", rc.min(0)))
+}
+
+fn ld_so(t: &Target) -> Result<Attempt> {
+    let loader = ["/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .context("no dynamic loader found")?;
+    let exe = t.accomplice_exe.as_ref().context("needs --accomplice")?;
+    let (bytes, pid, status) = sys::run_program(
+        loader,
+        &[
+            exe.as_os_str(),
+            "selftest".as_ref(),
+            "dump".as_ref(),
+            t.file.as_os_str(),
+        ],
+    )?;
+    Ok(Attempt::from_bytes(bytes, &format!("ld.so ALLOWED ({status})")).with_pid(pid))
+}
+
+/// Reads the whole device with O_DIRECT (what is on the disk, not a cached
+/// view) and looks for every marker.
+fn raw_device(t: &Target) -> Result<Attempt> {
+    let device = t.device.as_ref().context("needs --device")?;
+    // SAFETY: sync(2) takes no arguments; it puts the latest writes on the disk.
+    unsafe { libc::sync() };
+    let mut file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(device)
+    {
+        Ok(f) => f,
+        Err(e) => return Ok(refused(&format!("open {}", device.display()), &e)),
+    };
+    let markers: Vec<&[u8]> = t.markers.iter().map(|m| m.as_bytes()).collect();
+    let overlap = markers.iter().map(|m| m.len()).max().unwrap_or(1) - 1;
+    let chunk = 1 << 20;
+    let mut buffer = AlignedBuffer::new(chunk)?;
+    let mut carry: Vec<u8> = Vec::new();
+    let mut total = 0u64;
+    loop {
+        let n = match file.read(buffer.as_mut()) {
+            Ok(n) => n,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", device.display())),
+        };
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        let mut window = std::mem::take(&mut carry);
+        window.extend_from_slice(&buffer.as_mut()[..n]);
+        for (marker, text) in markers.iter().zip(&t.markers) {
+            if let Some(at) = memchr::memmem::find(&window, marker) {
+                let offset = total - window.len() as u64 + at as u64;
+                return Ok(Attempt::not_blocked(format!(
+                    "{text:?} found at byte {offset} of {}",
+                    device.display()
+                )));
+            }
+        }
+        carry = window[window.len().saturating_sub(overlap)..].to_vec();
+    }
+    Ok(Attempt::blocked(format!(
+        "read all {total} bytes of {}: no marker",
+        device.display()
+    )))
+}
+
+/// A page-aligned buffer, as O_DIRECT reads need.
+struct AlignedBuffer {
+    ptr: *mut u8,
+    layout: std::alloc::Layout,
+}
+
+impl AlignedBuffer {
+    fn new(len: usize) -> Result<AlignedBuffer> {
+        let layout = std::alloc::Layout::from_size_align(len, 4096)?;
+        // SAFETY: a non-zero size layout.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        if ptr.is_null() {
+            anyhow::bail!("out of memory for a {len} byte buffer");
+        }
+        Ok(AlignedBuffer { ptr, layout })
+    }
+
+    fn as_mut(&mut self) -> &mut [u8] {
+        // SAFETY: ptr is valid for layout.size() bytes and owned by self.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
+    }
+}
+
+impl Drop for AlignedBuffer {
+    fn drop(&mut self) {
+        // SAFETY: allocated with this layout in new().
+        unsafe { std::alloc::dealloc(self.ptr, self.layout) };
+    }
+}
