@@ -11,10 +11,11 @@ use crate::kernels::KernelChoice;
 use crate::setup::Installed;
 use crate::vm;
 
-const DEMO_SCRIPT: &str = include_str!("../demo/enforcement.sh");
+const DEMO_SCRIPT: &str = include_str!("../demo/mariadb.sh");
 
-/// The main job: a guest where a protected directory is used by its allowed
-/// program and refused to root, with the journal alert shown.
+/// The main job: Debian's MariaDB on a guard volume with keys from a KMS, its
+/// data refused to root, backed up, locked, unlocked and crypto-shredded, shown
+/// as a transcript (xtask/demo/mariadb.sh).
 pub fn demo(setup: &Installed) -> Result<ExitCode> {
     ebpf::build()?;
     cargo::build_guard_binaries()?;
