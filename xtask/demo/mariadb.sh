@@ -97,7 +97,7 @@ show "guardctl policy show" 20
 
 step "MariaDB starts by its normal launcher (/etc/init.d/mariadb: mysqld_safe supervising mariadbd)"
 show "/etc/init.d/mariadb start"
-note "(the launcher's free-space check runs df on the data directory; df's open of it is refused and logged, df falls back to statfs)"
+note "two refusals come with every start, logged, harmless: the launcher's df opens the data directory (df falls back to statfs), and debian-start's mariadb-upgrade reads its stamp file there"
 show "ps -o pid,ppid,user,args -C mariadbd,mysqld_safe"
 
 step "4. A client stores rows with a marker through SQL and reads them back"

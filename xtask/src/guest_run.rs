@@ -22,20 +22,47 @@ pub fn demo(setup: &Installed) -> Result<ExitCode> {
     run_in_guest(setup, KernelChoice::Backports, DEMO_SCRIPT)
 }
 
-/// The enforcement benchmark table, on each chosen kernel.
-pub fn bench(setup: &Installed, kernel: KernelChoice) -> Result<ExitCode> {
+/// Which benchmark `cargo xtask bench` runs.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum BenchSuite {
+    /// open() latency with and without guard, policy apply time (guard-bench).
+    Enforcement,
+    /// sysbench on MariaDB and decision events per second (guard-mariadb-bench).
+    Mariadb,
+    /// Both, one after the other in the same guest.
+    All,
+}
+
+impl BenchSuite {
+    fn binaries(self) -> &'static [&'static str] {
+        match self {
+            BenchSuite::Enforcement => &["guard-bench"],
+            BenchSuite::Mariadb => &["guard-mariadb-bench"],
+            BenchSuite::All => &["guard-bench", "guard-mariadb-bench"],
+        }
+    }
+}
+
+/// The chosen benchmark tables, on each chosen kernel.
+pub fn bench(setup: &Installed, suite: BenchSuite, kernel: KernelChoice) -> Result<ExitCode> {
     ebpf::build()?;
     let bin_dir = cargo::build_guard_binaries()?;
-    command::run(Command::new("cargo").current_dir(repo_root()).args([
-        "build",
-        "--release",
-        "-p",
-        "guard-tests",
-        "--bin",
-        "guard-bench",
-    ]))?;
-    let bench = bin_dir.join("guard-bench");
-    let script = vm::shell_quote(bench.to_str().context("non-UTF-8 target path")?);
+    let mut build = Command::new("cargo");
+    build
+        .current_dir(repo_root())
+        .args(["build", "--release", "-p", "guard-tests"]);
+    for binary in suite.binaries() {
+        build.args(["--bin", binary]);
+    }
+    command::run(&mut build)?;
+    let mut script = String::from("set -e\n");
+    for binary in suite.binaries() {
+        let path = bin_dir.join(binary);
+        script.push_str(&vm::shell_quote(
+            path.to_str().context("non-UTF-8 target path")?,
+        ));
+        script.push('\n');
+    }
     run_in_guest(setup, kernel, &script)
 }
 
