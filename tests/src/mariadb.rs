@@ -252,7 +252,12 @@ pub fn apply_policy(policy: &serde_json::Value) -> Result<Output> {
     let file = std::env::temp_dir().join("guard-mariadb-policy.json");
     std::fs::write(&file, policy.to_string())
         .with_context(|| format!("writing {}", file.display()))?;
-    run_ok(Command::new(bin("guardctl")).arg("policy").arg("apply").arg(&file))
+    run_ok(
+        Command::new(bin("guardctl"))
+            .arg("policy")
+            .arg("apply")
+            .arg(&file),
+    )
 }
 
 /// How many times `needle` occurs in the raw bytes of `device`, read with O_DIRECT

@@ -25,7 +25,8 @@ const MARKER: &str = "Zebulon Quagmire-4711";
 const AUDIT_RECORDS: &str = "/var/lib/guard/audit/records.jsonl";
 const WAIT: Duration = Duration::from_secs(30);
 
-const ROWS: &str = "1\tZebulon Quagmire-4711\thypertension\n2\tAlice Example\tasthma\n3\tBob Example\tdiabetes\n";
+const ROWS: &str =
+    "1\tZebulon Quagmire-4711\thypertension\n2\tAlice Example\tasthma\n3\tBob Example\tdiabetes\n";
 
 #[test]
 #[ignore = "guest: run by cargo xtask vm-test"]
@@ -87,12 +88,7 @@ fn mariadb_on_a_guard_volume_end_to_end() {
     server_cannot_read_its_files();
     drop(guardd);
     let _guardd = Guardd::start_with(&guardd_args);
-    let unlocked = journal_entries(
-        message_id::VOLUME_UNLOCKED,
-        "GUARD_VOLUME",
-        VOLUME,
-        WAIT,
-    );
+    let unlocked = journal_entries(message_id::VOLUME_UNLOCKED, "GUARD_VOLUME", VOLUME, WAIT);
     assert!(!unlocked.is_empty());
     db.start().unwrap();
     assert_eq!(rows(&db), ROWS, "rows after lock, guardd restart, unlock");
@@ -219,8 +215,14 @@ fn root_is_refused() {
         ("cat", vec![ibd.clone()]),
         ("cp", vec![ibd.clone(), "/tmp/stolen.ibd".into()]),
         ("strings", vec![format!("{DATADIR}/ibdata1")]),
-        ("tar", vec!["cf".into(), "/tmp/stolen.tar".into(), DATADIR.into()]),
-        ("dd", vec![format!("if={redo}"), "of=/tmp/stolen.redo".into()]),
+        (
+            "tar",
+            vec!["cf".into(), "/tmp/stolen.tar".into(), DATADIR.into()],
+        ),
+        (
+            "dd",
+            vec![format!("if={redo}"), "of=/tmp/stolen.redo".into()],
+        ),
     ];
     for (tool, args) in &attempts {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -239,7 +241,8 @@ fn root_is_refused() {
         wait_for_trail_denial(&exe);
     }
     assert!(
-        !Path::new("/tmp/stolen.ibd").exists() || std::fs::metadata("/tmp/stolen.ibd").unwrap().len() == 0,
+        !Path::new("/tmp/stolen.ibd").exists()
+            || std::fs::metadata("/tmp/stolen.ibd").unwrap().len() == 0,
         "cp copied data"
     );
     let verify = guest::guardctl(&["log", "verify", "--local", "/var/lib/guard/audit"]);
@@ -370,10 +373,7 @@ fn revocation_is_logged(kms: &LocalKms) {
     assert!(revoke["client"].as_str().is_some_and(|c| !c.is_empty()));
     assert!(revoke["time"].as_u64().is_some_and(|t| t > 0), "when");
     let refused = wait_for_journal_entries(
-        &[
-            "SYSLOG_IDENTIFIER=guard-kms",
-            "GUARD_KMS_OPERATION=unwrap",
-        ],
+        &["SYSLOG_IDENTIFIER=guard-kms", "GUARD_KMS_OPERATION=unwrap"],
         1,
         WAIT,
     )

@@ -9,8 +9,8 @@
 //! Prints one table.
 
 use anyhow::{bail, ensure, Context, Result};
-use guard::loader::{self, Pins};
 use guard::journal::message_id;
+use guard::loader::{self, Pins};
 use guard_tests::guest::Guardd;
 use guard_tests::mariadb::{self, Keys, LocalKms, MariaDb};
 use std::ffi::CString;
@@ -76,8 +76,14 @@ fn main() -> Result<()> {
     println!(
         "sysbench oltp_read_write: {TABLES} tables x {TABLE_SIZE} rows, {THREADS} threads, {SECONDS} s per case"
     );
-    println!("{:<52} {:>12} {:>12} {:>12}", "case", "value", "vs plain", "vs fscrypt");
-    println!("{:<52} {:>12.1} {:>12} {:>12}", "TPS, plain directory", tps_plain, "baseline", "");
+    println!(
+        "{:<52} {:>12} {:>12} {:>12}",
+        "case", "value", "vs plain", "vs fscrypt"
+    );
+    println!(
+        "{:<52} {:>12.1} {:>12} {:>12}",
+        "TPS, plain directory", tps_plain, "baseline", ""
+    );
     println!(
         "{:<52} {:>12.1} {:>12} {:>12}",
         "TPS, fscrypt volume",
@@ -94,8 +100,7 @@ fn main() -> Result<()> {
     );
     println!(
         "{:<52} {:>12}",
-        "denied opens by the client",
-        events.attempts
+        "denied opens by the client", events.attempts
     );
     println!(
         "{:<52} {:>12}",
@@ -113,7 +118,9 @@ fn main() -> Result<()> {
     println!(
         "{:<52} {:>12}",
         "lost",
-        events.attempts - events.journal.min(events.trail) - events.suppressed.min(events.attempts)
+        events
+            .attempts
+            .saturating_sub(events.journal.min(events.trail) + events.suppressed)
     );
     Ok(())
 }
@@ -135,7 +142,6 @@ fn sysbench_case(datadir: &Path, prepare: bool, policy: Option<&serde_json::Valu
             db.sql("CREATE DATABASE sbtest")?;
             sysbench("prepare")?;
         }
-        // A short warm-up so the buffer pool is equally warm in every case.
         let tps = parse_tps(&sysbench("run")?)?;
         Ok(tps)
     })();
@@ -218,7 +224,9 @@ fn decision_pipeline(datadir: &Path) -> Result<Pipeline> {
     std::thread::sleep(HAMMER);
     stop.store(true, Ordering::Relaxed);
     for thread in threads {
-        thread.join().map_err(|_| anyhow::anyhow!("a hammer thread panicked"))?;
+        thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("a hammer thread panicked"))?;
     }
     let attempts = attempts.load(Ordering::Relaxed);
 
@@ -236,7 +244,9 @@ fn decision_pipeline(datadir: &Path) -> Result<Pipeline> {
             done_at = last_change;
         }
         (journal, trail) = (j, t);
-        if (journal >= attempts && trail >= attempts) || last_change.elapsed() > Duration::from_secs(10) {
+        if (journal >= attempts && trail >= attempts)
+            || last_change.elapsed() > Duration::from_secs(10)
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(500));
