@@ -8,9 +8,9 @@
 //! Run inside the QEMU guests by `cargo xtask vm-test --kernel all mariadb`.
 
 use guard::journal::message_id;
+use guard_tests::field_text;
 use guard_tests::guest::{self, assert_eperm, assert_ok, journal_entries, stderr, Guardd};
 use guard_tests::mariadb::{self, Keys, LocalKms, MariaDb, BACKUP, SERVER};
-use guard_tests::{field_text, wait_for_journal_entries};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -103,8 +103,9 @@ fn mariadb_on_a_guard_volume_end_to_end() {
     );
     let unlock = keys.guardctl(&["volume", "unlock", VOLUME]);
     assert!(
-        !unlock.status.success(),
-        "a revoked key unlocked the volume"
+        !unlock.status.success() && stderr(&unlock).contains("revoked"),
+        "a revoked key unlocked the volume: {}",
+        stderr(&unlock)
     );
     server_cannot_read_its_files();
     revocation_is_logged(&kms);
@@ -377,13 +378,4 @@ fn revocation_is_logged(kms: &LocalKms) {
     assert_eq!(revoke["outcome"], "ok");
     assert!(revoke["client"].as_str().is_some_and(|c| !c.is_empty()));
     assert!(revoke["time"].as_u64().is_some_and(|t| t > 0), "when");
-    let refused = wait_for_journal_entries(
-        &["SYSLOG_IDENTIFIER=guard-kms", "GUARD_KMS_OPERATION=unwrap"],
-        1,
-        WAIT,
-    )
-    .unwrap();
-    assert!(refused
-        .iter()
-        .any(|entry| field_text(entry, "GUARD_KMS_OUTCOME").as_deref() != Some("ok")));
 }
