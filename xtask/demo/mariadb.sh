@@ -144,7 +144,8 @@ step "7. MariaDB stops; the volume is locked: the files are unreadable to everyo
 show "/etc/init.d/mariadb stop"
 show "guardctl volume lock mysql"
 show "guardctl volume status"
-note "even mariadbd, the one allowed program, cannot open its files without the key:"
+note "even mariadbd, the one allowed program, cannot open its files without the key"
+note "(Errcode 126 is the kernel's ENOKEY, 'Required key not available'; MariaDB names 126 after its own error table):"
 show "timeout 120 mariadbd --user=mysql --skip-networking --socket=/tmp/locked.sock --pid-file=/tmp/locked.pid 2>&1 | grep -E 'ERROR' | head -n 3"
 note "guardd restarts and unlocks the volume from the KMS"
 show "guardctl stop"
@@ -164,7 +165,7 @@ show "guardctl volume unlock mysql"
 show "guardctl volume status"
 show "timeout 120 mariadbd --user=mysql --skip-networking --socket=/tmp/locked.sock --pid-file=/tmp/locked.pid 2>&1 | grep -E 'ERROR' | head -n 2"
 note "who revoked it, and when:"
-show "journalctl -o verbose --no-pager GUARD_VOLUME=mysql _COMM=guardctl | grep -E '^[A-Z][a-z]{2} |MESSAGE=|_UID=|GUARD_LOGIN_UID=' | tail -n 4"
+show "journalctl -o short-iso --no-pager GUARD_VOLUME=mysql _COMM=guardctl _UID=0"
 show "journalctl -o short-iso --no-pager SYSLOG_IDENTIFIER=guard-kms | grep -E 'revoke|unwrap' | tail -n 3"
 
 printf '\nDEMO COMPLETE\n'
