@@ -15,6 +15,9 @@ pub mod access {
     pub const RENAME: u32 = 1 << 5;
     pub const LINK: u32 = 1 << 6;
     pub const SETATTR: u32 = 1 << 7;
+    /// Mounting on, or remounting or unmounting, protected data. No rule can
+    /// grant it; it is a name in events only.
+    pub const MOUNT: u32 = 1 << 8;
 
     /// Policy names of the access bits, in bit order.
     pub const NAMES: [(&str, u32); 8] = [
@@ -51,14 +54,21 @@ pub mod tamper {
     pub const BPF: u32 = 1 << 20;
     /// Unmounting the bpffs holding guard's pins.
     pub const UMOUNT: u32 = 1 << 21;
+    /// Opening kernel memory: /proc/kcore, /dev/mem, /dev/port (the
+    /// encryption keys live there).
+    pub const KERNEL_MEMORY: u32 = 1 << 22;
+    /// Loading a kernel module from user space.
+    pub const MODULE: u32 = 1 << 23;
 
-    pub const NAMES: [(&str, u32); 6] = [
+    pub const NAMES: [(&str, u32); 8] = [
         ("ptrace-read", PTRACE_READ),
         ("ptrace-attach", PTRACE_ATTACH),
         ("exec-traced", EXEC_TRACED),
         ("signal", SIGNAL),
         ("bpf", BPF),
         ("umount", UMOUNT),
+        ("kernel-memory", KERNEL_MEMORY),
+        ("module-load", MODULE),
     ];
 }
 
@@ -187,15 +197,40 @@ pub mod hook {
     pub const BPF_MAP: u32 = 15;
     pub const BPF_PROG: u32 = 16;
     pub const SB_UMOUNT: u32 = 17;
+    /// Every read and write on an open file (inherited or passed fds too).
+    pub const FILE_PERMISSION: u32 = 18;
+    pub const MMAP_FILE: u32 = 19;
+    pub const SB_MOUNT: u32 = 20;
+    pub const MOVE_MOUNT: u32 = 21;
+    pub const INODE_SETXATTR: u32 = 22;
+    pub const INODE_REMOVEXATTR: u32 = 23;
+    pub const INODE_SET_ACL: u32 = 24;
+    pub const INODE_REMOVE_ACL: u32 = 25;
+    /// Opening kernel memory (/proc/kcore, /dev/mem, /dev/port).
+    pub const KERNEL_MEMORY: u32 = 26;
+    pub const KERNEL_READ_FILE: u32 = 27;
+    pub const KERNEL_LOAD_DATA: u32 = 28;
+    /// A remount or unmount of a filesystem holding protected directories.
+    pub const PROTECTED_FS: u32 = 29;
 
     /// Hooks whose object is a process, not a file.
     pub fn is_process(hook: u32) -> bool {
         matches!(hook, PTRACE_ACCESS_CHECK | BPRM_CHECK_SECURITY | TASK_KILL)
     }
 
-    /// Hooks whose object is guard's BPF state.
+    /// Hooks whose object is guard's BPF state or the system's integrity
+    /// (kernel memory, modules, filesystems holding protected data).
     pub fn is_bpf(hook: u32) -> bool {
-        matches!(hook, BPF | BPF_MAP | BPF_PROG | SB_UMOUNT)
+        matches!(
+            hook,
+            BPF | BPF_MAP
+                | BPF_PROG
+                | SB_UMOUNT
+                | KERNEL_MEMORY
+                | KERNEL_READ_FILE
+                | KERNEL_LOAD_DATA
+                | PROTECTED_FS
+        )
     }
 
     pub fn name(hook: u32) -> &'static str {
@@ -217,6 +252,18 @@ pub mod hook {
             BPF_MAP => "bpf_map",
             BPF_PROG => "bpf_prog",
             SB_UMOUNT => "sb_umount",
+            FILE_PERMISSION => "file_permission",
+            MMAP_FILE => "mmap_file",
+            SB_MOUNT => "sb_mount",
+            MOVE_MOUNT => "move_mount",
+            INODE_SETXATTR => "inode_setxattr",
+            INODE_REMOVEXATTR => "inode_removexattr",
+            INODE_SET_ACL => "inode_set_acl",
+            INODE_REMOVE_ACL => "inode_remove_acl",
+            KERNEL_MEMORY => "file_open",
+            KERNEL_READ_FILE => "kernel_read_file",
+            KERNEL_LOAD_DATA => "kernel_load_data",
+            PROTECTED_FS => "sb_mount/sb_umount",
             _ => "unknown",
         }
     }
@@ -319,6 +366,8 @@ pub struct Settings {
     /// Events per CPU per second before suppression; 0 means the default.
     pub events_per_sec: u32,
     pub _pad: u32,
+    /// Inode number of /proc/kcore (the same in every procfs instance).
+    pub kcore_ino: u64,
 }
 
 /// guardd's identity and whether it protects itself (`SELF`, index 0).
@@ -435,6 +484,19 @@ pub struct KernelOffsets {
     /// union bpf_attr (UAPI; resolved all the same)
     pub bpf_attr_prog_type: u32,
     pub bpf_attr_link_id: u32,
+    pub super_block_s_root: u32,
+    pub vfsmount_mnt_root: u32,
+    pub super_block_s_magic: u32,
+    pub inode_i_mode: u32,
+    pub inode_i_rdev: u32,
+    /// offsetof(path, dentry), for hooks handed a `struct path *`.
+    pub path_dentry: u32,
+    pub task_struct_real_parent: u32,
+    pub task_struct_flags: u32,
+    /// `kernel_read_file_id` READING_MODULE and `kernel_load_data_id`
+    /// LOADING_MODULE, enum values read from BTF.
+    pub reading_module: u32,
+    pub loading_module: u32,
 }
 
 /// `fmode_t` bits read from `struct file`.

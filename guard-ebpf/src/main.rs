@@ -14,8 +14,8 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
+        bpf_get_current_uid_gid, bpf_ktime_get_ns,
         bpf_probe_read_kernel_str_bytes,
     },
     macros::{lsm, map},
@@ -60,6 +60,16 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     vfsmount_mnt_sb: 0,
     bpf_attr_prog_type: 0,
     bpf_attr_link_id: 0,
+    super_block_s_root: 0,
+    vfsmount_mnt_root: 0,
+    super_block_s_magic: 0,
+    inode_i_mode: 0,
+    inode_i_rdev: 0,
+    path_dentry: 0,
+    task_struct_real_parent: 0,
+    task_struct_flags: 0,
+    reading_module: 0,
+    loading_module: 0,
 };
 
 /// Index 0: the active policy generation (0 = no policy).
@@ -90,16 +100,35 @@ static OBJECTS: HashMap<ObjectKey, u32> = HashMap::pinned(MAX_OBJECTS, 0);
 #[map(name = "GUARD_EVENTS")]
 static EVENTS: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
 
+/// The offsets patched into `.rodata` at load time. Only the pointer is read
+/// volatile, so the compiler cannot fold the fields to their build-time zeros
+/// yet loads just the fields a hook uses (the verifier sees each as a
+/// constant of the frozen map).
 #[inline(always)]
-fn offsets() -> KernelOffsets {
-    // volatile: the value is patched into .rodata at load time.
-    unsafe { core::ptr::read_volatile(&OFFSETS) }
+fn offsets() -> &'static KernelOffsets {
+    unsafe { &*core::ptr::read_volatile(&core::ptr::addr_of!(OFFSETS)) }
 }
 
-/// Reads a `T` at `base + off` from kernel memory.
+/// Reads the field at `base + off` of a kernel object.
+///
+/// `base` is always a BTF-typed pointer (a hook argument, the current task
+/// from `bpf_get_current_task_btf`, or a pointer field read from one) and
+/// `off` a constant from the frozen `OFFSETS`, so the verifier checks the
+/// access against the field's type and emits a fault-safe direct load: a
+/// few instructions instead of a `bpf_probe_read_kernel` call. A load that
+/// faults reads 0; a null `base` is an error (fail closed).
 #[inline(always)]
 unsafe fn read<T>(base: u64, off: u32) -> Result<T, i32> {
-    bpf_probe_read_kernel((base + off as u64) as *const T)
+    if base == 0 {
+        return Err(EPERM);
+    }
+    Ok(core::ptr::read_volatile((base + off as u64) as *const T))
+}
+
+/// The current task as a BTF-typed pointer, so its fields can be `read`.
+#[inline(always)]
+fn current_task() -> u64 {
+    unsafe { bpf_get_current_task_btf() as u64 }
 }
 
 #[inline(always)]
@@ -137,10 +166,16 @@ unsafe fn dentry_ino(o: &KernelOffsets, dentry: u64) -> Result<u64, i32> {
     read(inode, o.inode_i_ino)
 }
 
+/// The device of the filesystem `dentry` is on.
+#[inline(always)]
+unsafe fn dentry_dev(o: &KernelOffsets, dentry: u64) -> Result<u32, i32> {
+    let sb: u64 = read(dentry, o.dentry_d_sb)?;
+    read(sb, o.super_block_s_dev)
+}
+
 #[inline(always)]
 unsafe fn object(o: &KernelOffsets, dentry: u64) -> Result<Object, i32> {
-    let sb: u64 = read(dentry, o.dentry_d_sb)?;
-    let dev: u32 = read(sb, o.super_block_s_dev)?;
+    let dev = dentry_dev(o, dentry)?;
     let ino = dentry_ino(o, dentry)?;
     Ok(Object { dentry, dev, ino })
 }
@@ -160,7 +195,15 @@ unsafe fn find_point(o: &KernelOffsets, generation: u32, obj: &Object) -> Result
         }
         let parent: u64 = read(dentry, o.dentry_d_parent)?;
         if parent == dentry || parent == 0 {
-            return Ok(Lookup::NotProtected); // reached the root of this filesystem
+            // The top of the walk must be the filesystem's root. Anything
+            // else is a disconnected dentry (open_by_handle_at of an uncached
+            // file): its place in the tree is unknown, so deny.
+            let sb: u64 = read(dentry, o.dentry_d_sb)?;
+            let root: u64 = read(sb, o.super_block_s_root)?;
+            if root != dentry {
+                return Err(EPERM);
+            }
+            return Ok(Lookup::NotProtected);
         }
         dentry = parent;
         ino = dentry_ino(o, dentry)?;
@@ -202,7 +245,7 @@ unsafe fn task_exe(o: &KernelOffsets, task: u64) -> Result<Option<ExeKey>, i32> 
 /// `None` for kernel threads (no mm): the kernel itself is not confined.
 #[inline(always)]
 unsafe fn caller(o: &KernelOffsets) -> Result<Option<Caller>, i32> {
-    let Some(exe) = task_exe(o, bpf_get_current_task())? else {
+    let Some(exe) = task_exe(o, current_task())? else {
         return Ok(None);
     };
     let uid_gid = bpf_get_current_uid_gid();
@@ -275,10 +318,15 @@ unsafe fn try_decide(dentry: u64, access: u32, hook: u32) -> Result<i32, i32> {
         _ => return Ok(ALLOW), // no policy applied
     };
     let o = offsets();
-    let obj = object(&o, dentry)?;
-    if DEVS.get_ptr(&DevKey { generation, dev: obj.dev }).is_none() {
+    let dev = dentry_dev(o, dentry)?;
+    if DEVS.get_ptr(&DevKey { generation, dev }).is_none() {
         return Ok(ALLOW); // fast path: nothing protected on this filesystem
     }
+    let obj = Object {
+        dentry,
+        dev,
+        ino: dentry_ino(o, dentry)?,
+    };
     let protection = match find_point(&o, generation, &obj)? {
         Lookup::NotProtected => return Ok(ALLOW),
         Lookup::Protected(p) => p,
@@ -299,7 +347,10 @@ unsafe fn try_decide(dentry: u64, access: u32, hook: u32) -> Result<i32, i32> {
     };
     if access & allow == access {
         count(stat::ALLOWED);
-        if access & audit != 0 {
+        // Reads and maps of an opened file are not audited one by one: the
+        // open was.
+        let per_open = hook != hook::FILE_PERMISSION && hook != hook::MMAP_FILE;
+        if access & audit != 0 && per_open {
             count(stat::AUDITED);
             report.verdict = verdict::AUDITED;
             emit(&o, &obj, &report);
@@ -395,7 +446,7 @@ unsafe fn fill_exe(o: &KernelOffsets, e: &mut Event) {
     for i in 0..EXE_DEPTH {
         e.exe_path[i][0] = 0;
     }
-    let task = bpf_get_current_task();
+    let task = current_task();
     let Ok(mm) = read::<u64>(task, o.task_struct_mm) else {
         return;
     };
@@ -526,7 +577,242 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         let Ok(dentry) = read::<u64>(file, o.file_f_path_dentry) else {
             return EPERM;
         };
+        if is_kernel_memory(o, file, dentry) {
+            return deny_outsider(hook::KERNEL_MEMORY, tamper::KERNEL_MEMORY, 0);
+        }
         decide(dentry, want, hook::FILE_OPEN)
+    }
+}
+
+const PROC_SUPER_MAGIC: u64 = 0x9fa0;
+const S_IFMT: u16 = 0o170000;
+const S_IFCHR: u16 = 0o020000;
+/// Kernel-internal dev_t (major << 20 | minor) of /dev/mem and /dev/port.
+const DEV_MEM: u32 = 1 << 20 | 1;
+const DEV_PORT: u32 = 1 << 20 | 4;
+
+/// /proc/kcore (in any procfs instance) or a /dev/mem or /dev/port node
+/// (wherever root makes one): kernel memory, where the volume keys live.
+#[inline(always)]
+unsafe fn is_kernel_memory(o: &KernelOffsets, file: u64, dentry: u64) -> bool {
+    if ACTIVE.get(0).copied().unwrap_or(0) == 0 && self_protect().protect == 0 {
+        return false; // nothing armed
+    }
+    let Ok(inode) = read::<u64>(file, o.file_f_inode) else {
+        return true;
+    };
+    let mode: u16 = read(inode, o.inode_i_mode).unwrap_or(0);
+    if mode & S_IFMT == S_IFCHR {
+        let rdev: u32 = read(inode, o.inode_i_rdev).unwrap_or(0);
+        return rdev == DEV_MEM || rdev == DEV_PORT;
+    }
+    let magic: u64 = match read::<u64>(dentry, o.dentry_d_sb).and_then(|sb| read(sb, o.super_block_s_magic)) {
+        Ok(m) => m,
+        Err(_) => return true,
+    };
+    if magic != PROC_SUPER_MAGIC {
+        return false;
+    }
+    let kcore = SETTINGS.get(0).map(|s| s.kcore_ino).unwrap_or(0);
+    kcore != 0 && read::<u64>(inode, o.inode_i_ino).unwrap_or(0) == kcore
+}
+
+/// Denies and reports an attempt on the system's integrity by anyone but
+/// guardd and the kernel's own threads, while something is armed.
+#[inline(always)]
+unsafe fn deny_outsider(hook: u32, access: u32, id: u64) -> i32 {
+    match armed_outsider() {
+        Ok(Some(exe)) => deny_bpf(exe, hook, access, 0, id, 0),
+        Ok(None) => ALLOW,
+        Err(_) => EPERM,
+    }
+}
+
+/// The caller, when a policy or self-protection is armed and the caller is
+/// neither guardd nor a kernel thread; `None` means allow.
+#[inline(always)]
+unsafe fn armed_outsider() -> Result<Option<ExeKey>, i32> {
+    if ACTIVE.get(0).copied().unwrap_or(0) == 0 && self_protect().protect == 0 {
+        return Ok(None);
+    }
+    match caller(offsets())? {
+        Some(c) if !is_guardd(&c.exe) => Ok(Some(c.exe)),
+        _ => Ok(None),
+    }
+}
+
+/// file_permission(file, mask): every read and write through an open file,
+/// however the caller got it (inherited across exec, passed over a UNIX
+/// socket, pidfd_getfd). Also splice, sendfile, copy_file_range, io_uring.
+#[lsm(hook = "file_permission")]
+pub fn file_permission(ctx: LsmContext) -> i32 {
+    unsafe {
+        let file: u64 = ctx.arg(0);
+        let mask = ctx.arg::<u64>(1) as u32;
+        let mut want = 0;
+        if mask & MAY_READ != 0 {
+            want |= access::READ;
+        }
+        if mask & (MAY_WRITE | MAY_APPEND) != 0 {
+            want |= access::WRITE;
+        }
+        if want == 0 {
+            return ALLOW;
+        }
+        let Ok(dentry) = read::<u64>(file, offsets().file_f_path_dentry) else {
+            return EPERM;
+        };
+        decide(dentry, want, hook::FILE_PERMISSION)
+    }
+}
+
+const MAY_WRITE: u32 = 0x2;
+const MAY_READ: u32 = 0x4;
+const MAY_APPEND: u32 = 0x8;
+const PROT_WRITE: u64 = 0x2;
+const PROT_EXEC: u64 = 0x4;
+const MAP_SHARED: u64 = 0x1;
+
+/// mmap_file(file, reqprot, prot, flags): mapping a file reads it without
+/// read(2); a shared writable map writes it.
+#[lsm(hook = "mmap_file")]
+pub fn mmap_file(ctx: LsmContext) -> i32 {
+    unsafe {
+        let file: u64 = ctx.arg(0);
+        if file == 0 {
+            return ALLOW; // anonymous memory
+        }
+        let prot: u64 = ctx.arg(2);
+        let flags: u64 = ctx.arg(3);
+        let mut want = access::READ;
+        if prot & PROT_WRITE != 0 && flags & MAP_SHARED != 0 {
+            want |= access::WRITE;
+        }
+        if prot & PROT_EXEC != 0 {
+            want |= access::EXEC;
+        }
+        let Ok(dentry) = read::<u64>(file, offsets().file_f_path_dentry) else {
+            return EPERM;
+        };
+        decide(dentry, want, hook::MMAP_FILE)
+    }
+}
+
+/// inode_setxattr([userns|idmap,] dentry, name, ...): extended attributes
+/// (security labels, ACLs before Linux 6.2, fscrypt has none settable).
+#[lsm(hook = "inode_setxattr")]
+pub fn inode_setxattr(ctx: LsmContext) -> i32 {
+    unsafe { decide_dir_op(ctx.arg(1), access::SETATTR, hook::INODE_SETXATTR) }
+}
+
+#[lsm(hook = "inode_removexattr")]
+pub fn inode_removexattr(ctx: LsmContext) -> i32 {
+    unsafe { decide_dir_op(ctx.arg(1), access::SETATTR, hook::INODE_REMOVEXATTR) }
+}
+
+/// inode_set_acl(idmap, dentry, name, acl): POSIX ACLs since Linux 6.2
+/// (attached only where the hook exists).
+#[lsm(hook = "inode_set_acl")]
+pub fn inode_set_acl(ctx: LsmContext) -> i32 {
+    unsafe { decide_dir_op(ctx.arg(1), access::SETATTR, hook::INODE_SET_ACL) }
+}
+
+#[lsm(hook = "inode_remove_acl")]
+pub fn inode_remove_acl(ctx: LsmContext) -> i32 {
+    unsafe { decide_dir_op(ctx.arg(1), access::SETATTR, hook::INODE_REMOVE_ACL) }
+}
+
+const MS_REMOUNT: u64 = 32;
+
+/// sb_mount(dev_name, path, type, flags, data): nothing may be mounted on a
+/// protected directory or inside one (it would hide or divert the data),
+/// and a filesystem holding protected directories is not remounted.
+#[lsm(hook = "sb_mount")]
+pub fn sb_mount(ctx: LsmContext) -> i32 {
+    unsafe {
+        let path: u64 = ctx.arg(1);
+        let flags: u64 = ctx.arg(3);
+        let Ok(dentry) = read::<u64>(path, offsets().path_dentry) else {
+            return EPERM;
+        };
+        if flags & MS_REMOUNT != 0 {
+            return match dentry_dev(offsets(), dentry) {
+                Ok(dev) => protect_fs(dev),
+                Err(_) => EPERM,
+            };
+        }
+        decide(dentry, access::MOUNT, hook::SB_MOUNT)
+    }
+}
+
+/// move_mount(from_path, to_path): the new mount API's way to mount.
+#[lsm(hook = "move_mount")]
+pub fn move_mount(ctx: LsmContext) -> i32 {
+    unsafe {
+        let to: u64 = ctx.arg(1);
+        let Ok(dentry) = read::<u64>(to, offsets().path_dentry) else {
+            return EPERM;
+        };
+        decide(dentry, access::MOUNT, hook::MOVE_MOUNT)
+    }
+}
+
+/// Refuses remounting or unmounting a filesystem that holds protected
+/// directories of the active policy.
+#[inline(always)]
+unsafe fn protect_fs(dev: u32) -> i32 {
+    let generation = ACTIVE.get(0).copied().unwrap_or(0);
+    if generation == 0 {
+        return ALLOW;
+    }
+    if DEVS.get_ptr(&DevKey { generation, dev }).is_none() {
+        return ALLOW;
+    }
+    match armed_outsider() {
+        Ok(Some(exe)) => deny_bpf(exe, hook::PROTECTED_FS, access::MOUNT, 0, 0, dev),
+        Ok(None) => ALLOW,
+        Err(_) => EPERM,
+    }
+}
+
+/// kernel_read_file(file, id, contents): a module file read for finit_module.
+/// Module loads the kernel itself asks for (request_module runs modprobe as
+/// a child of a kernel thread) still work; root's own do not.
+#[lsm(hook = "kernel_read_file")]
+pub fn kernel_read_file(ctx: LsmContext) -> i32 {
+    unsafe {
+        let id = ctx.arg::<u64>(1) as u32;
+        if id != offsets().reading_module {
+            return ALLOW;
+        }
+        deny_module_load(hook::KERNEL_READ_FILE)
+    }
+}
+
+/// kernel_load_data(id, contents): a module image handed to init_module.
+#[lsm(hook = "kernel_load_data")]
+pub fn kernel_load_data(ctx: LsmContext) -> i32 {
+    unsafe {
+        let id = ctx.arg::<u64>(0) as u32;
+        if id != offsets().loading_module {
+            return ALLOW;
+        }
+        deny_module_load(hook::KERNEL_LOAD_DATA)
+    }
+}
+
+const PF_KTHREAD: u32 = 0x0020_0000;
+
+#[inline(always)]
+unsafe fn deny_module_load(hook: u32) -> i32 {
+    let o = offsets();
+    let task = current_task();
+    let parent_flags = read::<u64>(task, o.task_struct_real_parent)
+        .and_then(|parent| read::<u32>(parent, o.task_struct_flags));
+    match parent_flags {
+        Ok(flags) if flags & PF_KTHREAD != 0 => ALLOW, // modprobe run by the kernel
+        Ok(_) => deny_outsider(hook, tamper::MODULE, 0),
+        Err(_) => EPERM,
     }
 }
 
@@ -831,7 +1117,7 @@ unsafe fn try_exec_traced(bprm: u64, a: &ProcessAttempt) -> Result<i32, i32> {
         _ => return Ok(ALLOW),
     };
     let o = offsets();
-    let task = bpf_get_current_task();
+    let task = current_task();
     let ptrace: u32 = read(task, o.task_struct_ptrace)?;
     if ptrace == 0 {
         return Ok(ALLOW); // not traced: the usual case, one read
@@ -1101,25 +1387,39 @@ pub fn bpf_prog(ctx: LsmContext) -> i32 {
 }
 
 /// sb_umount(mnt, flags): unmounting the bpffs that holds guard's pins
-/// would drop them and detach the programs.
+/// would drop them and detach the programs; unmounting a filesystem that
+/// holds protected directories would take the data from under the database.
 #[lsm(hook = "sb_umount")]
 pub fn sb_umount(ctx: LsmContext) -> i32 {
     unsafe {
-        let exe = match bpf_outsider() {
-            Ok(Some(exe)) => exe,
-            Ok(None) => return ALLOW,
-            Err(_) => return EPERM,
-        };
         let o = offsets();
         let mnt: u64 = ctx.arg(0);
-        let dev = match read::<u64>(mnt, o.vfsmount_mnt_sb).and_then(|sb| read::<u32>(sb, o.super_block_s_dev)) {
-            Ok(dev) => dev,
-            Err(_) => return deny_bpf(exe, hook::SB_UMOUNT, tamper::UMOUNT, 0, 0, 0),
+        let Ok(sb) = read::<u64>(mnt, o.vfsmount_mnt_sb) else {
+            return EPERM;
         };
-        if dev == self_protect().pins.dev {
-            return deny_bpf(exe, hook::SB_UMOUNT, tamper::UMOUNT, 0, 0, dev);
+        let Ok(dev) = read::<u32>(sb, o.super_block_s_dev) else {
+            return EPERM;
+        };
+        let me = self_protect();
+        if me.protect != 0 && dev == me.pins.dev {
+            return match bpf_outsider() {
+                Ok(Some(exe)) => deny_bpf(exe, hook::SB_UMOUNT, tamper::UMOUNT, 0, 0, dev),
+                Ok(None) => ALLOW,
+                Err(_) => EPERM,
+            };
         }
-        ALLOW
+        // A bind mount of a subtree can go: the filesystem stays mounted
+        // where the database has it. Unmounting a whole filesystem cannot.
+        let (Ok(mnt_root), Ok(fs_root)) = (
+            read::<u64>(mnt, o.vfsmount_mnt_root),
+            read::<u64>(sb, o.super_block_s_root),
+        ) else {
+            return EPERM;
+        };
+        if mnt_root != fs_root {
+            return ALLOW;
+        }
+        protect_fs(dev)
     }
 }
 

@@ -12,14 +12,23 @@ pub const DEFAULT_SOCKET: &str = "/run/guard/guardd.sock";
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Request {
-    /// Validate, resolve and atomically apply a policy (its JSON text).
+    /// Validate, resolve and atomically apply a policy: its JSON text, or a
+    /// signed document holding it (required when policy signing is on).
     Apply { policy: String },
     /// The applied policy, its hash, when it was applied, binary checks.
     Show,
     /// Enforcement state and counters.
     Status,
     /// Stop guardd, lifting its self-protection; enforcement stays armed.
-    Stop,
+    /// With policy signing on, `order` must be a signed stop order.
+    Stop {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        order: Option<String>,
+    },
+    /// This guardd's nonce, which a signed order must carry.
+    Challenge,
+    /// A signed disarm order: detach the programs, remove the pins, exit.
+    Disarm { order: String },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

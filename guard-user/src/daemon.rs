@@ -7,6 +7,7 @@ use crate::events::{self, Decision, PolicyNames};
 use crate::journal::{self, message_id, Journal};
 use crate::loader::{self, Armed, Pins};
 use crate::policy::{self, ResolvedBinary, ResolvedPolicy};
+use crate::signing::{trust::KeyMismatch, OrderAction, Refusal, Trust};
 use anyhow::{Context, Result};
 use aya::maps::{Map, MapData, RingBuf};
 use guard_common::{maps, ExeKey, SelfProtect, Settings};
@@ -34,6 +35,9 @@ pub struct Config {
     /// Encrypted volumes to unlock at start (records folder) and the KMS to ask.
     pub volume_dir: PathBuf,
     pub kms_config: PathBuf,
+    /// Public key file of the off-host key that must sign policies and
+    /// orders (`--trust-key`); pinned with the armed guard.
+    pub trust_key: Option<PathBuf>,
 }
 
 impl Config {
@@ -55,6 +59,18 @@ pub struct AppliedPolicy {
     pub resolved: ResolvedPolicy,
     /// The policy as it was given.
     pub text: String,
+    /// Who signed it, when policy signing is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<SignedBy>,
+}
+
+/// The signature an applied policy came with.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SignedBy {
+    /// Fingerprint of the signing key.
+    pub signer: String,
+    pub serial: u64,
+    pub signed_at: String,
 }
 
 impl AppliedPolicy {
@@ -82,27 +98,56 @@ struct Daemon {
     journal: Journal,
     /// Whether the kernel refuses signals and tracing of guardd.
     protected: bool,
-    /// Notified by a `guardctl stop` once it has been answered.
+    /// The pinned key policies and orders must be signed with; None when
+    /// policy signing is off.
+    trust: Mutex<Option<Trust>>,
+    /// Notified by a stop or disarm once it has been answered.
     stop: tokio::sync::Notify,
+    /// Set by an accepted stop or disarm, before `stop` is notified.
+    ending: Mutex<Option<Ending>>,
     trail: AuditTrail,
+}
+
+/// Who sent a control request: (pid, uid) of the peer.
+type Peer = (i32, u32);
+
+/// A stop or disarm the main loop ends guardd for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    Stop,
+    Disarm,
 }
 
 pub async fn run(config: Config) -> Result<()> {
     let pins = Pins::new(&config.pin_dir);
     let armed = loader::arm(&pins, crate::EBPF_OBJECT, &config.btf)?;
     let mut maps = KernelMaps::open(&pins)?;
+    maps.remove_inactive_generations()
+        .context("removing policy generations a previous guardd left")?;
     maps.set_settings(Settings {
         events_per_sec: config.events_per_sec,
         _pad: 0,
+        kcore_ino: kcore_ino()?,
     })?;
-    let protected = register_self(&mut maps, &pins, config.protect_self)?;
+    let trust = match establish_trust(&config, &pins) {
+        Ok(trust) => trust,
+        Err(e) => {
+            refuse_trust_key(&config, &maps, &e).await;
+            return Err(e);
+        }
+    };
+    // Signing is only as strong as guard's hold on its own state: with a
+    // trusted key, guardd always protects itself and its pins.
+    let protect = config.protect_self || trust.is_some();
+    let protected = register_self(&mut maps, &pins, protect)?;
+    let journal = Journal::connect().context("connecting to the systemd journal")?;
+    let trail = AuditTrail::open(config.audit.clone()).context("opening the audit trail")?;
     let applied = load_applied(&config.state_dir)?;
     let names = applied
         .as_ref()
         .map(|a| a.resolved.names())
         .unwrap_or_default();
-    let journal = Journal::connect().context("connecting to the systemd journal")?;
-    let trail = AuditTrail::open(config.audit.clone()).context("opening the audit trail")?;
+    let signing = signing_state(trust.as_ref());
     let daemon = Arc::new(Daemon {
         config: config.clone(),
         armed,
@@ -111,26 +156,39 @@ pub async fn run(config: Config) -> Result<()> {
         names: RwLock::new(names),
         journal,
         protected,
+        trust: Mutex::new(trust),
         stop: tokio::sync::Notify::new(),
+        ending: Mutex::new(None),
         trail,
     });
     tokio::spawn(record_trail_alerts(daemon.clone()));
     tokio::spawn(unlock_volumes(daemon.clone()));
     let protection = if protected { "on" } else { "off" };
+    let (signing_on, trust_key) = &signing;
+    let signing_text = match trust_key {
+        Some(key) => format!("policy signing: on, trusted key {key}"),
+        None => "policy signing: off".into(),
+    };
     daemon.admin_entry(
         message_id::GUARDD_STARTED,
         &format!(
-            "guardd started ({}, self-protection {protection})",
+            "guardd started ({}, self-protection {protection}, {signing_text})",
             armed_name(armed)
         ),
         &[
             ("GUARD_ARMED", armed_name(armed)),
             ("GUARD_SELF_PROTECTION", protection),
+            (journal::field::POLICY_SIGNING, signing_on),
+            (
+                journal::field::TRUST_KEY,
+                trust_key.as_deref().unwrap_or(""),
+            ),
         ],
     );
     let listener = bind_socket(&config.socket)?;
     let mut events = tokio::spawn(forward_events(daemon.clone(), pins.map(maps::EVENTS)));
     tokio::spawn(report_suppressed(daemon.clone()));
+    tokio::spawn(retire_replaced_generations(daemon.clone()));
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let outcome = loop {
@@ -151,14 +209,20 @@ pub async fn run(config: Config) -> Result<()> {
             _ = daemon.stop.notified() => break Ok(()),
         }
     };
-    if let Err(e) = daemon.lift_self_protection() {
-        eprintln!("guardd: {e:#}");
+    let ending = *daemon.ending.lock().unwrap();
+    // Only a stop or disarm someone asked for lifts the protection; guardd
+    // failing (the event reader, say) leaves it on: fail closed.
+    if ending.is_some() {
+        if let Err(e) = daemon.lift_self_protection() {
+            eprintln!("guardd: {e:#}");
+        }
     }
-    daemon.admin_entry(
-        message_id::GUARDD_STOPPED,
-        "guardd stopped; enforcement stays armed in the kernel",
-        &[],
-    );
+    let stopped = if ending == Some(Ending::Disarm) {
+        "guardd stopped; the guard is disarmed, nothing is enforced"
+    } else {
+        "guardd stopped; enforcement stays armed in the kernel"
+    };
+    daemon.admin_entry(message_id::GUARDD_STOPPED, stopped, &[]);
     let _ = std::fs::remove_file(&config.socket);
     daemon.trail.close().await;
     outcome
@@ -190,27 +254,23 @@ async fn serve(daemon: Arc<Daemon>, stream: UnixStream) {
         .unwrap_or((0, u32::MAX));
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    let mut stopping = false;
-    let response = match BufReader::new(read).read_line(&mut line).await {
+    let (response, ending) = match BufReader::new(read).read_line(&mut line).await {
         Ok(_) => match serde_json::from_str::<Request>(&line) {
-            Ok(Request::Stop) => {
-                stopping = true;
-                daemon.stop_requested(peer)
-            }
             Ok(request) => {
                 let d = daemon.clone();
-                tokio::task::spawn_blocking(move || d.handle(request))
+                tokio::task::spawn_blocking(move || d.handle(request, peer))
                     .await
-                    .unwrap_or_else(|e| Response::err(format!("request failed: {e}")))
+                    .unwrap_or_else(|e| (Response::err(format!("request failed: {e}")), None))
             }
-            Err(e) => Response::err(format!("malformed request: {e}")),
+            Err(e) => (Response::err(format!("malformed request: {e}")), None),
         },
-        Err(e) => Response::err(format!("reading request: {e}")),
+        Err(e) => (Response::err(format!("reading request: {e}")), None),
     };
     let mut reply = serde_json::to_string(&response).unwrap_or_default();
     reply.push('\n');
     let _ = write.write_all(reply.as_bytes()).await;
-    if stopping {
+    if let Some(ending) = ending {
+        *daemon.ending.lock().unwrap() = Some(ending);
         // Only once answered: the main loop ends the process.
         daemon.stop.notify_one();
     }
@@ -261,19 +321,47 @@ fn runs(tgid: u32, exe: &ExeKey) -> bool {
 }
 
 impl Daemon {
-    fn handle(&self, request: Request) -> Response {
+    /// Answers a request; a stop or disarm also says how guardd ends.
+    fn handle(&self, request: Request, peer: Peer) -> (Response, Option<Ending>) {
         let result = match request {
-            Request::Apply { policy } => self.apply(policy),
-            Request::Show => self.show(),
-            Request::Status => self.status(),
-            Request::Stop => Ok(Response::err("stop is handled by the connection")),
+            Request::Apply { policy } => self.apply(policy, peer).map(|r| (r, None)),
+            Request::Show => self.show().map(|r| (r, None)),
+            Request::Status => self.status().map(|r| (r, None)),
+            Request::Challenge => Ok((self.challenge(), None)),
+            Request::Stop { order } => Ok(self.stop_requested(order.as_deref(), peer)),
+            Request::Disarm { order } => self.disarm(&order, peer),
         };
-        result.unwrap_or_else(|e| Response::err(format!("{e:#}")))
+        result.unwrap_or_else(|e| (Response::err(format!("{e:#}")), None))
     }
 
     /// Validates and resolves the policy, then swaps it in atomically. Any
-    /// error leaves the running policy as it was.
-    fn apply(&self, text: String) -> Result<Response> {
+    /// error leaves the running policy as it was. With policy signing on, the
+    /// policy must come in a document signed by the trusted key, with a
+    /// serial greater than the last applied one.
+    fn apply(&self, document: String, peer: Peer) -> Result<Response> {
+        let started = std::time::Instant::now();
+        // Held to the end: two signed applies cannot both pass the serial check.
+        let mut trust = self.trust.lock().unwrap();
+        let (text, signed) = match trust.as_ref() {
+            Some(trust) => match trust.check_policy(&document) {
+                Ok(p) => {
+                    let signed = SignedBy {
+                        signer: p.signer,
+                        serial: p.serial,
+                        signed_at: p.signed_at,
+                    };
+                    (p.text, Some(signed))
+                }
+                Err(refusal) => return Ok(self.refused(&refusal, "policy", Some(trust), peer)),
+            },
+            None if crate::signing::SignedDocument::looks_signed(&document) => {
+                let refusal = Refusal::SigningOff {
+                    what: "signed policy",
+                };
+                return Ok(self.refused(&refusal, "policy", None, peer));
+            }
+            None => (document, None),
+        };
         let resolved = match policy::parse(&text).and_then(|p| policy::resolve(&p)) {
             Ok(r) => r,
             Err(errors) => {
@@ -287,6 +375,11 @@ impl Daemon {
                 )));
             }
         };
+        if let (Some(trust), Some(signed)) = (trust.as_mut(), &signed) {
+            // Recorded before the kernel maps change: a policy is never in
+            // force without its serial being used up.
+            trust.commit_serial(signed.serial)?;
+        }
         let generation = {
             let mut maps = self.maps.lock().unwrap();
             maps.apply(|g| resolved.entries(g)).inspect_err(|e| {
@@ -297,25 +390,44 @@ impl Daemon {
                 );
             })?
         };
+        let in_force_ms = started.elapsed().as_secs_f64() * 1000.0;
         let applied = AppliedPolicy {
             applied_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             generation,
             resolved,
             text,
+            signed,
         };
         store_applied(&self.config.state_dir, &applied)?;
         *self.names.write().unwrap() = applied.resolved.names();
         let (hash, mode) = (&applied.resolved.hash, applied.resolved.mode.name());
         let summary = serde_json::json!({
             "hash": hash, "generation": generation, "applied_at": applied.applied_at, "mode": mode,
+            "in_force_ms": in_force_ms,
+            "signed": applied.signed,
         });
+        let generation_text = generation.to_string();
+        let mut fields = vec![
+            ("GUARD_POLICY_HASH", hash.as_str()),
+            ("GUARD_GENERATION", generation_text.as_str()),
+        ];
+        let signed_text = match &applied.signed {
+            Some(s) => {
+                fields.push((journal::field::SIGNER, s.signer.as_str()));
+                format!(", signed by {} serial {}", s.signer, s.serial)
+            }
+            None => String::new(),
+        };
+        let serial = applied.signed.as_ref().map(|s| s.serial.to_string());
+        if let Some(serial) = &serial {
+            fields.push((journal::field::SERIAL, serial));
+        }
         self.admin_entry(
             message_id::POLICY_APPLIED,
-            &format!("guard policy {hash} applied (generation {generation}, mode {mode})"),
-            &[
-                ("GUARD_POLICY_HASH", hash),
-                ("GUARD_GENERATION", &generation.to_string()),
-            ],
+            &format!(
+                "guard policy {hash} applied (generation {generation}, mode {mode}{signed_text})"
+            ),
+            &fields,
         );
         *self.applied.lock().unwrap() = Some(applied);
         Ok(Response::ok(summary))
@@ -347,10 +459,20 @@ impl Daemon {
             "protected": points, "rules": rules,
             "binaries": binaries,
             "policy": serde_json::from_str::<serde_json::Value>(&applied.text).unwrap_or_default(),
+            "signed": applied.signed,
         })))
     }
 
     fn status(&self) -> Result<Response> {
+        // Read before the maps: apply takes the trust lock, then the maps'.
+        let (signing, trust_key, serial) = match self.trust.lock().unwrap().as_ref() {
+            Some(t) => (
+                "on",
+                Some(t.fingerprint().to_owned()),
+                Some(t.last_serial()),
+            ),
+            None => ("off", None, None),
+        };
         let maps = self.maps.lock().unwrap();
         let generation = maps.active_generation()?;
         let stats: Stats = maps.stats()?;
@@ -376,23 +498,160 @@ impl Daemon {
             "counters": stats,
             "guardd_pid": std::process::id(),
             "self_protection": self.protected,
+            "policy_signing": signing,
+            "trust_key": trust_key,
+            "policy_serial": serial,
         })))
     }
 
-    /// A `guardctl stop`: journaled with who asked; the reply goes out first.
-    fn stop_requested(&self, (pid, uid): (i32, u32)) -> Response {
-        let (pid, uid) = (pid.to_string(), uid.to_string());
+    /// A `guardctl stop`: journaled with who asked; the reply goes out
+    /// first. With policy signing on it needs a signed stop order.
+    fn stop_requested(&self, order: Option<&str>, peer: Peer) -> (Response, Option<Ending>) {
+        let mut trust = self.trust.lock().unwrap();
+        let signer = match (trust.as_mut(), order) {
+            (Some(t), order) => match t.accept_order(order.unwrap_or(""), OrderAction::Stop) {
+                Ok(order) => Some(order.signer),
+                Err(refusal) => {
+                    let response = self.refused(&refusal, "stop order", Some(t), peer);
+                    return (response, None);
+                }
+            },
+            (None, Some(_)) => {
+                let refusal = Refusal::SigningOff { what: "stop order" };
+                return (self.refused(&refusal, "stop order", None, peer), None);
+            }
+            (None, None) => None,
+        };
+        let (pid, uid) = (peer.0.to_string(), peer.1.to_string());
         let lifted = if self.protected {
             "; self-protection lifted"
         } else {
             ""
         };
+        let by = signer
+            .as_ref()
+            .map(|s| format!(", by an order signed with key {s}"))
+            .unwrap_or_default();
+        let mut fields = vec![
+            (journal::field::PID, pid.as_str()),
+            (journal::field::UID, uid.as_str()),
+        ];
+        if let Some(signer) = &signer {
+            fields.push((journal::field::SIGNER, signer));
+        }
         self.admin_entry(
             message_id::GUARDD_STOP_REQUESTED,
-            &format!("guardd stop requested by pid {pid} uid {uid}{lifted}"),
-            &[(journal::field::PID, &pid), (journal::field::UID, &uid)],
+            &format!("guardd stop requested by pid {pid} uid {uid}{by}{lifted}"),
+            &fields,
         );
-        Response::ok(serde_json::json!({ "stopping": true }))
+        (
+            Response::ok(serde_json::json!({ "stopping": true })),
+            Some(Ending::Stop),
+        )
+    }
+
+    /// This guardd's nonce for orders.
+    fn challenge(&self) -> Response {
+        match self.trust.lock().unwrap().as_ref() {
+            Some(t) => Response::ok(serde_json::json!({
+                "nonce": t.nonce(),
+                "trust_key": t.fingerprint(),
+            })),
+            None => Response::err(
+                "policy signing is off (guardd was armed without --trust-key): \
+                 there is no key to sign orders with",
+            ),
+        }
+    }
+
+    /// A signed disarm order: the pins go (the programs detach once nothing
+    /// holds them), then guardd exits.
+    fn disarm(&self, order: &str, peer: Peer) -> Result<(Response, Option<Ending>)> {
+        let mut trust = self.trust.lock().unwrap();
+        let accepted = match trust.as_mut() {
+            Some(t) => t.accept_order(order, OrderAction::Disarm),
+            None => Err(Refusal::SigningOff {
+                what: "disarm order",
+            }),
+        };
+        let order = match accepted {
+            Ok(order) => order,
+            Err(refusal) => {
+                let response = self.refused(&refusal, "disarm order", trust.as_ref(), peer);
+                return Ok((response, None));
+            }
+        };
+        let pins = Pins::new(&self.config.pin_dir);
+        loader::disarm(&pins).inspect_err(|e| {
+            self.admin_entry(
+                message_id::GUARD_DISARMED,
+                &format!("guard disarm by key {} failed: {e:#}", order.signer),
+                &[
+                    (journal::field::SIGNER, &order.signer),
+                    (journal::field::REASON, &format!("{e:#}")),
+                ],
+            );
+        })?;
+        // Nothing is in force any more; a new guardd starts without a policy.
+        let _ = std::fs::remove_file(applied_path(&self.config.state_dir));
+        *self.applied.lock().unwrap() = None;
+        let (pid, uid) = (peer.0.to_string(), peer.1.to_string());
+        let at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        self.admin_entry(
+            message_id::GUARD_DISARMED,
+            &format!(
+                "guard disarmed at {at} by an order signed with key {} (signed at {}), \
+                 submitted by pid {pid} uid {uid}; enforcement is off",
+                order.signer, order.signed_at
+            ),
+            &[
+                (journal::field::SIGNER, &order.signer),
+                (journal::field::PID, &pid),
+                (journal::field::UID, &uid),
+            ],
+        );
+        let data = serde_json::json!({ "disarmed": true, "signer": order.signer, "at": at });
+        Ok((Response::ok(data), Some(Ending::Disarm)))
+    }
+
+    /// Journals and records a refused document; the reply names why.
+    fn refused(
+        &self,
+        refusal: &Refusal,
+        document: &str,
+        trust: Option<&Trust>,
+        (pid, uid): Peer,
+    ) -> Response {
+        let reason = refusal.to_string();
+        let (pid, uid) = (pid.to_string(), uid.to_string());
+        let mut fields = vec![
+            (journal::field::REFUSAL, refusal.code().to_owned()),
+            (journal::field::DOCUMENT, document.to_owned()),
+            (journal::field::REASON, reason.clone()),
+            (journal::field::PID, pid.clone()),
+            (journal::field::UID, uid.clone()),
+        ];
+        if let Some(t) = trust {
+            fields.push((journal::field::TRUST_KEY, t.fingerprint().to_owned()));
+        }
+        match refusal {
+            Refusal::Document {
+                error: crate::signing::DocumentError::WrongKey { found, .. },
+                ..
+            } => fields.push((journal::field::SIGNER, found.clone())),
+            Refusal::StaleSerial { serial, last } => {
+                fields.push((journal::field::SERIAL, serial.to_string()));
+                fields.push((journal::field::LAST_SERIAL, last.to_string()));
+            }
+            _ => {}
+        }
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.alert_entry(
+            message_id::SIGNING_REFUSED,
+            &format!("guard refused a {document} from pid {pid} uid {uid}: {reason}"),
+            &fields,
+        );
+        Response::err(format!("{reason}; nothing changed"))
     }
 
     /// Clears the kernel's protection of this guardd, if it is ours.
@@ -408,27 +667,26 @@ impl Daemon {
 
     /// Writes an admin action to the journal and the audit trail.
     fn admin_entry(&self, id: &str, message: &str, extra: &[(&str, &str)]) {
-        let mut event = serde_json::Map::new();
-        event.insert("kind".into(), message_id::name(id).into());
-        event.insert("message".into(), message.into());
-        for (k, v) in extra {
-            event.insert(k.to_ascii_lowercase(), (*v).into());
-        }
-        // block_in_place: callable from the runtime and from blocking handlers alike.
-        let recorded = tokio::task::block_in_place(|| self.trail.record_blocking(event.into()));
-        if let Err(e) = recorded {
-            eprintln!("guardd: audit trail write failed: {e}: {message}");
-        }
-        let mut fields = vec![
-            ("MESSAGE_ID", id),
-            ("MESSAGE", message),
-            ("PRIORITY", "5"),
-            ("SYSLOG_IDENTIFIER", "guardd"),
-        ];
-        fields.extend_from_slice(extra);
-        if let Err(e) = self.journal.send(&fields) {
-            eprintln!("guardd: journal write failed: {e}: {message}");
-        }
+        admin_record(
+            &self.journal,
+            &self.trail,
+            journal::priority::NOTICE,
+            id,
+            message,
+            extra,
+        );
+    }
+
+    /// An admin entry that is a warning: someone tried what guard refuses.
+    fn alert_entry(&self, id: &str, message: &str, extra: &[(&str, &str)]) {
+        admin_record(
+            &self.journal,
+            &self.trail,
+            journal::priority::WARNING,
+            id,
+            message,
+            extra,
+        );
     }
 
     fn volume_event(&self, event: &crate::volume::startup::UnlockEvent) {
@@ -495,6 +753,102 @@ impl Daemon {
     }
 }
 
+/// Writes an admin action to the journal and the audit trail.
+fn admin_record(
+    journal: &Journal,
+    trail: &AuditTrail,
+    priority: &str,
+    id: &str,
+    message: &str,
+    extra: &[(&str, &str)],
+) {
+    let mut event = serde_json::Map::new();
+    event.insert("kind".into(), message_id::name(id).into());
+    event.insert("message".into(), message.into());
+    for (k, v) in extra {
+        event.insert(k.to_ascii_lowercase(), (*v).into());
+    }
+    // block_in_place: callable from the runtime and from blocking handlers alike.
+    let recorded = tokio::task::block_in_place(|| trail.record_blocking(event.into()));
+    if let Err(e) = recorded {
+        eprintln!("guardd: audit trail write failed: {e}: {message}");
+    }
+    let mut fields = vec![
+        ("MESSAGE_ID", id),
+        ("MESSAGE", message),
+        ("PRIORITY", priority),
+        ("SYSLOG_IDENTIFIER", "guardd"),
+    ];
+    fields.extend_from_slice(extra);
+    if let Err(e) = journal.send(&fields) {
+        eprintln!("guardd: journal write failed: {e}: {message}");
+    }
+}
+
+/// The trusted key for this run: the pinned one, or `--trust-key` pinned now.
+fn establish_trust(config: &Config, pins: &Pins) -> Result<Option<Trust>> {
+    let given = match &config.trust_key {
+        Some(path) => {
+            Some(crate::audit::checkpoint::load_verifying_key(path).context("--trust-key")?)
+        }
+        None => None,
+    };
+    Trust::establish(pins.root(), &config.state_dir, given.as_ref())
+}
+
+/// Journals a refused `--trust-key` (another key is pinned) before guardd
+/// exits; into the audit trail too, unless a running guardd writes it.
+async fn refuse_trust_key(config: &Config, maps: &KernelMaps, error: &anyhow::Error) {
+    let Some(mismatch) = error.downcast_ref::<KeyMismatch>() else {
+        return;
+    };
+    let message = format!("guardd refused to start: {mismatch}");
+    let reason = mismatch.to_string();
+    let fields = [
+        ("MESSAGE_ID", message_id::TRUST_KEY_REFUSED),
+        ("MESSAGE", message.as_str()),
+        ("PRIORITY", journal::priority::ERR),
+        ("SYSLOG_IDENTIFIER", "guardd"),
+        (journal::field::DOCUMENT, "trust key"),
+        (journal::field::TRUST_KEY, mismatch.pinned.as_str()),
+        (journal::field::SIGNER, mismatch.given.as_str()),
+        (journal::field::REASON, reason.as_str()),
+    ];
+    if let Err(e) = Journal::connect().and_then(|j| j.send(&fields)) {
+        eprintln!("guardd: journal write failed: {e}: {message}");
+    }
+    let running = maps
+        .self_protect()
+        .map(|me| runs(me.tgid, &me.exe))
+        .unwrap_or(true);
+    if running {
+        return; // one writer per audit chain
+    }
+    match AuditTrail::open(config.audit.clone()) {
+        Ok(trail) => {
+            let mut event = serde_json::Map::new();
+            for (k, v) in &fields[4..] {
+                event.insert(k.to_ascii_lowercase(), (*v).into());
+            }
+            event.insert("kind".into(), "trust_key_refused".into());
+            event.insert("message".into(), message.clone().into());
+            if let Err(e) = trail.record(event.into()).await {
+                eprintln!("guardd: audit trail write failed: {e}: {message}");
+            }
+            trail.close().await;
+        }
+        Err(e) => eprintln!("guardd: opening the audit trail: {e:#}"),
+    }
+}
+
+/// ("on"|"off", trusted key fingerprint) for messages.
+fn signing_state(trust: Option<&Trust>) -> (&'static str, Option<String>) {
+    match trust {
+        Some(t) => ("on", Some(t.fingerprint().to_owned())),
+        None => ("off", None),
+    }
+}
+
 /// Reports, once a second, how many events the kernel's rate limit
 /// suppressed since the last report (the sum is never lost, only delayed).
 async fn report_suppressed(daemon: Arc<Daemon>) {
@@ -520,6 +874,26 @@ async fn report_suppressed(daemon: Arc<Daemon>) {
             );
             reported = now;
         }
+    }
+}
+
+/// The inode number of /proc/kcore, which the kernel refuses to everyone
+/// while armed (0: this kernel has no /proc/kcore).
+fn kcore_ino() -> Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata("/proc/kcore") {
+        Ok(m) => Ok(m.ino()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e).context("reading the inode of /proc/kcore"),
+    }
+}
+
+/// Deletes a replaced policy generation once no hook can still be using it.
+async fn retire_replaced_generations(daemon: Arc<Daemon>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        daemon.maps.lock().unwrap().retire_due();
     }
 }
 

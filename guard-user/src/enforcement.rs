@@ -3,8 +3,9 @@
 //! A policy is written into the maps under a new generation number while the
 //! kernel keeps deciding from the old one; then the one-word `ACTIVE` slot is
 //! flipped. A hook reads the generation once, so it sees the old policy or the
-//! new one, never a mix, and never none. The old generation is deleted after a
-//! grace period longer than any hook runs.
+//! new one, never a mix, and never none. The old generation is deleted once a
+//! grace period longer than any hook runs has passed: at the next apply or
+//! when guardd's housekeeping calls `retire_due`, never while `apply` waits.
 
 use crate::loader::Pins;
 use crate::policy::PolicyEntries;
@@ -15,7 +16,7 @@ use guard_common::{
     Settings, Taint,
 };
 use serde::Serialize;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a replaced generation stays readable after the flip.
 const GRACE: Duration = Duration::from_millis(50);
@@ -44,6 +45,15 @@ pub struct KernelMaps {
     settings: Array<MapData, Settings>,
     self_protect: Array<MapData, SelfProtect>,
     objects: HashMap<MapData, ObjectKey, u32>,
+    /// The generation replaced by the last apply, still readable by hooks
+    /// that started before the flip.
+    retiring: Option<Retiring>,
+}
+
+struct Retiring {
+    generation: u32,
+    since: Instant,
+    keep_exes: Vec<ExeKey>,
 }
 
 fn pinned(pins: &Pins, name: &str) -> Result<MapData> {
@@ -67,6 +77,7 @@ impl KernelMaps {
             settings: typed(maps::SETTINGS, Map::Array)?.try_into()?,
             self_protect: typed(maps::SELF, Map::Array)?.try_into()?,
             objects: typed(maps::OBJECTS, Map::HashMap)?.try_into()?,
+            retiring: None,
         })
     }
 
@@ -108,7 +119,9 @@ impl KernelMaps {
 
     /// Writes `entries` as a new generation and makes it the active one.
     /// On error the new generation is removed and the old one stays active.
+    /// Returns once the new generation decides; the old one is retired later.
     pub fn apply(&mut self, entries: impl FnOnce(u32) -> PolicyEntries) -> Result<u32> {
+        self.retire(true);
         let old = self.active_generation()?;
         let new = next_generation(old);
         let entries = entries(new);
@@ -119,10 +132,46 @@ impl KernelMaps {
         self.active
             .set(0, new, 0)
             .context("activating the new policy generation")?;
-        std::thread::sleep(GRACE);
-        self.remove_generation(old);
-        self.drop_stale_exes(&entries.exes);
+        self.retiring = Some(Retiring {
+            generation: old,
+            since: Instant::now(),
+            keep_exes: entries.exes,
+        });
         Ok(new)
+    }
+
+    /// Deletes every generation but the active one: what a guardd that died
+    /// between activating a generation and retiring the old one left behind.
+    pub fn remove_inactive_generations(&mut self) -> Result<()> {
+        let active = self.active_generation()?;
+        remove_where(&mut self.meta, |g| *g != active);
+        remove_where(&mut self.devs, |k| k.generation != active);
+        remove_where(&mut self.dirs, |k| k.generation != active);
+        remove_where(&mut self.rules, |k| k.generation != active);
+        Ok(())
+    }
+
+    /// Deletes the replaced generation if its grace period is over.
+    pub fn retire_due(&mut self) {
+        self.retire(false);
+    }
+
+    /// Deletes the replaced generation; with `wait`, sleeps out its grace
+    /// period first (the next generation needs its map space).
+    fn retire(&mut self, wait: bool) {
+        let Some(r) = &self.retiring else {
+            return;
+        };
+        let left = GRACE.saturating_sub(r.since.elapsed());
+        if !left.is_zero() {
+            if !wait {
+                return;
+            }
+            std::thread::sleep(left);
+        }
+        let r = self.retiring.take().expect("checked above");
+        self.remove_generation(r.generation);
+        self.drop_stale_exes(&r.keep_exes);
     }
 
     fn write_generation(&mut self, generation: u32, e: &PolicyEntries) -> Result<()> {

@@ -137,6 +137,7 @@ pub fn verdict_name(v: u32) -> &'static str {
 pub fn access_names(bits: u32) -> String {
     access::NAMES
         .iter()
+        .chain([("mount", access::MOUNT)].iter())
         .filter(|(_, bit)| bits & bit != 0)
         .map(|(name, _)| *name)
         .collect::<Vec<_>>()
@@ -149,6 +150,12 @@ fn bpf_object(e: &Event) -> String {
         hook::BPF_MAP => format!("guard's bpf map (id {})", e.ino),
         hook::BPF_PROG => format!("guard's bpf program (id {})", e.ino),
         hook::SB_UMOUNT => format!("bpffs holding guard's pins ({})", kernel_dev_string(e.dev)),
+        hook::PROTECTED_FS => format!(
+            "filesystem holding protected directories ({})",
+            kernel_dev_string(e.dev)
+        ),
+        hook::KERNEL_MEMORY => "kernel memory (/proc/kcore, /dev/mem or /dev/port)".into(),
+        hook::KERNEL_READ_FILE | hook::KERNEL_LOAD_DATA => "loading a kernel module".into(),
         _ => match e.detail {
             bpf_uapi::BPF_PROG_LOAD => {
                 let kind = bpf_uapi::DANGEROUS_PROG_TYPES

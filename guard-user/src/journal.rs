@@ -57,9 +57,16 @@ pub mod message_id {
     pub const COLLECTOR_UP: &str = "c8deaeb37d724122636be1598753132d";
     /// The local spool of log records for collectors is nearly full.
     pub const SPOOL_NEAR_FULL: &str = "9e97608261f26a333f08fdb1e5bd6d34";
+    /// Policy signing refused a policy or an order (unsigned, another key,
+    /// altered, an older serial, a used or foreign nonce); nothing changed.
+    pub const SIGNING_REFUSED: &str = "a175415865f1ebece66958754de80174";
+    /// A signed disarm order lifted enforcement; names the signing key.
+    pub const GUARD_DISARMED: &str = "74e8e3004447a72727794c68d60dbcef";
+    /// guardd refused to start with a trusted key other than the pinned one.
+    pub const TRUST_KEY_REFUSED: &str = "5ab3b0ecd8e8fb66f6a886e4713b24dc";
 
     /// Every message ID with the event kind it stands for.
-    pub const KINDS: [(&str, &str); 16] = [
+    pub const KINDS: [(&str, &str); 19] = [
         (DENIED, "denied"),
         (AUDITED, "audited"),
         (WOULD_DENY, "would-deny"),
@@ -76,6 +83,9 @@ pub mod message_id {
         (COLLECTOR_DOWN, "collector_down"),
         (COLLECTOR_UP, "collector_up"),
         (SPOOL_NEAR_FULL, "spool_near_full"),
+        (SIGNING_REFUSED, "signing_refused"),
+        (GUARD_DISARMED, "guard_disarmed"),
+        (TRUST_KEY_REFUSED, "trust_key_refused"),
     ];
 
     /// The event kind of a message ID ("unknown" for none of guard's).
@@ -117,6 +127,25 @@ pub mod field {
     pub const HOOK: &str = "GUARD_HOOK";
     /// SUPPRESSED entries: how many events were not sent.
     pub const SUPPRESSED: &str = "GUARD_SUPPRESSED";
+
+    // Policy signing (SIGNING_REFUSED, GUARD_DISARMED, TRUST_KEY_REFUSED, and
+    // POLICY_APPLIED / GUARDD_STARTED / GUARDD_STOP_REQUESTED when signing is on).
+    /// `on` or `off`.
+    pub const POLICY_SIGNING: &str = "GUARD_POLICY_SIGNING";
+    /// Fingerprint of the pinned trusted key.
+    pub const TRUST_KEY: &str = "GUARD_TRUST_KEY";
+    /// Fingerprint of the key a document names as its signer.
+    pub const SIGNER: &str = "GUARD_SIGNER";
+    /// What was refused: `policy`, `disarm order`, `stop order`, `trust key`.
+    pub const DOCUMENT: &str = "GUARD_DOCUMENT";
+    /// Why, in one word (`signing::Refusal::code`): `unsigned`, `wrong-key`,
+    /// `bad-signature`, `stale-serial`, `wrong-nonce`, ...
+    pub const REFUSAL: &str = "GUARD_REFUSAL";
+    /// Why, in a sentence.
+    pub const REASON: &str = "GUARD_REASON";
+    /// A signed policy's serial, and the last applied one.
+    pub const SERIAL: &str = "GUARD_SERIAL";
+    pub const LAST_SERIAL: &str = "GUARD_LAST_SERIAL";
 }
 
 /// Values of [`field::VERDICT`].
@@ -352,6 +381,9 @@ mod tests {
             COLLECTOR_DOWN,
             COLLECTOR_UP,
             SPOOL_NEAR_FULL,
+            SIGNING_REFUSED,
+            GUARD_DISARMED,
+            TRUST_KEY_REFUSED,
         ];
         for id in ids {
             assert_eq!(id.len(), 32, "{id}");

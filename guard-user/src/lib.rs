@@ -14,6 +14,7 @@ pub mod loader;
 pub mod offsets;
 pub mod policy;
 pub mod recovery;
+pub mod signing;
 pub mod volume;
 
 /// The kernel programs, built by `cargo xtask build-ebpf`.

@@ -23,7 +23,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 const SECURITYFS_MAGIC: i64 = 0x73636673;
 
 /// The LSM hooks guard attaches to; each program is named after its hook.
-pub const HOOKS: [&str; 17] = [
+pub const HOOKS: [&str; 27] = [
     "file_open",
     "inode_create",
     "inode_mkdir",
@@ -41,7 +41,27 @@ pub const HOOKS: [&str; 17] = [
     "bpf_map",
     "bpf_prog",
     "sb_umount",
+    "file_permission",
+    "mmap_file",
+    "sb_mount",
+    "move_mount",
+    "inode_setxattr",
+    "inode_removexattr",
+    "kernel_read_file",
+    "kernel_load_data",
+    "inode_set_acl",
+    "inode_remove_acl",
 ];
+
+/// Hooks only newer kernels have (POSIX ACLs got their own in Linux 6.2;
+/// before, ACL changes come through `inode_setxattr`). Attached where present.
+const OPTIONAL_HOOKS: [&str; 2] = ["inode_set_acl", "inode_remove_acl"];
+
+/// Whether a pin for `hook` is expected: every required hook, and optional
+/// ones this kernel has (known from the pins of the guardd that armed).
+fn optional(hook: &str) -> bool {
+    OPTIONAL_HOOKS.contains(&hook)
+}
 
 /// Where guard's pins live.
 #[derive(Clone, Debug)]
@@ -71,7 +91,10 @@ impl Pins {
 
     /// True when every link and map is pinned: the guard is armed.
     pub fn complete(&self) -> bool {
-        HOOKS.iter().all(|h| self.link(h).exists())
+        HOOKS
+            .iter()
+            .filter(|h| !optional(h))
+            .all(|h| self.link(h).exists())
             && maps::ALL.iter().all(|m| self.map(m).exists())
     }
 
@@ -128,6 +151,7 @@ pub fn arm(pins: &Pins, object: &[u8], btf: &Path) -> Result<Armed> {
 fn load_and_pin(pins: &Pins, object: &[u8], btf: &Path) -> Result<()> {
     let offsets = offsets::resolve(btf)
         .context("refusing to load: the kernel's layout is not fully known")?;
+    let absent = offsets::absent_hooks(btf, &OPTIONAL_HOOKS)?;
     for dir in [
         pins.maps(),
         pins.root().join("links"),
@@ -142,6 +166,9 @@ fn load_and_pin(pins: &Pins, object: &[u8], btf: &Path) -> Result<()> {
         .context("loading guard's kernel object")?;
     let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
     for hook in HOOKS {
+        if absent.contains(&hook) {
+            continue;
+        }
         let program: &mut Lsm = ebpf
             .program_mut(hook)
             .with_context(|| format!("program {hook} missing from the kernel object"))?
@@ -193,6 +220,9 @@ pub fn object_ids(pins: &Pins) -> Result<Vec<ObjectKey>> {
     }
     for hook in HOOKS {
         let path = pins.program(hook);
+        if optional(hook) && !path.exists() {
+            continue; // not on this kernel
+        }
         let info = ProgramInfo::from_pin(&path)
             .with_context(|| format!("reading the id of {}", path.display()))?;
         ids.push(ObjectKey {

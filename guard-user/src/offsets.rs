@@ -39,15 +39,40 @@ pub fn resolve(btf_path: &Path) -> Result<KernelOffsets> {
         vfsmount_mnt_sb: field("vfsmount.mnt_sb")?,
         bpf_attr_prog_type: field("bpf_attr.prog_type")?,
         bpf_attr_link_id: field("bpf_attr.link_id")?,
+        super_block_s_root: field("super_block.s_root")?,
+        vfsmount_mnt_root: field("vfsmount.mnt_root")?,
+        super_block_s_magic: field("super_block.s_magic")?,
+        inode_i_mode: field("inode.i_mode")?,
+        inode_i_rdev: field("inode.i_rdev")?,
+        path_dentry: field("path.dentry")?,
+        task_struct_real_parent: field("task_struct.real_parent")?,
+        task_struct_flags: field("task_struct.flags")?,
+        reading_module: enum_value(&btf, "kernel_read_file_id", "READING_MODULE")?,
+        loading_module: enum_value(&btf, "kernel_load_data_id", "LOADING_MODULE")?,
     };
     check_hook_params(&btf)?;
     Ok(offsets)
 }
 
+/// Those of `hooks` the kernel at `btf_path` does not have.
+pub fn absent_hooks<'a>(btf_path: &Path, hooks: &[&'a str]) -> Result<Vec<&'a str>> {
+    let btf = Btf::from_file(btf_path)
+        .map_err(|e| anyhow!("reading kernel BTF {}: {e}", btf_path.display()))?;
+    Ok(hooks
+        .iter()
+        .filter(|hook| {
+            btf.resolve_types_by_name(&format!("bpf_lsm_{hook}"))
+                .map(|types| !types.iter().any(|t| matches!(t, Type::Func(_))))
+                .unwrap_or(true)
+        })
+        .copied()
+        .collect())
+}
+
 /// Hook arguments the programs read at a fixed position. Their order has been
 /// stable for years; if a kernel changes it, refuse to load rather than read
 /// the wrong argument.
-const FIXED_HOOK_PARAMS: [(&str, &str, u32); 9] = [
+const FIXED_HOOK_PARAMS: [(&str, &str, u32); 21] = [
     ("ptrace_access_check", "child", 0),
     ("ptrace_access_check", "mode", 1),
     ("bprm_check_security", "bprm", 0),
@@ -57,6 +82,18 @@ const FIXED_HOOK_PARAMS: [(&str, &str, u32); 9] = [
     ("bpf_map", "map", 0),
     ("bpf_prog", "prog", 0),
     ("sb_umount", "mnt", 0),
+    ("file_permission", "file", 0),
+    ("file_permission", "mask", 1),
+    ("mmap_file", "file", 0),
+    ("mmap_file", "prot", 2),
+    ("mmap_file", "flags", 3),
+    ("sb_mount", "path", 1),
+    ("sb_mount", "flags", 3),
+    ("move_mount", "to_path", 1),
+    ("inode_setxattr", "dentry", 1),
+    ("inode_removexattr", "dentry", 1),
+    ("kernel_read_file", "id", 1),
+    ("kernel_load_data", "id", 0),
 ];
 
 fn check_hook_params(btf: &Btf) -> Result<()> {
@@ -70,6 +107,28 @@ fn check_hook_params(btf: &Btf) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Value of enumerator `member` of `enum name`.
+fn enum_value(btf: &Btf, name: &str, member: &str) -> Result<u32> {
+    let context = || format!("kernel enum value {name}::{member} cannot be resolved from BTF");
+    let e = btf
+        .resolve_types_by_name(name)
+        .map_err(|e| anyhow!("no type named {name}: {e}"))
+        .with_context(context)?
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Enum(e) => Some(e),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow!("no enum named {name}"))
+        .with_context(context)?;
+    e.members
+        .iter()
+        .find(|m| btf.resolve_name(*m).ok().as_deref() == Some(member))
+        .map(|m| m.val())
+        .ok_or_else(|| anyhow!("enum {name} has no {member}"))
+        .with_context(context)
 }
 
 /// Byte offset of `struct.member`, looking through anonymous structs and

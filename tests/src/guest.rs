@@ -236,3 +236,110 @@ pub fn journal_entries(id: &str, field: &str, value: &str, wait: Duration) -> Ve
 pub fn inode(path: &Path) -> u64 {
     std::fs::metadata(path).unwrap().ino()
 }
+
+impl Guardd {
+    /// Waits up to `timeout` for guardd to exit by itself (a disarm or a
+    /// signed stop); its exit status, or None if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut()?;
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Forgets the process without signalling or waiting for it (a guardd
+    /// that protects itself cannot be signalled; waiting would hang).
+    pub fn abandon(mut self) {
+        self.child = None;
+    }
+}
+
+/// An off-host signing key pair made with `guardctl keygen` in a temporary folder.
+pub struct SigningKeys {
+    dir: tempfile::TempDir,
+    /// The private key file.
+    pub key: PathBuf,
+    /// The public key file (for `guardd --trust-key`).
+    pub public: PathBuf,
+    /// The key's fingerprint, as guard names it.
+    pub fingerprint: String,
+}
+
+impl SigningKeys {
+    pub fn new(name: &str) -> SigningKeys {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join(name);
+        let out = guardctl(&["keygen", key.to_str().unwrap()]);
+        assert_ok(&out, "guardctl keygen");
+        let public = dir.path().join(format!("{name}.pub"));
+        let fingerprint = guard::signing::fingerprint(
+            &guard::audit::checkpoint::load_verifying_key(&public).unwrap(),
+        );
+        SigningKeys {
+            dir,
+            key,
+            public,
+            fingerprint,
+        }
+    }
+
+    /// `guardctl policy sign` of `policy` with `serial`; the signed file.
+    pub fn sign_policy(&self, policy: &Value, serial: u64) -> PathBuf {
+        let n = std::fs::read_dir(self.dir.path()).unwrap().count();
+        let plain = self.dir.path().join(format!("policy-{n}.json"));
+        let signed = self.dir.path().join(format!("policy-{n}.signed.json"));
+        std::fs::write(&plain, policy.to_string()).unwrap();
+        let out = guardctl(&[
+            "policy",
+            "sign",
+            "--key",
+            self.key.to_str().unwrap(),
+            "--serial",
+            &serial.to_string(),
+            "-o",
+            signed.to_str().unwrap(),
+            plain.to_str().unwrap(),
+        ]);
+        assert_ok(&out, "guardctl policy sign");
+        signed
+    }
+
+    /// `guardctl order sign ACTION --nonce NONCE`; the signed order file.
+    pub fn sign_order(&self, action: &str, nonce: &str) -> PathBuf {
+        let n = std::fs::read_dir(self.dir.path()).unwrap().count();
+        let order = self.dir.path().join(format!("order-{n}.json"));
+        let out = guardctl(&[
+            "order",
+            "sign",
+            "--key",
+            self.key.to_str().unwrap(),
+            "--nonce",
+            nonce,
+            "-o",
+            order.to_str().unwrap(),
+            action,
+        ]);
+        assert_ok(&out, "guardctl order sign");
+        order
+    }
+}
+
+/// `guardctl order challenge`: the running guardd's nonce.
+pub fn challenge() -> String {
+    let out = guardctl(&["order", "challenge"]);
+    assert_ok(&out, "guardctl order challenge");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// `guardctl policy apply FILE`; the caller checks the outcome.
+pub fn apply_file(file: &Path) -> Output {
+    guardctl(&["policy", "apply", file.to_str().unwrap()])
+}

@@ -69,6 +69,10 @@ pub struct Options {
     pub silence_timeout: Duration,
     /// Extra environment for the script.
     pub env: Vec<(String, String)>,
+    /// Run the guest's clock from its instruction count (QEMU `-icount`), so
+    /// that timings inside it do not depend on load on the host: for
+    /// benchmarks. One vCPU then does the work (single-threaded emulation).
+    pub instruction_clock: bool,
 }
 
 impl Default for Options {
@@ -77,6 +81,7 @@ impl Default for Options {
             timeout: Duration::from_secs(20 * 60),
             silence_timeout: Duration::from_secs(10 * 60),
             env: Vec::new(),
+            instruction_clock: false,
         }
     }
 }
@@ -209,6 +214,7 @@ fn boot_and_wait(
         files,
         &socket,
         &kernel_command_line(kernel, files, &nonce)?,
+        options,
     )?;
     let code = watch(kernel, qemu, files, &nonce, started, options, on_line)?;
     eprintln!(
@@ -478,6 +484,7 @@ fn start_qemu(
     files: &GuestFiles,
     socket: &Path,
     command_line: &str,
+    options: &Options,
 ) -> Result<KillOnDrop> {
     let qemu_log = File::create(&files.qemu_log)
         .with_context(|| format!("cannot create {}", files.qemu_log.display()))?;
@@ -485,6 +492,12 @@ fn start_qemu(
     qemu.args(["-name", &format!("guard-{}", kernel.label())])
         // /dev/kvm exists on these machines but guests crash under it: emulate.
         .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", MEMORY])
+        .args(if options.instruction_clock {
+            // 1 ns of guest time per instruction; idle time passes as on the host.
+            &["-icount", "shift=0,sleep=on"][..]
+        } else {
+            &[]
+        })
         // vhost-user (virtiofsd) needs the guest's memory shared with it.
         .args([
             "-object",

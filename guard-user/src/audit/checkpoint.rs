@@ -201,23 +201,47 @@ pub fn load_or_create_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
         Ok(text) => {
             parse_signing_key(&text).with_context(|| format!("signing key file {}", path.display()))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = generate_signing_key()?;
-            if let Some(dir) = path.parent() {
-                fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            }
-            let mut file = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .with_context(|| format!("creating signing key file {}", path.display()))?;
-            file.write_all(format!("{}\n", hex::encode(key.to_bytes())).as_bytes())?;
-            file.sync_all()?;
-            Ok(key)
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_signing_key(path),
         Err(e) => Err(e).with_context(|| format!("reading signing key file {}", path.display())),
     }
+}
+
+/// Creates a signing key file (mode 0600) holding a fresh key; refuses to
+/// overwrite an existing file.
+pub fn create_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
+    let key = generate_signing_key()?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating signing key file {}", path.display()))?;
+    file.write_all(format!("{}\n", hex::encode(key.to_bytes())).as_bytes())?;
+    file.sync_all()?;
+    Ok(key)
+}
+
+/// Reads an existing Ed25519 signing key file (64 hex digits).
+pub fn load_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
+    let text = fs::read_to_string(path)
+        .with_context(|| format!("reading signing key file {}", path.display()))?;
+    parse_signing_key(&text).with_context(|| format!("signing key file {}", path.display()))
+}
+
+/// Writes a public key file (64 hex digits); refuses to overwrite an existing file.
+pub fn create_verifying_key_file(path: &Path, key: &VerifyingKey) -> anyhow::Result<()> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(path)
+        .with_context(|| format!("creating public key file {}", path.display()))?;
+    file.write_all(format!("{}\n", hex::encode(key.as_bytes())).as_bytes())?;
+    file.sync_all()
+        .with_context(|| format!("writing public key file {}", path.display()))
 }
 
 /// A fresh signing key from the OS random generator.

@@ -37,6 +37,9 @@ pub fn journal_message_id(kind: &str) -> String {
         "collector_down" | "audit_destination_down" => Some(message_id::COLLECTOR_DOWN),
         "collector_up" | "audit_destination_back" => Some(message_id::COLLECTOR_UP),
         "audit_spool_near_full" => Some(message_id::SPOOL_NEAR_FULL),
+        "signing_refused" => Some(message_id::SIGNING_REFUSED),
+        "guard_disarmed" => Some(message_id::GUARD_DISARMED),
+        "trust_key_refused" => Some(message_id::TRUST_KEY_REFUSED),
         _ => None,
     };
     match known {

@@ -3,6 +3,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use guard::control::{self, Request};
 use guard::policy;
+use guard::signing::{self, OrderAction, Payload, SignedDocument};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -28,8 +29,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Stop guardd: lifts its self-protection (journaled); the kernel keeps enforcing.
-    Stop,
+    /// Stop guardd: lifts its self-protection (journaled); the kernel keeps
+    /// enforcing. With policy signing on, give a signed stop order.
+    Stop {
+        /// A stop order signed off-host (`guardctl order sign stop`).
+        order: Option<PathBuf>,
+    },
+    /// Disarm the guard with an order signed off-host: guardd detaches the
+    /// programs, removes its pins and exits. Nothing is enforced afterwards.
+    Disarm {
+        /// The signed disarm order (`guardctl order sign disarm`).
+        order: PathBuf,
+    },
+    /// Signed orders (disarm, stop): get this guardd's nonce, sign off-host.
+    #[command(subcommand)]
+    Order(OrderCommand),
+    /// Off-host: make an Ed25519 key pair for signing policies and orders.
+    /// Writes KEY_FILE (private, mode 0600) and KEY_FILE.pub (for guardd --trust-key).
+    Keygen {
+        /// Where to write the private key; the public key goes to KEY_FILE.pub.
+        key_file: PathBuf,
+    },
     /// Follow guard's decision alerts in the journal.
     Alerts(guard::alerts::AlertOptions),
     /// Verify the tamper-evident audit log and its remote copies.
@@ -51,6 +71,26 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum OrderCommand {
+    /// Print this guardd's nonce: an order signed for it works once, on it only.
+    Challenge,
+    /// Off-host: sign an order for the guardd whose nonce is NONCE.
+    Sign {
+        /// The private key file (from `guardctl keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// The nonce `guardctl order challenge` printed on the guarded host.
+        #[arg(long)]
+        nonce: String,
+        /// Where to write the signed order (default: standard output).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// What guardd is to do.
+        action: OrderAction,
+    },
+}
+
+#[derive(Subcommand)]
 enum BenchCommand {
     /// Unlock latency end to end and verify-encryption throughput vs openssl.
     Keys(guard::volume::bench::BenchKeysArgs),
@@ -60,8 +100,24 @@ enum BenchCommand {
 enum PolicyCommand {
     /// Check a policy file against its format and this system; list every problem.
     Validate { file: PathBuf },
-    /// Apply a policy atomically; an invalid one changes nothing.
+    /// Apply a policy atomically; an invalid one changes nothing. FILE is a
+    /// policy, or a signed policy (required when policy signing is on).
     Apply { file: PathBuf },
+    /// Off-host: sign a policy with the key guardd trusts.
+    Sign {
+        /// The private key file (from `guardctl keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Must be greater than the serial of the policy applied last; by
+        /// default the current time in seconds since the Unix epoch.
+        #[arg(long)]
+        serial: Option<u64>,
+        /// Where to write the signed policy (default: standard output).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// The policy file.
+        file: PathBuf,
+    },
     /// Show the applied policy, its hash, when it was applied, and its binaries' state.
     Show {
         #[arg(long)]
@@ -90,11 +146,34 @@ fn run(cli: Cli) -> Result<()> {
             print_value(&status, json);
             Ok(())
         }
-        Command::Stop => {
-            control::call(&cli.socket, &Request::Stop)?;
+        Command::Stop { order } => {
+            let order = order.as_deref().map(read_document).transpose()?;
+            control::call(&cli.socket, &Request::Stop { order })?;
             println!("guardd stopped; enforcement stays armed in the kernel");
             Ok(())
         }
+        Command::Disarm { order } => {
+            let text = read_document(&order)?;
+            let done = control::call(&cli.socket, &Request::Disarm { order: text })
+                .with_context(|| format!("disarming with {}", order.display()))?;
+            println!(
+                "guard disarmed by key {}: programs detached, pins removed, guardd exiting",
+                done["signer"].as_str().unwrap_or("?")
+            );
+            Ok(())
+        }
+        Command::Order(OrderCommand::Challenge) => {
+            let challenge = control::call(&cli.socket, &Request::Challenge)?;
+            println!("{}", challenge["nonce"].as_str().unwrap_or_default());
+            Ok(())
+        }
+        Command::Order(OrderCommand::Sign {
+            key,
+            nonce,
+            output,
+            action,
+        }) => sign_order(&key, &nonce, action, output.as_deref()),
+        Command::Keygen { key_file } => keygen(&key_file),
         Command::Alerts(options) => guard::alerts::follow(options),
         Command::Log(command) => guard::audit::cli::run(command),
         Command::Volume(command) => guard::volume::cli::run_volume(command, &cli.keys),
@@ -127,8 +206,16 @@ fn run_policy(socket: &Path, cmd: PolicyCommand) -> Result<()> {
             let policy = read_policy(&file)?;
             let applied = control::call(socket, &Request::Apply { policy })
                 .with_context(|| format!("applying {}", file.display()))?;
+            let signed = match applied["signed"].as_object() {
+                Some(s) => format!(
+                    ", signed by {} serial {}",
+                    s["signer"].as_str().unwrap_or("?"),
+                    s["serial"]
+                ),
+                None => String::new(),
+            };
             println!(
-                "applied {} (hash {}, generation {}, mode {})",
+                "applied {} (hash {}, generation {}, mode {}{signed})",
                 file.display(),
                 applied["hash"].as_str().unwrap_or("?"),
                 applied["generation"],
@@ -136,6 +223,12 @@ fn run_policy(socket: &Path, cmd: PolicyCommand) -> Result<()> {
             );
             Ok(())
         }
+        PolicyCommand::Sign {
+            key,
+            serial,
+            output,
+            file,
+        } => sign_policy(&key, serial, output.as_deref(), &file),
         PolicyCommand::Show { json } => {
             let shown = control::call(socket, &Request::Show)?;
             print_value(&shown, json);
@@ -146,6 +239,80 @@ fn run_policy(socket: &Path, cmd: PolicyCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Signs a policy whose shape is valid (its binaries and directories are
+/// checked where it is applied: they need not exist where it is signed).
+fn sign_policy(key: &Path, serial: Option<u64>, output: Option<&Path>, file: &Path) -> Result<()> {
+    let text = read_policy(file)?;
+    policy::parse(&text)
+        .map_err(|errors| anyhow::anyhow!("{}: invalid policy:\n{errors}", file.display()))?;
+    let key = guard::audit::checkpoint::load_signing_key(key)?;
+    let serial = match serial {
+        Some(serial) => serial,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .context("the clock is before 1970")?
+            .as_secs(),
+    };
+    let document = SignedDocument::sign(&key, &Payload::policy(&text, serial));
+    write_document(&document, output)?;
+    eprintln!(
+        "signed {} with key {}, serial {serial}",
+        file.display(),
+        document.signer
+    );
+    Ok(())
+}
+
+fn sign_order(key: &Path, nonce: &str, action: OrderAction, output: Option<&Path>) -> Result<()> {
+    let nonce = nonce.trim();
+    if nonce.len() != 32 || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+        anyhow::bail!(
+            "--nonce {nonce:?} is not a guardd nonce (32 hex digits from `guardctl order challenge`)"
+        );
+    }
+    let key = guard::audit::checkpoint::load_signing_key(key)?;
+    let document = SignedDocument::sign(&key, &Payload::order(action, nonce));
+    write_document(&document, output)?;
+    eprintln!(
+        "signed a {action} order for guardd nonce {nonce} with key {}",
+        document.signer
+    );
+    Ok(())
+}
+
+fn keygen(key_file: &Path) -> Result<()> {
+    let mut public = key_file.as_os_str().to_owned();
+    public.push(".pub");
+    let public = PathBuf::from(public);
+    if public.exists() {
+        anyhow::bail!("{} exists already; not overwriting it", public.display());
+    }
+    let key = guard::audit::checkpoint::create_signing_key(key_file)?;
+    guard::audit::checkpoint::create_verifying_key_file(&public, &key.verifying_key())?;
+    println!(
+        "private key {} (mode 0600: keep it off the guarded host)\npublic key {} (guardd --trust-key)\nfingerprint {}",
+        key_file.display(),
+        public.display(),
+        signing::fingerprint(&key.verifying_key())
+    );
+    Ok(())
+}
+
+fn write_document(document: &SignedDocument, output: Option<&Path>) -> Result<()> {
+    match output {
+        Some(path) => std::fs::write(path, document.to_json())
+            .with_context(|| format!("writing {}", path.display())),
+        None => {
+            print!("{}", document.to_json());
+            Ok(())
+        }
+    }
+}
+
+fn read_document(file: &Path) -> Result<String> {
+    std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))
 }
 
 fn read_policy(file: &Path) -> Result<String> {

@@ -38,6 +38,12 @@ struct Args {
     /// How to reach the KMS that unwraps the volume keys.
     #[arg(long, default_value = "/etc/guard/kms.json")]
     kms_config: PathBuf,
+    /// Public key file (`guardctl keygen`) of the off-host key that must sign
+    /// policies and disarm/stop orders. Pinned with the guard's pins when it
+    /// is armed; a restarted guardd adopts the pinned key and refuses another.
+    /// Turns self-protection on. Without it, and nothing pinned, policy signing is off.
+    #[arg(long)]
+    trust_key: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -63,6 +69,7 @@ async fn main() -> std::process::ExitCode {
         audit,
         volume_dir: args.volume_dir,
         kms_config: args.kms_config,
+        trust_key: args.trust_key,
     };
     match daemon::run(config).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -3,21 +3,65 @@
 //! Measures open()+close() latency with the guard not loaded and loaded, in
 //! the same run, on a file outside any protected directory and on an allowed
 //! file inside one (this binary is the allowed program), with 1 and with 1,000
-//! rules; and the time `guardctl policy apply` takes for 1 and 1,000 rules.
-//! Prints one table; ratios are against the baseline measured in this run.
+//! rules; and the time a policy apply of 1 and 1,000 rules takes. The cases
+//! are measured in interleaved rounds (guard off, on, off, ...) so that drift
+//! in the emulator or on the host hits every case alike. Prints one table;
+//! ratios are against the baseline measured in this run.
 
+use guard::control::{self, Request};
 use guard::loader::{self, Pins};
-use guard_tests::guest::{bin, guardctl, Guardd};
+use guard_tests::guest::{bin, guardctl, Guardd, SOCKET};
 use serde_json::{json, Value};
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// open+close pairs per timed batch, and batches per measurement.
-const BATCH: usize = 200;
-const BATCHES: usize = 400;
+/// open+close pairs per timed batch, batches per case and round, rounds.
+const BATCH: usize = 500;
+const BATCHES: usize = 40;
+const ROUNDS: usize = 5;
+
+/// Per-pair times of every batch of one case, over all rounds.
+#[derive(Default)]
+struct Case(Vec<f64>);
+
+impl Case {
+    fn measure(&mut self, path: &Path) {
+        self.0.extend(batches_ns(path, BATCHES));
+    }
+
+    /// Mean without the highest and lowest tenth of the batches: robust to
+    /// interrupts, and unlike a median not stuck on the clock's granularity.
+    fn typical(&self) -> f64 {
+        let mut sorted = self.0.clone();
+        sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let cut = sorted.len() / 10;
+        let kept = &sorted[cut..sorted.len() - cut];
+        kept.iter().sum::<f64>() / kept.len() as f64
+    }
+}
+
+#[derive(Default)]
+struct Results {
+    base_out: Case,
+    base_in: Case,
+    floor_out: Case,
+    out_1: Case,
+    in_1: Case,
+    out_1000: Case,
+    in_1000: Case,
+    apply_1: Vec<Apply>,
+    apply_1000: Vec<Apply>,
+}
+
+/// One policy apply: until in force inside guardd, and guardctl end to end.
+struct Apply {
+    in_force_ms: f64,
+    guardctl_ms: f64,
+}
 
 fn main() -> anyhow::Result<()> {
+    pin_to_cpu(0)?;
     let root = Path::new("/scratch/bench");
     let _ = std::fs::remove_dir_all(root);
     let outside = root.join("outside/file");
@@ -27,99 +71,126 @@ fn main() -> anyhow::Result<()> {
         std::fs::write(f, b"benchmark")?;
     }
     let me = std::env::current_exe()?;
+    let policy_1 = policy(&root.join("data"), &me, 1);
+    let policy_1000 = policy(&root.join("data"), &me, 1000);
     let pins = Pins::new(loader::DEFAULT_PIN_DIR);
+    let mut r = Results::default();
+    for _ in 0..ROUNDS {
+        loader::disarm(&pins)?;
+        r.base_out.measure(&outside);
+        r.base_in.measure(&inside);
+        let guardd = Guardd::start();
+        r.floor_out.measure(&outside);
+        r.apply_1.push(apply(&policy_1)?);
+        r.out_1.measure(&outside);
+        r.in_1.measure(&inside);
+        r.apply_1000.push(apply(&policy_1000)?);
+        r.out_1000.measure(&outside);
+        r.in_1000.measure(&inside);
+        drop(guardd);
+    }
     loader::disarm(&pins)?;
+    print_table(&r);
+    Ok(())
+}
 
-    let mut rows = Vec::new();
-    let base_out_1 = median_open_ns(&outside);
-    let base_in_1 = median_open_ns(&inside);
-
-    let guardd = Guardd::start();
-    let apply_1 = apply_ms(&policy(&root.join("data"), &me, 1))?;
-    let guard_out = median_open_ns(&outside);
-    let guard_in_1 = median_open_ns(&inside);
-    let apply_1000 = apply_ms(&policy(&root.join("data"), &me, 1000))?;
-    let guard_in_1000 = median_open_ns(&inside);
-    let guard_out_1000 = median_open_ns(&outside);
-    drop(guardd);
-    loader::disarm(&pins)?;
-
-    // Baseline again after disarming: the mean of both runs absorbs drift.
-    let base_out = (base_out_1 + median_open_ns(&outside)) / 2.0;
-    let base_in = (base_in_1 + median_open_ns(&inside)) / 2.0;
-
-    rows.push(row("open+close outside, no guard", base_out, None, ""));
-    rows.push(row(
-        "open+close outside, guard (1 rule)",
-        guard_out,
-        Some(base_out),
-        "<= +3%",
-    ));
-    rows.push(row(
-        "open+close outside, guard (1000 rules)",
-        guard_out_1000,
-        Some(base_out),
-        "<= +3%",
-    ));
-    rows.push(row(
-        "open+close allowed inside, no guard",
-        base_in,
-        None,
-        "",
-    ));
-    rows.push(row(
-        "open+close allowed inside, guard (1 rule)",
-        guard_in_1,
-        Some(base_in),
-        "<= +10%",
-    ));
-    rows.push(row(
-        "open+close allowed inside, guard (1000 rules)",
-        guard_in_1000,
-        Some(base_in),
-        "<= +10%",
-    ));
-    rows.push(row(
-        "allowed inside: 1000 rules vs 1 rule",
-        guard_in_1000,
-        Some(guard_in_1),
-        "no growth",
-    ));
-
+fn print_table(r: &Results) {
+    let (base_out, base_in) = (r.base_out.typical(), r.base_in.typical());
+    let rows = [
+        row("open+close outside, no guard", base_out, None, ""),
+        row(
+            "open+close outside, guard, no policy (hook floor)",
+            r.floor_out.typical(),
+            Some(base_out),
+            "",
+        ),
+        row(
+            "open+close outside, guard (1 rule)",
+            r.out_1.typical(),
+            Some(base_out),
+            "<= +3%",
+        ),
+        row(
+            "open+close outside, guard (1000 rules)",
+            r.out_1000.typical(),
+            Some(base_out),
+            "<= +3%",
+        ),
+        row("open+close allowed inside, no guard", base_in, None, ""),
+        row(
+            "open+close allowed inside, guard (1 rule)",
+            r.in_1.typical(),
+            Some(base_in),
+            "<= +10%",
+        ),
+        row(
+            "open+close allowed inside, guard (1000 rules)",
+            r.in_1000.typical(),
+            Some(base_in),
+            "<= +10%",
+        ),
+        row(
+            "allowed inside: 1000 rules vs 1 rule",
+            r.in_1000.typical(),
+            Some(r.in_1.typical()),
+            "no growth",
+        ),
+    ];
     println!("guard enforcement benchmark");
     println!("kernel: {}", read_trim("/proc/sys/kernel/osrelease"));
     println!("cpu: {}", cpu_model());
-    println!("method: median of {BATCHES} batches of {BATCH} open(O_RDONLY)+close, ns per pair");
+    println!(
+        "clock: {} ({})",
+        read_trim("/sys/devices/system/clocksource/clocksource0/current_clocksource"),
+        clock_note()
+    );
+    println!(
+        "method: {ROUNDS} interleaved rounds x {BATCHES} batches of {BATCH} \
+         open(O_RDONLY)+close per case; ns per pair, mean of the middle 80% of batches"
+    );
     println!();
     println!(
-        "{:<48} {:>12} {:>14} {:>10}",
+        "{:<52} {:>10} {:>12} {:>10}",
         "case", "ns/op", "vs baseline", "target"
     );
-    for r in &rows {
-        println!("{r}");
+    for line in rows {
+        println!("{line}");
     }
-    println!(
-        "{:<48} {:>12.1} {:>14} {:>10}",
-        "policy apply, 1 rule (ms)", apply_1, "", ""
-    );
-    println!(
-        "{:<48} {:>12.1} {:>14} {:>10}",
-        "policy apply, 1000 rules (ms)", apply_1000, "", "< 100 ms"
-    );
-    Ok(())
+    let ms = |applies: &[Apply], f: fn(&Apply) -> f64| {
+        median(&applies.iter().map(f).collect::<Vec<_>>())
+    };
+    for (case, applies, target) in [
+        ("policy apply, 1 rule", &r.apply_1, ""),
+        ("policy apply, 1000 rules", &r.apply_1000, "< 100 ms"),
+    ] {
+        println!(
+            "{:<52} {:>10.1} {:>12} {:>10}",
+            format!("{case}: in force (ms)"),
+            ms(applies, |a| a.in_force_ms),
+            "",
+            target
+        );
+        println!(
+            "{:<52} {:>10.1} {:>12} {:>10}",
+            format!("{case}: guardctl end to end (ms)"),
+            ms(applies, |a| a.guardctl_ms),
+            "",
+            ""
+        );
+    }
 }
 
 fn row(case: &str, ns: f64, baseline: Option<f64>, target: &str) -> String {
     let vs = baseline
         .map(|b| format!("{:+.1}%", (ns / b - 1.0) * 100.0))
         .unwrap_or_else(|| "baseline".into());
-    format!("{case:<48} {ns:>12.0} {vs:>14} {target:>10}")
+    format!("{case:<52} {ns:>10.0} {vs:>12} {target:>10}")
 }
 
-/// Median over batches of the per-pair time of open+close.
-fn median_open_ns(path: &Path) -> f64 {
+/// Per-pair time of open+close in each of `n` batches.
+fn batches_ns(path: &Path, n: usize) -> Vec<f64> {
     let c = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    let mut samples: Vec<f64> = (0..BATCHES)
+    (0..n)
         .map(|_| {
             let start = Instant::now();
             for _ in 0..BATCH {
@@ -137,9 +208,28 @@ fn median_open_ns(path: &Path) -> f64 {
             }
             start.elapsed().as_nanos() as f64 / BATCH as f64
         })
-        .collect();
-    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    samples[samples.len() / 2]
+        .collect()
+}
+
+fn median(samples: &[f64]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    sorted[sorted.len() / 2]
+}
+
+/// Keeps the measuring thread on one CPU, so migrations add no noise.
+fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        anyhow::ensure!(
+            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) == 0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
 }
 
 /// A policy protecting `data` with `rules` rules, each allowing this binary
@@ -159,20 +249,42 @@ fn policy(data: &Path, me: &Path, rules: usize) -> Value {
     json!({ "mode": "enforce", "protected": [{ "path": data, "rules": rules }] })
 }
 
-/// Wall time of `guardctl policy apply`, end to end, in milliseconds.
-fn apply_ms(policy: &Value) -> anyhow::Result<f64> {
+/// Applies `policy` twice: through guardd's socket (its own in-force time)
+/// and with `guardctl policy apply` (end to end, process start included).
+fn apply(policy: &Value) -> anyhow::Result<Apply> {
+    let reply = control::call(
+        Path::new(SOCKET),
+        &Request::Apply {
+            policy: policy.to_string(),
+        },
+    )?;
+    let in_force_ms = reply["in_force_ms"]
+        .as_f64()
+        .ok_or_else(|| anyhow::anyhow!("guardd's apply reply has no in_force_ms: {reply}"))?;
     let file: PathBuf = std::env::temp_dir().join("guard-bench-policy.json");
     std::fs::write(&file, policy.to_string())?;
     let start = Instant::now();
     let out = guardctl(&["policy", "apply", file.to_str().unwrap()]);
-    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    let guardctl_ms = start.elapsed().as_secs_f64() * 1000.0;
     anyhow::ensure!(
         out.status.success(),
         "{} policy apply failed: {}",
         bin("guardctl").display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    Ok(ms)
+    Ok(Apply {
+        in_force_ms,
+        guardctl_ms,
+    })
+}
+
+/// Whether guest time is real time or counts instructions (`cargo xtask
+/// bench` sets GUARD_BENCH_CLOCK=instructions when it boots with -icount).
+fn clock_note() -> &'static str {
+    match std::env::var("GUARD_BENCH_CLOCK").as_deref() {
+        Ok("instructions") => "QEMU -icount: 1 ns = 1 guest instruction, independent of host load",
+        _ => "real time",
+    }
 }
 
 fn cpu_model() -> String {
