@@ -385,10 +385,20 @@ pub fn fscrypt_dir(record: &VolumeRecord) -> Result<PathBuf> {
     };
     let wanted = record.key_identifier()?;
     for candidate in std::iter::once(path).chain(previous_path.iter()) {
-        if let Ok(DirPolicy::V2 { key_identifier, .. }) = fscrypt::get_policy(candidate) {
-            if key_identifier == wanted {
+        match fscrypt::get_policy(candidate) {
+            Ok(DirPolicy::V2 { key_identifier, .. }) if key_identifier == wanted => {
                 return Ok(candidate.clone());
             }
+            // guard's own policy protects the volume's directory from every
+            // program but the database, guardd and guardctl included: its
+            // encryption policy cannot be read. Adding or removing the key does
+            // not need it (both go through the filesystem, and the kernel checks
+            // the key's identifier), so an encrypted directory at the recorded
+            // place is taken as the volume.
+            Err(e) if is_permission_denied(&e) && is_encrypted_dir(candidate) => {
+                return Ok(candidate.clone());
+            }
+            _ => {}
         }
     }
     bail!(
@@ -397,6 +407,25 @@ pub fn fscrypt_dir(record: &VolumeRecord) -> Result<PathBuf> {
         path.display(),
         record.key_identifier
     )
+}
+
+fn is_permission_denied(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .any(|io| io.raw_os_error() == Some(libc::EPERM))
+}
+
+/// Whether `path` is a directory the kernel reports as encrypted (statx, which
+/// needs no access to the directory itself).
+fn is_encrypted_dir(path: &Path) -> bool {
+    use rustix::fs::{statx, AtFlags, StatxAttributes, StatxFlags, CWD};
+    statx(CWD, path, AtFlags::empty(), StatxFlags::TYPE)
+        .map(|st| {
+            u32::from(st.stx_mode) & libc::S_IFMT == libc::S_IFDIR
+                && st.stx_attributes.contains(StatxAttributes::ENCRYPTED)
+        })
+        .unwrap_or(false)
 }
 
 /// Outcome of an unlock.

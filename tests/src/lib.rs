@@ -2,6 +2,7 @@
 
 pub mod guest;
 pub mod journald;
+pub mod mariadb;
 
 pub use journald::{
     ensure_journald, field_text, journal_entries, wait_for_journal_entries, Journald,

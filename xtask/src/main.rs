@@ -44,8 +44,13 @@ enum Command {
     Test,
     /// The main job: a guest on Debian's 6.12 kernel showing guard at work.
     Demo,
-    /// The enforcement benchmark (open() latency with and without guard, policy apply).
+    /// Benchmarks: `enforcement` (open() latency with and without guard, policy
+    /// apply), `mariadb` (sysbench TPS plain / fscrypt / fscrypt + guard, decision
+    /// events per second), or `all` (both, in one guest).
     Bench {
+        /// Which benchmark to run.
+        #[arg(value_enum, default_value = "enforcement")]
+        suite: guest_run::BenchSuite,
         /// Which guest kernels to measure on.
         #[arg(long, value_enum, default_value = "6.12")]
         kernel: KernelChoice,
@@ -85,7 +90,7 @@ fn run(command: Command) -> Result<ExitCode> {
         // It runs setup itself: its failure, too, must reach the line CI reads.
         Command::Test => Ok(test::run()),
         Command::Demo => guest_run::demo(&setup::run()?),
-        Command::Bench { kernel } => guest_run::bench(&setup::run()?, kernel),
+        Command::Bench { suite, kernel } => guest_run::bench(&setup::run()?, suite, kernel),
     }
 }
 

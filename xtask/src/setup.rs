@@ -69,6 +69,13 @@ const APT_PACKAGES: &[AptPackage] = &[
     apt("openssl"),
     // The KMIP client is tested against PyKMIP's real server.
     apt("python3-pykmip"),
+    // The MariaDB scenario (tests/tests/mariadb.rs, the demo, `bench mariadb`) runs
+    // Debian's own server, clients, backup tool and sysbench inside the guests.
+    // Installing the server must not start one on the host: see `NoServiceStarts`.
+    apt("mariadb-server"),
+    apt("mariadb-client"),
+    apt("mariadb-backup"),
+    apt("sysbench"),
 ];
 
 const BACKPORTS: &str = "bookworm-backports";
@@ -178,6 +185,9 @@ impl Apt {
 
     fn install(&mut self, release: Option<&str>, names: &[&str]) -> Result<()> {
         self.update()?;
+        // Packages such as mariadb-server start their service from postinst; the
+        // packages are there for the guests, so nothing may start on the host.
+        let _no_starts = NoServiceStarts::install(Path::new(POLICY_RC_D))?;
         let mut apt_get = Command::new("apt-get");
         apt_get.env("DEBIAN_FRONTEND", "noninteractive").args([
             "install",
@@ -190,6 +200,52 @@ impl Apt {
         }
         command::run(apt_get.args(names))
     }
+}
+
+/// Debian's hook asked before a package's maintainer scripts start a service
+/// (invoke-rc.d, deb-systemd-invoke); exit status 101 means "not allowed".
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+const DENY_ALL_STARTS: &str =
+    "#!/bin/sh\n# Written by `cargo xtask setup` for the length of one apt-get install.\nexit 101\n";
+
+/// While alive, no package's maintainer scripts may start a service. Writes
+/// policy-rc.d only when the machine has none, and removes only what it wrote, so a
+/// machine's own policy (Docker images ship one) is left as it was.
+struct NoServiceStarts {
+    written: Option<PathBuf>,
+}
+
+impl NoServiceStarts {
+    fn install(path: &Path) -> Result<NoServiceStarts> {
+        if path.exists() {
+            return Ok(NoServiceStarts { written: None });
+        }
+        write_executable(path, DENY_ALL_STARTS)?;
+        Ok(NoServiceStarts {
+            written: Some(path.to_path_buf()),
+        })
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if let Some(path) = &self.written {
+            if let Err(error) = fs::remove_file(path) {
+                eprintln!(
+                    "xtask: warning: cannot remove {} ({error}); remove it by hand",
+                    path.display()
+                );
+            }
+        }
+    }
+}
+
+fn write_executable(path: &Path, contents: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::write(path, contents)
+        .with_context(|| format!("cannot write {} (setup must run as root)", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("cannot make {} executable", path.display()))
 }
 
 /// Adds bookworm-backports to apt's sources unless some source already names it.
@@ -446,6 +502,22 @@ mod tests {
             "# deb http://deb.debian.org/debian bookworm-backports main\n"
         ));
         assert!(!names_backports("Suites: bookworm bookworm-updates\n"));
+    }
+
+    #[test]
+    fn service_starts_are_denied_while_installing_and_an_existing_policy_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy-rc.d");
+        {
+            let _guard = NoServiceStarts::install(&path).unwrap();
+            let status = Command::new(&path).status().unwrap();
+            assert_eq!(status.code(), Some(101));
+        }
+        assert!(!path.exists(), "the temporary policy-rc.d was left behind");
+
+        fs::write(&path, "#!/bin/sh\nexit 0\n").unwrap();
+        drop(NoServiceStarts::install(&path).unwrap());
+        assert_eq!(fs::read_to_string(&path).unwrap(), "#!/bin/sh\nexit 0\n");
     }
 
     #[test]

@@ -226,8 +226,10 @@ pub fn run_key(command: KeyCommand, options: &KeysOptions) -> Result<()> {
             if !yes {
                 bail!("revoking makes volume {volume}'s data unreadable for good; add --yes to confirm");
             }
+            let kek_id = store.load(&volume)?.kek_id;
             let report = revoke(&store, kms.as_ref(), &volume)?;
             println!("volume {volume}: key revoked in the KMS and removed from the kernel");
+            journal_revocation(&volume, &kek_id);
             if report.lock.files_busy {
                 println!("files still open stay readable until closed:");
                 for file in &report.lock.busy_files {
@@ -237,6 +239,39 @@ pub fn run_key(command: KeyCommand, options: &KeysOptions) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Records who revoked a volume's key in the journal. journald adds the
+/// trusted fields that say who (`_UID`, `_PID`, `_COMM`) and when. The
+/// revocation has already happened and cannot be undone, so a journal that
+/// cannot be reached is reported, not an error.
+fn journal_revocation(volume: &str, kek_id: &str) {
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() }.to_string();
+    // The login uid survives su and sudo: the person behind a root shell.
+    let login_uid = std::fs::read_to_string("/proc/self/loginuid")
+        .map(|text| text.trim().to_owned())
+        .unwrap_or_default();
+    let sudo_user = std::env::var("SUDO_USER").unwrap_or_default();
+    let message = format!(
+        "volume {volume}: key-encryption key {kek_id} revoked by uid {uid} (login uid {login_uid}{}); the data is crypto-shredded",
+        if sudo_user.is_empty() { String::new() } else { format!(", sudo by {sudo_user}") }
+    );
+    let sent = crate::journal::Journal::connect().and_then(|journal| {
+        journal.send(&[
+            ("MESSAGE_ID", crate::journal::message_id::KEY_REVOKED),
+            ("MESSAGE", &message),
+            ("PRIORITY", crate::journal::priority::WARNING),
+            ("GUARD_VOLUME", volume),
+            ("GUARD_KEK", kek_id),
+            ("GUARD_UID", &uid),
+            ("GUARD_LOGIN_UID", &login_uid),
+            ("GUARD_SUDO_USER", &sudo_user),
+        ])
+    });
+    if let Err(e) = sent {
+        eprintln!("guardctl: warning: the revocation could not be written to the journal: {e}");
+    }
 }
 
 #[cfg(test)]

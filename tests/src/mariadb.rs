@@ -1,0 +1,294 @@
+//! The MariaDB scenario's moving parts, for the guest test (tests/tests/mariadb.rs)
+//! and the MariaDB benchmark (`guard-bench mariadb`): a guard-kms on loopback, a
+//! Debian MariaDB whose data directory is wherever the caller says, started and
+//! stopped by Debian's own launcher (/etc/init.d/mariadb: mysqld_safe supervising
+//! mariadbd), and SQL through the `mariadb` client.
+//!
+//! Everything runs as root inside the QEMU guest, whose /etc is a writable overlay
+//! (the my.cnf drop-in goes there) and whose /scratch is a fresh ext4 with the
+//! encrypt feature.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+use crate::guest::bin;
+
+/// MariaDB's server binary: the only program the policy lets read and write the data.
+pub const SERVER: &str = "/usr/sbin/mariadbd";
+/// Debian's mariabackup (`/usr/bin/mariabackup` is a symlink to it).
+pub const BACKUP: &str = "/usr/bin/mariadb-backup";
+/// The SysV launcher Debian uses when systemd is not PID 1.
+pub const LAUNCHER: &str = "/etc/init.d/mariadb";
+/// Where the server settings for this scenario go (the guest's /etc is an overlay).
+pub const DROP_IN: &str = "/etc/mysql/mariadb.conf.d/90-guard.cnf";
+
+/// Runs a command, returning its output; an error only if it cannot be started.
+pub fn run(command: &mut Command) -> Result<Output> {
+    let shown = format!("{command:?}");
+    command
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot start {shown}"))
+}
+
+/// Runs a command and fails, with its output, unless it exits with 0.
+pub fn run_ok(command: &mut Command) -> Result<Output> {
+    let shown = format!("{command:?}");
+    let output = run(command)?;
+    if !output.status.success() {
+        bail!(
+            "{shown} failed ({}): {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(output)
+}
+
+/// A guard-kms server on 127.0.0.1 with its own PKI and master key, as a
+/// separate process; killed when dropped.
+pub struct LocalKms {
+    pub dir: PathBuf,
+    /// The client configuration guardctl and guardd read (`--kms-config`).
+    pub config: PathBuf,
+    pub audit_log: PathBuf,
+    child: Child,
+}
+
+impl LocalKms {
+    /// Starts guard-kms in `dir` (created; must not hold an old store). With
+    /// `journal`, its audit entries go to the journal too.
+    pub fn start(dir: &Path, journal: bool) -> Result<LocalKms> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let kms = bin("guard-kms");
+        let pki = dir.join("pki");
+        run_ok(Command::new(&kms).arg("gen-pki").arg("--out").arg(&pki))?;
+        run_ok(
+            Command::new(&kms)
+                .arg("init-master-key")
+                .arg(dir.join("master.key")),
+        )?;
+        let audit_log = dir.join("audit.log");
+        let mut child = Command::new(&kms)
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--master-key")
+            .arg(dir.join("master.key"))
+            .arg("--client-ca")
+            .arg(pki.join("ca.pem"))
+            .arg("--cert")
+            .arg(pki.join("server.pem"))
+            .arg("--key")
+            .arg(pki.join("server.key"))
+            .arg("--audit-log")
+            .arg(&audit_log)
+            .args(journal.then_some("--journal"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting guard-kms")?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped"))
+            .read_line(&mut line)
+            .context("reading guard-kms's first line")?;
+        let Some(address) = line.trim().strip_prefix("guard-kms listening on ") else {
+            let _ = child.kill();
+            bail!("guard-kms printed {line:?} instead of its address");
+        };
+        let config = dir.join("kms.json");
+        let text = serde_json::json!({
+            "kind": "guard-kms",
+            "url": format!("https://{address}"),
+            "tls": {
+                "ca": pki.join("ca.pem"),
+                "cert": pki.join("client.pem"),
+                "key": pki.join("client.key"),
+            }
+        });
+        std::fs::write(&config, text.to_string())
+            .with_context(|| format!("writing {}", config.display()))?;
+        Ok(LocalKms {
+            dir: dir.to_path_buf(),
+            config,
+            audit_log,
+            child,
+        })
+    }
+}
+
+impl Drop for LocalKms {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `guardctl` with a volume store and KMS configuration.
+pub struct Keys {
+    pub volume_dir: PathBuf,
+    pub kms_config: PathBuf,
+}
+
+impl Keys {
+    pub fn guardctl(&self, args: &[&str]) -> Output {
+        Command::new(bin("guardctl"))
+            .arg("--volume-dir")
+            .arg(&self.volume_dir)
+            .arg("--kms-config")
+            .arg(&self.kms_config)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running guardctl")
+    }
+
+    /// The flags that make guardd unlock these volumes at start.
+    pub fn guardd_args(&self) -> Vec<String> {
+        vec![
+            "--volume-dir".into(),
+            self.volume_dir.display().to_string(),
+            "--kms-config".into(),
+            self.kms_config.display().to_string(),
+        ]
+    }
+}
+
+/// Debian's MariaDB with its data directory at `datadir`.
+pub struct MariaDb {
+    pub datadir: PathBuf,
+}
+
+impl MariaDb {
+    /// Points the server at `datadir` through a my.cnf drop-in. `user = mysql`
+    /// because without systemd it is mysqld_safe that drops root; the buffer pool
+    /// and redo log are small because the guest is emulated and has 2 GiB. Nothing
+    /// else departs from Debian's defaults.
+    pub fn configure(datadir: &Path) -> Result<MariaDb> {
+        let text = format!(
+            "# Written by guard's MariaDB scenario.\n[mysqld]\nuser = mysql\ndatadir = {}\n\
+             innodb_buffer_pool_size = 64M\ninnodb_log_file_size = 16M\n",
+            datadir.display()
+        );
+        std::fs::write(DROP_IN, text).with_context(|| format!("writing {DROP_IN}"))?;
+        Ok(MariaDb {
+            datadir: datadir.to_path_buf(),
+        })
+    }
+
+    /// `mariadb-install-db` into the (empty) data directory, owned by mysql.
+    pub fn install(&self) -> Result<()> {
+        run_ok(Command::new("chown").arg("mysql:mysql").arg(&self.datadir))?;
+        run_ok(
+            Command::new("mariadb-install-db")
+                .arg("--user=mysql")
+                .arg(format!("--datadir={}", self.datadir.display()))
+                .arg("--skip-test-db"),
+        )?;
+        Ok(())
+    }
+
+    /// `/etc/init.d/mariadb start`: mysqld_safe starts and supervises mariadbd.
+    pub fn start(&self) -> Result<Output> {
+        run_ok(Command::new(LAUNCHER).arg("start"))
+    }
+
+    pub fn stop(&self) -> Result<Output> {
+        run_ok(Command::new(LAUNCHER).arg("stop"))
+    }
+
+    /// Runs SQL as root over the server's socket; tab-separated rows without headers.
+    pub fn sql(&self, statements: &str) -> Result<String> {
+        let output = run_ok(Command::new("mariadb").args([
+            "--batch",
+            "--skip-column-names",
+            "-e",
+            statements,
+        ]))?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// The pids of running mariadbd processes.
+    pub fn server_pids() -> Vec<u32> {
+        let output = Command::new("pidof").arg("mariadbd").output();
+        output
+            .map(|out| {
+                String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .filter_map(|pid| pid.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The scenario's policy: mariadbd may do everything a database does in `datadir`,
+/// mariabackup (as root) may read it and each read is logged, nobody else may touch it.
+pub fn policy(datadir: &Path) -> serde_json::Value {
+    serde_json::json!({
+        "mode": "enforce",
+        "protected": [{
+            "path": datadir,
+            "rules": [
+                { "name": "mariadb server", "binaries": [SERVER],
+                  "access": ["read", "write", "create", "delete", "rename", "setattr"],
+                  "effect": "allow" },
+                { "name": "backups", "binaries": [BACKUP], "uid": 0,
+                  "access": ["read"], "effect": "audit" }
+            ]
+        }]
+    })
+}
+
+/// Applies `policy` with guardctl. This is where signing goes once
+/// `guardctl policy sign` exists: sign the file, then apply the signed one.
+pub fn apply_policy(policy: &serde_json::Value) -> Result<Output> {
+    let file = std::env::temp_dir().join("guard-mariadb-policy.json");
+    std::fs::write(&file, policy.to_string())
+        .with_context(|| format!("writing {}", file.display()))?;
+    run_ok(
+        Command::new(bin("guardctl"))
+            .arg("policy")
+            .arg("apply")
+            .arg(&file),
+    )
+}
+
+/// How many times `needle` occurs in the raw bytes of `device`, read with O_DIRECT
+/// so nothing comes from the page cache. The filesystem is synced first.
+pub fn raw_occurrences(device: &Path, needle: &[u8]) -> Result<usize> {
+    use std::io::Read;
+    run_ok(&mut Command::new("sync"))?;
+    let mut dd = Command::new("dd")
+        .arg(format!("if={}", device.display()))
+        .args(["bs=4M", "iflag=direct", "status=none"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting dd")?;
+    let mut stdout = dd.stdout.take().expect("piped");
+    let mut count = 0;
+    let mut carry: Vec<u8> = Vec::new();
+    let mut buffer = vec![0u8; 4 << 20];
+    loop {
+        let read = stdout.read(&mut buffer).context("reading dd's output")?;
+        if read == 0 {
+            break;
+        }
+        carry.extend_from_slice(&buffer[..read]);
+        count += memchr::memmem::find_iter(&carry, needle).count();
+        // Keep the tail so a match across two reads is found once.
+        let keep = needle.len().saturating_sub(1).min(carry.len());
+        carry.drain(..carry.len() - keep);
+    }
+    let status = dd.wait().context("waiting for dd")?;
+    if !status.success() {
+        bail!("dd of {} failed ({status})", device.display());
+    }
+    Ok(count)
+}
