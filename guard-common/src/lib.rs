@@ -59,8 +59,10 @@ pub mod tamper {
     pub const KERNEL_MEMORY: u32 = 1 << 22;
     /// Loading a kernel module from user space.
     pub const MODULE: u32 = 1 << 23;
+    /// Loading a new kernel to jump into (kexec_load, kexec_file_load).
+    pub const KEXEC: u32 = 1 << 24;
 
-    pub const NAMES: [(&str, u32); 8] = [
+    pub const NAMES: [(&str, u32); 9] = [
         ("ptrace-read", PTRACE_READ),
         ("ptrace-attach", PTRACE_ATTACH),
         ("exec-traced", EXEC_TRACED),
@@ -69,6 +71,7 @@ pub mod tamper {
         ("umount", UMOUNT),
         ("kernel-memory", KERNEL_MEMORY),
         ("module-load", MODULE),
+        ("kexec", KEXEC),
     ];
 }
 
@@ -250,6 +253,8 @@ pub mod hook {
     pub const KERNEL_LOAD_DATA: u32 = 28;
     /// A remount or unmount of a filesystem holding protected directories.
     pub const PROTECTED_FS: u32 = 29;
+    /// Receiving a file descriptor (SCM_RIGHTS, pidfd_getfd).
+    pub const FILE_RECEIVE: u32 = 30;
 
     /// Hooks whose object is a process, not a file.
     pub fn is_process(hook: u32) -> bool {
@@ -302,6 +307,7 @@ pub mod hook {
             KERNEL_READ_FILE => "kernel_read_file",
             KERNEL_LOAD_DATA => "kernel_load_data",
             PROTECTED_FS => "sb_mount/sb_umount",
+            FILE_RECEIVE => "file_receive",
             _ => "unknown",
         }
     }
@@ -537,6 +543,9 @@ pub struct KernelOffsets {
     /// LOADING_MODULE, enum values read from BTF.
     pub reading_module: u32,
     pub loading_module: u32,
+    pub reading_kexec_image: u32,
+    pub reading_kexec_initramfs: u32,
+    pub loading_kexec_image: u32,
 }
 
 /// `fmode_t` bits read from `struct file`.

@@ -70,6 +70,9 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     task_struct_flags: 0,
     reading_module: 0,
     loading_module: 0,
+    reading_kexec_image: 0,
+    reading_kexec_initramfs: 0,
+    loading_kexec_image: 0,
 };
 
 /// Index 0: the active policy generation (0 = no policy).
@@ -799,29 +802,67 @@ unsafe fn protect_fs(dev: u32) -> i32 {
     }
 }
 
-/// kernel_read_file(file, id, contents): a module file read for finit_module.
+/// file_receive(file): a descriptor arriving over SCM_RIGHTS or through
+/// pidfd_getfd. Refused at once when the receiver may not use the file, so
+/// the attempt is seen even if nothing is read from it.
+#[lsm(hook = "file_receive")]
+pub fn file_receive(ctx: LsmContext) -> i32 {
+    unsafe {
+        let file: u64 = ctx.arg(0);
+        let o = offsets();
+        let Ok(mode) = read::<u32>(file, o.file_f_mode) else {
+            return EPERM;
+        };
+        let mut want = 0;
+        if mode & FMODE_READ != 0 {
+            want |= access::READ;
+        }
+        if mode & FMODE_WRITE != 0 {
+            want |= access::WRITE;
+        }
+        if want == 0 {
+            return ALLOW; // O_PATH: no contents through it
+        }
+        let Ok(dentry) = read::<u64>(file, o.file_f_path_dentry) else {
+            return EPERM;
+        };
+        decide(dentry, want, hook::FILE_RECEIVE)
+    }
+}
+
+/// kernel_read_file(file, id, contents): a module file read for finit_module,
+/// or a kernel image for kexec_file_load.
 /// Module loads the kernel itself asks for (request_module runs modprobe as
 /// a child of a kernel thread) still work; root's own do not.
 #[lsm(hook = "kernel_read_file")]
 pub fn kernel_read_file(ctx: LsmContext) -> i32 {
     unsafe {
         let id = ctx.arg::<u64>(1) as u32;
-        if id != offsets().reading_module {
-            return ALLOW;
+        let o = offsets();
+        if id == o.reading_module {
+            return deny_module_load(hook::KERNEL_READ_FILE);
         }
-        deny_module_load(hook::KERNEL_READ_FILE)
+        if id == o.reading_kexec_image || id == o.reading_kexec_initramfs {
+            return deny_outsider(hook::KERNEL_READ_FILE, tamper::KEXEC, 0);
+        }
+        ALLOW
     }
 }
 
-/// kernel_load_data(id, contents): a module image handed to init_module.
+/// kernel_load_data(id, contents): a module image handed to init_module, or
+/// a kernel for kexec_load.
 #[lsm(hook = "kernel_load_data")]
 pub fn kernel_load_data(ctx: LsmContext) -> i32 {
     unsafe {
         let id = ctx.arg::<u64>(0) as u32;
-        if id != offsets().loading_module {
-            return ALLOW;
+        let o = offsets();
+        if id == o.loading_module {
+            return deny_module_load(hook::KERNEL_LOAD_DATA);
         }
-        deny_module_load(hook::KERNEL_LOAD_DATA)
+        if id == o.loading_kexec_image {
+            return deny_outsider(hook::KERNEL_LOAD_DATA, tamper::KEXEC, 0);
+        }
+        ALLOW
     }
 }
 

@@ -158,6 +158,9 @@ fn bpf_object(e: &Event) -> String {
             kernel_dev_string(e.dev)
         ),
         hook::KERNEL_MEMORY => "kernel memory (/proc/kcore, /dev/mem or /dev/port)".into(),
+        hook::KERNEL_READ_FILE | hook::KERNEL_LOAD_DATA if e.access & tamper::KEXEC != 0 => {
+            "loading a new kernel (kexec)".into()
+        }
         hook::KERNEL_READ_FILE | hook::KERNEL_LOAD_DATA => "loading a kernel module".into(),
         _ => match e.detail {
             bpf_uapi::BPF_PROG_LOAD => {

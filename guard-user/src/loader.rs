@@ -23,7 +23,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 const SECURITYFS_MAGIC: i64 = 0x73636673;
 
 /// The LSM hooks guard attaches to; each program is named after its hook.
-pub const HOOKS: [&str; 27] = [
+pub const HOOKS: [&str; 28] = [
     "file_open",
     "inode_create",
     "inode_mkdir",
@@ -49,6 +49,7 @@ pub const HOOKS: [&str; 27] = [
     "inode_removexattr",
     "kernel_read_file",
     "kernel_load_data",
+    "file_receive",
     "inode_set_acl",
     "inode_remove_acl",
 ];

@@ -49,6 +49,13 @@ pub fn resolve(btf_path: &Path) -> Result<KernelOffsets> {
         task_struct_flags: field("task_struct.flags")?,
         reading_module: enum_value(&btf, "kernel_read_file_id", "READING_MODULE")?,
         loading_module: enum_value(&btf, "kernel_load_data_id", "LOADING_MODULE")?,
+        reading_kexec_image: enum_value(&btf, "kernel_read_file_id", "READING_KEXEC_IMAGE")?,
+        reading_kexec_initramfs: enum_value(
+            &btf,
+            "kernel_read_file_id",
+            "READING_KEXEC_INITRAMFS",
+        )?,
+        loading_kexec_image: enum_value(&btf, "kernel_load_data_id", "LOADING_KEXEC_IMAGE")?,
     };
     check_hook_params(&btf)?;
     Ok(offsets)
@@ -72,7 +79,7 @@ pub fn absent_hooks<'a>(btf_path: &Path, hooks: &[&'a str]) -> Result<Vec<&'a st
 /// Hook arguments the programs read at a fixed position. Their order has been
 /// stable for years; if a kernel changes it, refuse to load rather than read
 /// the wrong argument.
-const FIXED_HOOK_PARAMS: [(&str, &str, u32); 21] = [
+const FIXED_HOOK_PARAMS: [(&str, &str, u32); 22] = [
     ("ptrace_access_check", "child", 0),
     ("ptrace_access_check", "mode", 1),
     ("bprm_check_security", "bprm", 0),
@@ -94,6 +101,7 @@ const FIXED_HOOK_PARAMS: [(&str, &str, u32); 21] = [
     ("inode_removexattr", "dentry", 1),
     ("kernel_read_file", "id", 1),
     ("kernel_load_data", "id", 0),
+    ("file_receive", "file", 0),
 ];
 
 fn check_hook_params(btf: &Btf) -> Result<()> {

@@ -26,15 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Techniques the kernel side does not close yet (observed on 6.1 and 6.12
 /// after main's "Close more ways to the data"). Remove ids as they are closed.
-const STILL_OPEN: &[&str] = &[
-    // ext4 refuses FICLONE itself (EOPNOTSUPP): nothing gets out, but the
-    // passed descriptor is received and guard never sees the attempt.
-    "scm-rights-ficlone",
-    // kexec_file_load reads the image (ENOEXEC on garbage, not EPERM), and
-    // kexec_load goes through: a new kernel could dump memory and keys.
-    "kexec-file-load",
-    "kexec-load",
-];
+const STILL_OPEN: &[&str] = &[];
 
 const MARKER: &str = "ATTACK-SUITE-PLAINTEXT-MARKER-5c1e";
 const ROOT: &str = "/scratch/attack";
