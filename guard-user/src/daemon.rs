@@ -876,28 +876,36 @@ fn signing_state(trust: Option<&Trust>) -> (&'static str, Option<String>) {
     }
 }
 
-/// Reports, once a second, how many events the kernel's rate limit
-/// suppressed since the last report (the sum is never lost, only delayed).
+/// Reports, once a second, how many decision events were not delivered
+/// since the last report: suppressed by the kernel's rate limit, or dropped
+/// because the ring buffer was full. The sums are never lost, only delayed.
 async fn report_suppressed(daemon: Arc<Daemon>) {
     let read = |d: &Daemon| {
         d.maps
             .lock()
             .unwrap()
             .stats()
-            .map(|s| s.events_suppressed)
-            .unwrap_or(0)
+            .map(|s| (s.events_suppressed, s.events_dropped))
+            .unwrap_or_default()
     };
     let mut reported = read(&daemon);
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tick.tick().await;
         let now = read(&daemon);
-        if now > reported {
-            let n = (now - reported).to_string();
+        if now.0 > reported.0 || now.1 > reported.1 {
+            let suppressed = now.0.saturating_sub(reported.0).to_string();
+            let dropped = now.1.saturating_sub(reported.1).to_string();
             daemon.admin_entry(
                 message_id::SUPPRESSED,
-                &format!("guard rate limit suppressed {n} decision events"),
-                &[(journal::field::SUPPRESSED, &n)],
+                &format!(
+                    "guard did not deliver decision events: {suppressed} suppressed by the \
+                     rate limit, {dropped} dropped (event buffer full)"
+                ),
+                &[
+                    (journal::field::SUPPRESSED, &suppressed),
+                    (journal::field::DROPPED, &dropped),
+                ],
             );
             reported = now;
         }

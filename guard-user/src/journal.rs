@@ -127,6 +127,8 @@ pub mod field {
     pub const HOOK: &str = "GUARD_HOOK";
     /// SUPPRESSED entries: how many events were not sent.
     pub const SUPPRESSED: &str = "GUARD_SUPPRESSED";
+    /// SUPPRESSED entries: how many events the ring buffer had no room for.
+    pub const DROPPED: &str = "GUARD_DROPPED";
 
     // Policy signing (SIGNING_REFUSED, GUARD_DISARMED, TRUST_KEY_REFUSED, and
     // POLICY_APPLIED / GUARDD_STARTED / GUARDD_STOP_REQUESTED when signing is on).
