@@ -75,7 +75,9 @@ pub fn bench(setup: &Installed, suite: BenchSuite, kernel: KernelChoice) -> Resu
         BenchSuite::Enforcement => vm::Options {
             instruction_clock: true,
             env: vec![("GUARD_BENCH_CLOCK".into(), "instructions".into())],
-            ..vm::Options::default()
+            // One emulated vCPU counting instructions is slow on a busy host.
+            timeout: std::time::Duration::from_secs(90 * 60),
+            silence_timeout: std::time::Duration::from_secs(30 * 60),
         },
         BenchSuite::Mariadb | BenchSuite::All => vm::Options::default(),
     };

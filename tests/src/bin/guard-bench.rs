@@ -80,7 +80,8 @@ fn main() -> anyhow::Result<()> {
     let policy_1000 = policy(&root.join("data"), &me, 1000)?;
     let pins = Pins::new(loader::DEFAULT_PIN_DIR);
     let mut r = Results::default();
-    for _ in 0..ROUNDS {
+    for round in 1..=ROUNDS {
+        eprintln!("guard-bench: round {round} of {ROUNDS}");
         loader::disarm(&pins)?;
         settle();
         r.base_out.measure(&outside);
