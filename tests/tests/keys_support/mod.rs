@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use guard::kms::pki::{write_pki_with, CertificateAuthority, PkiFiles};
 use guard::kms::{Kms, KmsConfig, TlsFiles};
-use std::os::unix::fs::MetadataExt;
 use guard::volume::VolumeStore;
+use std::os::unix::fs::MetadataExt;
 use tempfile::TempDir;
 
 pub fn require_root() {
