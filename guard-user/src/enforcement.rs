@@ -16,6 +16,7 @@ use guard_common::{
     RuleValue, SelfProtect, Settings, Taint,
 };
 use serde::Serialize;
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 /// How long a replaced generation stays readable after the flip.
@@ -229,13 +230,26 @@ impl KernelMaps {
 
     fn write_generation(&mut self, generation: u32, e: &PolicyEntries) -> Result<()> {
         // Binaries being (re)approved were just hashed: their taint is cleared.
+        // The maps are read once, so that each binary costs a write only
+        // where something changes (a syscall each, and a policy may name
+        // thousands of binaries).
+        let known: HashSet<ExeKey> = self.exes.keys().filter_map(|k| k.ok()).collect();
+        let tainted: HashSet<ExeKey> = self.tainted.keys().filter_map(|k| k.ok()).collect();
+        let immutable: std::collections::HashMap<ExeKey, u32> =
+            self.immutable.iter().filter_map(|r| r.ok()).collect();
         for exe in &e.exes {
-            self.exes.insert(exe, 1, 0).context("GUARD_EXES is full")?;
-            let _ = self.tainted.remove(exe);
-            let bits = self.immutable.get(exe, 0).unwrap_or(0) | immutable::FILE;
-            self.immutable
-                .insert(exe, bits, 0)
-                .context("GUARD_IMMUTABLE is full")?;
+            if !known.contains(exe) {
+                self.exes.insert(exe, 1, 0).context("GUARD_EXES is full")?;
+            }
+            if tainted.contains(exe) {
+                let _ = self.tainted.remove(exe);
+            }
+            let bits = immutable.get(exe).copied().unwrap_or(0);
+            if bits & immutable::FILE == 0 {
+                self.immutable
+                    .insert(exe, bits | immutable::FILE, 0)
+                    .context("GUARD_IMMUTABLE is full")?;
+            }
         }
         self.meta
             .insert(generation, e.meta, 0)
@@ -270,6 +284,7 @@ impl KernelMaps {
     }
 
     fn drop_stale_exes(&mut self, keep: &[ExeKey]) {
+        let keep: HashSet<&ExeKey> = keep.iter().collect();
         remove_where(&mut self.exes, |k| !keep.contains(k));
         remove_where(&mut self.tainted, |k| !keep.contains(k));
         let guard_own: Vec<ExeKey> = self

@@ -299,10 +299,11 @@ fn join_components<const N: usize>(names: &[[u8; N]]) -> String {
 /// bind mount of a subfolder), from /proc/self/mountinfo, cached.
 fn mount_point(dev: u32) -> Option<String> {
     use std::sync::{Mutex, OnceLock};
-    static CACHE: OnceLock<Mutex<HashMap<u32, String>>> = OnceLock::new();
+    // Misses are cached too: a flood of events must not reread the table.
+    static CACHE: OnceLock<Mutex<HashMap<u32, Option<String>>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     if let Some(m) = cache.lock().unwrap().get(&dev) {
-        return Some(m.clone());
+        return m.clone();
     }
     let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let found = table.lines().find_map(|line| {
@@ -310,9 +311,9 @@ fn mount_point(dev: u32) -> Option<String> {
         let (major, minor) = f.get(2)?.split_once(':')?;
         let this = (major.parse::<u32>().ok()? << 20) | minor.parse::<u32>().ok()?;
         (this == dev && *f.get(3)? == "/").then(|| f.get(4).map(|m| m.to_string()))?
-    })?;
+    });
     cache.lock().unwrap().insert(dev, found.clone());
-    Some(found)
+    found
 }
 
 /// "major:minor" of a kernel-encoded dev_t.

@@ -71,7 +71,7 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Run the guest's clock from its instruction count (QEMU `-icount`), so
     /// that timings inside it do not depend on load on the host: for
-    /// benchmarks. One vCPU then does the work (single-threaded emulation).
+    /// benchmarks. The guest then has one vCPU.
     pub instruction_clock: bool,
 }
 
@@ -491,12 +491,14 @@ fn start_qemu(
     let mut qemu = Command::new("qemu-system-x86_64");
     qemu.args(["-name", &format!("guard-{}", kernel.label())])
         // /dev/kvm exists on these machines but guests crash under it: emulate.
-        .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", MEMORY])
+        .args(["-accel", "tcg", "-cpu", "max", "-m", MEMORY])
         .args(if options.instruction_clock {
-            // 1 ns of guest time per instruction; idle time passes as on the host.
-            &["-icount", "shift=0,sleep=on"][..]
+            // 1 ns of guest time per instruction; idle time passes as on the
+            // host. One vCPU: the clock counts every vCPU's instructions, so
+            // a second one would charge its work to the measured thread.
+            &["-smp", "1", "-icount", "shift=0,sleep=on"][..]
         } else {
-            &[]
+            &["-smp", "2"][..]
         })
         // vhost-user (virtiofsd) needs the guest's memory shared with it.
         .args([

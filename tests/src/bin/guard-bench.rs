@@ -82,15 +82,19 @@ fn main() -> anyhow::Result<()> {
     let mut r = Results::default();
     for _ in 0..ROUNDS {
         loader::disarm(&pins)?;
+        settle();
         r.base_out.measure(&outside);
         r.base_else.measure(&elsewhere);
         r.base_in.measure(&inside);
         let guardd = Guardd::start();
+        settle();
         r.floor_out.measure(&outside);
         r.apply_1.push(apply(&policy_1)?);
+        settle();
         r.out_1.measure(&outside);
         r.in_1.measure(&inside);
         r.apply_1000.push(apply(&policy_1000)?);
+        settle();
         r.out_1000.measure(&outside);
         r.else_1000.measure(&elsewhere);
         r.in_1000.measure(&inside);
@@ -209,6 +213,13 @@ fn row(case: &str, ns: f64, baseline: Option<f64>, target: &str) -> String {
         .map(|b| format!("{:+.1}%", (ns / b - 1.0) * 100.0))
         .unwrap_or_else(|| "baseline".into());
     format!("{case:<52} {ns:>10.0} {vs:>12} {target:>10}")
+}
+
+/// Lets the kernel and guardd finish what arming, disarming or an apply left
+/// to do in the background (freeing programs, retiring a generation), so it
+/// is not charged to the next measurement.
+fn settle() {
+    std::thread::sleep(std::time::Duration::from_millis(500));
 }
 
 /// Per-pair time of open+close in each of `n` batches.
