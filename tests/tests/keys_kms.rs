@@ -7,13 +7,12 @@ mod keys_support;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::Path;
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use guard::fscrypt::{self, DirPolicy};
 use guard::kms::pki::{CertificateAuthority, Role};
-use guard::kms::{KekState, KmsConfig, KmsError, TlsFiles};
+use guard::kms::{KekState, KmsConfig, KmsError};
 use guard::volume::{self, Backoff, UnlockEvent};
 use keys_support::*;
 use time::OffsetDateTime;
@@ -22,18 +21,6 @@ const MARKER: &[u8] = b"GUARD-PLAINTEXT-MARKER-kms-51c2";
 
 fn kms_error(result: Result<String, KmsError>) -> KmsError {
     result.expect_err("the KMS call should fail")
-}
-
-/// Client TLS files with a certificate `issue`d by some CA, written to `dir`.
-fn client_files(dir: &Path, ca_pem: &str, cert_pem: &str, key_pem: &str) -> TlsFiles {
-    fs::write(dir.join("ca.pem"), ca_pem).unwrap();
-    fs::write(dir.join("c.pem"), cert_pem).unwrap();
-    fs::write(dir.join("c.key"), key_pem).unwrap();
-    TlsFiles {
-        ca: dir.join("ca.pem"),
-        cert: dir.join("c.pem"),
-        key: dir.join("c.key"),
-    }
 }
 
 #[test]
@@ -215,37 +202,6 @@ fn rotation_rewraps_without_touching_the_kernel_key() {
     volume::unlock(&store.store, kms.client().as_ref(), "rot").unwrap();
     assert_eq!(read(&file).unwrap(), MARKER);
     volume::lock(&store.store, "rot").unwrap();
-}
-
-/// A TLS server with a valid certificate that answers every request with
-/// `reply`, for one connection at a time, until the test ends.
-fn garbage_kms(kms: &KmsServer, reply: &'static [u8]) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let certs = guard::kms::load_certs(&kms.pki.server_cert).unwrap();
-    let key = guard::kms::load_private_key(&kms.pki.server_key).unwrap();
-    let config = Arc::new(
-        rustls::ServerConfig::builder_with_provider(guard::kms::crypto_provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap(),
-    );
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(8) {
-            let Ok(mut tcp) = stream else { continue };
-            let mut conn = rustls::ServerConnection::new(config.clone()).unwrap();
-            let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
-            let mut buf = [0u8; 4096];
-            let _ = tls.read(&mut buf);
-            let _ = tls.write_all(reply);
-            let _ = tls.flush();
-            tls.conn.send_close_notify();
-            let _ = tls.flush();
-        }
-    });
-    format!("https://127.0.0.1:{port}")
 }
 
 #[test]

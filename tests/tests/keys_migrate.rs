@@ -5,44 +5,12 @@
 mod keys_support;
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use guard::fscrypt::{self, DirPolicy};
 use guard::volume::{self, VolumeKind};
 use keys_support::*;
-
-fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>, u32, u32)> {
-    let mut out = Vec::new();
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>, u32, u32)>) {
-        let mut entries: Vec<_> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        entries.sort();
-        for path in entries {
-            let meta = fs::symlink_metadata(&path).unwrap();
-            let rel = path.strip_prefix(base).unwrap().display().to_string();
-            let data = if meta.file_type().is_symlink() {
-                fs::read_link(&path)
-                    .unwrap()
-                    .display()
-                    .to_string()
-                    .into_bytes()
-            } else if meta.is_file() {
-                fs::read(&path).unwrap()
-            } else {
-                Vec::new()
-            };
-            out.push((rel, data, meta.mode(), meta.uid()));
-            if meta.is_dir() {
-                walk(base, &path, out);
-            }
-        }
-    }
-    walk(dir, dir, &mut out);
-    out
-}
 
 fn make_data_dir(dir: &Path) {
     fs::create_dir_all(dir.join("db1")).unwrap();

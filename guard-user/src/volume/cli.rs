@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Result};
 
-use super::migrate::migrate;
+use super::migrate::{migrate, Recovered};
 use super::{dmcrypt, init_fscrypt, lock, revoke, rotate, status, unlock, VolumeStore};
 use crate::kms::{Kms, KmsConfig};
 
@@ -72,7 +72,8 @@ pub enum VolumeCommand {
         json: bool,
     },
     /// Copy SRC into a new encrypted volume at DEST, verify every byte, then
-    /// swap the two atomically. The old data is left at DEST.
+    /// swap the two atomically. The old data is left at DEST. If a migrate was
+    /// interrupted, run the same command again: it finishes or starts over.
     Migrate {
         src: PathBuf,
         dest: PathBuf,
@@ -187,6 +188,15 @@ pub fn run_volume(command: VolumeCommand, options: &KeysOptions) -> Result<()> {
         VolumeCommand::Migrate { src, dest, name } => {
             let kms = options.kms()?;
             let report = migrate(&store, kms.as_ref(), &name, &src, &dest)?;
+            match report.recovered {
+                Some(Recovered::RolledBack) => println!(
+                    "an interrupted migrate into volume {name} was found: its partial copy was removed and the migrate started over"
+                ),
+                Some(Recovered::Resumed) => println!(
+                    "an interrupted migrate into volume {name} was found: its verified copy was swapped in"
+                ),
+                None => {}
+            }
             println!(
                 "migrated {} files ({} bytes) into volume {}; verified byte for byte and swapped.",
                 report.files, report.bytes, report.record.name

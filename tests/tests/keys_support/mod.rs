@@ -4,16 +4,17 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use guard::kms::pki::{write_pki_with, CertificateAuthority, PkiFiles};
 use guard::kms::{Kms, KmsConfig, TlsFiles};
 use guard::volume::VolumeStore;
+use std::os::unix::fs::MetadataExt;
 use tempfile::TempDir;
 
 pub fn require_root() {
@@ -111,26 +112,32 @@ impl Drop for Ext4Image {
     }
 }
 
-/// The guard-kms binary, built once per test process.
-pub fn guard_kms_binary() -> PathBuf {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY
+/// A binary of guard-user (`guard-kms`, `guardctl`), built once per test
+/// process.
+pub fn guard_binary(name: &str) -> PathBuf {
+    static PROFILE_DIR: OnceLock<PathBuf> = OnceLock::new();
+    // In the guest the workspace is read-only: use what vm-test built.
+    if let Some(dir) = std::env::var_os("GUARD_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
+    PROFILE_DIR
         .get_or_init(|| {
-            // In the guest the workspace is read-only: use what vm-test built.
-            if let Some(dir) = std::env::var_os("GUARD_BIN_DIR") {
-                return PathBuf::from(dir).join("guard-kms");
-            }
             let exe = std::env::current_exe().unwrap();
             let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
             let mut cargo = Command::new(env!("CARGO"));
-            cargo.args(["build", "--quiet", "-p", "guard-user", "--bin", "guard-kms"]);
+            cargo.args(["build", "--quiet", "-p", "guard-user"]);
+            cargo.args(["--bin", "guard-kms", "--bin", "guardctl"]);
             if profile_dir.ends_with("release") {
                 cargo.arg("--release");
             }
             run(&mut cargo);
-            profile_dir.join("guard-kms")
+            profile_dir
         })
-        .clone()
+        .join(name)
+}
+
+pub fn guard_kms_binary() -> PathBuf {
+    guard_binary("guard-kms")
 }
 
 /// A free loopback port (bound then released).
@@ -308,6 +315,180 @@ impl Store {
             .collect();
         names.sort();
         names
+    }
+}
+
+/// One entry of a directory tree: relative path, contents (symlink target,
+/// or the OS error number if the file cannot be read, as when its volume is
+/// locked), mode, owner and group.
+pub type Entry = (String, Result<Vec<u8>, i32>, u32, u32, u32);
+
+/// Everything under `dir`, sorted, to compare a tree byte for byte before
+/// and after.
+pub fn snapshot(dir: &Path) -> Vec<Entry> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<Entry>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for path in entries {
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let rel = path.strip_prefix(base).unwrap().display().to_string();
+            let data = if meta.file_type().is_symlink() {
+                Ok(std::fs::read_link(&path)
+                    .unwrap()
+                    .into_os_string()
+                    .into_encoded_bytes())
+            } else if meta.is_file() {
+                read(&path)
+            } else {
+                Ok(Vec::new())
+            };
+            out.push((rel, data, meta.mode(), meta.uid(), meta.gid()));
+            if meta.is_dir() {
+                walk(base, &path, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// `guardctl` run as a user would, with its own volume store and the
+/// configuration of a test KMS.
+pub struct Guardctl {
+    pub volume_dir: PathBuf,
+    pub kms_config: PathBuf,
+}
+
+impl Guardctl {
+    /// Records go to `store`; the KMS configuration is written next to the
+    /// KMS's own files, so that `store` holds only what guardctl writes.
+    pub fn new(store: &Store, kms: &KmsServer) -> Self {
+        let kms_config = kms.dir.path().join("client.json");
+        kms.write_config(&kms_config);
+        Self {
+            volume_dir: store.dir.path().to_path_buf(),
+            kms_config,
+        }
+    }
+
+    /// The command, ready for more arguments.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(guard_binary("guardctl"));
+        command
+            .arg("--volume-dir")
+            .arg(&self.volume_dir)
+            .arg("--kms-config")
+            .arg(&self.kms_config)
+            .args(args)
+            .env_remove("GUARD_VOLUME_DIR")
+            .env_remove("GUARD_KMS_CONFIG")
+            .stdin(Stdio::null());
+        command
+    }
+
+    pub fn run(&self, args: &[&str]) -> CliRun {
+        CliRun::of(args, self.command(args).output().expect("running guardctl"))
+    }
+}
+
+/// What a guardctl run printed and how it exited.
+#[derive(Debug)]
+pub struct CliRun {
+    pub args: String,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliRun {
+    pub fn of(args: &[&str], output: Output) -> Self {
+        Self {
+            args: args.join(" "),
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Exit status 0; returns stdout.
+    pub fn ok(&self) -> &str {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "guardctl {} failed:\n{}{}",
+            self.args,
+            self.stdout,
+            self.stderr
+        );
+        &self.stdout
+    }
+
+    /// Exit status 1 and an error on stderr containing every one of `needles`.
+    pub fn fails_with(&self, needles: &[&str]) -> &str {
+        assert_eq!(
+            self.code,
+            Some(1),
+            "guardctl {} should have failed:\n{}{}",
+            self.args,
+            self.stdout,
+            self.stderr
+        );
+        for needle in needles {
+            assert!(
+                self.stderr.contains(needle),
+                "guardctl {}: the error should mention {needle:?}:\n{}",
+                self.args,
+                self.stderr
+            );
+        }
+        &self.stderr
+    }
+}
+
+/// A TLS server with a valid certificate from `kms`'s PKI that answers
+/// every request with `reply`, for up to 8 connections, one at a time.
+pub fn garbage_kms(kms: &KmsServer, reply: &'static [u8]) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let certs = guard::kms::load_certs(&kms.pki.server_cert).unwrap();
+    let key = guard::kms::load_private_key(&kms.pki.server_key).unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(guard::kms::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap(),
+    );
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(8) {
+            let Ok(mut tcp) = stream else { continue };
+            let mut conn = rustls::ServerConnection::new(config.clone()).unwrap();
+            let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
+            let mut buf = [0u8; 4096];
+            let _ = tls.read(&mut buf);
+            let _ = tls.write_all(reply);
+            let _ = tls.flush();
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        }
+    });
+    format!("https://127.0.0.1:{port}")
+}
+
+/// Client TLS files with a certificate issued by some CA, written to `dir`.
+pub fn client_files(dir: &Path, ca_pem: &str, cert_pem: &str, key_pem: &str) -> TlsFiles {
+    std::fs::write(dir.join("ca.pem"), ca_pem).unwrap();
+    std::fs::write(dir.join("c.pem"), cert_pem).unwrap();
+    std::fs::write(dir.join("c.key"), key_pem).unwrap();
+    TlsFiles {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("c.pem"),
+        key: dir.join("c.key"),
     }
 }
 
