@@ -12,8 +12,8 @@ use crate::policy::PolicyEntries;
 use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use guard_common::{
-    dir_filter, immutable, maps, stat, DevKey, DirKey, ExeKey, ObjectKey, PolicyMeta, RuleKey,
-    RuleValue, SelfProtect, Settings, Taint,
+    dir_filter, immutable, maps, stat, DevKey, DirKey, ExeKey, LaunchKey, ObjectKey, PolicyMeta,
+    RuleKey, RuleValue, SelfProtect, Settings, Taint,
 };
 use serde::Serialize;
 use std::collections::HashSet;
@@ -48,6 +48,8 @@ pub struct KernelMaps {
     objects: HashMap<MapData, ObjectKey, u32>,
     immutable: HashMap<MapData, ExeKey, u32>,
     dir_filter: Array<MapData, u64>,
+    supervisors: HashMap<MapData, LaunchKey, ExeKey>,
+    relays: HashMap<MapData, LaunchKey, u32>,
     /// What `dir_filter` holds, so updates write only the words that change.
     dir_filter_words: Vec<u64>,
     /// The generation replaced by the last apply, still readable by hooks
@@ -84,6 +86,8 @@ impl KernelMaps {
             objects: typed(maps::OBJECTS, Map::HashMap)?.try_into()?,
             immutable: typed(maps::IMMUTABLE, Map::HashMap)?.try_into()?,
             dir_filter: typed(maps::DIR_FILTER, Map::Array)?.try_into()?,
+            supervisors: typed(maps::SUPERVISORS, Map::HashMap)?.try_into()?,
+            relays: typed(maps::RELAYS, Map::HashMap)?.try_into()?,
             dir_filter_words: Vec::new(),
             retiring: None,
         })
@@ -150,7 +154,7 @@ impl KernelMaps {
         self.retiring = Some(Retiring {
             generation: old,
             since: Instant::now(),
-            keep_exes: entries.exes,
+            keep_exes: entries.exes.into_iter().chain(entries.launchers).collect(),
         });
         Ok(new)
     }
@@ -163,6 +167,8 @@ impl KernelMaps {
         remove_where(&mut self.devs, |k| k.generation != active);
         remove_where(&mut self.dirs, |k| k.generation != active);
         remove_where(&mut self.rules, |k| k.generation != active);
+        remove_where(&mut self.supervisors, |k| k.generation != active);
+        remove_where(&mut self.relays, |k| k.generation != active);
         self.rebuild_dir_filter()
     }
 
@@ -244,12 +250,25 @@ impl KernelMaps {
             if tainted.contains(exe) {
                 let _ = self.tainted.remove(exe);
             }
+        }
+        // Allowed binaries, their supervisors and relays: nobody rewrites them.
+        for exe in e.exes.iter().chain(&e.launchers) {
             let bits = immutable.get(exe).copied().unwrap_or(0);
             if bits & immutable::FILE == 0 {
                 self.immutable
                     .insert(exe, bits | immutable::FILE, 0)
                     .context("GUARD_IMMUTABLE is full")?;
             }
+        }
+        for (key, supervisor) in &e.supervisors {
+            self.supervisors
+                .insert(key, supervisor, 0)
+                .context("GUARD_SUPERVISORS is full")?;
+        }
+        for key in &e.relays {
+            self.relays
+                .insert(key, 1, 0)
+                .context("GUARD_RELAYS is full")?;
         }
         self.meta
             .insert(generation, e.meta, 0)
@@ -281,6 +300,8 @@ impl KernelMaps {
         remove_where(&mut self.devs, |k| k.generation == generation);
         remove_where(&mut self.dirs, |k| k.generation == generation);
         remove_where(&mut self.rules, |k| k.generation == generation);
+        remove_where(&mut self.supervisors, |k| k.generation == generation);
+        remove_where(&mut self.relays, |k| k.generation == generation);
     }
 
     fn drop_stale_exes(&mut self, keep: &[ExeKey]) {
