@@ -26,7 +26,7 @@ use aya_ebpf::{
 use guard_common::{
     access, bpf_uapi, flags, hook, object, stat, tamper, verdict, DevKey, DirKey, Event, ExeKey,
     KernelOffsets, ObjectKey, PolicyMeta, RateState, RuleKey, RuleValue, SelfProtect, Settings,
-    Taint, Launch, LaunchKey, MAX_LAUNCHES, ANY_ID, MAX_OBJECTS, PINS_POINT, IMMUTABLE_POINT, MAX_IMMUTABLE, immutable, dir_filter,
+    Taint, Launch, LaunchKey, MAX_ANCESTORS, MAX_LAUNCHES, ANY_ID, MAX_OBJECTS, PINS_POINT, IMMUTABLE_POINT, MAX_IMMUTABLE, immutable, dir_filter,
     DEFAULT_EVENTS_PER_SEC_PER_CPU, PTRACE_MODE_ATTACH, PTRACE_MODE_NOAUDIT,
     EVENTS_RING_BYTES, FMODE_EXEC, FMODE_READ, FMODE_WRITE, MAX_DEPTH, MAX_EXES, MAX_POINTS,
     MAX_RULE_ENTRIES, MODE_AUDIT, NAME_LEN, NO_RULE, PATH_DEPTH, EXE_DEPTH,
@@ -114,6 +114,8 @@ static SUPERVISORS: HashMap<LaunchKey, ExeKey> = HashMap::pinned(MAX_EXES, 0);
 static RELAYS: HashMap<LaunchKey, u32> = HashMap::pinned(MAX_EXES, 0);
 #[map(name = "GUARD_LAUNCHES")]
 static LAUNCHES: LruHashMap<u32, Launch> = LruHashMap::pinned(MAX_LAUNCHES, 0);
+#[map(name = "GUARD_ANCESTORS")]
+static ANCESTORS: HashMap<DirKey, u32> = HashMap::pinned(MAX_ANCESTORS, 0);
 #[map(name = "GUARD_EVENTS")]
 static EVENTS: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
 
@@ -778,7 +780,41 @@ pub fn sb_mount(ctx: LsmContext) -> i32 {
                 Err(_) => EPERM,
             };
         }
+        // Changing propagation (shared, private...) mounts nothing.
+        if flags & (MS_BIND | MS_MOVE) == 0 && flags & MS_PROPAGATION != 0 {
+            return ALLOW;
+        }
+        let ret = protect_ancestor(dentry);
+        if ret != ALLOW {
+            return ret;
+        }
         decide(dentry, access::MOUNT, hook::SB_MOUNT)
+    }
+}
+
+const MS_BIND: u64 = 4096;
+const MS_MOVE: u64 = 8192;
+/// MS_UNBINDABLE | MS_PRIVATE | MS_SLAVE | MS_SHARED
+const MS_PROPAGATION: u64 = (1 << 17) | (1 << 18) | (1 << 19) | (1 << 20);
+
+/// Nothing may be mounted on a directory above a protected one: the
+/// protected files would stay guarded, but hidden from the database.
+#[inline(always)]
+unsafe fn protect_ancestor(dentry: u64) -> i32 {
+    let generation = ACTIVE.get(0).copied().unwrap_or(0);
+    if generation == 0 {
+        return ALLOW;
+    }
+    let Ok(obj) = object(offsets(), dentry) else {
+        return EPERM;
+    };
+    if ANCESTORS.get_ptr(&DirKey { generation, dev: obj.dev, ino: obj.ino }).is_none() {
+        return ALLOW;
+    }
+    match armed_outsider() {
+        Ok(Some(exe)) => deny_bpf(exe, hook::ANCESTOR_MOUNT, access::MOUNT, 0, obj.ino, obj.dev),
+        Ok(None) => ALLOW,
+        Err(_) => EPERM,
     }
 }
 
@@ -790,6 +826,10 @@ pub fn move_mount(ctx: LsmContext) -> i32 {
         let Ok(dentry) = read::<u64>(to, offsets().path_dentry) else {
             return EPERM;
         };
+        let ret = protect_ancestor(dentry);
+        if ret != ALLOW {
+            return ret;
+        }
         decide(dentry, access::MOUNT, hook::MOVE_MOUNT)
     }
 }

@@ -49,6 +49,7 @@ pub struct KernelMaps {
     immutable: HashMap<MapData, ExeKey, u32>,
     dir_filter: Array<MapData, u64>,
     supervisors: HashMap<MapData, LaunchKey, ExeKey>,
+    ancestors: HashMap<MapData, DirKey, u32>,
     relays: HashMap<MapData, LaunchKey, u32>,
     /// What `dir_filter` holds, so updates write only the words that change.
     dir_filter_words: Vec<u64>,
@@ -87,6 +88,7 @@ impl KernelMaps {
             immutable: typed(maps::IMMUTABLE, Map::HashMap)?.try_into()?,
             dir_filter: typed(maps::DIR_FILTER, Map::Array)?.try_into()?,
             supervisors: typed(maps::SUPERVISORS, Map::HashMap)?.try_into()?,
+            ancestors: typed(maps::ANCESTORS, Map::HashMap)?.try_into()?,
             relays: typed(maps::RELAYS, Map::HashMap)?.try_into()?,
             dir_filter_words: Vec::new(),
             retiring: None,
@@ -169,6 +171,7 @@ impl KernelMaps {
         remove_where(&mut self.rules, |k| k.generation != active);
         remove_where(&mut self.supervisors, |k| k.generation != active);
         remove_where(&mut self.relays, |k| k.generation != active);
+        remove_where(&mut self.ancestors, |k| k.generation != active);
         self.rebuild_dir_filter()
     }
 
@@ -265,6 +268,11 @@ impl KernelMaps {
                 .insert(key, supervisor, 0)
                 .context("GUARD_SUPERVISORS is full")?;
         }
+        for (key, point) in &e.ancestors {
+            self.ancestors
+                .insert(key, point, 0)
+                .context("GUARD_ANCESTORS is full")?;
+        }
         for key in &e.relays {
             self.relays
                 .insert(key, 1, 0)
@@ -302,6 +310,7 @@ impl KernelMaps {
         remove_where(&mut self.rules, |k| k.generation == generation);
         remove_where(&mut self.supervisors, |k| k.generation == generation);
         remove_where(&mut self.relays, |k| k.generation == generation);
+        remove_where(&mut self.ancestors, |k| k.generation == generation);
     }
 
     fn drop_stale_exes(&mut self, keep: &[ExeKey]) {

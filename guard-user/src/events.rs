@@ -158,6 +158,11 @@ fn bpf_object(e: &Event) -> String {
             kernel_dev_string(e.dev)
         ),
         hook::KERNEL_MEMORY => "kernel memory (/proc/kcore, /dev/mem or /dev/port)".into(),
+        hook::ANCESTOR_MOUNT => format!(
+            "a directory above a protected one ({}, inode {})",
+            kernel_dev_string(e.dev),
+            e.ino
+        ),
         hook::KERNEL_READ_FILE | hook::KERNEL_LOAD_DATA if e.access & tamper::KEXEC != 0 => {
             "loading a new kernel (kexec)".into()
         }

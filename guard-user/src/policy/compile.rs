@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use guard_common::{
-    DevKey, DirKey, ExeKey, LaunchKey, PolicyMeta, RuleKey, RuleValue, ANY_ID, MAX_EXES,
-    MAX_POINTS, MAX_RULE_ENTRIES,
+    DevKey, DirKey, ExeKey, LaunchKey, PolicyMeta, RuleKey, RuleValue, ANY_ID, MAX_ANCESTORS,
+    MAX_EXES, MAX_POINTS, MAX_RULE_ENTRIES,
 };
 
 use super::{Effect, Pointer, PolicyError, ResolvedPolicy};
@@ -18,6 +18,8 @@ pub struct PolicyEntries {
     pub devs: Vec<DevKey>,
     /// `DIRS`: protected directories and their point index.
     pub dirs: Vec<(DirKey, u32)>,
+    /// `ANCESTORS`: directories above protected ones, and a point below each.
+    pub ancestors: Vec<(DirKey, u32)>,
     /// `RULES`: one entry per (point, binary, uid or ANY, gid or ANY).
     pub rules: Vec<(RuleKey, RuleValue)>,
     /// `EXES`: every binary some rule names.
@@ -57,6 +59,13 @@ impl ResolvedPolicy {
                 (key, index as u32)
             })
             .collect();
+
+        let mut ancestors: BTreeMap<(u32, u64), u32> = BTreeMap::new();
+        for (index, point) in self.points.iter().enumerate() {
+            for ancestor in &point.ancestors {
+                ancestors.entry(*ancestor).or_insert(index as u32);
+            }
+        }
 
         let mut rules: BTreeMap<RuleOrder, RuleValue> = BTreeMap::new();
         let mut exes: BTreeSet<(u32, u64)> = BTreeSet::new();
@@ -118,6 +127,19 @@ impl ResolvedPolicy {
                 .map(|dev| DevKey { generation, dev })
                 .collect(),
             dirs,
+            ancestors: ancestors
+                .into_iter()
+                .map(|((dev, ino), point)| {
+                    (
+                        DirKey {
+                            generation,
+                            dev,
+                            ino,
+                        },
+                        point,
+                    )
+                })
+                .collect(),
             rules: rules
                 .into_iter()
                 .map(|((point, exe_dev, exe_ino, uid, gid), value)| {
@@ -167,6 +189,11 @@ pub(super) fn check_capacity(policy: &ResolvedPolicy) -> Vec<PolicyError> {
     let at = Pointer::root().key("protected");
     let checks = [
         ("protected directories", entries.dirs.len(), MAX_POINTS),
+        (
+            "directories above protected ones",
+            entries.ancestors.len(),
+            MAX_ANCESTORS,
+        ),
         ("rule entries", entries.rules.len(), MAX_RULE_ENTRIES),
         ("distinct binaries", entries.exes.len(), MAX_EXES),
         (
@@ -212,6 +239,7 @@ mod tests {
             path: format!("/p/{dev}-{ino}").into(),
             dev,
             ino,
+            ancestors: vec![(dev, 2)],
         }
     }
 
