@@ -389,7 +389,15 @@ impl Daemon {
             }
             None => (document, None),
         };
-        let resolved = match policy::parse(&text).and_then(|p| policy::resolve(&p)) {
+        let protected_now: Vec<policy::ResolvedPoint> = match self.applied.lock().unwrap().as_ref()
+        {
+            Some(applied) => applied.resolved.points.clone(),
+            None => Vec::new(),
+        };
+        let checked = policy::parse(&text)
+            .and_then(|p| policy::resolve(&p))
+            .and_then(|r| policy::check_hard_links(&r, &protected_now).map(|()| r));
+        let resolved = match checked {
             Ok(r) => r,
             Err(errors) => {
                 self.admin_entry(

@@ -396,6 +396,53 @@ fn an_invalid_policy_is_refused_and_the_old_one_keeps_working() {
     );
 }
 
+/// A hard link made before the policy, outside the protected directory,
+/// would reach the file unguarded: the policy is refused until it is gone.
+/// Once protected, no new link can be made, and a re-apply does not need to
+/// read the directory again.
+#[test]
+#[ignore = "guest: run by cargo xtask vm-test"]
+fn a_hard_link_from_outside_made_before_the_policy_is_refused() {
+    let sb = Sandbox::new("hardlink");
+    let secret = sb.file("secret.txt");
+    let outside = sb.root.join("stolen.txt");
+    std::fs::hard_link(&secret, &outside).unwrap();
+    let _guardd = Guardd::start();
+    let before = status()["policy_hash"].clone();
+
+    let out = apply_raw(&sb.policy("enforce").to_string());
+    assert!(
+        !out.status.success(),
+        "a policy with a link outside applied"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("/protected/0/path") && err.contains("hard links"),
+        "the refusal does not say where and why: {err}"
+    );
+    assert!(err.contains("secret.txt"), "{err}");
+    assert_eq!(
+        status()["policy_hash"],
+        before,
+        "the refusal changed the policy"
+    );
+
+    std::fs::remove_file(&outside).unwrap();
+    apply(&sb.policy("enforce"));
+    assert_open_eperm(&secret);
+    assert_eperm(
+        &sh(&format!("ln {} {}", secret.display(), outside.display())),
+        "a new hard link from outside",
+    );
+    // The directory is protected now: not even guardd lists it, and it
+    // need not.
+    apply(&sb.policy("enforce"));
+    assert_ok(
+        &sb.allowed_run("cat", &[secret.to_str().unwrap()]),
+        "the allowed binary after the re-apply",
+    );
+}
+
 #[test]
 #[ignore = "guest: run by cargo xtask vm-test"]
 fn reapplying_under_concurrent_opens_never_lets_a_denied_open_through() {
