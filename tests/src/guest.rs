@@ -32,22 +32,31 @@ impl Guardd {
     }
 
     pub fn start_with(args: &[&str]) -> Guardd {
+        Self::try_start_with(args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts guardd and waits until it serves; an error, instead of a panic,
+    /// if it does not (for cleanups, which must not panic).
+    pub fn try_start_with(args: &[&str]) -> Result<Guardd, String> {
         let _ = std::fs::remove_file(SOCKET);
         let mut child = Command::new(bin("guardd"))
             .args(args)
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("spawning guardd");
+            .map_err(|e| format!("spawning guardd: {e}"))?;
         let deadline = Instant::now() + Duration::from_secs(60);
         while !Path::new(SOCKET).exists() {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("guardd exited before serving: {status}");
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("guardd {args:?} exited before serving: {status}"));
             }
-            assert!(Instant::now() < deadline, "guardd did not come up in 60 s");
+            if Instant::now() > deadline {
+                // Not signalled: a guardd that protects itself would ignore it.
+                return Err(format!("guardd {args:?} did not come up in 60 s"));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Guardd { child: Some(child) }
+        Ok(Guardd { child: Some(child) })
     }
 
     pub fn pid(&self) -> u32 {
@@ -342,4 +351,129 @@ pub fn challenge() -> String {
 /// `guardctl policy apply FILE`; the caller checks the outcome.
 pub fn apply_file(file: &Path) -> Output {
     guardctl(&["policy", "apply", file.to_str().unwrap()])
+}
+
+/// A guardd that trusts `keys` (started with `--trust-key`, or adopting the
+/// pinned key): policies, stops and disarms must be signed with them. It
+/// protects itself and cannot be signalled, so it is stopped with a signed
+/// order; when dropped, the guard is disarmed with one (starting a guardd to
+/// take the order if none runs), so the tests after it find no pinned key.
+pub struct SignedGuardd<'k> {
+    guardd: Option<Guardd>,
+    keys: &'k SigningKeys,
+}
+
+impl<'k> SignedGuardd<'k> {
+    /// `guardd --trust-key KEYS.pub ARGS`.
+    pub fn start(keys: &'k SigningKeys, args: &[&str]) -> SignedGuardd<'k> {
+        let mut with_key = vec!["--trust-key", keys.public.to_str().unwrap()];
+        with_key.extend_from_slice(args);
+        Self::start_with(keys, &with_key)
+    }
+
+    /// `guardd ARGS` exactly: without `--trust-key` it adopts the pinned key.
+    pub fn start_with(keys: &'k SigningKeys, args: &[&str]) -> SignedGuardd<'k> {
+        SignedGuardd {
+            guardd: Some(Guardd::start_with(args)),
+            keys,
+        }
+    }
+
+    /// A signed stop: guardd exits cleanly and lifts its self-protection; the
+    /// kernel keeps enforcing, the key stays pinned.
+    pub fn stop(&mut self) {
+        self.order("stop");
+    }
+
+    /// A signed disarm: guardd detaches the programs, removes the pins (the
+    /// pinned key with them) and exits.
+    pub fn disarm(&mut self) {
+        self.order("disarm");
+    }
+
+    fn order(&mut self, action: &str) {
+        let order = self.keys.sign_order(action, &challenge());
+        let out = guardctl(&[action, order.to_str().unwrap()]);
+        assert_ok(&out, &format!("guardctl {action} with a signed order"));
+        self.exited();
+    }
+
+    /// Waits for guardd to exit after a disarm or a signed stop; asserts it
+    /// exited cleanly.
+    pub fn exited(&mut self) {
+        let mut guardd = self.guardd.take().expect("guardd running");
+        let status = guardd.wait_exit(Duration::from_secs(30));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "guardd did not exit cleanly: {status:?}"
+        );
+    }
+}
+
+/// Whether a trusted key is pinned in guard's BPF pins.
+pub fn key_pinned() -> bool {
+    Path::new(guard::loader::DEFAULT_PIN_DIR)
+        .join(guard::signing::trust::PIN_FOLDER)
+        .exists()
+}
+
+impl Drop for SignedGuardd<'_> {
+    fn drop(&mut self) {
+        let Some(mut guardd) = self.guardd_to_disarm() else {
+            return;
+        };
+        if !self.cleanup_disarm() {
+            eprintln!("SignedGuardd: the cleanup disarm was refused");
+        }
+        if guardd.wait_exit(Duration::from_secs(30)).is_none() {
+            eprintln!("SignedGuardd: guardd did not exit after the cleanup disarm");
+            guardd.abandon();
+        }
+    }
+}
+
+impl SignedGuardd<'_> {
+    /// The guardd the cleanup disarms: this one if it still runs. If it was
+    /// stopped, a key left pinned would make the later tests' unsigned
+    /// policies fail, so a guardd is started (it adopts the key), unless
+    /// another one serves (whoever started it disarms it).
+    fn guardd_to_disarm(&mut self) -> Option<Guardd> {
+        if let Some(guardd) = self.guardd.take() {
+            return Some(guardd);
+        }
+        if !key_pinned() || guardctl(&["status"]).status.success() {
+            return None;
+        }
+        Guardd::try_start_with(&[])
+            .inspect_err(|e| eprintln!("SignedGuardd: cannot start guardd to disarm: {e}"))
+            .ok()
+    }
+
+    /// A signed disarm of whatever guardd serves the socket; no panics (this
+    /// runs in Drop, perhaps while a test unwinds). Whether it was accepted.
+    fn cleanup_disarm(&self) -> bool {
+        let challenge = guardctl(&["order", "challenge"]);
+        if !challenge.status.success() {
+            return false;
+        }
+        let nonce = String::from_utf8_lossy(&challenge.stdout)
+            .trim()
+            .to_string();
+        let order = self.keys.dir.path().join("cleanup-disarm.json");
+        let signed = guardctl(&[
+            "order",
+            "sign",
+            "--key",
+            self.keys.key.to_str().unwrap(),
+            "--nonce",
+            &nonce,
+            "-o",
+            order.to_str().unwrap(),
+            "disarm",
+        ]);
+        signed.status.success()
+            && guardctl(&["disarm", order.to_str().unwrap()])
+                .status
+                .success()
+    }
 }

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Output, Stdio};
 
 use anyhow::{bail, Context, Result};
 
-use crate::guest::bin;
+use crate::guest::{bin, SigningKeys};
 
 /// MariaDB's server binary: the only program the policy lets read and write the data.
 pub const SERVER: &str = "/usr/sbin/mariadbd";
@@ -253,17 +253,44 @@ pub fn policy(datadir: &Path) -> serde_json::Value {
     })
 }
 
-/// Applies `policy` with guardctl. This is where signing goes once
-/// `guardctl policy sign` exists: sign the file, then apply the signed one.
-pub fn apply_policy(policy: &serde_json::Value) -> Result<Output> {
-    let file = std::env::temp_dir().join("guard-mariadb-policy.json");
-    std::fs::write(&file, policy.to_string())
-        .with_context(|| format!("writing {}", file.display()))?;
+/// The off-host key a policy is signed with, and the serial to sign it with
+/// (greater than that of the policy applied before it).
+pub struct PolicySigning<'a> {
+    pub keys: &'a SigningKeys,
+    pub serial: u64,
+}
+
+/// Applies `policy` with guardctl: with `signing`, signs it first
+/// (`guardctl policy sign`) and applies the signed file, as a guardd that
+/// trusts a key requires (the scenario's); without, applies it as it is (the
+/// benchmark's guardd trusts no key). An error, with guardctl's words, if
+/// signing or applying fails.
+pub fn apply_policy(policy: &serde_json::Value, signing: Option<&PolicySigning>) -> Result<Output> {
+    let plain = std::env::temp_dir().join("guard-mariadb-policy.json");
+    std::fs::write(&plain, policy.to_string())
+        .with_context(|| format!("writing {}", plain.display()))?;
+    let applied = match signing {
+        Some(signing) => {
+            let signed = std::env::temp_dir().join("guard-mariadb-policy.signed.json");
+            run_ok(
+                Command::new(bin("guardctl"))
+                    .args(["policy", "sign", "--key"])
+                    .arg(&signing.keys.key)
+                    .arg("--serial")
+                    .arg(signing.serial.to_string())
+                    .arg("-o")
+                    .arg(&signed)
+                    .arg(&plain),
+            )?;
+            signed
+        }
+        None => plain,
+    };
     run_ok(
         Command::new(bin("guardctl"))
             .arg("policy")
             .arg("apply")
-            .arg(&file),
+            .arg(&applied),
     )
 }
 

@@ -2,15 +2,19 @@
 //! keeps patient rows on a guard volume whose key comes from a guard-kms on
 //! loopback; only mariadbd may touch the data, mariabackup may read it; root's
 //! tools are refused and every refusal is in the journal and the audit trail;
-//! the volume locks, unlocks again when guardd restarts, and a revoked key
-//! shreds the data. `cargo xtask demo` shows the same scenario as a transcript.
+//! the policy is signed off-host and guardd refuses an unsigned one; the
+//! volume locks, unlocks again when guardd restarts, and a revoked key shreds
+//! the data. `cargo xtask demo` shows the same scenario as a transcript.
 //!
 //! Run inside the QEMU guests by `cargo xtask vm-test --kernel all mariadb`.
 
-use guard::journal::message_id;
+use guard::journal::{field, message_id};
 use guard_tests::field_text;
-use guard_tests::guest::{self, assert_eperm, assert_ok, journal_entries, stderr, Guardd};
-use guard_tests::mariadb::{self, Keys, LocalKms, MariaDb, BACKUP, SERVER};
+use guard_tests::guest::{
+    self, assert_eperm, assert_ok, journal_entries, key_pinned, stderr, Guardd, SignedGuardd,
+    SigningKeys,
+};
+use guard_tests::mariadb::{self, Keys, LocalKms, MariaDb, PolicySigning, BACKUP, SERVER};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -31,15 +35,20 @@ const ROWS: &str =
 #[test]
 #[ignore = "guest: run by cargo xtask vm-test"]
 fn mariadb_on_a_guard_volume_end_to_end() {
-    // 1. The KMS holds the key-encryption key, as a separate process.
+    // 1. The KMS holds the key-encryption key, as a separate process; the
+    //    administrator's policy-signing key is made (off-host in production).
     let kms = LocalKms::start(Path::new("/tmp/mariadb-kms"), true).unwrap();
     let keys = Keys {
         volume_dir: PathBuf::from("/tmp/mariadb-volumes"),
         kms_config: kms.config.clone(),
     };
+    let admin = SigningKeys::new("mariadb-admin");
     let guardd_args = keys.guardd_args();
     let guardd_args: Vec<&str> = guardd_args.iter().map(String::as_str).collect();
-    let guardd = Guardd::start_with(&guardd_args);
+    // The volume records are guard's own files, immutable while guardd
+    // protects itself (as it does once it trusts a key): the volume is made
+    // under a plain guardd.
+    let plain_guardd = Guardd::start_with(&guardd_args);
 
     // 2. The data directory is a guard volume; MariaDB is initialised in it.
     let datadir = Path::new(DATADIR);
@@ -52,9 +61,18 @@ fn mariadb_on_a_guard_volume_end_to_end() {
     let db = MariaDb::configure(datadir).unwrap();
     db.install().unwrap();
 
-    // 3. The policy (mariadbd started by mysqld_safe only), then MariaDB
-    //    started by its launcher under it.
-    mariadb::apply_policy(&mariadb::policy(datadir)).unwrap();
+    // 3. guardd now trusts only the administrator's key; the policy (mariadbd
+    //    started by mysqld_safe only) is signed and applied, an unsigned one is
+    //    refused; then MariaDB is started by its launcher under it.
+    drop(plain_guardd);
+    let mut guardd = SignedGuardd::start(&admin, &guardd_args);
+    let signing = PolicySigning {
+        keys: &admin,
+        serial: 1,
+    };
+    mariadb::apply_policy(&mariadb::policy(datadir), Some(&signing)).unwrap();
+    applied_policy_is_signed_by(&admin, 1);
+    unsigned_policy_is_refused(&admin, datadir);
     db.start().unwrap();
     assert_supervised_by_mysqld_safe();
 
@@ -83,22 +101,34 @@ fn mariadb_on_a_guard_volume_end_to_end() {
     // 6. mariabackup backs up the running server; its reads are logged.
     backup_while_running();
 
-    // 7. Locked, the files are unreadable even to mariadbd; a restarted guardd
-    //    unlocks them from the KMS and every row is back.
+    // 7. Locked, the files are unreadable even to mariadbd; guardd, stopped
+    //    with a signed order and started again, unlocks them from the KMS and
+    //    every row is back, under the same signed policy.
     db.stop().unwrap();
     assert_ok(&keys.guardctl(&["volume", "lock", VOLUME]), "volume lock");
     server_cannot_read_its_files();
-    drop(guardd);
-    let _guardd = Guardd::start_with(&guardd_args);
-    let unlocked = journal_entries(message_id::VOLUME_UNLOCKED, "GUARD_VOLUME", VOLUME, WAIT);
-    assert!(!unlocked.is_empty());
+    let unlocks_before = volume_unlocks().len();
+    guardd.stop();
+    // Shadows the stopped one, which is dropped after it (and finds nothing to do).
+    let mut guardd = SignedGuardd::start(&admin, &guardd_args);
+    let matches = [
+        format!("MESSAGE_ID={}", message_id::VOLUME_UNLOCKED),
+        format!("GUARD_VOLUME={VOLUME}"),
+    ];
+    let matches: Vec<&str> = matches.iter().map(String::as_str).collect();
+    guard_tests::wait_for_journal_entries(&matches, unlocks_before + 1, WAIT)
+        .unwrap_or_else(|e| panic!("the restarted guardd did not unlock {VOLUME}: {e:#}"));
+    applied_policy_is_signed_by(&admin, 1);
     let before = denials_in_datadir().len();
     db.start().unwrap();
     assert_eq!(rows(&db), ROWS, "rows after lock, guardd restart, unlock");
     assert_no_denials_in_datadir(before, "MariaDB's restart on the unlocked volume");
 
-    // 8. Revocation: the KMS refuses the key for good; the log says who and when.
+    // 8. Revocation: the KMS refuses the key for good; the log says who and
+    //    when. Revoking rewrites the volume's record, one of guard's own files:
+    //    guardd is stopped with a signed order first (the kernel keeps enforcing).
     db.stop().unwrap();
+    guardd.stop();
     assert_ok(
         &keys.guardctl(&["key", "revoke", VOLUME, "--yes"]),
         "key revoke",
@@ -111,6 +141,61 @@ fn mariadb_on_a_guard_volume_end_to_end() {
     );
     server_cannot_read_its_files();
     revocation_is_logged(&kms);
+
+    // The guest tests after this one apply unsigned policies: a guardd that
+    // adopts the pinned key takes a signed disarm, which removes the key.
+    let mut guardd = SignedGuardd::start_with(&admin, &[]);
+    guardd.disarm();
+    assert!(!key_pinned(), "the administrator's key is still pinned");
+}
+
+/// `guardctl policy show --json`: the applied policy came signed by `admin`'s
+/// key with `serial`.
+#[track_caller]
+fn applied_policy_is_signed_by(admin: &SigningKeys, serial: u64) {
+    let shown = guest::show();
+    let signed = &shown["signed"];
+    assert_eq!(signed["signer"], admin.fingerprint.as_str(), "{shown}");
+    assert_eq!(signed["serial"], serial, "{shown}");
+    assert_eq!(shown["mode"], "enforce", "{shown}");
+}
+
+/// Root, without the administrator's key, tries the same policy in audit mode
+/// (which would let every program read the data): guardd refuses it, names why,
+/// journals the refusal, and the signed policy stays in force.
+fn unsigned_policy_is_refused(admin: &SigningKeys, datadir: &Path) {
+    let hash = guest::show()["hash"].clone();
+    let mut weakened = mariadb::policy(datadir);
+    weakened["mode"] = "audit".into();
+    let error = mariadb::apply_policy(&weakened, None)
+        .expect_err("guardd applied an unsigned policy")
+        .to_string();
+    assert!(
+        error.contains("unsigned policy refused") && error.contains("nothing changed"),
+        "{error}"
+    );
+    let matches = [
+        format!("MESSAGE_ID={}", message_id::SIGNING_REFUSED),
+        format!("{}=unsigned", field::REFUSAL),
+        format!("{}=policy", field::DOCUMENT),
+        format!("{}={}", field::TRUST_KEY, admin.fingerprint),
+    ];
+    let matches: Vec<&str> = matches.iter().map(String::as_str).collect();
+    let refusals = guard_tests::wait_for_journal_entries(&matches, 1, WAIT)
+        .unwrap_or_else(|e| panic!("the refusal of an unsigned policy is not journaled: {e:#}"));
+    assert_eq!(field_text(&refusals[0], field::UID).as_deref(), Some("0"));
+    let shown = guest::show();
+    assert_eq!(shown["hash"], hash, "the policy changed: {shown}");
+    applied_policy_is_signed_by(admin, 1);
+}
+
+/// guardd's journal entries saying it unlocked the scenario's volume.
+fn volume_unlocks() -> Vec<Value> {
+    guard_tests::journal_entries(&[
+        &format!("MESSAGE_ID={}", message_id::VOLUME_UNLOCKED),
+        &format!("GUARD_VOLUME={VOLUME}"),
+    ])
+    .unwrap()
 }
 
 fn rows(db: &MariaDb) -> String {

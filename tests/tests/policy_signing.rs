@@ -15,60 +15,6 @@ use std::time::{Duration, Instant};
 const PINS: &str = "/sys/fs/bpf/guard";
 const JOURNAL_WAIT: Duration = Duration::from_secs(20);
 
-/// A guardd started with `--trust-key`. It protects itself, so it cannot be
-/// signalled: when dropped it is disarmed with a signed order instead.
-struct SignedGuardd {
-    guardd: Option<Guardd>,
-    keys: &'static SigningKeys,
-}
-
-impl SignedGuardd {
-    fn start(keys: &'static SigningKeys) -> SignedGuardd {
-        Self::start_with(keys, &["--trust-key", keys.public.to_str().unwrap()])
-    }
-
-    fn start_with(keys: &'static SigningKeys, args: &[&str]) -> SignedGuardd {
-        SignedGuardd {
-            guardd: Some(Guardd::start_with(args)),
-            keys,
-        }
-    }
-
-    /// Waits for guardd to exit after a disarm or a signed stop.
-    fn exited(&mut self) {
-        let mut guardd = self.guardd.take().expect("guardd running");
-        let status = guardd.wait_exit(Duration::from_secs(30));
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "guardd did not exit cleanly: {status:?}"
-        );
-    }
-}
-
-impl Drop for SignedGuardd {
-    fn drop(&mut self) {
-        let Some(mut guardd) = self.guardd.take() else {
-            return;
-        };
-        // Leave the guest without a pinned key for the tests that follow.
-        let out = guardctl(&["order", "challenge"]);
-        if out.status.success() {
-            let nonce = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            let order = self.keys.sign_order("disarm", &nonce);
-            let _ = guardctl(&["disarm", order.to_str().unwrap()]);
-        }
-        if guardd.wait_exit(Duration::from_secs(30)).is_none() {
-            eprintln!("policy_signing: guardd did not exit after the cleanup disarm");
-            guardd.abandon();
-        }
-    }
-}
-
-/// Key pairs live for the whole test binary (`SignedGuardd` borrows them).
-fn keys(name: &str) -> &'static SigningKeys {
-    Box::leak(Box::new(SigningKeys::new(name)))
-}
-
 /// A policy that would open the data to everyone: audit mode denies nothing.
 fn weaker(sb: &Sandbox) -> Value {
     sb.policy("audit")
@@ -178,9 +124,9 @@ fn guardd_refusing(args: &[&str]) -> Output {
 #[ignore = "guest: run by cargo xtask vm-test"]
 fn policy_signing_applies_only_signed_newer_policies_and_disarms_on_order() {
     let sb = Sandbox::new("signing-apply");
-    let admin = keys("admin");
-    let intruder = keys("intruder");
-    let mut guardd = SignedGuardd::start(admin);
+    let admin = SigningKeys::new("admin");
+    let intruder = SigningKeys::new("intruder");
+    let mut guardd = SignedGuardd::start(&admin, &[]);
     let fp = admin.fingerprint.as_str();
 
     let first = status();
@@ -344,7 +290,7 @@ fn policy_signing_applies_only_signed_newer_policies_and_disarms_on_order() {
     );
 
     // The same order again, to a new guardd: refused, nothing changes.
-    let _again = SignedGuardd::start(admin);
+    let _again = SignedGuardd::start(&admin, &[]);
     assert_ok(
         &apply_file(&admin.sign_policy(&sb.policy("enforce"), 30)),
         "re-arm",
@@ -364,9 +310,9 @@ fn policy_signing_applies_only_signed_newer_policies_and_disarms_on_order() {
 #[ignore = "guest: run by cargo xtask vm-test"]
 fn policy_signing_survives_a_restart_and_refuses_another_key() {
     let sb = Sandbox::new("signing-restart");
-    let admin = keys("admin-restart");
-    let other = keys("other-restart");
-    let mut first = SignedGuardd::start(admin);
+    let admin = SigningKeys::new("admin-restart");
+    let other = SigningKeys::new("other-restart");
+    let mut first = SignedGuardd::start(&admin, &[]);
     assert_ok(
         &apply_file(&admin.sign_policy(&sb.policy("enforce"), 1)),
         "signed apply",
@@ -374,9 +320,7 @@ fn policy_signing_survives_a_restart_and_refuses_another_key() {
     let hash = status()["policy_hash"].clone();
 
     // A signed stop: guardd exits, the kernel keeps enforcing.
-    let stop = admin.sign_order("stop", &challenge());
-    assert_ok(&guardctl(&["stop", stop.to_str().unwrap()]), "signed stop");
-    first.exited();
+    first.stop();
     assert_open_eperm(&sb.file("secret.txt"));
     let stops = journal_entries(
         message_id::GUARDD_STOP_REQUESTED,
@@ -405,7 +349,7 @@ fn policy_signing_survives_a_restart_and_refuses_another_key() {
     assert_open_eperm(&sb.file("secret.txt"));
 
     // Without --trust-key guardd adopts the pinned key, and the serial with it.
-    let _adopted = SignedGuardd::start_with(admin, &[]);
+    let _adopted = SignedGuardd::start_with(&admin, &[]);
     let status = status();
     assert_eq!(status["programs"], "adopted", "{status}");
     assert_eq!(status["policy_signing"], "on", "{status}");
@@ -445,7 +389,7 @@ fn policy_signing_is_off_without_a_trusted_key() {
 
     let out = guardctl(&["order", "challenge"]);
     assert!(!out.status.success() && stderr(&out).contains("policy signing is off"));
-    let keys = keys("unused");
+    let keys = SigningKeys::new("unused");
     let order = keys.sign_order("disarm", &"1".repeat(32));
     assert_refused(
         &guardctl(&["disarm", order.to_str().unwrap()]),

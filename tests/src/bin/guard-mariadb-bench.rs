@@ -134,7 +134,7 @@ fn sysbench_case(datadir: &Path, prepare: bool, policy: Option<&serde_json::Valu
         db.install()?;
     }
     if let Some(policy) = policy {
-        mariadb::apply_policy(policy)?;
+        mariadb::apply_policy(policy, None)?;
     }
     db.start()?;
     let result = (|| {
@@ -198,7 +198,7 @@ struct Pipeline {
 /// the trail hold every denial (or stop growing).
 fn decision_pipeline(datadir: &Path) -> Result<Pipeline> {
     let guardd = Guardd::start_with(&["--event-rate", "10000000"]);
-    mariadb::apply_policy(&mariadb::policy(datadir))?;
+    mariadb::apply_policy(&mariadb::policy(datadir), None)?;
     let target = datadir.join("ibdata1");
     let path = target.to_str().context("non-UTF-8 path")?.to_owned();
     let journal_before = journal_count(&path)?;
