@@ -12,9 +12,11 @@ DATADIR=/scratch/mysql            # MariaDB's data directory: a guard volume
 KMS=/tmp/kms                      # the KMS's own files (a separate machine in production)
 MARKER='Zebulon Quagmire-4711'    # a patient name that must never appear on disk in the clear
 SQL="mariadb --batch"
-# Signing: the policy is applied unsigned until `guardctl policy sign` lands;
-# when it does, sign here and apply the signed file (one place).
-POLICY=/etc/guard/mariadb-policy.json
+OFFHOST=/root/offhost             # the administrator's machine: the private signing key stays there
+ADMIN_KEY=$OFFHOST/admin.key      # signs policies and stop/disarm orders (guardctl keygen)
+TRUST_KEY=/etc/guard/admin.key.pub  # its public half, the only key guardd trusts
+POLICY=$OFFHOST/mariadb-policy.json            # the policy as written
+SIGNED_POLICY=$OFFHOST/mariadb-policy.signed.json  # ... and as signed off-host, what the server gets
 
 step() { printf '\n=== %s\n' "$*"; }
 note() { printf '    # %s\n' "$*"; }
@@ -33,6 +35,18 @@ die() { printf '\nDEMO FAILED: %s\n' "$*"; exit 1; }
 wait_for_socket() {
     i=0; while [ ! -S "$1" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
     [ -S "$1" ] || die "$1 did not appear"
+}
+wait_for_guardd_exit() {
+    i=0; while [ -S /run/guard/guardd.sock ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+    [ -S /run/guard/guardd.sock ] && die "guardd did not stop"
+}
+# signed_order ACTION: guardctl ACTION (stop or disarm) with an order signed
+# off-host for this guardd: the nonce it hands out, signed with the admin key.
+signed_order() {
+    show "guardctl order challenge"
+    nonce=$(guardctl order challenge) || die "guardctl order challenge failed"
+    show "guardctl order sign --key $ADMIN_KEY --nonce $nonce -o $OFFHOST/$1.json $1"
+    show "guardctl $1 $OFFHOST/$1.json"
 }
 
 printf 'guard + MariaDB: kernel %s, %s\n' "$(uname -r)" "$(mariadbd --version)"
@@ -72,7 +86,18 @@ EOF
 show "cat /etc/mysql/mariadb.conf.d/90-guard-demo.cnf"
 show "mariadb-install-db --user=mysql --datadir=$DATADIR --skip-test-db" 4
 
-step "3. The policy: only mariadbd, started by its supervisor mysqld_safe, reads and writes the data directory; mariabackup may read it (logged)"
+step "3. The policy, signed off-host: only mariadbd, started by its supervisor mysqld_safe, reads and writes the data directory; mariabackup may read it (logged)"
+note "the administrator's signing key, made on another machine; only its public half goes to the server:"
+mkdir -p "$OFFHOST"
+show "guardctl keygen $ADMIN_KEY"
+show "cp $ADMIN_KEY.pub $TRUST_KEY && cat $TRUST_KEY"
+note "guardd restarts trusting that key alone: it pins the key with its BPF pins and protects itself"
+note "(the volume was made first: its records are guard's own files, which nobody may change while guardd protects itself)"
+show "guardctl stop"
+wait_for_guardd_exit
+guardd --trust-key "$TRUST_KEY" > /tmp/guardd.log 2>&1 &
+wait_for_socket /run/guard/guardd.sock
+show "guardctl status | grep -E 'policy_signing|trust_key|policy_serial|self_protection'"
 cat > "$POLICY" <<EOF
 {
   "mode": "enforce",
@@ -93,7 +118,14 @@ cat > "$POLICY" <<EOF
 EOF
 show "cat $POLICY" 20
 show "guardctl policy validate $POLICY"
+note "off-host: signed with serial 1 (each new policy needs a greater serial, so an older one cannot come back)"
+show "guardctl policy sign --key $ADMIN_KEY --serial 1 -o $SIGNED_POLICY $POLICY"
+show "cut -c1-160 $SIGNED_POLICY"
+note "root on the server, without the key, cannot apply a policy, not even this one unsigned; the refusal is journaled:"
 show "guardctl policy apply $POLICY"
+show "journalctl -o cat --no-pager MESSAGE_ID=a175415865f1ebece66958754de80174 GUARD_REFUSAL=unsigned | tail -n 1"
+note "the signed one applies:"
+show "guardctl policy apply $SIGNED_POLICY"
 show "guardctl policy show" 20
 
 step "MariaDB starts by its normal launcher (/etc/init.d/mariadb: mysqld_safe supervising mariadbd)"
@@ -150,10 +182,12 @@ show "guardctl volume status"
 note "even mariadbd, the one allowed program, started by its supervisor, cannot open its files without the key"
 note "(Errcode 126 is the kernel's ENOKEY, 'Required key not available'; MariaDB names 126 after its own error table):"
 show "timeout 120 mysqld_safe --user=mysql --skip-networking --socket=/tmp/locked.sock --pid-file=/tmp/locked.pid --log-error=/tmp/locked.err; grep -E 'ERROR' /tmp/locked.err | head -n 3"
-note "guardd restarts and unlocks the volume from the KMS"
+note "guardd restarts and unlocks the volume from the KMS. It protects itself: a plain stop is refused;"
+note "it takes an order signed off-host for this very guardd (the kernel keeps enforcing while guardd is down)"
 show "guardctl stop"
-i=0; while [ -S /run/guard/guardd.sock ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
-guardd > /tmp/guardd2.log 2>&1 &
+signed_order stop
+wait_for_guardd_exit
+guardd --trust-key "$TRUST_KEY" > /tmp/guardd2.log 2>&1 &
 wait_for_socket /run/guard/guardd.sock
 sleep 2
 show "journalctl -o short-iso --no-pager GUARD_VOLUME=mysql | tail -n 2"
@@ -163,6 +197,9 @@ show "$SQL -e 'SELECT * FROM clinic.patients'"
 
 step "8. The key is revoked: the data is crypto-shredded"
 show "/etc/init.d/mariadb stop"
+note "revoking rewrites the volume's record, one of guard's own files: guardd is stopped first, with a signed order"
+signed_order stop
+wait_for_guardd_exit
 show "guardctl key revoke mysql --yes"
 show "guardctl volume unlock mysql"
 show "guardctl volume status"
