@@ -127,6 +127,7 @@ show "journalctl -o cat --no-pager MESSAGE_ID=a175415865f1ebece66958754de80174 G
 note "the signed one applies:"
 show "guardctl policy apply $SIGNED_POLICY"
 show "guardctl policy show" 20
+show "guardctl policy show | grep -A3 '^signed:'"
 
 step "MariaDB starts by its normal launcher (/etc/init.d/mariadb: mysqld_safe supervising mariadbd)"
 show "/etc/init.d/mariadb start"
