@@ -181,7 +181,8 @@ pub mod maps {
     pub const RELAYS: &str = "GUARD_RELAYS";
     pub const LAUNCHES: &str = "GUARD_LAUNCHES";
     pub const ANCESTORS: &str = "GUARD_ANCESTORS";
-    pub const ALL: [&str; 19] = [
+    pub const RAW_DEVICES: &str = "GUARD_RAW_DEVICES";
+    pub const ALL: [&str; 20] = [
         ACTIVE,
         META,
         DEVS,
@@ -201,6 +202,7 @@ pub mod maps {
         RELAYS,
         LAUNCHES,
         ANCESTORS,
+        RAW_DEVICES,
     ];
 }
 
@@ -285,6 +287,8 @@ pub mod hook {
     pub const FILE_RECEIVE: u32 = 30;
     /// Mounting on a directory above a protected one, which would hide it.
     pub const ANCESTOR_MOUNT: u32 = 31;
+    /// Opening the block device of a filesystem holding protected directories.
+    pub const RAW_DEVICE: u32 = 32;
 
     /// Hooks whose object is a process, not a file.
     pub fn is_process(hook: u32) -> bool {
@@ -304,6 +308,7 @@ pub mod hook {
                 | KERNEL_LOAD_DATA
                 | PROTECTED_FS
                 | ANCESTOR_MOUNT
+                | RAW_DEVICE
         )
     }
 
@@ -340,6 +345,7 @@ pub mod hook {
             PROTECTED_FS => "sb_mount/sb_umount",
             FILE_RECEIVE => "file_receive",
             ANCESTOR_MOUNT => "sb_mount/move_mount",
+            RAW_DEVICE => "file_open",
             _ => "unknown",
         }
     }

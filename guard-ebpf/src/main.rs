@@ -116,6 +116,11 @@ static RELAYS: HashMap<LaunchKey, u32> = HashMap::pinned(MAX_EXES, 0);
 static LAUNCHES: LruHashMap<u32, Launch> = LruHashMap::pinned(MAX_LAUNCHES, 0);
 #[map(name = "GUARD_ANCESTORS")]
 static ANCESTORS: HashMap<DirKey, u32> = HashMap::pinned(MAX_ANCESTORS, 0);
+/// Block devices of filesystems holding protected directories (keyed like
+/// `DEVS`): the access bits nobody but guardd gets on them (write; read too
+/// unless every protected directory there is fscrypt-encrypted).
+#[map(name = "GUARD_RAW_DEVICES")]
+static RAW_DEVICES: HashMap<DevKey, u32> = HashMap::pinned(2 * MAX_POINTS, 0);
 #[map(name = "GUARD_EVENTS")]
 static EVENTS: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
 
@@ -616,8 +621,17 @@ pub fn file_open(ctx: LsmContext) -> i32 {
                 taint_if_allowed_exe(o, inode);
             }
         }
-        if is_kernel_memory(o, file, dentry) {
-            return deny_outsider(hook::KERNEL_MEMORY, tamper::KERNEL_MEMORY, 0);
+        match special_file(o, file, dentry) {
+            Special::KernelMemory => {
+                return deny_outsider(hook::KERNEL_MEMORY, tamper::KERNEL_MEMORY, 0)
+            }
+            Special::BlockDevice(rdev) => {
+                let ret = protect_raw_device(rdev, want);
+                if ret != ALLOW {
+                    return ret;
+                }
+            }
+            Special::Other => {}
         }
         decide(dentry, want, hook::FILE_OPEN)
     }
@@ -626,34 +640,79 @@ pub fn file_open(ctx: LsmContext) -> i32 {
 const PROC_SUPER_MAGIC: u64 = 0x9fa0;
 const S_IFMT: u16 = 0o170000;
 const S_IFCHR: u16 = 0o020000;
+const S_IFBLK: u16 = 0o060000;
 /// Kernel-internal dev_t (major << 20 | minor) of /dev/mem and /dev/port.
 const DEV_MEM: u32 = 1 << 20 | 1;
 const DEV_PORT: u32 = 1 << 20 | 4;
 
-/// /proc/kcore (in any procfs instance) or a /dev/mem or /dev/port node
-/// (wherever root makes one): kernel memory, where the volume keys live.
+/// Files whose opening guard checks apart from the policy's directories.
+enum Special {
+    /// /proc/kcore (in any procfs instance) or a /dev/mem or /dev/port node
+    /// (wherever root makes one): kernel memory, where the volume keys live.
+    KernelMemory,
+    /// A block device node, with its kernel dev_t.
+    BlockDevice(u32),
+    Other,
+}
+
 #[inline(always)]
-unsafe fn is_kernel_memory(o: &KernelOffsets, file: u64, dentry: u64) -> bool {
+unsafe fn special_file(o: &KernelOffsets, file: u64, dentry: u64) -> Special {
     if ACTIVE.get(0).copied().unwrap_or(0) == 0 && self_protect().protect == 0 {
-        return false; // nothing armed
+        return Special::Other; // nothing armed
     }
     let Ok(inode) = read::<u64>(file, o.file_f_inode) else {
-        return true;
+        return Special::KernelMemory; // unknown: treated as the worst case
     };
     let mode: u16 = read(inode, o.inode_i_mode).unwrap_or(0);
     if mode & S_IFMT == S_IFCHR {
         let rdev: u32 = read(inode, o.inode_i_rdev).unwrap_or(0);
-        return rdev == DEV_MEM || rdev == DEV_PORT;
+        if rdev == DEV_MEM || rdev == DEV_PORT {
+            return Special::KernelMemory;
+        }
+        return Special::Other;
+    }
+    if mode & S_IFMT == S_IFBLK {
+        return match read::<u32>(inode, o.inode_i_rdev) {
+            Ok(rdev) => Special::BlockDevice(rdev),
+            Err(_) => Special::KernelMemory,
+        };
     }
     let magic: u64 = match read::<u64>(dentry, o.dentry_d_sb).and_then(|sb| read(sb, o.super_block_s_magic)) {
         Ok(m) => m,
-        Err(_) => return true,
+        Err(_) => return Special::KernelMemory,
     };
     if magic != PROC_SUPER_MAGIC {
-        return false;
+        return Special::Other;
     }
     let kcore = SETTINGS.get(0).map(|s| s.kcore_ino).unwrap_or(0);
-    kcore != 0 && read::<u64>(inode, o.inode_i_ino).unwrap_or(0) == kcore
+    if kcore != 0 && read::<u64>(inode, o.inode_i_ino).unwrap_or(0) == kcore {
+        Special::KernelMemory
+    } else {
+        Special::Other
+    }
+}
+
+/// The block device under protected directories: writing it would change
+/// their data beneath the guard, reading it shows their data unless fscrypt
+/// encrypts it.
+#[inline(always)]
+unsafe fn protect_raw_device(rdev: u32, want: u32) -> i32 {
+    let generation = ACTIVE.get(0).copied().unwrap_or(0);
+    if generation == 0 {
+        return ALLOW;
+    }
+    let denied = match RAW_DEVICES.get(&DevKey { generation, dev: rdev }) {
+        Some(bits) => *bits & want,
+        None => 0,
+    };
+    if denied == 0 {
+        return ALLOW;
+    }
+    match armed_outsider() {
+        Ok(Some(exe)) => deny_bpf(exe, hook::RAW_DEVICE, denied, 0, 0, rdev),
+        Ok(None) => ALLOW,
+        Err(_) => EPERM,
+    }
 }
 
 /// Denies and reports an attempt on the system's integrity by anyone but

@@ -50,6 +50,7 @@ pub struct KernelMaps {
     dir_filter: Array<MapData, u64>,
     supervisors: HashMap<MapData, LaunchKey, ExeKey>,
     ancestors: HashMap<MapData, DirKey, u32>,
+    raw_devices: HashMap<MapData, DevKey, u32>,
     relays: HashMap<MapData, LaunchKey, u32>,
     /// What `dir_filter` holds, so updates write only the words that change.
     dir_filter_words: Vec<u64>,
@@ -89,6 +90,7 @@ impl KernelMaps {
             dir_filter: typed(maps::DIR_FILTER, Map::Array)?.try_into()?,
             supervisors: typed(maps::SUPERVISORS, Map::HashMap)?.try_into()?,
             ancestors: typed(maps::ANCESTORS, Map::HashMap)?.try_into()?,
+            raw_devices: typed(maps::RAW_DEVICES, Map::HashMap)?.try_into()?,
             relays: typed(maps::RELAYS, Map::HashMap)?.try_into()?,
             dir_filter_words: Vec::new(),
             retiring: None,
@@ -172,6 +174,7 @@ impl KernelMaps {
         remove_where(&mut self.supervisors, |k| k.generation != active);
         remove_where(&mut self.relays, |k| k.generation != active);
         remove_where(&mut self.ancestors, |k| k.generation != active);
+        remove_where(&mut self.raw_devices, |k| k.generation != active);
         self.rebuild_dir_filter()
     }
 
@@ -268,6 +271,11 @@ impl KernelMaps {
                 .insert(key, supervisor, 0)
                 .context("GUARD_SUPERVISORS is full")?;
         }
+        for (key, denied) in &e.raw_devices {
+            self.raw_devices
+                .insert(key, denied, 0)
+                .context("GUARD_RAW_DEVICES is full")?;
+        }
         for (key, point) in &e.ancestors {
             self.ancestors
                 .insert(key, point, 0)
@@ -311,6 +319,7 @@ impl KernelMaps {
         remove_where(&mut self.supervisors, |k| k.generation == generation);
         remove_where(&mut self.relays, |k| k.generation == generation);
         remove_where(&mut self.ancestors, |k| k.generation == generation);
+        remove_where(&mut self.raw_devices, |k| k.generation == generation);
     }
 
     fn drop_stale_exes(&mut self, keep: &[ExeKey]) {

@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use guard_common::{
-    DevKey, DirKey, ExeKey, LaunchKey, PolicyMeta, RuleKey, RuleValue, ANY_ID, MAX_ANCESTORS,
-    MAX_EXES, MAX_POINTS, MAX_RULE_ENTRIES,
+    access, DevKey, DirKey, ExeKey, LaunchKey, PolicyMeta, RuleKey, RuleValue, ANY_ID,
+    MAX_ANCESTORS, MAX_EXES, MAX_POINTS, MAX_RULE_ENTRIES,
 };
 
 use super::{Effect, Pointer, PolicyError, ResolvedPolicy};
@@ -18,6 +18,10 @@ pub struct PolicyEntries {
     pub devs: Vec<DevKey>,
     /// `DIRS`: protected directories and their point index.
     pub dirs: Vec<(DirKey, u32)>,
+    /// `RAW_DEVICES`: what nobody gets on the block device of a filesystem
+    /// holding protected directories: write, and read unless fscrypt
+    /// encrypts every protected directory there.
+    pub raw_devices: Vec<(DevKey, u32)>,
     /// `ANCESTORS`: directories above protected ones, and a point below each.
     pub ancestors: Vec<(DirKey, u32)>,
     /// `RULES`: one entry per (point, binary, uid or ANY, gid or ANY).
@@ -60,6 +64,13 @@ impl ResolvedPolicy {
             })
             .collect();
 
+        let mut raw_devices: BTreeMap<u32, u32> = BTreeMap::new();
+        for point in &self.points {
+            let denied = raw_devices.entry(point.dev).or_insert(access::WRITE);
+            if !point.fscrypt {
+                *denied |= access::READ;
+            }
+        }
         let mut ancestors: BTreeMap<(u32, u64), u32> = BTreeMap::new();
         for (index, point) in self.points.iter().enumerate() {
             for ancestor in &point.ancestors {
@@ -127,6 +138,10 @@ impl ResolvedPolicy {
                 .map(|dev| DevKey { generation, dev })
                 .collect(),
             dirs,
+            raw_devices: raw_devices
+                .into_iter()
+                .map(|(dev, denied)| (DevKey { generation, dev }, denied))
+                .collect(),
             ancestors: ancestors
                 .into_iter()
                 .map(|((dev, ino), point)| {
@@ -240,6 +255,7 @@ mod tests {
             dev,
             ino,
             ancestors: vec![(dev, 2)],
+            fscrypt: dev == 7,
         }
     }
 
@@ -316,6 +332,26 @@ mod tests {
         };
         let e = policy.entries(9);
         assert_eq!(e.meta.mode, MODE_ENFORCE);
+        // Device 7's only point is fscrypt-encrypted: its raw device may be read.
+        assert_eq!(
+            e.raw_devices,
+            vec![
+                (
+                    DevKey {
+                        generation: 9,
+                        dev: 5
+                    },
+                    READ | WRITE
+                ),
+                (
+                    DevKey {
+                        generation: 9,
+                        dev: 7
+                    },
+                    WRITE
+                ),
+            ]
+        );
         assert_eq!(
             e.devs,
             vec![

@@ -41,6 +41,9 @@ pub struct ResolvedPoint {
     /// be mounted on them.
     #[serde(default)]
     pub ancestors: Vec<(u32, u64)>,
+    /// fscrypt encrypts it: its filesystem's raw device shows only ciphertext of it.
+    #[serde(default)]
+    pub fscrypt: bool,
 }
 
 /// A rule with its binaries resolved.
@@ -403,11 +406,13 @@ fn locate_directory(path: &Path, mounts: &Mounts) -> Result<LocatedPoint, String
             Ok((kernel_dev(a.dev()), a.ino()))
         })
         .collect::<Result<Vec<_>, String>>()?;
+    let fscrypt = crate::volume::is_encrypted_dir(&canonical);
     Ok(LocatedPoint {
         point: ResolvedPoint {
             path: canonical,
             dev: kernel_dev(m.dev()),
             ino: m.ino(),
+            fscrypt,
             ancestors: kernel_ancestors,
         },
         own,
@@ -701,6 +706,7 @@ mod tests {
                 dev: kernel_dev(data_meta.dev()),
                 ino: data_meta.ino(),
                 ancestors: resolved.points[0].ancestors.clone(),
+                fscrypt: false,
             }]
         );
         let ancestors = &resolved.points[0].ancestors;
