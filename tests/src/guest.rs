@@ -45,14 +45,14 @@ impl Guardd {
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| format!("spawning guardd: {e}"))?;
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(120);
         while !Path::new(SOCKET).exists() {
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(format!("guardd {args:?} exited before serving: {status}"));
             }
             if Instant::now() > deadline {
                 // Not signalled: a guardd that protects itself would ignore it.
-                return Err(format!("guardd {args:?} did not come up in 60 s"));
+                return Err(format!("guardd {args:?} did not come up in 120 s"));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
