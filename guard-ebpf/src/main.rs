@@ -26,7 +26,7 @@ use aya_ebpf::{
 use guard_common::{
     access, bpf_uapi, flags, hook, object, stat, tamper, verdict, DevKey, DirKey, Event, ExeKey,
     KernelOffsets, ObjectKey, PolicyMeta, RateState, RuleKey, RuleValue, SelfProtect, Settings,
-    Taint, ANY_ID, MAX_OBJECTS, PINS_POINT, IMMUTABLE_POINT, MAX_IMMUTABLE, immutable, dir_filter,
+    Taint, ANY_ID, MAX_OBJECTS, PINS_POINT, IMMUTABLE_POINT, MAX_IMMUTABLE, immutable, dir_filter, dir_value,
     DEFAULT_EVENTS_PER_SEC_PER_CPU, PTRACE_MODE_ATTACH, PTRACE_MODE_NOAUDIT,
     EVENTS_RING_BYTES, FMODE_EXEC, FMODE_READ, FMODE_WRITE, MAX_DEPTH, MAX_EXES, MAX_POINTS,
     MAX_RULE_ENTRIES, MODE_AUDIT, NAME_LEN, NO_RULE, PATH_DEPTH, EXE_DEPTH,
@@ -156,6 +156,8 @@ struct Object {
 struct Protection {
     generation: u32,
     point: u32,
+    /// `dir_value` mode bits of the generation.
+    mode_bits: u32,
 }
 
 /// Outcome of looking for a protected ancestor.
@@ -191,7 +193,17 @@ unsafe fn object(o: &KernelOffsets, dentry: u64) -> Result<Object, i32> {
 /// load instead of a hash lookup); a missing word counts as maybe.
 #[inline(always)]
 fn may_be_protected(ino: u64) -> bool {
-    let (word, mask) = dir_filter::slot(ino);
+    in_dir_filter(dir_filter::slot(ino))
+}
+
+/// False when nothing on filesystem `dev` is protected by a live generation.
+#[inline(always)]
+fn may_hold_protected(dev: u32) -> bool {
+    in_dir_filter(dir_filter::dev_slot(dev))
+}
+
+#[inline(always)]
+fn in_dir_filter((word, mask): (u32, u64)) -> bool {
     match DIR_FILTER.get(word) {
         Some(bits) => bits & mask != 0,
         None => true,
@@ -207,8 +219,13 @@ unsafe fn find_point(o: &KernelOffsets, generation: u32, obj: &Object) -> Result
     for _ in 0..MAX_DEPTH {
         if ino != 0 && may_be_protected(ino) {
             let key = DirKey { generation, dev: obj.dev, ino };
-            if let Some(point) = DIRS.get(&key) {
-                return Ok(Lookup::Protected(Protection { generation, point: *point }));
+            if let Some(value) = DIRS.get(&key) {
+                let value = *value;
+                return Ok(Lookup::Protected(Protection {
+                    generation,
+                    point: value & dir_value::POINT_MASK,
+                    mode_bits: value & !dir_value::POINT_MASK,
+                }));
             }
         }
         let parent: u64 = read(dentry, o.dentry_d_parent)?;
@@ -282,10 +299,10 @@ fn grants(p: &Protection, c: &Caller) -> (u32, u32, u32) {
         return (allow, audit, rule); // the binary was written to since apply
     }
     // Most policies name no uid or gid: then one lookup, not four.
-    let uses_ids = unsafe { META.get(&p.generation) }.map(|m| m.uses_ids).unwrap_or(1);
+    let uses_ids = p.mode_bits & dir_value::USES_IDS != 0;
     let ids = [(ANY_ID, ANY_ID), (c.uid, c.gid), (c.uid, ANY_ID), (ANY_ID, c.gid)];
     for (i, (uid, gid)) in ids.into_iter().enumerate() {
-        if i > 0 && uses_ids == 0 {
+        if i > 0 && !uses_ids {
             break;
         }
         let key = RuleKey {
@@ -323,7 +340,29 @@ struct Report {
 /// Decides `access` to `dentry`. Returns 0 or -EPERM.
 #[inline(always)]
 unsafe fn decide(dentry: u64, access: u32, hook: u32) -> i32 {
-    match try_decide(dentry, access, hook) {
+    let generation = match ACTIVE.get(0) {
+        Some(g) if *g != 0 => *g,
+        _ => return ALLOW, // no policy applied
+    };
+    let o = offsets();
+    decide_on(o, generation, dentry, read(dentry, o.dentry_d_sb), access, hook)
+}
+
+/// `decide` for a caller that already read the active generation (not 0)
+/// and the dentry's superblock.
+#[inline(always)]
+unsafe fn decide_on(
+    o: &KernelOffsets,
+    generation: u32,
+    dentry: u64,
+    sb: Result<u64, i32>,
+    access: u32,
+    hook: u32,
+) -> i32 {
+    let decision = sb
+        .and_then(|sb| read::<u32>(sb, o.super_block_s_dev))
+        .and_then(|dev| try_decide_on(o, generation, dentry, dev, access, hook));
+    match decision {
         Ok(ret) => ret,
         Err(_) => {
             count(stat::FAIL_CLOSED);
@@ -334,15 +373,17 @@ unsafe fn decide(dentry: u64, access: u32, hook: u32) -> i32 {
     }
 }
 
+/// Decides `access` to `dentry` on filesystem `dev` under `generation` (not 0).
 #[inline(always)]
-unsafe fn try_decide(dentry: u64, access: u32, hook: u32) -> Result<i32, i32> {
-    let generation = match ACTIVE.get(0) {
-        Some(g) if *g != 0 => *g,
-        _ => return Ok(ALLOW), // no policy applied
-    };
-    let o = offsets();
-    let dev = dentry_dev(o, dentry)?;
-    if DEVS.get_ptr(&DevKey { generation, dev }).is_none() {
+unsafe fn try_decide_on(
+    o: &KernelOffsets,
+    generation: u32,
+    dentry: u64,
+    dev: u32,
+    access: u32,
+    hook: u32,
+) -> Result<i32, i32> {
+    if !may_hold_protected(dev) {
         return Ok(ALLOW); // fast path: nothing protected on this filesystem
     }
     let obj = Object {
@@ -350,9 +391,18 @@ unsafe fn try_decide(dentry: u64, access: u32, hook: u32) -> Result<i32, i32> {
         dev,
         ino: dentry_ino(o, dentry)?,
     };
-    let protection = match find_point(&o, generation, &obj)? {
-        Lookup::NotProtected => return Ok(ALLOW),
-        Lookup::Protected(p) => p,
+    let protection = match find_point(o, generation, &obj) {
+        Ok(Lookup::NotProtected) => return Ok(ALLOW),
+        Ok(Lookup::Protected(p)) => p,
+        // A walk that fails (disconnected dentry, too deep) denies only on
+        // a filesystem that really holds protected directories, not on one
+        // that merely shares its filter bit with one.
+        Err(e) => {
+            if DEVS.get_ptr(&DevKey { generation, dev }).is_none() {
+                return Ok(ALLOW);
+            }
+            return Err(e);
+        }
     };
     let Some(caller) = caller(&o)? else {
         return Ok(ALLOW);
@@ -380,8 +430,7 @@ unsafe fn try_decide(dentry: u64, access: u32, hook: u32) -> Result<i32, i32> {
         }
         return Ok(ALLOW);
     }
-    let mode = META.get(&generation).map(|m| m.mode).unwrap_or(0);
-    if mode == MODE_AUDIT {
+    if protection.mode_bits & dir_value::AUDIT != 0 {
         count(stat::WOULD_DENY);
         report.verdict = verdict::WOULD_DENY;
         emit(&o, &obj, &report);
@@ -433,7 +482,9 @@ unsafe fn emit(o: &KernelOffsets, obj: &Object, r: &Report) {
     let generation = e.generation;
     fill_path(o, obj, e, |ino| {
         let key = DirKey { generation, dev: obj.dev, ino };
-        DIRS.get(&key).map(|p| *p == r.point).unwrap_or(false)
+        DIRS.get(&key)
+            .map(|p| *p & dir_value::POINT_MASK == r.point)
+            .unwrap_or(false)
     });
     fill_exe(o, e);
     entry.submit(0);
@@ -604,10 +655,19 @@ pub fn file_open(ctx: LsmContext) -> i32 {
                 taint_if_allowed_exe(o, inode);
             }
         }
-        if is_kernel_memory(o, file, dentry) {
+        let generation = ACTIVE.get(0).copied().unwrap_or(0);
+        if generation == 0 && !self_protecting() {
+            return ALLOW; // nothing armed: no kernel-memory check, no policy
+        }
+        // One superblock read serves the kernel-memory check and the decision.
+        let sb = read::<u64>(dentry, o.dentry_d_sb);
+        if is_kernel_memory(o, file, sb) {
             return deny_outsider(hook::KERNEL_MEMORY, tamper::KERNEL_MEMORY, 0);
         }
-        decide(dentry, want, hook::FILE_OPEN)
+        if generation == 0 {
+            return ALLOW;
+        }
+        decide_on(o, generation, dentry, sb, want, hook::FILE_OPEN)
     }
 }
 
@@ -620,11 +680,10 @@ const DEV_PORT: u32 = 1 << 20 | 4;
 
 /// /proc/kcore (in any procfs instance) or a /dev/mem or /dev/port node
 /// (wherever root makes one): kernel memory, where the volume keys live.
+/// `sb` is the superblock of the file's dentry. An unreadable field counts
+/// as kernel memory (fail closed). The caller checks that something is armed.
 #[inline(always)]
-unsafe fn is_kernel_memory(o: &KernelOffsets, file: u64, dentry: u64) -> bool {
-    if ACTIVE.get(0).copied().unwrap_or(0) == 0 && self_protect().protect == 0 {
-        return false; // nothing armed
-    }
+unsafe fn is_kernel_memory(o: &KernelOffsets, file: u64, sb: Result<u64, i32>) -> bool {
     let Ok(inode) = read::<u64>(file, o.file_f_inode) else {
         return true;
     };
@@ -633,7 +692,7 @@ unsafe fn is_kernel_memory(o: &KernelOffsets, file: u64, dentry: u64) -> bool {
         let rdev: u32 = read(inode, o.inode_i_rdev).unwrap_or(0);
         return rdev == DEV_MEM || rdev == DEV_PORT;
     }
-    let magic: u64 = match read::<u64>(dentry, o.dentry_d_sb).and_then(|sb| read(sb, o.super_block_s_magic)) {
+    let magic: u64 = match sb.and_then(|sb| read(sb, o.super_block_s_magic)) {
         Ok(m) => m,
         Err(_) => return true,
     };
@@ -983,6 +1042,12 @@ fn self_protect() -> SelfProtect {
     SELF.get(0).copied().unwrap_or_default()
 }
 
+/// Whether guardd protects itself (one field, not the whole `SELF` copy).
+#[inline(always)]
+fn self_protecting() -> bool {
+    SELF.get(0).map(|s| s.protect != 0).unwrap_or(false)
+}
+
 #[inline(always)]
 fn guarded(target: &Target) -> Guarded {
     let me = self_protect();
@@ -1281,6 +1346,11 @@ const CHANGES: u32 = access::WRITE
 #[inline(always)]
 unsafe fn protect_immutable(dentry: u64, access: u32, hook: u32) -> i32 {
     if access & CHANGES == 0 {
+        return ALLOW;
+    }
+    // Allowed binaries are enforced only under a policy, guard's own files
+    // only under self-protection: with neither, no lookup can deny.
+    if ACTIVE.get(0).copied().unwrap_or(0) == 0 && !self_protecting() {
         return ALLOW;
     }
     match try_protect_immutable(dentry, access, hook) {

@@ -389,6 +389,7 @@ impl Daemon {
             }
             None => (document, None),
         };
+        let checked = started.elapsed();
         let resolved = match policy::parse(&text).and_then(|p| policy::resolve(&p)) {
             Ok(r) => r,
             Err(errors) => {
@@ -402,6 +403,7 @@ impl Daemon {
                 )));
             }
         };
+        let resolved_at = started.elapsed();
         if let (Some(trust), Some(signed)) = (trust.as_mut(), &signed) {
             // Recorded before the kernel maps change: a policy is never in
             // force without its serial being used up.
@@ -417,7 +419,15 @@ impl Daemon {
                 );
             })?
         };
-        let in_force_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let in_force = started.elapsed();
+        let in_force_ms = in_force.as_secs_f64() * 1000.0;
+        // Where the time went, for `cargo xtask bench`: signature check,
+        // parsing and resolving (binaries hashed), writing the kernel maps.
+        let phases_ms = serde_json::json!({
+            "signature": checked.as_secs_f64() * 1000.0,
+            "resolve": (resolved_at - checked).as_secs_f64() * 1000.0,
+            "maps": (in_force - resolved_at).as_secs_f64() * 1000.0,
+        });
         let applied = AppliedPolicy {
             applied_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             generation,
@@ -431,6 +441,7 @@ impl Daemon {
         let summary = serde_json::json!({
             "hash": hash, "generation": generation, "applied_at": applied.applied_at, "mode": mode,
             "in_force_ms": in_force_ms,
+            "phases_ms": phases_ms,
             "signed": applied.signed,
         });
         let generation_text = generation.to_string();

@@ -52,6 +52,9 @@ struct Results {
     in_1: Case,
     out_1000: Case,
     in_1000: Case,
+    diag_base_late: Case,
+    diag_floor_late: Case,
+    diag_pinned: Case,
     apply_1: Vec<Apply>,
     apply_1000: Vec<Apply>,
 }
@@ -59,6 +62,9 @@ struct Results {
 /// One policy apply: until in force inside guardd, and guardctl end to end.
 struct Apply {
     in_force_ms: f64,
+    /// Of which: parsing and resolving (binaries hashed), writing the maps.
+    resolve_ms: f64,
+    maps_ms: f64,
     guardctl_ms: f64,
 }
 
@@ -87,9 +93,13 @@ fn main() -> anyhow::Result<()> {
         r.base_out.measure(&outside);
         r.base_else.measure(&elsewhere);
         r.base_in.measure(&inside);
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        r.diag_base_late.measure(&outside);
         let guardd = Guardd::start();
         settle();
         r.floor_out.measure(&outside);
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        r.diag_floor_late.measure(&outside);
         r.apply_1.push(apply(&policy_1)?);
         settle();
         r.out_1.measure(&outside);
@@ -100,6 +110,8 @@ fn main() -> anyhow::Result<()> {
         r.else_1000.measure(&elsewhere);
         r.in_1000.measure(&inside);
         drop(guardd);
+        settle();
+        r.diag_pinned.measure(&outside);
     }
     loader::disarm(&pins)?;
     print_table(&r);
@@ -165,6 +177,23 @@ fn print_table(r: &Results) {
             "no growth",
         ),
     ];
+    for (name, c) in [
+        ("base_out", &r.base_out),
+        ("diag_base_late", &r.diag_base_late),
+        ("floor_out", &r.floor_out),
+        ("diag_floor_late", &r.diag_floor_late),
+        ("diag_pinned", &r.diag_pinned),
+        ("out_1", &r.out_1),
+    ] {
+        let mut v = c.0.clone();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!(
+            "DIAG {name:<16} min {:>8.0} p10 {:>8.0} p50 {:>8.0} p90 {:>8.0} max {:>8.0} typ {:>8.0}",
+            v[0], v[v.len() / 10], v[v.len() / 2], v[v.len() * 9 / 10], v[v.len() - 1], c.typical()
+        );
+        let per_round: Vec<String> = c.0.chunks(BATCHES).map(|ch| format!("{:.0}", median(ch))).collect();
+        println!("DIAG {name:<16} per-round medians {}", per_round.join(" "));
+    }
     println!("guard enforcement benchmark");
     println!("kernel: {}", read_trim("/proc/sys/kernel/osrelease"));
     println!("cpu: {}", cpu_model());
@@ -199,6 +228,16 @@ fn print_table(r: &Results) {
             "",
             target
         );
+        for (phase, value) in [
+            ("resolve", ms(applies, |a| a.resolve_ms)),
+            ("write maps", ms(applies, |a| a.maps_ms)),
+        ] {
+            println!(
+                "{:<52} {:>10.1}",
+                format!("{case}: of which {phase} (ms)"),
+                value
+            );
+        }
         println!(
             "{:<52} {:>10.1} {:>12} {:>10}",
             format!("{case}: guardctl end to end (ms)"),
@@ -307,6 +346,8 @@ fn apply(policy: &Value) -> anyhow::Result<Apply> {
     let in_force_ms = reply["in_force_ms"]
         .as_f64()
         .ok_or_else(|| anyhow::anyhow!("guardd's apply reply has no in_force_ms: {reply}"))?;
+    let phase = |name: &str| reply["phases_ms"][name].as_f64().unwrap_or(f64::NAN);
+    let (resolve_ms, maps_ms) = (phase("resolve"), phase("maps"));
     let file: PathBuf = std::env::temp_dir().join("guard-bench-policy.json");
     std::fs::write(&file, policy.to_string())?;
     let start = Instant::now();
@@ -320,6 +361,8 @@ fn apply(policy: &Value) -> anyhow::Result<Apply> {
     );
     Ok(Apply {
         in_force_ms,
+        resolve_ms,
+        maps_ms,
         guardctl_ms,
     })
 }
