@@ -173,10 +173,22 @@ pub mod maps {
     pub const OBJECTS: &str = "GUARD_OBJECTS";
     pub const IMMUTABLE: &str = "GUARD_IMMUTABLE";
     pub const DIR_FILTER: &str = "GUARD_DIR_FILTER";
-    pub const ALL: [&str; 15] = [
+    pub const TAINT_SEQ: &str = "GUARD_TAINT_SEQ";
+    pub const ALL: [&str; 16] = [
         ACTIVE, META, DEVS, DIRS, RULES, EXES, TAINTED, STATS, RATE, EVENTS, SETTINGS, SELF,
-        OBJECTS, IMMUTABLE, DIR_FILTER,
+        OBJECTS, IMMUTABLE, DIR_FILTER, TAINT_SEQ,
     ];
+}
+
+/// Slots of `TAINT_SEQ` (an array of u64), so that a decision skips its
+/// `TAINTED` lookup while no binary is tainted. The kernel adds 1 to
+/// `RECORDED` after each `TAINTED` insert; guardd copies a value of
+/// `RECORDED` it read *before* finding `TAINTED` empty into `CLEARED`. While
+/// the two differ, the kernel looks `TAINTED` up.
+pub mod taint_seq {
+    pub const RECORDED: u32 = 0;
+    pub const CLEARED: u32 = 1;
+    pub const SLOTS: u32 = 2;
 }
 
 /// A bit set over inode numbers of protected directories (`DIR_FILTER`, an

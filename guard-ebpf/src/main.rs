@@ -11,6 +11,12 @@
 //! may be protected denies (fail closed).
 #![no_std]
 #![no_main]
+// atomic_xadd: the BPF target has atomic add but no compare-and-swap, so
+// core's AtomicU64 offers no fetch_add.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
+
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     helpers::{
@@ -26,7 +32,7 @@ use aya_ebpf::{
 use guard_common::{
     access, bpf_uapi, flags, hook, object, stat, tamper, verdict, DevKey, DirKey, Event, ExeKey,
     KernelOffsets, ObjectKey, PolicyMeta, RateState, RuleKey, RuleValue, SelfProtect, Settings,
-    Taint, ANY_ID, MAX_OBJECTS, PINS_POINT, IMMUTABLE_POINT, MAX_IMMUTABLE, immutable, dir_filter, dir_value,
+    Taint, ANY_ID, MAX_OBJECTS, taint_seq, PINS_POINT, IMMUTABLE_POINT, MAX_IMMUTABLE, immutable, dir_filter, dir_value,
     DEFAULT_EVENTS_PER_SEC_PER_CPU, PTRACE_MODE_ATTACH, PTRACE_MODE_NOAUDIT,
     EVENTS_RING_BYTES, FMODE_EXEC, FMODE_READ, FMODE_WRITE, MAX_DEPTH, MAX_EXES, MAX_POINTS,
     MAX_RULE_ENTRIES, MODE_AUDIT, NAME_LEN, NO_RULE, PATH_DEPTH, EXE_DEPTH,
@@ -104,6 +110,8 @@ static OBJECTS: HashMap<ObjectKey, u32> = HashMap::pinned(MAX_OBJECTS, 0);
 static DIR_FILTER: Array<u64> = Array::pinned(dir_filter::WORDS, 0);
 #[map(name = "GUARD_IMMUTABLE")]
 static IMMUTABLE: HashMap<ExeKey, u32> = HashMap::pinned(MAX_IMMUTABLE, 0);
+#[map(name = "GUARD_TAINT_SEQ")]
+static TAINT_SEQ: Array<u64> = Array::pinned(taint_seq::SLOTS, 0);
 #[map(name = "GUARD_EVENTS")]
 static EVENTS: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
 
@@ -295,7 +303,7 @@ unsafe fn caller(o: &KernelOffsets) -> Result<Option<Caller>, i32> {
 #[inline(always)]
 fn grants(p: &Protection, c: &Caller) -> (u32, u32, u32) {
     let (mut allow, mut audit, mut rule) = (0u32, 0u32, NO_RULE);
-    if TAINTED.get_ptr(&c.exe).is_some() {
+    if taints_outstanding() && TAINTED.get_ptr(&c.exe).is_some() {
         return (allow, audit, rule); // the binary was written to since apply
     }
     // Most policies name no uid or gid: then one lookup, not four.
@@ -624,6 +632,23 @@ unsafe fn taint_if_allowed_exe(o: &KernelOffsets, inode: u64) {
             uid: uid_gid as u32,
         };
         let _ = TAINTED.insert(&key, &taint, 0);
+        // After the insert: once decisions see the count move, they look
+        // the binary up in TAINTED and find it.
+        if let Some(recorded) = TAINT_SEQ.get_ptr_mut(taint_seq::RECORDED) {
+            atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(recorded, 1);
+        }
+    }
+}
+
+/// Whether some binary may be tainted (`taint_seq`): false only when guardd
+/// found `TAINTED` empty and the kernel recorded no taint since.
+#[inline(always)]
+fn taints_outstanding() -> bool {
+    match (TAINT_SEQ.get(taint_seq::RECORDED), TAINT_SEQ.get(taint_seq::CLEARED)) {
+        (Some(recorded), Some(cleared)) => {
+            unsafe { core::ptr::read_volatile(recorded) != core::ptr::read_volatile(cleared) }
+        }
+        _ => true,
     }
 }
 

@@ -14,8 +14,8 @@ use crate::policy::PolicyEntries;
 use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use guard_common::{
-    dir_filter, dir_value, immutable, maps, stat, DevKey, DirKey, ExeKey, ObjectKey, PolicyMeta, RuleKey,
-    RuleValue, SelfProtect, Settings, Taint,
+    dir_filter, dir_value, immutable, maps, stat, taint_seq, DevKey, DirKey, ExeKey, ObjectKey,
+    PolicyMeta, RuleKey, RuleValue, SelfProtect, Settings, Taint,
 };
 use serde::Serialize;
 use std::collections::HashSet;
@@ -50,6 +50,7 @@ pub struct KernelMaps {
     objects: HashMap<MapData, ObjectKey, u32>,
     immutable: HashMap<MapData, ExeKey, u32>,
     dir_filter: Array<MapData, u64>,
+    taint_seq: Array<MapData, u64>,
     /// What `dir_filter` holds, so updates write only the words that change.
     dir_filter_words: Vec<u64>,
     /// The generation replaced by the last apply, still readable by hooks
@@ -86,6 +87,7 @@ impl KernelMaps {
             objects: typed(maps::OBJECTS, Map::HashMap)?.try_into()?,
             immutable: typed(maps::IMMUTABLE, Map::HashMap)?.try_into()?,
             dir_filter: typed(maps::DIR_FILTER, Map::Array)?.try_into()?,
+            taint_seq: typed(maps::TAINT_SEQ, Map::Array)?.try_into()?,
             dir_filter_words: Vec::new(),
             retiring: None,
         })
@@ -248,6 +250,9 @@ impl KernelMaps {
         for exe in e.exes.iter().filter(|exe| tainted.contains(exe)) {
             let _ = self.tainted.remove(exe);
         }
+        if !tainted.is_empty() {
+            self.note_if_untainted();
+        }
         let newly_immutable: Vec<(ExeKey, u32)> = e
             .exes
             .iter()
@@ -289,6 +294,7 @@ impl KernelMaps {
         let keep: HashSet<&ExeKey> = keep.iter().collect();
         remove_where(&mut self.exes, |k| !keep.contains(k));
         remove_where(&mut self.tainted, |k| !keep.contains(k));
+        self.note_if_untainted();
         let guard_own: Vec<ExeKey> = self
             .immutable
             .iter()
@@ -321,6 +327,21 @@ impl KernelMaps {
                 .context("GUARD_IMMUTABLE is full")?;
         }
         Ok(())
+    }
+
+    /// Tells the kernel it may skip its `TAINTED` lookup, if no binary is
+    /// tainted (`guard_common::taint_seq`). The kernel's count is read
+    /// *before* the map is listed: a taint recorded after the listing raises
+    /// the count past the value written here, so the kernel keeps looking.
+    /// Best effort: when this fails, the kernel just keeps looking.
+    fn note_if_untainted(&mut self) {
+        let Ok(recorded) = self.taint_seq.get(&taint_seq::RECORDED, 0) else {
+            return;
+        };
+        if self.tainted.keys().next().is_some() {
+            return; // a taint (or a read error): keep looking
+        }
+        let _ = self.taint_seq.set(taint_seq::CLEARED, recorded, 0);
     }
 
     /// Allowed binaries opened for writing since they were approved.

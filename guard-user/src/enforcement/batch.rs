@@ -16,10 +16,7 @@ use aya_obj::generated::{bpf_attr, bpf_cmd};
 /// Writes every `(key, value)` of `entries` into `map` (flags 0: insert or
 /// replace). On error some entries may have been written; the caller treats
 /// the whole generation as failed and removes it.
-pub fn update<K: Pod, V: Pod>(
-    map: &HashMap<MapData, K, V>,
-    entries: &[(K, V)],
-) -> io::Result<()> {
+pub fn update<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>, entries: &[(K, V)]) -> io::Result<()> {
     let keys: Vec<K> = entries.iter().map(|(k, _)| *k).collect();
     let values: Vec<V> = entries.iter().map(|(_, v)| *v).collect();
     let mut done = 0;
@@ -152,6 +149,9 @@ mod tests {
         delete(&map, &doomed).unwrap();
         let left: Vec<(u64, u32)> = (0..2000).filter(|k| k % 3 == 0).map(|k| (k, 1)).collect();
         assert_eq!(contents(&map), left);
-        assert!(delete(&map, &[1]).is_err(), "deleting a missing key is an error");
+        assert!(
+            delete(&map, &[1]).is_err(),
+            "deleting a missing key is an error"
+        );
     }
 }

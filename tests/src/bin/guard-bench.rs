@@ -191,7 +191,10 @@ fn print_table(r: &Results) {
             "DIAG {name:<16} min {:>8.0} p10 {:>8.0} p50 {:>8.0} p90 {:>8.0} max {:>8.0} typ {:>8.0}",
             v[0], v[v.len() / 10], v[v.len() / 2], v[v.len() * 9 / 10], v[v.len() - 1], c.typical()
         );
-        let per_round: Vec<String> = c.0.chunks(BATCHES).map(|ch| format!("{:.0}", median(ch))).collect();
+        let per_round: Vec<String> =
+            c.0.chunks(BATCHES)
+                .map(|ch| format!("{:.0}", median(ch)))
+                .collect();
         println!("DIAG {name:<16} per-round medians {}", per_round.join(" "));
     }
     println!("guard enforcement benchmark");
