@@ -353,22 +353,30 @@ unsafe fn decide(dentry: u64, access: u32, hook: u32) -> i32 {
         _ => return ALLOW, // no policy applied
     };
     let o = offsets();
-    decide_on(o, generation, dentry, read(dentry, o.dentry_d_sb), access, hook)
+    decide_on(o, generation, dentry, superblock(o, dentry), access, hook)
+}
+
+/// The superblock of `dentry`, 0 if unreadable (every `read` of it then
+/// fails, so the decision fails closed). A plain value rather than a
+/// `Result`: the verifier must see the same register hold either a valid
+/// pointer or 0 on every path.
+#[inline(always)]
+unsafe fn superblock(o: &KernelOffsets, dentry: u64) -> u64 {
+    read::<u64>(dentry, o.dentry_d_sb).unwrap_or(0)
 }
 
 /// `decide` for a caller that already read the active generation (not 0)
-/// and the dentry's superblock.
+/// and the dentry's superblock (`superblock`).
 #[inline(always)]
 unsafe fn decide_on(
     o: &KernelOffsets,
     generation: u32,
     dentry: u64,
-    sb: Result<u64, i32>,
+    sb: u64,
     access: u32,
     hook: u32,
 ) -> i32 {
-    let decision = sb
-        .and_then(|sb| read::<u32>(sb, o.super_block_s_dev))
+    let decision = read::<u32>(sb, o.super_block_s_dev)
         .and_then(|dev| try_decide_on(o, generation, dentry, dev, access, hook));
     match decision {
         Ok(ret) => ret,
@@ -685,7 +693,7 @@ pub fn file_open(ctx: LsmContext) -> i32 {
             return ALLOW; // nothing armed: no kernel-memory check, no policy
         }
         // One superblock read serves the kernel-memory check and the decision.
-        let sb = read::<u64>(dentry, o.dentry_d_sb);
+        let sb = superblock(o, dentry);
         if is_kernel_memory(o, file, sb) {
             return deny_outsider(hook::KERNEL_MEMORY, tamper::KERNEL_MEMORY, 0);
         }
@@ -705,10 +713,11 @@ const DEV_PORT: u32 = 1 << 20 | 4;
 
 /// /proc/kcore (in any procfs instance) or a /dev/mem or /dev/port node
 /// (wherever root makes one): kernel memory, where the volume keys live.
-/// `sb` is the superblock of the file's dentry. An unreadable field counts
-/// as kernel memory (fail closed). The caller checks that something is armed.
+/// `sb` is the superblock of the file's dentry (`superblock`). An unreadable
+/// field counts as kernel memory (fail closed). The caller checks that
+/// something is armed.
 #[inline(always)]
-unsafe fn is_kernel_memory(o: &KernelOffsets, file: u64, sb: Result<u64, i32>) -> bool {
+unsafe fn is_kernel_memory(o: &KernelOffsets, file: u64, sb: u64) -> bool {
     let Ok(inode) = read::<u64>(file, o.file_f_inode) else {
         return true;
     };
@@ -717,7 +726,7 @@ unsafe fn is_kernel_memory(o: &KernelOffsets, file: u64, sb: Result<u64, i32>) -
         let rdev: u32 = read(inode, o.inode_i_rdev).unwrap_or(0);
         return rdev == DEV_MEM || rdev == DEV_PORT;
     }
-    let magic: u64 = match sb.and_then(|sb| read(sb, o.super_block_s_magic)) {
+    let magic: u64 = match read(sb, o.super_block_s_magic) {
         Ok(m) => m,
         Err(_) => return true,
     };
