@@ -254,11 +254,10 @@ unsafe fn find_point(o: &KernelOffsets, generation: u32, obj: &Object) -> Result
     Err(EPERM) // deeper than MAX_DEPTH on a protected filesystem
 }
 
-/// Who is asking: the executable's identity and credentials.
+/// Who is asking: the executable's identity (credentials are read only
+/// where a policy names a uid or gid).
 struct Caller {
     exe: ExeKey,
-    uid: u32,
-    gid: u32,
 }
 
 /// The identity of a file's inode.
@@ -291,12 +290,7 @@ unsafe fn caller(o: &KernelOffsets) -> Result<Option<Caller>, i32> {
     let Some(exe) = task_exe(o, current_task())? else {
         return Ok(None);
     };
-    let uid_gid = bpf_get_current_uid_gid();
-    Ok(Some(Caller {
-        exe,
-        uid: uid_gid as u32,
-        gid: (uid_gid >> 32) as u32,
-    }))
+    Ok(Some(Caller { exe }))
 }
 
 /// What the rules of `point` grant `caller`: (allow, audit, rule).
@@ -308,7 +302,13 @@ fn grants(p: &Protection, c: &Caller) -> (u32, u32, u32) {
     }
     // Most policies name no uid or gid: then one lookup, not four.
     let uses_ids = p.mode_bits & dir_value::USES_IDS != 0;
-    let ids = [(ANY_ID, ANY_ID), (c.uid, c.gid), (c.uid, ANY_ID), (ANY_ID, c.gid)];
+    let (uid, gid) = if uses_ids {
+        let uid_gid = bpf_get_current_uid_gid();
+        (uid_gid as u32, (uid_gid >> 32) as u32)
+    } else {
+        (ANY_ID, ANY_ID) // not looked up
+    };
+    let ids = [(ANY_ID, ANY_ID), (uid, gid), (uid, ANY_ID), (ANY_ID, gid)];
     for (i, (uid, gid)) in ids.into_iter().enumerate() {
         if i > 0 && !uses_ids {
             break;
