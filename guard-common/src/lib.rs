@@ -61,8 +61,11 @@ pub mod tamper {
     pub const MODULE: u32 = 1 << 23;
     /// Loading a new kernel to jump into (kexec_load, kexec_file_load).
     pub const KEXEC: u32 = 1 << 24;
+    /// Starting an allowed binary that the policy says only its supervisor
+    /// may start, from anything else (`Event::detail` unused).
+    pub const UNSUPERVISED_START: u32 = 1 << 25;
 
-    pub const NAMES: [(&str, u32); 9] = [
+    pub const NAMES: [(&str, u32); 10] = [
         ("ptrace-read", PTRACE_READ),
         ("ptrace-attach", PTRACE_ATTACH),
         ("exec-traced", EXEC_TRACED),
@@ -72,6 +75,7 @@ pub mod tamper {
         ("kernel-memory", KERNEL_MEMORY),
         ("module-load", MODULE),
         ("kexec", KEXEC),
+        ("unsupervised-start", UNSUPERVISED_START),
     ];
 }
 
@@ -173,10 +177,30 @@ pub mod maps {
     pub const OBJECTS: &str = "GUARD_OBJECTS";
     pub const IMMUTABLE: &str = "GUARD_IMMUTABLE";
     pub const DIR_FILTER: &str = "GUARD_DIR_FILTER";
+    pub const SUPERVISORS: &str = "GUARD_SUPERVISORS";
+    pub const RELAYS: &str = "GUARD_RELAYS";
+    pub const LAUNCHES: &str = "GUARD_LAUNCHES";
     pub const TAINT_SEQ: &str = "GUARD_TAINT_SEQ";
-    pub const ALL: [&str; 16] = [
-        ACTIVE, META, DEVS, DIRS, RULES, EXES, TAINTED, STATS, RATE, EVENTS, SETTINGS, SELF,
-        OBJECTS, IMMUTABLE, DIR_FILTER, TAINT_SEQ,
+    pub const ALL: [&str; 19] = [
+        ACTIVE,
+        META,
+        DEVS,
+        DIRS,
+        RULES,
+        EXES,
+        TAINTED,
+        STATS,
+        RATE,
+        EVENTS,
+        SETTINGS,
+        SELF,
+        OBJECTS,
+        IMMUTABLE,
+        DIR_FILTER,
+        SUPERVISORS,
+        RELAYS,
+        LAUNCHES,
+        TAINT_SEQ,
     ];
 }
 
@@ -434,6 +458,10 @@ pub struct PolicyMeta {
     /// Non-zero when some rule names a uid or gid; otherwise the kernel
     /// looks up only the (any uid, any gid) rule entry.
     pub uses_ids: u32,
+    /// Non-zero when some binary may only be started by its supervisor
+    /// (`SUPERVISORS`); only then does the kernel record `LAUNCHES`.
+    pub supervises: u32,
+    pub _pad: u32,
 }
 
 /// Key of `EXES` (binaries some policy allows) and `TAINTED` (those opened for
@@ -453,6 +481,36 @@ pub struct Taint {
     pub pid: u32,
     pub uid: u32,
 }
+
+/// Key of `SUPERVISORS` (an allowed binary that only its supervisor may
+/// start; value: the supervisor's `ExeKey`) and `RELAYS` (programs a
+/// supervisor may start the binary through, such as `nohup`; value unused).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct LaunchKey {
+    pub generation: u32,
+    pub _pad: u32,
+    pub exe: ExeKey,
+}
+
+/// Value of `LAUNCHES` (LRU, keyed by thread group id): what a process last
+/// executed and who started it, recorded at exec while a policy names a
+/// supervisor.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Launch {
+    /// `start_time` of the thread group leader: tells a reused pid apart.
+    pub start_time: u64,
+    /// The file the process runs (for a script, its interpreter).
+    pub exe: ExeKey,
+    /// What the process counts as: the file first executed (for a script, the script).
+    pub identity: ExeKey,
+    /// The identity of the process that started it, seen through relays.
+    pub launcher: ExeKey,
+}
+
+/// Capacity of `LAUNCHES`.
+pub const MAX_LAUNCHES: u32 = 65536;
 
 /// Daemon settings the programs read at run time (`SETTINGS`, index 0).
 #[repr(C)]
@@ -572,6 +630,11 @@ pub struct KernelOffsets {
     /// `task_struct.ptrace`: non-zero while the task is traced.
     pub task_struct_ptrace: u32,
     pub linux_binprm_file: u32,
+    /// `linux_binprm.filename` and `.interp`: the same pointer until a
+    /// script's interpreter is substituted, which tells an exec's first
+    /// round of `bprm_check_security` from the interpreter's.
+    pub linux_binprm_filename: u32,
+    pub linux_binprm_interp: u32,
     pub bpf_map_id: u32,
     pub bpf_prog_aux: u32,
     pub bpf_prog_aux_id: u32,
@@ -588,6 +651,8 @@ pub struct KernelOffsets {
     pub path_dentry: u32,
     pub task_struct_real_parent: u32,
     pub task_struct_flags: u32,
+    pub task_struct_group_leader: u32,
+    pub task_struct_start_time: u32,
     /// `kernel_read_file_id` READING_MODULE and `kernel_load_data_id`
     /// LOADING_MODULE, enum values read from BTF.
     pub reading_module: u32,
@@ -612,6 +677,8 @@ mod pod {
     unsafe impl aya::Pod for RuleValue {}
     unsafe impl aya::Pod for PolicyMeta {}
     unsafe impl aya::Pod for ExeKey {}
+    unsafe impl aya::Pod for LaunchKey {}
+    unsafe impl aya::Pod for Launch {}
     unsafe impl aya::Pod for Taint {}
     unsafe impl aya::Pod for RateState {}
     unsafe impl aya::Pod for Settings {}

@@ -25,14 +25,14 @@ use aya_ebpf::{
         bpf_probe_read_kernel_str_bytes,
     },
     macros::{lsm, map},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::LsmContext,
     EbpfContext,
 };
 use guard_common::{
     access, bpf_uapi, flags, hook, object, stat, tamper, verdict, DevKey, DirKey, Event, ExeKey,
     KernelOffsets, ObjectKey, PolicyMeta, RateState, RuleKey, RuleValue, SelfProtect, Settings,
-    Taint, ANY_ID, MAX_OBJECTS, taint_seq, PINS_POINT, IMMUTABLE_POINT, MAX_IMMUTABLE, immutable, dir_filter, dir_value,
+    Taint, Launch, LaunchKey, MAX_LAUNCHES, ANY_ID, MAX_OBJECTS, taint_seq, PINS_POINT, IMMUTABLE_POINT, MAX_IMMUTABLE, immutable, dir_filter, dir_value,
     DEFAULT_EVENTS_PER_SEC_PER_CPU, PTRACE_MODE_ATTACH, PTRACE_MODE_NOAUDIT,
     EVENTS_RING_BYTES, FMODE_EXEC, FMODE_READ, FMODE_WRITE, MAX_DEPTH, MAX_EXES, MAX_POINTS,
     MAX_RULE_ENTRIES, MODE_AUDIT, NAME_LEN, NO_RULE, PATH_DEPTH, EXE_DEPTH,
@@ -60,6 +60,8 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     task_struct_tgid: 0,
     task_struct_ptrace: 0,
     linux_binprm_file: 0,
+    linux_binprm_filename: 0,
+    linux_binprm_interp: 0,
     bpf_map_id: 0,
     bpf_prog_aux: 0,
     bpf_prog_aux_id: 0,
@@ -74,6 +76,8 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     path_dentry: 0,
     task_struct_real_parent: 0,
     task_struct_flags: 0,
+    task_struct_group_leader: 0,
+    task_struct_start_time: 0,
     reading_module: 0,
     loading_module: 0,
     reading_kexec_image: 0,
@@ -110,6 +114,12 @@ static OBJECTS: HashMap<ObjectKey, u32> = HashMap::pinned(MAX_OBJECTS, 0);
 static DIR_FILTER: Array<u64> = Array::pinned(dir_filter::WORDS, 0);
 #[map(name = "GUARD_IMMUTABLE")]
 static IMMUTABLE: HashMap<ExeKey, u32> = HashMap::pinned(MAX_IMMUTABLE, 0);
+#[map(name = "GUARD_SUPERVISORS")]
+static SUPERVISORS: HashMap<LaunchKey, ExeKey> = HashMap::pinned(MAX_EXES, 0);
+#[map(name = "GUARD_RELAYS")]
+static RELAYS: HashMap<LaunchKey, u32> = HashMap::pinned(MAX_EXES, 0);
+#[map(name = "GUARD_LAUNCHES")]
+static LAUNCHES: LruHashMap<u32, Launch> = LruHashMap::pinned(MAX_LAUNCHES, 0);
 #[map(name = "GUARD_TAINT_SEQ")]
 static TAINT_SEQ: Array<u64> = Array::pinned(taint_seq::SLOTS, 0);
 #[map(name = "GUARD_EVENTS")]
@@ -1252,28 +1262,149 @@ pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
 }
 
 /// bprm_check_security(bprm): a traced process may not start an allowed
-/// binary (strace or gdb would see everything it reads).
+/// binary (strace or gdb would see everything it reads), and a binary the
+/// policy says only its supervisor may start is started by nothing else.
 #[lsm(hook = "bprm_check_security")]
 pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     unsafe {
         let bprm: u64 = ctx.arg(0);
-        let attempt = ProcessAttempt {
+        let traced = ProcessAttempt {
             access: tamper::EXEC_TRACED,
             hook: hook::BPRM_CHECK_SECURITY,
             detail: 0,
             quiet: false,
         };
-        match try_exec_traced(bprm, &attempt) {
-            Ok(ret) => ret,
-            Err(_) => {
-                count(stat::FAIL_CLOSED);
-                count(stat::DENIED);
-                let report = process_report(verdict::DENIED, &attempt, ExeKey::default(), 0);
-                let target = Target { tgid: 0, exe: ExeKey::default() };
-                emit_process(&report, &target, 0, flags::FAIL_CLOSED);
-                EPERM
+        let ret = exec_decision(try_exec_traced(bprm, &traced), &traced);
+        if ret != ALLOW {
+            return ret;
+        }
+        let unsupervised = ProcessAttempt {
+            access: tamper::UNSUPERVISED_START,
+            ..traced
+        };
+        exec_decision(try_exec_supervised(bprm, &unsupervised), &unsupervised)
+    }
+}
+
+/// An exec decision; a failed kernel read denies (fail closed).
+#[inline(always)]
+unsafe fn exec_decision(decision: Result<i32, i32>, a: &ProcessAttempt) -> i32 {
+    match decision {
+        Ok(ret) => ret,
+        Err(_) => {
+            count(stat::FAIL_CLOSED);
+            count(stat::DENIED);
+            let report = process_report(verdict::DENIED, a, ExeKey::default(), 0);
+            let target = Target { tgid: 0, exe: ExeKey::default() };
+            emit_process(&report, &target, 0, flags::FAIL_CLOSED);
+            EPERM
+        }
+    }
+}
+
+/// How far up a chain of forked (not executed) processes `launched` looks
+/// for the one that executed their program.
+const FORK_DEPTH: u32 = 4;
+
+/// What a process counts as and who started it.
+struct Launched {
+    identity: ExeKey,
+    /// Zero when unknown.
+    launcher: ExeKey,
+}
+
+#[inline(always)]
+unsafe fn start_time(o: &KernelOffsets, task: u64) -> Result<u64, i32> {
+    let leader: u64 = read(task, o.task_struct_group_leader)?;
+    read(leader, o.task_struct_start_time)
+}
+
+/// `task`'s `LAUNCHES` entry, or for a child forked without exec, that of
+/// the ancestor which executed their common program; failing both, the
+/// program itself with no known launcher.
+#[inline(always)]
+unsafe fn launched(o: &KernelOffsets, task: u64) -> Result<Launched, i32> {
+    let Some(exe) = task_exe(o, task)? else {
+        return Ok(Launched { identity: ExeKey::default(), launcher: ExeKey::default() });
+    };
+    let mut t = task;
+    for _ in 0..FORK_DEPTH {
+        let tgid: u32 = read(t, o.task_struct_tgid)?;
+        if let Some(l) = LAUNCHES.get(&tgid) {
+            // The program it runs and the pid's start time say the entry is
+            // this process's, not a failed exec's or a reused pid's.
+            if l.exe == exe && l.start_time == start_time(o, t)? {
+                return Ok(Launched { identity: l.identity, launcher: l.launcher });
             }
         }
+        let parent: u64 = read(t, o.task_struct_real_parent)?;
+        match task_exe(o, parent)? {
+            Some(p) if p == exe => t = parent,
+            _ => break,
+        }
+    }
+    Ok(Launched { identity: exe, launcher: ExeKey::default() })
+}
+
+/// Records what the current process executes and who starts it; returns
+/// that launcher. A relay (such as `nohup`) passes on its own launcher.
+#[inline(always)]
+unsafe fn record_launch(o: &KernelOffsets, bprm: u64, exe: ExeKey, generation: u32) -> Result<ExeKey, i32> {
+    let task = current_task();
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let started = start_time(o, task)?;
+    let filename: u64 = read(bprm, o.linux_binprm_filename)?;
+    let interp: u64 = read(bprm, o.linux_binprm_interp)?;
+    if filename != interp {
+        // A script's interpreter: the process keeps the script's identity.
+        if let Some(l) = LAUNCHES.get_ptr_mut(&tgid) {
+            if (*l).start_time == started {
+                (*l).exe = exe;
+                return Ok((*l).launcher);
+            }
+        }
+    }
+    let me = launched(o, task)?;
+    let relay = LaunchKey { generation, _pad: 0, exe: me.identity };
+    let launcher = if RELAYS.get_ptr(&relay).is_some() { me.launcher } else { me.identity };
+    let entry = Launch { start_time: started, exe, identity: exe, launcher };
+    LAUNCHES.insert(&tgid, &entry, 0).map_err(|_| EPERM)?;
+    Ok(launcher)
+}
+
+/// While the active policy names supervisors: records every exec, and
+/// refuses one of a supervised binary by anything but its supervisor.
+#[inline(always)]
+unsafe fn try_exec_supervised(bprm: u64, a: &ProcessAttempt) -> Result<i32, i32> {
+    let generation = match ACTIVE.get(0) {
+        Some(g) if *g != 0 => *g,
+        _ => return Ok(ALLOW),
+    };
+    if META.get(&generation).map(|m| m.supervises).unwrap_or(0) == 0 {
+        return Ok(ALLOW);
+    }
+    let o = offsets();
+    let file: u64 = read(bprm, o.linux_binprm_file)?;
+    let exe = file_identity(&o, file)?;
+    let key = LaunchKey { generation, _pad: 0, exe };
+    let supervisor = SUPERVISORS.get(&key).copied();
+    let launcher = match (record_launch(&o, bprm, exe, generation), supervisor) {
+        (Ok(launcher), _) => launcher,
+        (Err(e), Some(_)) => return Err(e),
+        // Not supervised: a lost record only means a later supervised start
+        // through this process is refused.
+        (Err(_), None) => return Ok(ALLOW),
+    };
+    match supervisor {
+        Some(s) if s != launcher => {
+            let target = Target {
+                tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+                exe,
+            };
+            let caller = caller(&o)?.map(|c| c.exe).unwrap_or_default();
+            finish_process_decision(Guarded::AllowedBinary { generation }, a, &caller, &target)
+        }
+        _ => Ok(ALLOW),
     }
 }
 

@@ -14,8 +14,8 @@ use crate::policy::PolicyEntries;
 use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use guard_common::{
-    dir_filter, dir_value, immutable, maps, stat, taint_seq, DevKey, DirKey, ExeKey, ObjectKey,
-    PolicyMeta, RuleKey, RuleValue, SelfProtect, Settings, Taint,
+    dir_filter, dir_value, immutable, maps, stat, taint_seq, DevKey, DirKey, ExeKey, LaunchKey,
+    ObjectKey, PolicyMeta, RuleKey, RuleValue, SelfProtect, Settings, Taint,
 };
 use serde::Serialize;
 use std::collections::HashSet;
@@ -51,6 +51,8 @@ pub struct KernelMaps {
     immutable: HashMap<MapData, ExeKey, u32>,
     dir_filter: Array<MapData, u64>,
     taint_seq: Array<MapData, u64>,
+    supervisors: HashMap<MapData, LaunchKey, ExeKey>,
+    relays: HashMap<MapData, LaunchKey, u32>,
     /// What `dir_filter` holds, so updates write only the words that change.
     dir_filter_words: Vec<u64>,
     /// The generation replaced by the last apply, still readable by hooks
@@ -88,6 +90,8 @@ impl KernelMaps {
             immutable: typed(maps::IMMUTABLE, Map::HashMap)?.try_into()?,
             dir_filter: typed(maps::DIR_FILTER, Map::Array)?.try_into()?,
             taint_seq: typed(maps::TAINT_SEQ, Map::Array)?.try_into()?,
+            supervisors: typed(maps::SUPERVISORS, Map::HashMap)?.try_into()?,
+            relays: typed(maps::RELAYS, Map::HashMap)?.try_into()?,
             dir_filter_words: Vec::new(),
             retiring: None,
         })
@@ -154,7 +158,7 @@ impl KernelMaps {
         self.retiring = Some(Retiring {
             generation: old,
             since: Instant::now(),
-            keep_exes: entries.exes,
+            keep_exes: entries.exes.into_iter().chain(entries.launchers).collect(),
         });
         Ok(new)
     }
@@ -167,6 +171,8 @@ impl KernelMaps {
         remove_where(&mut self.devs, |k| k.generation != active);
         remove_where(&mut self.dirs, |k| k.generation != active);
         remove_where(&mut self.rules, |k| k.generation != active);
+        remove_where(&mut self.supervisors, |k| k.generation != active);
+        remove_where(&mut self.relays, |k| k.generation != active);
         self.rebuild_dir_filter()
     }
 
@@ -253,15 +259,21 @@ impl KernelMaps {
         if !tainted.is_empty() {
             self.note_if_untainted();
         }
+        // Allowed binaries, their supervisors and relays: nobody rewrites them.
         let newly_immutable: Vec<(ExeKey, u32)> = e
             .exes
             .iter()
+            .chain(&e.launchers)
             .map(|exe| (*exe, immutable.get(exe).copied().unwrap_or(0)))
             .filter(|(_, bits)| bits & immutable::FILE == 0)
             .map(|(exe, bits)| (exe, bits | immutable::FILE))
             .collect();
         batch::update(&self.immutable, &newly_immutable)
             .context("writing GUARD_IMMUTABLE (is it full?)")?;
+        batch::update(&self.supervisors, &e.supervisors)
+            .context("writing GUARD_SUPERVISORS (is it full?)")?;
+        let relays: Vec<(LaunchKey, u32)> = e.relays.iter().map(|key| (*key, 1)).collect();
+        batch::update(&self.relays, &relays).context("writing GUARD_RELAYS (is it full?)")?;
         self.meta
             .insert(generation, e.meta, 0)
             .context("writing policy mode")?;
@@ -288,6 +300,8 @@ impl KernelMaps {
         remove_where(&mut self.devs, |k| k.generation == generation);
         remove_where(&mut self.dirs, |k| k.generation == generation);
         remove_where(&mut self.rules, |k| k.generation == generation);
+        remove_where(&mut self.supervisors, |k| k.generation == generation);
+        remove_where(&mut self.relays, |k| k.generation == generation);
     }
 
     fn drop_stale_exes(&mut self, keep: &[ExeKey]) {

@@ -20,6 +20,10 @@ use crate::guest::bin;
 pub const SERVER: &str = "/usr/sbin/mariadbd";
 /// Debian's mariabackup (`/usr/bin/mariabackup` is a symlink to it).
 pub const BACKUP: &str = "/usr/bin/mariadb-backup";
+/// mariadbd's supervisor under the SysV launcher: it restarts the server
+/// should it die, and starts it through nohup.
+pub const SUPERVISOR: &str = "/usr/bin/mysqld_safe";
+pub const NOHUP: &str = "/usr/bin/nohup";
 /// The SysV launcher Debian uses when systemd is not PID 1.
 pub const LAUNCHER: &str = "/etc/init.d/mariadb";
 /// Where the server settings for this scenario go (the guest's /etc is an overlay).
@@ -228,8 +232,10 @@ impl MariaDb {
     }
 }
 
-/// The scenario's policy: mariadbd may do everything a database does in `datadir`,
-/// mariabackup (as root) may read it and each read is logged, nobody else may touch it.
+/// The scenario's policy: mariadbd, started only by its supervisor
+/// mysqld_safe (which runs it through `nohup`), may do everything a database
+/// does in `datadir`; mariabackup (as root) may read it and each read is
+/// logged; nobody else may touch it.
 pub fn policy(datadir: &Path) -> serde_json::Value {
     serde_json::json!({
         "mode": "enforce",
@@ -237,6 +243,7 @@ pub fn policy(datadir: &Path) -> serde_json::Value {
             "path": datadir,
             "rules": [
                 { "name": "mariadb server", "binaries": [SERVER],
+                  "started_by": { "supervisor": SUPERVISOR, "through": [NOHUP] },
                   "access": ["read", "write", "create", "delete", "rename", "setattr"],
                   "effect": "allow" },
                 { "name": "backups", "binaries": [BACKUP], "uid": 0,

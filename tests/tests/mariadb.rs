@@ -52,7 +52,8 @@ fn mariadb_on_a_guard_volume_end_to_end() {
     let db = MariaDb::configure(datadir).unwrap();
     db.install().unwrap();
 
-    // 3. The policy, then MariaDB started by its launcher under it.
+    // 3. The policy (mariadbd started by mysqld_safe only), then MariaDB
+    //    started by its launcher under it.
     mariadb::apply_policy(&mariadb::policy(datadir)).unwrap();
     db.start().unwrap();
     assert_supervised_by_mysqld_safe();
@@ -71,6 +72,7 @@ fn mariadb_on_a_guard_volume_end_to_end() {
     // 5. Root's tools are refused, the raw device shows only ciphertext, and
     //    every refusal is in the journal and the audit trail.
     root_is_refused();
+    root_cannot_start_a_second_server();
     assert_eq!(
         mariadb::raw_occurrences(Path::new(DEVICE), MARKER.as_bytes()).unwrap(),
         0,
@@ -328,25 +330,37 @@ fn backup_while_running() {
     assert_no_denials_in_datadir(before, "mariabackup");
 }
 
-/// mariadbd, the one allowed program, started by hand on the locked (or shredded)
-/// volume: it cannot open its own files and exits with an error.
+/// mariadbd, the one allowed program, started by its supervisor on the locked
+/// (or shredded) volume: it cannot open its own files and exits with an error.
 fn server_cannot_read_its_files() {
+    let error_log = "/tmp/locked.err";
+    let _ = std::fs::remove_file(error_log);
     // timeout: should the server start after all, the test fails instead of hanging.
     let out = run(
         "timeout",
         &[
             "120",
-            SERVER,
+            mariadb::SUPERVISOR,
             "--user=mysql",
             "--skip-networking",
             "--socket=/tmp/locked.sock",
             "--pid-file=/tmp/locked.pid",
+            &format!("--log-error={error_log}"),
         ],
     );
+    assert_ne!(
+        out.status.code(),
+        Some(124),
+        "mariadbd ran on a locked volume"
+    );
     assert!(
-        !out.status.success(),
-        "mariadbd started on a locked volume: {}",
-        stderr(&out)
+        MariaDb::server_pids().is_empty(),
+        "mariadbd is running on a locked volume"
+    );
+    let errors = std::fs::read_to_string(error_log).unwrap_or_default();
+    assert!(
+        errors.contains("[ERROR]"),
+        "mariadbd reported no error on a locked volume: {errors}"
     );
     let names: Vec<String> = std::fs::read_dir(DATADIR)
         .map(|dir| {
@@ -358,6 +372,34 @@ fn server_cannot_read_its_files() {
     assert!(
         !names.iter().any(|name| name == "ibdata1"),
         "plaintext names while locked: {names:?}"
+    );
+}
+
+/// Root starting a second mariadbd with its own options (which could make it
+/// dump the tables anywhere) is refused at exec and alerted.
+fn root_cannot_start_a_second_server() {
+    let out = Command::new(SERVER)
+        .args([
+            "--user=mysql",
+            "--skip-networking",
+            "--socket=/tmp/second.sock",
+        ])
+        .output();
+    let error = out.expect_err("root started a second mariadbd");
+    assert_eq!(error.raw_os_error(), Some(libc::EPERM), "{error}");
+    let alerts = journal_entries(
+        message_id::DENIED,
+        "GUARD_ACCESS",
+        "unsupervised-start",
+        WAIT,
+    );
+    assert!(
+        alerts.iter().any(|entry| {
+            field_text(entry, "GUARD_PATH")
+                .is_some_and(|path| path.ends_with(&format!("({SERVER})")))
+                && field_text(entry, "GUARD_UID").as_deref() == Some("0")
+        }),
+        "no unsupervised-start alert for {SERVER}: {alerts:#?}"
     );
 }
 

@@ -72,7 +72,7 @@ EOF
 show "cat /etc/mysql/mariadb.conf.d/90-guard-demo.cnf"
 show "mariadb-install-db --user=mysql --datadir=$DATADIR --skip-test-db" 4
 
-step "3. The policy: only mariadbd reads and writes the data directory; mariabackup may read it (logged)"
+step "3. The policy: only mariadbd, started by its supervisor mysqld_safe, reads and writes the data directory; mariabackup may read it (logged)"
 cat > "$POLICY" <<EOF
 {
   "mode": "enforce",
@@ -81,6 +81,7 @@ cat > "$POLICY" <<EOF
       "path": "$DATADIR",
       "rules": [
         { "name": "mariadb server", "binaries": ["/usr/sbin/mariadbd"],
+          "started_by": { "supervisor": "/usr/bin/mysqld_safe", "through": ["/usr/bin/nohup"] },
           "access": ["read", "write", "create", "delete", "rename", "setattr"],
           "effect": "allow" },
         { "name": "backups", "binaries": ["/usr/bin/mariadb-backup"], "uid": 0,
@@ -97,7 +98,7 @@ show "guardctl policy show" 20
 
 step "MariaDB starts by its normal launcher (/etc/init.d/mariadb: mysqld_safe supervising mariadbd)"
 show "/etc/init.d/mariadb start"
-note "two refusals come with every start, logged, harmless: the launcher's df opens the data directory (df falls back to statfs), and debian-start's mariadb-upgrade reads its stamp file there"
+note "refusals come with every start, logged, harmless: the launcher's df opens the data directory (df falls back to statfs), debian-start's mariadb-upgrade reads its stamp file there, and the launcher script itself runs 'mariadbd --print-defaults' (it is not mariadbd's supervisor; it falls back to defaults)"
 show "ps -o pid,ppid,user,args -C mariadbd,mysqld_safe"
 
 step "4. A client stores rows with a marker through SQL and reads them back"
@@ -118,6 +119,8 @@ show "strings $DATADIR/ibdata1 | head -3"
 show "tar cf /tmp/stolen.tar $DATADIR" 4
 show "dd if=$DATADIR/ib_logfile0 of=/tmp/redo bs=1M count=1"
 show "ls $DATADIR"
+note "nor can root start a mariadbd of its own, with options of its choosing:"
+show "mariadbd --user=mysql --skip-grant-tables --socket=/tmp/mine.sock"
 note "guard's own tools are no exception:"
 show "guardctl verify-encryption mysql --marker '$MARKER'"
 note "The raw device under /scratch holds only ciphertext: the marker is nowhere in it ..."
@@ -144,9 +147,9 @@ step "7. MariaDB stops; the volume is locked: the files are unreadable to everyo
 show "/etc/init.d/mariadb stop"
 show "guardctl volume lock mysql"
 show "guardctl volume status"
-note "even mariadbd, the one allowed program, cannot open its files without the key"
+note "even mariadbd, the one allowed program, started by its supervisor, cannot open its files without the key"
 note "(Errcode 126 is the kernel's ENOKEY, 'Required key not available'; MariaDB names 126 after its own error table):"
-show "timeout 120 mariadbd --user=mysql --skip-networking --socket=/tmp/locked.sock --pid-file=/tmp/locked.pid 2>&1 | grep -E 'ERROR' | head -n 3"
+show "timeout 120 mysqld_safe --user=mysql --skip-networking --socket=/tmp/locked.sock --pid-file=/tmp/locked.pid --log-error=/tmp/locked.err; grep -E 'ERROR' /tmp/locked.err | head -n 3"
 note "guardd restarts and unlocks the volume from the KMS"
 show "guardctl stop"
 i=0; while [ -S /run/guard/guardd.sock ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
@@ -163,7 +166,7 @@ show "/etc/init.d/mariadb stop"
 show "guardctl key revoke mysql --yes"
 show "guardctl volume unlock mysql"
 show "guardctl volume status"
-show "timeout 120 mariadbd --user=mysql --skip-networking --socket=/tmp/locked.sock --pid-file=/tmp/locked.pid 2>&1 | grep -E 'ERROR' | head -n 2"
+show "rm -f /tmp/locked.err; timeout 120 mysqld_safe --user=mysql --skip-networking --socket=/tmp/locked.sock --pid-file=/tmp/locked.pid --log-error=/tmp/locked.err; grep -E 'ERROR' /tmp/locked.err | head -n 2"
 note "who revoked it, and when:"
 show "journalctl -o short-iso --no-pager GUARD_VOLUME=mysql _COMM=guardctl _UID=0"
 show "journalctl -o short-iso --no-pager SYSLOG_IDENTIFIER=guard-kms | grep -E 'revoke|unwrap' | tail -n 3"

@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use guard_common::{
-    DevKey, DirKey, ExeKey, PolicyMeta, RuleKey, RuleValue, ANY_ID, MAX_EXES, MAX_POINTS,
-    MAX_RULE_ENTRIES,
+    DevKey, DirKey, ExeKey, LaunchKey, PolicyMeta, RuleKey, RuleValue, ANY_ID, MAX_EXES,
+    MAX_POINTS, MAX_RULE_ENTRIES,
 };
 
 use super::{Effect, Pointer, PolicyError, ResolvedPolicy};
@@ -22,6 +22,13 @@ pub struct PolicyEntries {
     pub rules: Vec<(RuleKey, RuleValue)>,
     /// `EXES`: every binary some rule names.
     pub exes: Vec<ExeKey>,
+    /// `SUPERVISORS`: binaries only their supervisor may start, and that supervisor.
+    pub supervisors: Vec<(LaunchKey, ExeKey)>,
+    /// `RELAYS`: programs a supervisor may start a binary through.
+    pub relays: Vec<LaunchKey>,
+    /// Supervisors and relays: immutable while the policy is active, like
+    /// the allowed binaries.
+    pub launchers: Vec<ExeKey>,
 }
 
 /// Sort key of a rule entry, so the output order does not depend on hashing.
@@ -74,6 +81,28 @@ impl ResolvedPolicy {
             }
         }
 
+        let launch_key = |exe: ExeKey| LaunchKey {
+            generation,
+            _pad: 0,
+            exe,
+        };
+        let mut supervisors = BTreeMap::new();
+        let mut relays = BTreeSet::new();
+        for rule in &self.rules {
+            let Some(started_by) = &rule.started_by else {
+                continue;
+            };
+            for binary in &rule.binaries {
+                supervisors.insert(exe_order(binary.key()), started_by.supervisor.key());
+            }
+            relays.extend(started_by.through.iter().map(|r| exe_order(r.key())));
+        }
+        let launchers: BTreeSet<(u32, u64)> = supervisors
+            .values()
+            .map(|k: &ExeKey| exe_order(*k))
+            .chain(relays.iter().copied())
+            .collect();
+
         PolicyEntries {
             meta: PolicyMeta {
                 mode: self.mode.kernel_value(),
@@ -81,6 +110,8 @@ impl ResolvedPolicy {
                     .rules
                     .iter()
                     .any(|r| r.uid.is_some() || r.gid.is_some()) as u32,
+                supervises: !supervisors.is_empty() as u32,
+                _pad: 0,
             },
             devs: devs
                 .into_iter()
@@ -102,12 +133,27 @@ impl ResolvedPolicy {
                     (key, value)
                 })
                 .collect(),
-            exes: exes
+            exes: exes.into_iter().map(exe_key).collect(),
+            supervisors: supervisors
                 .into_iter()
-                .map(|(dev, ino)| ExeKey { dev, _pad: 0, ino })
+                .map(|(exe, supervisor)| (launch_key(exe_key(exe)), supervisor))
                 .collect(),
+            relays: relays
+                .into_iter()
+                .map(|exe| launch_key(exe_key(exe)))
+                .collect(),
+            launchers: launchers.into_iter().map(exe_key).collect(),
         }
     }
+}
+
+/// An `ExeKey` as a sortable pair, so the output order does not depend on hashing.
+fn exe_order(key: ExeKey) -> (u32, u64) {
+    (key.dev, key.ino)
+}
+
+fn exe_key((dev, ino): (u32, u64)) -> ExeKey {
+    ExeKey { dev, _pad: 0, ino }
 }
 
 /// Two generations share the maps during an apply, so one policy may use half.
@@ -123,6 +169,12 @@ pub(super) fn check_capacity(policy: &ResolvedPolicy) -> Vec<PolicyError> {
         ("protected directories", entries.dirs.len(), MAX_POINTS),
         ("rule entries", entries.rules.len(), MAX_RULE_ENTRIES),
         ("distinct binaries", entries.exes.len(), MAX_EXES),
+        (
+            "binaries with a supervisor",
+            entries.supervisors.len(),
+            MAX_EXES,
+        ),
+        ("relays (`through`)", entries.relays.len(), MAX_EXES),
     ];
     checks
         .into_iter()
@@ -182,6 +234,7 @@ mod tests {
             uid,
             gid,
             binaries,
+            started_by: None,
         }
     }
 
@@ -423,6 +476,79 @@ mod tests {
         assert_eq!(entries.exes.len(), 4);
         let lowest = entries.rules.iter().map(|(_, v)| v.rule).max().unwrap();
         assert!(lowest < 100, "merged entries keep the lowest rule id");
+    }
+
+    #[test]
+    fn started_by_compiles_to_supervisors_relays_and_immutable_launchers() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let file = |name: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, name).unwrap();
+            path
+        };
+        let (server, tool, supervisor, relay) = (
+            file("server"),
+            file("tool"),
+            file("supervisor"),
+            file("relay"),
+        );
+        let text = serde_json::json!({"mode": "enforce", "protected": [{"path": data, "rules": [
+            {"binaries": [server], "access": ["read"], "effect": "allow",
+             "started_by": {"supervisor": supervisor, "through": [relay]}},
+            {"binaries": [tool], "access": ["read"], "effect": "allow"},
+        ]}]});
+        let policy = crate::policy::parse(&text.to_string()).unwrap();
+        let e = resolve(&policy).unwrap().entries(3);
+        let key = |path: &std::path::Path| {
+            let m = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap());
+            e.exes
+                .iter()
+                .chain(&e.launchers)
+                .find(|k| k.ino == m)
+                .copied()
+                .unwrap()
+        };
+        assert_eq!(e.meta.supervises, 1);
+        let launch = |exe| LaunchKey {
+            generation: 3,
+            _pad: 0,
+            exe,
+        };
+        assert_eq!(
+            e.supervisors,
+            vec![(launch(key(&server)), key(&supervisor))]
+        );
+        assert_eq!(e.relays, vec![launch(key(&relay))]);
+        assert_eq!(e.launchers.len(), 2);
+        assert_eq!(
+            e.exes.len(),
+            2,
+            "the tool has no supervisor and stays in EXES"
+        );
+    }
+
+    #[test]
+    fn a_binary_cannot_have_two_ways_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let server = dir.path().join("server");
+        let supervisor = dir.path().join("supervisor");
+        std::fs::write(&server, "s").unwrap();
+        std::fs::write(&supervisor, "v").unwrap();
+        let text = serde_json::json!({"mode": "enforce", "protected": [{"path": data, "rules": [
+            {"binaries": [server], "access": ["read"], "effect": "allow",
+             "started_by": {"supervisor": supervisor}},
+            {"name": "writes", "binaries": [server], "access": ["write"], "effect": "allow"},
+        ]}]});
+        let policy = crate::policy::parse(&text.to_string()).unwrap();
+        let errors = resolve(&policy).unwrap_err();
+        assert!(
+            errors.contains("/protected", "started by anyone in rule `writes`"),
+            "{errors}"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //!     { "path": "/var/lib/mysql",
 //!       "rules": [
 //!         { "name": "mariadb server", "binaries": ["/usr/sbin/mariadbd"],
+//!           "started_by": { "supervisor": "/usr/lib/systemd/systemd" },
 //!           "access": ["read", "write", "create", "delete", "rename", "link", "setattr"],
 //!           "effect": "allow" },
 //!         { "binaries": [{ "path": "/usr/bin/mariabackup", "sha256": "<64 hex digits>" }],
@@ -80,6 +81,20 @@ pub struct Rule {
     pub gid: Option<u32>,
     pub access: Access,
     pub effect: Effect,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<StartedBy>,
+}
+
+/// Who may start a rule's binaries: only a process running `supervisor`
+/// (for a script, the script), directly or through the `through` programs
+/// (such as `nohup`), may execute them while the policy is active. Anything
+/// else that executes them (root's shell, the dynamic loader running them as
+/// a library, a second copy with other options) is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StartedBy {
+    pub supervisor: Binary,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub through: Vec<Binary>,
 }
 
 /// A binary by path, optionally pinned to the SHA-256 of its content.

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use super::{
     Access, Binary, Effect, Mode, Pointer, Policy, PolicyError, PolicyErrors, Protected, Rule,
-    Sha256Digest,
+    Sha256Digest, StartedBy,
 };
 
 /// The largest uid/gid a rule may name: `u32::MAX` is the kernel's wildcard.
@@ -299,7 +299,15 @@ impl Parser {
             value,
             at,
             "a rule object",
-            &["name", "binaries", "uid", "gid", "access", "effect"],
+            &[
+                "name",
+                "binaries",
+                "uid",
+                "gid",
+                "access",
+                "effect",
+                "started_by",
+            ],
             &["binaries", "access", "effect"],
         )?;
         let name = self.optional(object, at, "name", Self::rule_name);
@@ -310,6 +318,7 @@ impl Parser {
         let gid = self.optional(object, at, "gid", |p, v, at| p.id(v, at, "group"));
         let access = self.required(object, at, "access", Self::access);
         let effect = self.required(object, at, "effect", Self::effect);
+        let started_by = self.optional(object, at, "started_by", Self::started_by);
         Some(Rule {
             name: name.ok()?,
             binaries: binaries?,
@@ -317,6 +326,25 @@ impl Parser {
             gid: gid.ok()?,
             access: access?,
             effect: effect?,
+            started_by: started_by.ok()?,
+        })
+    }
+
+    fn started_by(&mut self, value: &Value, at: &Pointer) -> Option<StartedBy> {
+        let object = self.object(
+            value,
+            at,
+            "an object with `supervisor` and optional `through`",
+            &["supervisor", "through"],
+            &["supervisor"],
+        )?;
+        let supervisor = self.required(object, at, "supervisor", Self::binary);
+        let through = self.optional(object, at, "through", |p, v, at| {
+            p.list(v, at, false, Self::binary)
+        });
+        Some(StartedBy {
+            supervisor: supervisor?,
+            through: through.ok()?.unwrap_or_default(),
         })
     }
 

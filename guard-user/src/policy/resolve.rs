@@ -9,11 +9,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use guard_common::ExeKey;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{
     Access, Effect, Mode, Pointer, Policy, PolicyError, PolicyErrors, Protected, Sha256Digest,
+    StartedBy,
 };
 
 /// A policy checked against the system, ready to compile to kernel entries.
@@ -51,6 +53,27 @@ pub struct RuleInfo {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub binaries: Vec<ResolvedBinary>,
+    /// Who alone may start the binaries (`started_by`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<ResolvedStartedBy>,
+}
+
+/// A rule's `started_by` with its programs resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedStartedBy {
+    pub supervisor: ResolvedBinary,
+    pub through: Vec<ResolvedBinary>,
+}
+
+impl ResolvedStartedBy {
+    /// The supervisor's and relays' identities, which say the same thing
+    /// whatever paths named them.
+    fn identities(&self) -> (ExeKey, Vec<ExeKey>) {
+        let mut through: Vec<ExeKey> = self.through.iter().map(ResolvedBinary::key).collect();
+        through.sort_by_key(|k| (k.dev, k.ino));
+        through.dedup();
+        (self.supervisor.key(), through)
+    }
 }
 
 /// A binary as the kernel identifies it (the inode of `task->mm->exe_file`).
@@ -63,6 +86,17 @@ pub struct ResolvedBinary {
     pub ino: u64,
     /// SHA-256 of its content when the policy was resolved.
     pub sha256: Sha256Digest,
+}
+
+impl ResolvedBinary {
+    /// The binary as the kernel maps key it.
+    pub fn key(&self) -> ExeKey {
+        ExeKey {
+            dev: self.dev,
+            _pad: 0,
+            ino: self.ino,
+        }
+    }
 }
 
 impl ResolvedPolicy {
@@ -234,6 +268,9 @@ impl Resolver {
                         self.binary(&binary.path, binary.sha256, &at.index(i))
                     })
                     .collect();
+                let started_by = rule.started_by.as_ref().and_then(|started_by| {
+                    self.started_by(started_by, &Pointer::rule(point, index).key("started_by"))
+                });
                 rules.push(RuleInfo {
                     id: rules.len() as u32,
                     label: policy.rule_label(point, index),
@@ -243,10 +280,57 @@ impl Resolver {
                     uid: rule.uid,
                     gid: rule.gid,
                     binaries,
+                    started_by,
                 });
             }
         }
+        self.check_supervisors_agree(&rules);
         rules
+    }
+
+    fn started_by(&mut self, started_by: &StartedBy, at: &Pointer) -> Option<ResolvedStartedBy> {
+        let supervisor = started_by.supervisor.clone();
+        let supervisor = self.binary(&supervisor.path, supervisor.sha256, &at.key("supervisor"));
+        let through: Vec<Option<ResolvedBinary>> = started_by
+            .through
+            .iter()
+            .enumerate()
+            .map(|(i, relay)| self.binary(&relay.path, relay.sha256, &at.key("through").index(i)))
+            .collect();
+        Some(ResolvedStartedBy {
+            supervisor: supervisor?,
+            through: through.into_iter().collect::<Option<_>>()?,
+        })
+    }
+
+    /// A binary has one way to be started: every rule naming it must give it
+    /// the same supervisor and relays, or none.
+    fn check_supervisors_agree(&mut self, rules: &[RuleInfo]) {
+        type Launch = Option<(ExeKey, Vec<ExeKey>)>;
+        let mut first: HashMap<ExeKey, (&RuleInfo, Launch)> = HashMap::new();
+        for rule in rules {
+            let launch: Launch = rule.started_by.as_ref().map(ResolvedStartedBy::identities);
+            for binary in &rule.binaries {
+                let (other, other_launch) =
+                    first.entry(binary.key()).or_insert((rule, launch.clone()));
+                if *other_launch != launch {
+                    let describe = |r: &RuleInfo| match &r.started_by {
+                        Some(s) => format!("started by {}", s.supervisor.path.display()),
+                        None => "started by anyone".to_string(),
+                    };
+                    self.errors
+                        .push(Pointer::root().key("protected").error(format!(
+                            "{} is {} in rule `{}` but {} in rule `{}`; every rule naming a \
+                         binary must give it the same `started_by`",
+                            binary.path.display(),
+                            describe(other),
+                            other.label,
+                            describe(rule),
+                            rule.label
+                        )));
+                }
+            }
+        }
     }
 
     fn binary(

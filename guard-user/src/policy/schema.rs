@@ -73,6 +73,16 @@ pub fn schema() -> Value {
                     "effect": {
                         "description": "allow: allow silently; audit: allow and log.",
                         "enum": ["allow", "audit"]
+                    },
+                    "started_by": {
+                        "description": "Only a process running `supervisor` (for a script, the script), directly or through the `through` programs, may execute the rule's binaries.",
+                        "type": "object",
+                        "additionalProperties": false,
+                        "required": ["supervisor"],
+                        "properties": {
+                            "supervisor": { "$ref": "#/$defs/binary" },
+                            "through": { "type": "array", "items": { "$ref": "#/$defs/binary" } }
+                        }
                     }
                 }
             },
@@ -114,6 +124,9 @@ mod tests {
         r#"{"$schema":"x","mode":"audit","protected":[{"path":"/srv","rules":[]}]}"#,
         r#"{"mode":"audit","protected":[{"path":"/srv","rules":[
             {"binaries":[{"path":"/b"}],"gid":4294967294,"access":["exec"],"effect":"allow"}]}]}"#,
+        r#"{"mode":"enforce","protected":[{"path":"/srv","rules":[
+            {"binaries":["/b"],"access":["read"],"effect":"allow",
+             "started_by":{"supervisor":"/usr/bin/mysqld_safe","through":["/usr/bin/nohup"]}}]}]}"#,
     ];
 
     const INVALID: &[&str] = &[
@@ -148,6 +161,14 @@ mod tests {
             {"name":"a\nb","binaries":["/b"],"access":["read"],"effect":"allow"}]}]}"#,
         r#"{"mode":"audit","protected":[{"path":"/srv","rules":[
             {"binaries":[7],"access":["read"],"effect":"allow"}]}]}"#,
+        r#"{"mode":"audit","protected":[{"path":"/srv","rules":[
+            {"binaries":["/b"],"access":["read"],"effect":"allow","started_by":{}}]}]}"#,
+        r#"{"mode":"audit","protected":[{"path":"/srv","rules":[
+            {"binaries":["/b"],"access":["read"],"effect":"allow",
+             "started_by":{"supervisor":"/s","through":"/n"}}]}]}"#,
+        r#"{"mode":"audit","protected":[{"path":"/srv","rules":[
+            {"binaries":["/b"],"access":["read"],"effect":"allow",
+             "started_by":{"supervisor":"relative"}}]}]}"#,
     ];
 
     #[test]
