@@ -1,6 +1,7 @@
 //! Checking a policy against the running system and recording the kernel
 //! identities (device, inode) of its directories and binaries.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -339,11 +340,12 @@ impl Resolver {
         pinned: Option<Sha256Digest>,
         at: &Pointer,
     ) -> Option<ResolvedBinary> {
-        if !self.binaries.contains_key(path) {
-            let examined = examine_binary(path, &mut self.digests);
-            self.binaries.insert(path.to_path_buf(), examined);
-        }
-        match &self.binaries[path] {
+        // One hash of the path, not three: hashing a Path walks its components.
+        let examined = match self.binaries.entry(path.to_path_buf()) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(new) => new.insert(examine_binary(path, &mut self.digests)),
+        };
+        match examined {
             Err(message) => {
                 self.errors.push(at.error(message.clone()));
                 None
