@@ -180,8 +180,10 @@ pub mod maps {
     pub const SUPERVISORS: &str = "GUARD_SUPERVISORS";
     pub const RELAYS: &str = "GUARD_RELAYS";
     pub const LAUNCHES: &str = "GUARD_LAUNCHES";
+    pub const ANCESTORS: &str = "GUARD_ANCESTORS";
+    pub const RAW_DEVICES: &str = "GUARD_RAW_DEVICES";
     pub const TAINT_SEQ: &str = "GUARD_TAINT_SEQ";
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 21] = [
         ACTIVE,
         META,
         DEVS,
@@ -200,6 +202,8 @@ pub mod maps {
         SUPERVISORS,
         RELAYS,
         LAUNCHES,
+        ANCESTORS,
+        RAW_DEVICES,
         TAINT_SEQ,
     ];
 }
@@ -271,6 +275,9 @@ pub mod dir_value {
 
 /// Capacities. Two policy generations live side by side during an apply.
 pub const MAX_POINTS: u32 = 1024;
+/// Capacity of `ANCESTORS`: the directories above protected ones (keyed
+/// like `DIRS`), on which nothing may be mounted.
+pub const MAX_ANCESTORS: u32 = 16384;
 pub const MAX_RULE_ENTRIES: u32 = 32768;
 pub const MAX_EXES: u32 = 8192;
 pub const EVENTS_RING_BYTES: u32 = 1 << 20;
@@ -327,6 +334,10 @@ pub mod hook {
     pub const PROTECTED_FS: u32 = 29;
     /// Receiving a file descriptor (SCM_RIGHTS, pidfd_getfd).
     pub const FILE_RECEIVE: u32 = 30;
+    /// Mounting on a directory above a protected one, which would hide it.
+    pub const ANCESTOR_MOUNT: u32 = 31;
+    /// Opening the block device of a filesystem holding protected directories.
+    pub const RAW_DEVICE: u32 = 32;
 
     /// Hooks whose object is a process, not a file.
     pub fn is_process(hook: u32) -> bool {
@@ -345,6 +356,8 @@ pub mod hook {
                 | KERNEL_READ_FILE
                 | KERNEL_LOAD_DATA
                 | PROTECTED_FS
+                | ANCESTOR_MOUNT
+                | RAW_DEVICE
         )
     }
 
@@ -380,6 +393,8 @@ pub mod hook {
             KERNEL_LOAD_DATA => "kernel_load_data",
             PROTECTED_FS => "sb_mount/sb_umount",
             FILE_RECEIVE => "file_receive",
+            ANCESTOR_MOUNT => "sb_mount/move_mount",
+            RAW_DEVICE => "file_open",
             _ => "unknown",
         }
     }

@@ -32,7 +32,7 @@ use aya_ebpf::{
 use guard_common::{
     access, bpf_uapi, flags, hook, object, stat, tamper, verdict, DevKey, DirKey, Event, ExeKey,
     KernelOffsets, ObjectKey, PolicyMeta, RateState, RuleKey, RuleValue, SelfProtect, Settings,
-    Taint, Launch, LaunchKey, MAX_LAUNCHES, ANY_ID, MAX_OBJECTS, taint_seq, PINS_POINT, IMMUTABLE_POINT, MAX_IMMUTABLE, immutable, dir_filter, dir_value,
+    Taint, Launch, LaunchKey, MAX_ANCESTORS, MAX_LAUNCHES, ANY_ID, MAX_OBJECTS, taint_seq, PINS_POINT, IMMUTABLE_POINT, MAX_IMMUTABLE, immutable, dir_filter, dir_value,
     DEFAULT_EVENTS_PER_SEC_PER_CPU, PTRACE_MODE_ATTACH, PTRACE_MODE_NOAUDIT,
     EVENTS_RING_BYTES, FMODE_EXEC, FMODE_READ, FMODE_WRITE, MAX_DEPTH, MAX_EXES, MAX_POINTS,
     MAX_RULE_ENTRIES, MODE_AUDIT, NAME_LEN, NO_RULE, PATH_DEPTH, EXE_DEPTH,
@@ -120,6 +120,13 @@ static SUPERVISORS: HashMap<LaunchKey, ExeKey> = HashMap::pinned(MAX_EXES, 0);
 static RELAYS: HashMap<LaunchKey, u32> = HashMap::pinned(MAX_EXES, 0);
 #[map(name = "GUARD_LAUNCHES")]
 static LAUNCHES: LruHashMap<u32, Launch> = LruHashMap::pinned(MAX_LAUNCHES, 0);
+#[map(name = "GUARD_ANCESTORS")]
+static ANCESTORS: HashMap<DirKey, u32> = HashMap::pinned(MAX_ANCESTORS, 0);
+/// Block devices of filesystems holding protected directories (keyed like
+/// `DEVS`): the access bits nobody but guardd gets on them (write; read too
+/// unless every protected directory there is fscrypt-encrypted).
+#[map(name = "GUARD_RAW_DEVICES")]
+static RAW_DEVICES: HashMap<DevKey, u32> = HashMap::pinned(2 * MAX_POINTS, 0);
 #[map(name = "GUARD_TAINT_SEQ")]
 static TAINT_SEQ: Array<u64> = Array::pinned(taint_seq::SLOTS, 0);
 #[map(name = "GUARD_EVENTS")]
@@ -700,12 +707,21 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         }
         let generation = ACTIVE.get(0).copied().unwrap_or(0);
         if generation == 0 && !self_protecting() {
-            return ALLOW; // nothing armed: no kernel-memory check, no policy
+            return ALLOW; // nothing armed: no special files, no policy
         }
-        // One superblock read serves the kernel-memory check and the decision.
+        // One superblock read serves the special-file check and the decision.
         let sb = superblock(o, dentry);
-        if is_kernel_memory(o, file, sb) {
-            return deny_outsider(hook::KERNEL_MEMORY, tamper::KERNEL_MEMORY, 0);
+        match special_file(o, file, sb) {
+            Special::KernelMemory => {
+                return deny_outsider(hook::KERNEL_MEMORY, tamper::KERNEL_MEMORY, 0)
+            }
+            Special::BlockDevice(rdev) => {
+                let ret = protect_raw_device(rdev, want);
+                if ret != ALLOW {
+                    return ret;
+                }
+            }
+            Special::Other => {}
         }
         if generation == 0 {
             return ALLOW;
@@ -717,34 +733,79 @@ pub fn file_open(ctx: LsmContext) -> i32 {
 const PROC_SUPER_MAGIC: u64 = 0x9fa0;
 const S_IFMT: u16 = 0o170000;
 const S_IFCHR: u16 = 0o020000;
+const S_IFBLK: u16 = 0o060000;
 /// Kernel-internal dev_t (major << 20 | minor) of /dev/mem and /dev/port.
 const DEV_MEM: u32 = 1 << 20 | 1;
 const DEV_PORT: u32 = 1 << 20 | 4;
 
-/// /proc/kcore (in any procfs instance) or a /dev/mem or /dev/port node
-/// (wherever root makes one): kernel memory, where the volume keys live.
+/// Files whose opening guard checks apart from the policy's directories.
+enum Special {
+    /// /proc/kcore (in any procfs instance) or a /dev/mem or /dev/port node
+    /// (wherever root makes one): kernel memory, where the volume keys live.
+    KernelMemory,
+    /// A block device node, with its kernel dev_t.
+    BlockDevice(u32),
+    Other,
+}
+
 /// `sb` is the superblock of the file's dentry (`superblock`). An unreadable
 /// field counts as kernel memory (fail closed). The caller checks that
 /// something is armed.
 #[inline(always)]
-unsafe fn is_kernel_memory(o: &KernelOffsets, file: u64, sb: u64) -> bool {
+unsafe fn special_file(o: &KernelOffsets, file: u64, sb: u64) -> Special {
     let Ok(inode) = read::<u64>(file, o.file_f_inode) else {
-        return true;
+        return Special::KernelMemory; // unknown: treated as the worst case
     };
     let mode: u16 = read(inode, o.inode_i_mode).unwrap_or(0);
     if mode & S_IFMT == S_IFCHR {
         let rdev: u32 = read(inode, o.inode_i_rdev).unwrap_or(0);
-        return rdev == DEV_MEM || rdev == DEV_PORT;
+        if rdev == DEV_MEM || rdev == DEV_PORT {
+            return Special::KernelMemory;
+        }
+        return Special::Other;
+    }
+    if mode & S_IFMT == S_IFBLK {
+        return match read::<u32>(inode, o.inode_i_rdev) {
+            Ok(rdev) => Special::BlockDevice(rdev),
+            Err(_) => Special::KernelMemory,
+        };
     }
     let magic: u64 = match read(sb, o.super_block_s_magic) {
         Ok(m) => m,
-        Err(_) => return true,
+        Err(_) => return Special::KernelMemory,
     };
     if magic != PROC_SUPER_MAGIC {
-        return false;
+        return Special::Other;
     }
     let kcore = SETTINGS.get(0).map(|s| s.kcore_ino).unwrap_or(0);
-    kcore != 0 && read::<u64>(inode, o.inode_i_ino).unwrap_or(0) == kcore
+    if kcore != 0 && read::<u64>(inode, o.inode_i_ino).unwrap_or(0) == kcore {
+        Special::KernelMemory
+    } else {
+        Special::Other
+    }
+}
+
+/// The block device under protected directories: writing it would change
+/// their data beneath the guard, reading it shows their data unless fscrypt
+/// encrypts it.
+#[inline(always)]
+unsafe fn protect_raw_device(rdev: u32, want: u32) -> i32 {
+    let generation = ACTIVE.get(0).copied().unwrap_or(0);
+    if generation == 0 {
+        return ALLOW;
+    }
+    let denied = match RAW_DEVICES.get(&DevKey { generation, dev: rdev }) {
+        Some(bits) => *bits & want,
+        None => 0,
+    };
+    if denied == 0 {
+        return ALLOW;
+    }
+    match armed_outsider() {
+        Ok(Some(exe)) => deny_bpf(exe, hook::RAW_DEVICE, denied, 0, 0, rdev),
+        Ok(None) => ALLOW,
+        Err(_) => EPERM,
+    }
 }
 
 /// Denies and reports an attempt on the system's integrity by anyone but
@@ -871,7 +932,41 @@ pub fn sb_mount(ctx: LsmContext) -> i32 {
                 Err(_) => EPERM,
             };
         }
+        // Changing propagation (shared, private...) mounts nothing.
+        if flags & (MS_BIND | MS_MOVE) == 0 && flags & MS_PROPAGATION != 0 {
+            return ALLOW;
+        }
+        let ret = protect_ancestor(dentry);
+        if ret != ALLOW {
+            return ret;
+        }
         decide(dentry, access::MOUNT, hook::SB_MOUNT)
+    }
+}
+
+const MS_BIND: u64 = 4096;
+const MS_MOVE: u64 = 8192;
+/// MS_UNBINDABLE | MS_PRIVATE | MS_SLAVE | MS_SHARED
+const MS_PROPAGATION: u64 = (1 << 17) | (1 << 18) | (1 << 19) | (1 << 20);
+
+/// Nothing may be mounted on a directory above a protected one: the
+/// protected files would stay guarded, but hidden from the database.
+#[inline(always)]
+unsafe fn protect_ancestor(dentry: u64) -> i32 {
+    let generation = ACTIVE.get(0).copied().unwrap_or(0);
+    if generation == 0 {
+        return ALLOW;
+    }
+    let Ok(obj) = object(offsets(), dentry) else {
+        return EPERM;
+    };
+    if ANCESTORS.get_ptr(&DirKey { generation, dev: obj.dev, ino: obj.ino }).is_none() {
+        return ALLOW;
+    }
+    match armed_outsider() {
+        Ok(Some(exe)) => deny_bpf(exe, hook::ANCESTOR_MOUNT, access::MOUNT, 0, obj.ino, obj.dev),
+        Ok(None) => ALLOW,
+        Err(_) => EPERM,
     }
 }
 
@@ -883,6 +978,10 @@ pub fn move_mount(ctx: LsmContext) -> i32 {
         let Ok(dentry) = read::<u64>(to, offsets().path_dentry) else {
             return EPERM;
         };
+        let ret = protect_ancestor(dentry);
+        if ret != ALLOW {
+            return ret;
+        }
         decide(dentry, access::MOUNT, hook::MOVE_MOUNT)
     }
 }

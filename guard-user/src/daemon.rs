@@ -389,8 +389,16 @@ impl Daemon {
             }
             None => (document, None),
         };
-        let checked = started.elapsed();
-        let resolved = match policy::parse(&text).and_then(|p| policy::resolve(&p)) {
+        let protected_now: Vec<policy::ResolvedPoint> = match self.applied.lock().unwrap().as_ref()
+        {
+            Some(applied) => applied.resolved.points.clone(),
+            None => Vec::new(),
+        };
+        let checked_at = started.elapsed();
+        let checked = policy::parse(&text)
+            .and_then(|p| policy::resolve(&p))
+            .and_then(|r| policy::check_hard_links(&r, &protected_now).map(|()| r));
+        let resolved = match checked {
             Ok(r) => r,
             Err(errors) => {
                 self.admin_entry(
@@ -424,8 +432,8 @@ impl Daemon {
         // Where the time went, for `cargo xtask bench`: signature check,
         // parsing and resolving (binaries hashed), writing the kernel maps.
         let phases_ms = serde_json::json!({
-            "signature": checked.as_secs_f64() * 1000.0,
-            "resolve": (resolved_at - checked).as_secs_f64() * 1000.0,
+            "signature": checked_at.as_secs_f64() * 1000.0,
+            "resolve": (resolved_at - checked_at).as_secs_f64() * 1000.0,
             "maps": (in_force - resolved_at).as_secs_f64() * 1000.0,
         });
         let applied = AppliedPolicy {

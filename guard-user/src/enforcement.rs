@@ -52,6 +52,8 @@ pub struct KernelMaps {
     dir_filter: Array<MapData, u64>,
     taint_seq: Array<MapData, u64>,
     supervisors: HashMap<MapData, LaunchKey, ExeKey>,
+    ancestors: HashMap<MapData, DirKey, u32>,
+    raw_devices: HashMap<MapData, DevKey, u32>,
     relays: HashMap<MapData, LaunchKey, u32>,
     /// What `dir_filter` holds, so updates write only the words that change.
     dir_filter_words: Vec<u64>,
@@ -91,6 +93,8 @@ impl KernelMaps {
             dir_filter: typed(maps::DIR_FILTER, Map::Array)?.try_into()?,
             taint_seq: typed(maps::TAINT_SEQ, Map::Array)?.try_into()?,
             supervisors: typed(maps::SUPERVISORS, Map::HashMap)?.try_into()?,
+            ancestors: typed(maps::ANCESTORS, Map::HashMap)?.try_into()?,
+            raw_devices: typed(maps::RAW_DEVICES, Map::HashMap)?.try_into()?,
             relays: typed(maps::RELAYS, Map::HashMap)?.try_into()?,
             dir_filter_words: Vec::new(),
             retiring: None,
@@ -173,6 +177,8 @@ impl KernelMaps {
         remove_where(&mut self.rules, |k| k.generation != active);
         remove_where(&mut self.supervisors, |k| k.generation != active);
         remove_where(&mut self.relays, |k| k.generation != active);
+        remove_where(&mut self.ancestors, |k| k.generation != active);
+        remove_where(&mut self.raw_devices, |k| k.generation != active);
         self.rebuild_dir_filter()
     }
 
@@ -272,6 +278,10 @@ impl KernelMaps {
             .context("writing GUARD_IMMUTABLE (is it full?)")?;
         batch::update(&self.supervisors, &e.supervisors)
             .context("writing GUARD_SUPERVISORS (is it full?)")?;
+        batch::update(&self.raw_devices, &e.raw_devices)
+            .context("writing GUARD_RAW_DEVICES (is it full?)")?;
+        batch::update(&self.ancestors, &e.ancestors)
+            .context("writing GUARD_ANCESTORS (is it full?)")?;
         let relays: Vec<(LaunchKey, u32)> = e.relays.iter().map(|key| (*key, 1)).collect();
         batch::update(&self.relays, &relays).context("writing GUARD_RELAYS (is it full?)")?;
         self.meta
@@ -302,6 +312,8 @@ impl KernelMaps {
         remove_where(&mut self.rules, |k| k.generation == generation);
         remove_where(&mut self.supervisors, |k| k.generation == generation);
         remove_where(&mut self.relays, |k| k.generation == generation);
+        remove_where(&mut self.ancestors, |k| k.generation == generation);
+        remove_where(&mut self.raw_devices, |k| k.generation == generation);
     }
 
     fn drop_stale_exes(&mut self, keep: &[ExeKey]) {

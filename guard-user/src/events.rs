@@ -158,6 +158,15 @@ fn bpf_object(e: &Event) -> String {
             kernel_dev_string(e.dev)
         ),
         hook::KERNEL_MEMORY => "kernel memory (/proc/kcore, /dev/mem or /dev/port)".into(),
+        hook::RAW_DEVICE => format!(
+            "the block device of a filesystem holding protected directories ({})",
+            kernel_dev_string(e.dev)
+        ),
+        hook::ANCESTOR_MOUNT => format!(
+            "a directory above a protected one ({}, inode {})",
+            kernel_dev_string(e.dev),
+            e.ino
+        ),
         hook::KERNEL_READ_FILE | hook::KERNEL_LOAD_DATA if e.access & tamper::KEXEC != 0 => {
             "loading a new kernel (kexec)".into()
         }
@@ -180,11 +189,16 @@ fn bpf_object(e: &Event) -> String {
 
 /// What was tried on a process: `ptrace-attach`, `signal:SIGKILL`, ...
 fn process_access(e: &Event) -> String {
-    let names: Vec<&str> = tamper::NAMES
+    let mut names: Vec<&str> = tamper::NAMES
         .iter()
         .filter(|(_, bit)| e.access & bit != 0)
         .map(|(name, _)| *name)
         .collect();
+    // Mounts and raw devices carry file access bits (mount, read, write).
+    let file_access = access_names(e.access);
+    if !file_access.is_empty() {
+        names.push(&file_access);
+    }
     let mut text = names.join(",");
     if e.access & tamper::SIGNAL != 0 {
         text.push(':');

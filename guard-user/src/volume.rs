@@ -418,7 +418,7 @@ fn is_permission_denied(error: &anyhow::Error) -> bool {
 
 /// Whether `path` is a directory the kernel reports as encrypted (statx, which
 /// needs no access to the directory itself).
-fn is_encrypted_dir(path: &Path) -> bool {
+pub(crate) fn is_encrypted_dir(path: &Path) -> bool {
     use rustix::fs::{statx, AtFlags, StatxAttributes, StatxFlags, CWD};
     statx(CWD, path, AtFlags::empty(), StatxFlags::TYPE)
         .map(|st| {

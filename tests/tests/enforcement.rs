@@ -396,6 +396,103 @@ fn an_invalid_policy_is_refused_and_the_old_one_keeps_working() {
     );
 }
 
+/// The block device under a protected directory that fscrypt does not
+/// encrypt: root can neither read it (the files are there in the clear) nor
+/// open it for writing (which would change them beneath the guard).
+#[test]
+#[ignore = "guest: run by cargo xtask vm-test"]
+fn the_raw_device_under_a_plaintext_protected_directory_is_refused() {
+    let sb = Sandbox::new("rawdevice");
+    let out = sh("findmnt -no SOURCE /scratch");
+    let device = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        device.starts_with("/dev/"),
+        "no device for /scratch: {out:?}"
+    );
+    let _guardd = Guardd::start();
+    apply(&sb.policy("enforce"));
+
+    let read = std::fs::File::open(&device).map(drop);
+    assert_eq!(
+        read.unwrap_err().raw_os_error(),
+        Some(EPERM),
+        "root read {device}"
+    );
+    let write = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&device)
+        .map(drop);
+    assert_eq!(
+        write.unwrap_err().raw_os_error(),
+        Some(EPERM),
+        "root opened {device} for writing"
+    );
+    let entries = journal_entries(
+        message_id::DENIED,
+        field::HOOK,
+        "file_open",
+        Duration::from_secs(15),
+    );
+    assert!(
+        entries.iter().any(|e| e[field::PATH]
+            .as_str()
+            .is_some_and(|p| p.starts_with("the block device"))
+            && e[field::ACCESS] == "write"),
+        "no alert for writing {device}: {entries:?}"
+    );
+    assert_ok(
+        &sb.allowed_run("cat", &[sb.file("secret.txt").to_str().unwrap()]),
+        "the allowed binary",
+    );
+}
+
+/// A hard link made before the policy, outside the protected directory,
+/// would reach the file unguarded: the policy is refused until it is gone.
+/// Once protected, no new link can be made, and a re-apply does not need to
+/// read the directory again.
+#[test]
+#[ignore = "guest: run by cargo xtask vm-test"]
+fn a_hard_link_from_outside_made_before_the_policy_is_refused() {
+    let sb = Sandbox::new("hardlink");
+    let secret = sb.file("secret.txt");
+    let outside = sb.root.join("stolen.txt");
+    std::fs::hard_link(&secret, &outside).unwrap();
+    let _guardd = Guardd::start();
+    let before = status()["policy_hash"].clone();
+
+    let out = apply_raw(&sb.policy("enforce").to_string());
+    assert!(
+        !out.status.success(),
+        "a policy with a link outside applied"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("/protected/0/path") && err.contains("hard links"),
+        "the refusal does not say where and why: {err}"
+    );
+    assert!(err.contains("secret.txt"), "{err}");
+    assert_eq!(
+        status()["policy_hash"],
+        before,
+        "the refusal changed the policy"
+    );
+
+    std::fs::remove_file(&outside).unwrap();
+    apply(&sb.policy("enforce"));
+    assert_open_eperm(&secret);
+    assert_eperm(
+        &sh(&format!("ln {} {}", secret.display(), outside.display())),
+        "a new hard link from outside",
+    );
+    // The directory is protected now: not even guardd lists it, and it
+    // need not.
+    apply(&sb.policy("enforce"));
+    assert_ok(
+        &sb.allowed_run("cat", &[secret.to_str().unwrap()]),
+        "the allowed binary after the re-apply",
+    );
+}
+
 #[test]
 #[ignore = "guest: run by cargo xtask vm-test"]
 fn reapplying_under_concurrent_opens_never_lets_a_denied_open_through() {

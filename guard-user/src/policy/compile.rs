@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use guard_common::{
-    DevKey, DirKey, ExeKey, LaunchKey, PolicyMeta, RuleKey, RuleValue, ANY_ID, MAX_EXES,
-    MAX_POINTS, MAX_RULE_ENTRIES,
+    access, DevKey, DirKey, ExeKey, LaunchKey, PolicyMeta, RuleKey, RuleValue, ANY_ID,
+    MAX_ANCESTORS, MAX_EXES, MAX_POINTS, MAX_RULE_ENTRIES,
 };
 
 use super::{Effect, Pointer, PolicyError, ResolvedPolicy};
@@ -18,6 +18,12 @@ pub struct PolicyEntries {
     pub devs: Vec<DevKey>,
     /// `DIRS`: protected directories and their point index.
     pub dirs: Vec<(DirKey, u32)>,
+    /// `RAW_DEVICES`: what nobody gets on the block device of a filesystem
+    /// holding protected directories: write, and read unless fscrypt
+    /// encrypts every protected directory there.
+    pub raw_devices: Vec<(DevKey, u32)>,
+    /// `ANCESTORS`: directories above protected ones, and a point below each.
+    pub ancestors: Vec<(DirKey, u32)>,
     /// `RULES`: one entry per (point, binary, uid or ANY, gid or ANY).
     pub rules: Vec<(RuleKey, RuleValue)>,
     /// `EXES`: every binary some rule names.
@@ -57,6 +63,20 @@ impl ResolvedPolicy {
                 (key, index as u32)
             })
             .collect();
+
+        let mut raw_devices: BTreeMap<u32, u32> = BTreeMap::new();
+        for point in &self.points {
+            let denied = raw_devices.entry(point.dev).or_insert(access::WRITE);
+            if !point.fscrypt {
+                *denied |= access::READ;
+            }
+        }
+        let mut ancestors: BTreeMap<(u32, u64), u32> = BTreeMap::new();
+        for (index, point) in self.points.iter().enumerate() {
+            for ancestor in &point.ancestors {
+                ancestors.entry(*ancestor).or_insert(index as u32);
+            }
+        }
 
         let mut rules: BTreeMap<RuleOrder, RuleValue> = BTreeMap::new();
         let mut exes: BTreeSet<(u32, u64)> = BTreeSet::new();
@@ -118,6 +138,23 @@ impl ResolvedPolicy {
                 .map(|dev| DevKey { generation, dev })
                 .collect(),
             dirs,
+            raw_devices: raw_devices
+                .into_iter()
+                .map(|(dev, denied)| (DevKey { generation, dev }, denied))
+                .collect(),
+            ancestors: ancestors
+                .into_iter()
+                .map(|((dev, ino), point)| {
+                    (
+                        DirKey {
+                            generation,
+                            dev,
+                            ino,
+                        },
+                        point,
+                    )
+                })
+                .collect(),
             rules: rules
                 .into_iter()
                 .map(|((point, exe_dev, exe_ino, uid, gid), value)| {
@@ -167,6 +204,11 @@ pub(super) fn check_capacity(policy: &ResolvedPolicy) -> Vec<PolicyError> {
     let at = Pointer::root().key("protected");
     let checks = [
         ("protected directories", entries.dirs.len(), MAX_POINTS),
+        (
+            "directories above protected ones",
+            entries.ancestors.len(),
+            MAX_ANCESTORS,
+        ),
         ("rule entries", entries.rules.len(), MAX_RULE_ENTRIES),
         ("distinct binaries", entries.exes.len(), MAX_EXES),
         (
@@ -212,6 +254,8 @@ mod tests {
             path: format!("/p/{dev}-{ino}").into(),
             dev,
             ino,
+            ancestors: vec![(dev, 2)],
+            fscrypt: dev == 7,
         }
     }
 
@@ -288,6 +332,26 @@ mod tests {
         };
         let e = policy.entries(9);
         assert_eq!(e.meta.mode, MODE_ENFORCE);
+        // Device 7's only point is fscrypt-encrypted: its raw device may be read.
+        assert_eq!(
+            e.raw_devices,
+            vec![
+                (
+                    DevKey {
+                        generation: 9,
+                        dev: 5
+                    },
+                    READ | WRITE
+                ),
+                (
+                    DevKey {
+                        generation: 9,
+                        dev: 7
+                    },
+                    WRITE
+                ),
+            ]
+        );
         assert_eq!(
             e.devs,
             vec![

@@ -28,6 +28,7 @@
 //! - [`ResolvedPolicy::entries`] compiles it to the kernel's map entries.
 
 mod compile;
+mod links;
 mod parse;
 mod resolve;
 mod schema;
@@ -39,6 +40,7 @@ use guard_common::access as access_bits;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use compile::PolicyEntries;
+pub use links::check_hard_links;
 pub use parse::parse;
 pub use resolve::{
     kernel_dev, resolve, sha256_file, ResolvedBinary, ResolvedPoint, ResolvedPolicy, RuleInfo,

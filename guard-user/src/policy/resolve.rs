@@ -39,6 +39,14 @@ pub struct ResolvedPoint {
     /// Kernel `dev_t` of its filesystem ([`kernel_dev`]).
     pub dev: u32,
     pub ino: u64,
+    /// The directories above it, up to `/`, as (kernel `dev_t`, inode) the
+    /// way `stat` sees them (a mount point is its mounted root): nothing may
+    /// be mounted on them.
+    #[serde(default)]
+    pub ancestors: Vec<(u32, u64)>,
+    /// fscrypt encrypts it: its filesystem's raw device shows only ciphertext of it.
+    #[serde(default)]
+    pub fscrypt: bool,
 }
 
 /// A rule with its binaries resolved.
@@ -394,11 +402,22 @@ fn locate_directory(path: &Path, mounts: &Mounts) -> Result<LocatedPoint, String
     }
     // Identity from the canonical path's own stat, like the chain.
     let m = fs::metadata(&canonical).map_err(|e| io_problem(&canonical, e))?;
+    let kernel_ancestors = canonical
+        .ancestors()
+        .skip(1)
+        .map(|dir| {
+            let a = fs::metadata(dir).map_err(|e| io_problem(dir, e))?;
+            Ok((kernel_dev(a.dev()), a.ino()))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let fscrypt = crate::volume::is_encrypted_dir(&canonical);
     Ok(LocatedPoint {
         point: ResolvedPoint {
             path: canonical,
             dev: kernel_dev(m.dev()),
             ino: m.ino(),
+            fscrypt,
+            ancestors: kernel_ancestors,
         },
         own,
         ancestors,
@@ -700,13 +719,28 @@ mod tests {
         assert_eq!(resolved.mode, Mode::Audit);
         assert_eq!(resolved.hash, p.hash());
         let data_meta = fs::metadata(&data).unwrap();
+        let root_meta = fs::metadata("/").unwrap();
+        let parent_meta = fs::metadata(Path::new(&data).parent().unwrap()).unwrap();
         assert_eq!(
             resolved.points,
             vec![ResolvedPoint {
                 path: fs::canonicalize(&data).unwrap(),
                 dev: kernel_dev(data_meta.dev()),
                 ino: data_meta.ino(),
+                ancestors: resolved.points[0].ancestors.clone(),
+                fscrypt: false,
             }]
+        );
+        let ancestors = &resolved.points[0].ancestors;
+        assert_eq!(
+            ancestors.first(),
+            Some(&(kernel_dev(parent_meta.dev()), parent_meta.ino())),
+            "the parent comes first"
+        );
+        assert_eq!(
+            ancestors.last(),
+            Some(&(kernel_dev(root_meta.dev()), root_meta.ino())),
+            "/ comes last"
         );
         let server_meta = fs::metadata(&server).unwrap();
         let first = &resolved.rules[0];

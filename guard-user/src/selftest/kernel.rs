@@ -82,7 +82,34 @@ pub fn techniques() -> Vec<Technique> {
             alert: AlertRule::NotApplicable("encrypted at rest: nothing to deny"),
             run: raw_device,
         },
+        Technique {
+            id: "raw-device-write",
+            name: "open the raw block device for writing (nothing is written)",
+            expected: "EPERM",
+            needs: Needs {
+                device: true,
+                ..NOTHING
+            },
+            alert: AlertRule::Denial,
+            run: raw_device_write,
+        },
     ]
+}
+
+/// Writing the device would change the protected files beneath the guard;
+/// opening it for writing is enough to show whether that is possible.
+fn raw_device_write(t: &Target) -> Result<Attempt> {
+    let device = t.device.as_ref().context("needs --device")?;
+    match std::fs::OpenOptions::new().write(true).open(device) {
+        Ok(_) => Ok(Attempt::not_blocked(format!(
+            "{} opened for writing",
+            device.display()
+        ))),
+        Err(e) => Ok(refused(
+            &format!("open {} for writing", device.display()),
+            &e,
+        )),
+    }
 }
 
 fn read_kernel_file(path: &str) -> Attempt {

@@ -53,6 +53,12 @@ pub fn techniques() -> Vec<Technique> {
             mount_over,
         ),
         t(
+            "mount-over-parent",
+            "mount tmpfs over DIR's parent, hiding DIR",
+            "EPERM, DIR unchanged",
+            mount_over_parent,
+        ),
+        t(
             "fsmount-over",
             "fsopen/fsmount tmpfs, move_mount over DIR",
             "EPERM, DIR unchanged",
@@ -264,6 +270,14 @@ fn mount_over(t: &Target) -> Result<Attempt> {
     sys::private_mount_namespace()?;
     over(t, "mount tmpfs", || {
         mount(Some(Path::new("tmpfs")), &t.dir, Some("tmpfs"), 0)
+    })
+}
+
+fn mount_over_parent(t: &Target) -> Result<Attempt> {
+    sys::private_mount_namespace()?;
+    let parent = t.dir.parent().context("DIR has no parent")?;
+    over(t, "mount tmpfs on DIR's parent", || {
+        mount(Some(Path::new("tmpfs")), parent, Some("tmpfs"), 0)
     })
 }
 
