@@ -420,7 +420,9 @@ pub mod flags {
 }
 
 /// Key of `DEVS`: filesystems (kernel `dev_t` of the superblock) holding a
-/// protected directory in a policy generation. The fast path of every hook.
+/// protected directory in a policy generation. A decision's first test is
+/// the filesystem's bit in `DIR_FILTER` (`dir_filter::dev_slot`); `DEVS`
+/// confirms where it matters (a failed walk, mounts).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DevKey {
