@@ -419,17 +419,16 @@ unsafe fn try_decide_on(
     if !may_hold_protected(dev) {
         return Ok(ALLOW); // fast path: nothing protected on this filesystem
     }
-    let obj = Object {
-        dentry,
-        dev,
-        ino: dentry_ino(o, dentry)?,
-    };
-    let protection = match find_point(o, generation, &obj) {
-        Ok(Lookup::NotProtected) => return Ok(ALLOW),
-        Ok(Lookup::Protected(p)) => p,
-        // A walk that fails (disconnected dentry, too deep) denies only on
-        // a filesystem that really holds protected directories, not on one
-        // that merely shares its filter bit with one.
+    let found = dentry_ino(o, dentry).and_then(|ino| {
+        let obj = Object { dentry, dev, ino };
+        find_point(o, generation, &obj).map(|lookup| (obj, lookup))
+    });
+    let (obj, protection) = match found {
+        Ok((_, Lookup::NotProtected)) => return Ok(ALLOW),
+        Ok((obj, Lookup::Protected(p))) => (obj, p),
+        // A failed read or walk (disconnected dentry, too deep) denies only
+        // on a filesystem that really holds protected directories, not on
+        // one that merely shares its filter bit with one.
         Err(e) => {
             if DEVS.get_ptr(&DevKey { generation, dev }).is_none() {
                 return Ok(ALLOW);
