@@ -1538,8 +1538,7 @@ unsafe fn try_exec_traced(bprm: u64, a: &ProcessAttempt) -> Result<i32, i32> {
 pub fn task_kill(ctx: LsmContext) -> i32 {
     unsafe {
         let sig = ctx.arg::<u64>(2) as u32;
-        let me = self_protect();
-        if me.protect == 0 || sig == 0 {
+        if sig == 0 {
             return ALLOW; // signal 0 only asks whether the process exists
         }
         let p: u64 = ctx.arg(0);
@@ -1549,12 +1548,37 @@ pub fn task_kill(ctx: LsmContext) -> i32 {
             detail: sig,
             quiet: false,
         };
+        if sig < 64 && CORE_SIGNALS & (1u64 << sig) != 0 {
+            // A core dump would hand the allowed process's memory to
+            // whatever kernel.core_pattern names. Stopping it stays possible.
+            let ret = decide_process(p, &attempt);
+            if ret != ALLOW {
+                return ret;
+            }
+        }
+        let me = self_protect();
+        if me.protect == 0 {
+            return ALLOW;
+        }
         match try_signal(p, &me, &attempt) {
             Ok(ret) => ret,
             Err(_) => decide_process(p, &attempt),
         }
     }
 }
+
+/// Signals whose default action dumps core: SIGQUIT, SIGILL, SIGTRAP,
+/// SIGABRT, SIGBUS, SIGFPE, SIGSEGV, SIGXCPU, SIGXFSZ, SIGSYS.
+const CORE_SIGNALS: u64 = (1 << 3)
+    | (1 << 4)
+    | (1 << 5)
+    | (1 << 6)
+    | (1 << 7)
+    | (1 << 8)
+    | (1 << 11)
+    | (1 << 24)
+    | (1 << 25)
+    | (1 << 31);
 
 #[inline(always)]
 unsafe fn try_signal(p: u64, me: &SelfProtect, a: &ProcessAttempt) -> Result<i32, i32> {

@@ -188,6 +188,36 @@ fn root_cannot_trace_or_inspect_an_allowed_process() {
     assert_eq!(e[field::VERDICT], "denied");
 }
 
+/// Signals that dump core would hand the allowed process's memory (the data
+/// it read) to whatever kernel.core_pattern names: root may stop the
+/// allowed process, not make it dump core.
+#[test]
+#[ignore = "guest: run by cargo xtask vm-test"]
+fn root_cannot_make_an_allowed_process_dump_core() {
+    let sb = Sandbox::new("coredump");
+    let _guardd = Guardd::start();
+    apply(&sb.policy("enforce"));
+    let secret = sb.file("secret.txt");
+    let holder = Holder::start(&sb.allowed, &secret);
+    let pid = holder.pid();
+    for sig in [libc::SIGSEGV, libc::SIGABRT, libc::SIGQUIT, libc::SIGBUS] {
+        assert_eq!(signal(pid, sig), EPERM, "signal {sig}");
+    }
+    let path = format!("process {pid} ({})", sb.allowed.display());
+    let entries = denials(&path, "task_kill");
+    assert!(
+        accesses(&entries).iter().any(|a| a == "signal:SIGSEGV"),
+        "no alert for SIGSEGV: {entries:?}"
+    );
+    assert!(
+        holder.finish().contains("patient record"),
+        "the allowed process"
+    );
+
+    let holder = Holder::start(&sb.allowed, &secret);
+    assert_eq!(signal(holder.pid(), libc::SIGTERM), 0, "SIGTERM");
+}
+
 #[test]
 #[ignore = "guest: run by cargo xtask vm-test"]
 fn an_allowed_binary_cannot_be_started_under_a_tracer() {

@@ -73,7 +73,26 @@ pub fn techniques() -> Vec<Technique> {
             "EPERM",
             pidfd_getfd,
         ),
+        t(
+            "core-dump-signal",
+            "SIGSEGV to the allowed process (its core would hold what it read)",
+            "EPERM",
+            core_dump_signal,
+        ),
     ]
+}
+
+fn core_dump_signal(t: &Target) -> Result<Attempt> {
+    let pid = t.accomplice()?.pid as libc::pid_t;
+    // SAFETY: kill(2) on a pid; if it works the accomplice dumps core, which
+    // is the failure this row reports.
+    if unsafe { libc::kill(pid, libc::SIGSEGV) } != 0 {
+        return Ok(Attempt::blocked(format!(
+            "kill SIGSEGV: {}",
+            errno_name(last_errno())
+        )));
+    }
+    Ok(Attempt::not_blocked("SIGSEGV delivered".to_string()))
 }
 
 fn proc_fd_cp(t: &Target) -> Result<Attempt> {
