@@ -182,7 +182,8 @@ pub mod maps {
     pub const LAUNCHES: &str = "GUARD_LAUNCHES";
     pub const ANCESTORS: &str = "GUARD_ANCESTORS";
     pub const RAW_DEVICES: &str = "GUARD_RAW_DEVICES";
-    pub const ALL: [&str; 20] = [
+    pub const TAINT_SEQ: &str = "GUARD_TAINT_SEQ";
+    pub const ALL: [&str; 21] = [
         ACTIVE,
         META,
         DEVS,
@@ -203,7 +204,19 @@ pub mod maps {
         LAUNCHES,
         ANCESTORS,
         RAW_DEVICES,
+        TAINT_SEQ,
     ];
+}
+
+/// Slots of `TAINT_SEQ` (an array of u64), so that a decision skips its
+/// `TAINTED` lookup while no binary is tainted. The kernel adds 1 to
+/// `RECORDED` after each `TAINTED` insert; guardd copies a value of
+/// `RECORDED` it read *before* finding `TAINTED` empty into `CLEARED`. While
+/// the two differ, the kernel looks `TAINTED` up.
+pub mod taint_seq {
+    pub const RECORDED: u32 = 0;
+    pub const CLEARED: u32 = 1;
+    pub const SLOTS: u32 = 2;
 }
 
 /// A bit set over inode numbers of protected directories (`DIR_FILTER`, an
@@ -221,6 +234,42 @@ pub mod dir_filter {
     pub fn slot(ino: u64) -> (u32, u64) {
         let h = ino.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - BITS_LOG2);
         ((h >> 6) as u32, 1u64 << (h & 63))
+    }
+
+    /// Keeps device bits apart from inode bits (no inode number is this high).
+    const DEV_TAG: u64 = 0xD5A1_0000_0000_0000;
+
+    /// The word index and bit mask of a filesystem holding protected
+    /// directories: the same bit set also answers "may anything on this
+    /// filesystem be protected?" with one array load, before any hash lookup.
+    /// The same rule holds: every device of a live generation has its bit set.
+    #[inline(always)]
+    pub fn dev_slot(dev: u32) -> (u32, u64) {
+        slot(DEV_TAG | dev as u64)
+    }
+}
+
+/// `DIRS` values: the point index in the low bits and the policy's mode
+/// bits above it, so that deciding on a protected object needs no `META`
+/// lookup.
+pub mod dir_value {
+    use super::{PolicyMeta, MODE_AUDIT};
+
+    pub const POINT_MASK: u32 = 0xffff;
+    /// Some rule of the policy names a uid or gid (`PolicyMeta::uses_ids`).
+    pub const USES_IDS: u32 = 1 << 30;
+    /// The policy is in audit mode.
+    pub const AUDIT: u32 = 1 << 31;
+
+    pub fn encode(point: u32, meta: &PolicyMeta) -> u32 {
+        let mut value = point & POINT_MASK;
+        if meta.uses_ids != 0 {
+            value |= USES_IDS;
+        }
+        if meta.mode == MODE_AUDIT {
+            value |= AUDIT;
+        }
+        value
     }
 }
 
@@ -371,7 +420,9 @@ pub mod flags {
 }
 
 /// Key of `DEVS`: filesystems (kernel `dev_t` of the superblock) holding a
-/// protected directory in a policy generation. The fast path of every hook.
+/// protected directory in a policy generation. A decision's first test is
+/// the filesystem's bit in `DIR_FILTER` (`dir_filter::dev_slot`); `DEVS`
+/// confirms where it matters (a failed walk, mounts).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DevKey {
@@ -379,7 +430,8 @@ pub struct DevKey {
     pub dev: u32,
 }
 
-/// Key of `DIRS`: a protected directory by identity. Value: the point index (u32).
+/// Key of `DIRS`: a protected directory by identity. Value: the point index
+/// and mode bits (`dir_value`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DirKey {

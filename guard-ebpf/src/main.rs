@@ -11,6 +11,12 @@
 //! may be protected denies (fail closed).
 #![no_std]
 #![no_main]
+// atomic_xadd: the BPF target has atomic add but no compare-and-swap, so
+// core's AtomicU64 offers no fetch_add.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
+
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     helpers::{
@@ -26,7 +32,7 @@ use aya_ebpf::{
 use guard_common::{
     access, bpf_uapi, flags, hook, object, stat, tamper, verdict, DevKey, DirKey, Event, ExeKey,
     KernelOffsets, ObjectKey, PolicyMeta, RateState, RuleKey, RuleValue, SelfProtect, Settings,
-    Taint, Launch, LaunchKey, MAX_ANCESTORS, MAX_LAUNCHES, ANY_ID, MAX_OBJECTS, PINS_POINT, IMMUTABLE_POINT, MAX_IMMUTABLE, immutable, dir_filter,
+    Taint, Launch, LaunchKey, MAX_ANCESTORS, MAX_LAUNCHES, ANY_ID, MAX_OBJECTS, taint_seq, PINS_POINT, IMMUTABLE_POINT, MAX_IMMUTABLE, immutable, dir_filter, dir_value,
     DEFAULT_EVENTS_PER_SEC_PER_CPU, PTRACE_MODE_ATTACH, PTRACE_MODE_NOAUDIT,
     EVENTS_RING_BYTES, FMODE_EXEC, FMODE_READ, FMODE_WRITE, MAX_DEPTH, MAX_EXES, MAX_POINTS,
     MAX_RULE_ENTRIES, MODE_AUDIT, NAME_LEN, NO_RULE, PATH_DEPTH, EXE_DEPTH,
@@ -121,6 +127,8 @@ static ANCESTORS: HashMap<DirKey, u32> = HashMap::pinned(MAX_ANCESTORS, 0);
 /// unless every protected directory there is fscrypt-encrypted).
 #[map(name = "GUARD_RAW_DEVICES")]
 static RAW_DEVICES: HashMap<DevKey, u32> = HashMap::pinned(2 * MAX_POINTS, 0);
+#[map(name = "GUARD_TAINT_SEQ")]
+static TAINT_SEQ: Array<u64> = Array::pinned(taint_seq::SLOTS, 0);
 #[map(name = "GUARD_EVENTS")]
 static EVENTS: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
 
@@ -173,6 +181,8 @@ struct Object {
 struct Protection {
     generation: u32,
     point: u32,
+    /// `dir_value` mode bits of the generation.
+    mode_bits: u32,
 }
 
 /// Outcome of looking for a protected ancestor.
@@ -208,7 +218,17 @@ unsafe fn object(o: &KernelOffsets, dentry: u64) -> Result<Object, i32> {
 /// load instead of a hash lookup); a missing word counts as maybe.
 #[inline(always)]
 fn may_be_protected(ino: u64) -> bool {
-    let (word, mask) = dir_filter::slot(ino);
+    in_dir_filter(dir_filter::slot(ino))
+}
+
+/// False when nothing on filesystem `dev` is protected by a live generation.
+#[inline(always)]
+fn may_hold_protected(dev: u32) -> bool {
+    in_dir_filter(dir_filter::dev_slot(dev))
+}
+
+#[inline(always)]
+fn in_dir_filter((word, mask): (u32, u64)) -> bool {
     match DIR_FILTER.get(word) {
         Some(bits) => bits & mask != 0,
         None => true,
@@ -224,8 +244,13 @@ unsafe fn find_point(o: &KernelOffsets, generation: u32, obj: &Object) -> Result
     for _ in 0..MAX_DEPTH {
         if ino != 0 && may_be_protected(ino) {
             let key = DirKey { generation, dev: obj.dev, ino };
-            if let Some(point) = DIRS.get(&key) {
-                return Ok(Lookup::Protected(Protection { generation, point: *point }));
+            if let Some(value) = DIRS.get(&key) {
+                let value = *value;
+                return Ok(Lookup::Protected(Protection {
+                    generation,
+                    point: value & dir_value::POINT_MASK,
+                    mode_bits: value & !dir_value::POINT_MASK,
+                }));
             }
         }
         let parent: u64 = read(dentry, o.dentry_d_parent)?;
@@ -246,11 +271,10 @@ unsafe fn find_point(o: &KernelOffsets, generation: u32, obj: &Object) -> Result
     Err(EPERM) // deeper than MAX_DEPTH on a protected filesystem
 }
 
-/// Who is asking: the executable's identity and credentials.
+/// Who is asking: the executable's identity (credentials are read only
+/// where a policy names a uid or gid).
 struct Caller {
     exe: ExeKey,
-    uid: u32,
-    gid: u32,
 }
 
 /// The identity of a file's inode.
@@ -283,26 +307,27 @@ unsafe fn caller(o: &KernelOffsets) -> Result<Option<Caller>, i32> {
     let Some(exe) = task_exe(o, current_task())? else {
         return Ok(None);
     };
-    let uid_gid = bpf_get_current_uid_gid();
-    Ok(Some(Caller {
-        exe,
-        uid: uid_gid as u32,
-        gid: (uid_gid >> 32) as u32,
-    }))
+    Ok(Some(Caller { exe }))
 }
 
 /// What the rules of `point` grant `caller`: (allow, audit, rule).
 #[inline(always)]
 fn grants(p: &Protection, c: &Caller) -> (u32, u32, u32) {
     let (mut allow, mut audit, mut rule) = (0u32, 0u32, NO_RULE);
-    if TAINTED.get_ptr(&c.exe).is_some() {
+    if taints_outstanding() && TAINTED.get_ptr(&c.exe).is_some() {
         return (allow, audit, rule); // the binary was written to since apply
     }
     // Most policies name no uid or gid: then one lookup, not four.
-    let uses_ids = unsafe { META.get(&p.generation) }.map(|m| m.uses_ids).unwrap_or(1);
-    let ids = [(ANY_ID, ANY_ID), (c.uid, c.gid), (c.uid, ANY_ID), (ANY_ID, c.gid)];
+    let uses_ids = p.mode_bits & dir_value::USES_IDS != 0;
+    let (uid, gid) = if uses_ids {
+        let uid_gid = bpf_get_current_uid_gid();
+        (uid_gid as u32, (uid_gid >> 32) as u32)
+    } else {
+        (ANY_ID, ANY_ID) // not looked up
+    };
+    let ids = [(ANY_ID, ANY_ID), (uid, gid), (uid, ANY_ID), (ANY_ID, gid)];
     for (i, (uid, gid)) in ids.into_iter().enumerate() {
-        if i > 0 && uses_ids == 0 {
+        if i > 0 && !uses_ids {
             break;
         }
         let key = RuleKey {
@@ -340,7 +365,37 @@ struct Report {
 /// Decides `access` to `dentry`. Returns 0 or -EPERM.
 #[inline(always)]
 unsafe fn decide(dentry: u64, access: u32, hook: u32) -> i32 {
-    match try_decide(dentry, access, hook) {
+    let generation = match ACTIVE.get(0) {
+        Some(g) if *g != 0 => *g,
+        _ => return ALLOW, // no policy applied
+    };
+    let o = offsets();
+    decide_on(o, generation, dentry, superblock(o, dentry), access, hook)
+}
+
+/// The superblock of `dentry`, 0 if unreadable (every `read` of it then
+/// fails, so the decision fails closed). A plain value rather than a
+/// `Result`: the verifier must see the same register hold either a valid
+/// pointer or 0 on every path.
+#[inline(always)]
+unsafe fn superblock(o: &KernelOffsets, dentry: u64) -> u64 {
+    read::<u64>(dentry, o.dentry_d_sb).unwrap_or(0)
+}
+
+/// `decide` for a caller that already read the active generation (not 0)
+/// and the dentry's superblock (`superblock`).
+#[inline(always)]
+unsafe fn decide_on(
+    o: &KernelOffsets,
+    generation: u32,
+    dentry: u64,
+    sb: u64,
+    access: u32,
+    hook: u32,
+) -> i32 {
+    let decision = read::<u32>(sb, o.super_block_s_dev)
+        .and_then(|dev| try_decide_on(o, generation, dentry, dev, access, hook));
+    match decision {
         Ok(ret) => ret,
         Err(_) => {
             count(stat::FAIL_CLOSED);
@@ -351,25 +406,35 @@ unsafe fn decide(dentry: u64, access: u32, hook: u32) -> i32 {
     }
 }
 
+/// Decides `access` to `dentry` on filesystem `dev` under `generation` (not 0).
 #[inline(always)]
-unsafe fn try_decide(dentry: u64, access: u32, hook: u32) -> Result<i32, i32> {
-    let generation = match ACTIVE.get(0) {
-        Some(g) if *g != 0 => *g,
-        _ => return Ok(ALLOW), // no policy applied
-    };
-    let o = offsets();
-    let dev = dentry_dev(o, dentry)?;
-    if DEVS.get_ptr(&DevKey { generation, dev }).is_none() {
+unsafe fn try_decide_on(
+    o: &KernelOffsets,
+    generation: u32,
+    dentry: u64,
+    dev: u32,
+    access: u32,
+    hook: u32,
+) -> Result<i32, i32> {
+    if !may_hold_protected(dev) {
         return Ok(ALLOW); // fast path: nothing protected on this filesystem
     }
-    let obj = Object {
-        dentry,
-        dev,
-        ino: dentry_ino(o, dentry)?,
-    };
-    let protection = match find_point(&o, generation, &obj)? {
-        Lookup::NotProtected => return Ok(ALLOW),
-        Lookup::Protected(p) => p,
+    let found = dentry_ino(o, dentry).and_then(|ino| {
+        let obj = Object { dentry, dev, ino };
+        find_point(o, generation, &obj).map(|lookup| (obj, lookup))
+    });
+    let (obj, protection) = match found {
+        Ok((_, Lookup::NotProtected)) => return Ok(ALLOW),
+        Ok((obj, Lookup::Protected(p))) => (obj, p),
+        // A failed read or walk (disconnected dentry, too deep) denies only
+        // on a filesystem that really holds protected directories, not on
+        // one that merely shares its filter bit with one.
+        Err(e) => {
+            if DEVS.get_ptr(&DevKey { generation, dev }).is_none() {
+                return Ok(ALLOW);
+            }
+            return Err(e);
+        }
     };
     let Some(caller) = caller(&o)? else {
         return Ok(ALLOW);
@@ -397,8 +462,7 @@ unsafe fn try_decide(dentry: u64, access: u32, hook: u32) -> Result<i32, i32> {
         }
         return Ok(ALLOW);
     }
-    let mode = META.get(&generation).map(|m| m.mode).unwrap_or(0);
-    if mode == MODE_AUDIT {
+    if protection.mode_bits & dir_value::AUDIT != 0 {
         count(stat::WOULD_DENY);
         report.verdict = verdict::WOULD_DENY;
         emit(&o, &obj, &report);
@@ -450,7 +514,9 @@ unsafe fn emit(o: &KernelOffsets, obj: &Object, r: &Report) {
     let generation = e.generation;
     fill_path(o, obj, e, |ino| {
         let key = DirKey { generation, dev: obj.dev, ino };
-        DIRS.get(&key).map(|p| *p == r.point).unwrap_or(false)
+        DIRS.get(&key)
+            .map(|p| *p & dir_value::POINT_MASK == r.point)
+            .unwrap_or(false)
     });
     fill_exe(o, e);
     entry.submit(0);
@@ -590,6 +656,23 @@ unsafe fn taint_if_allowed_exe(o: &KernelOffsets, inode: u64) {
             uid: uid_gid as u32,
         };
         let _ = TAINTED.insert(&key, &taint, 0);
+        // After the insert: once decisions see the count move, they look
+        // the binary up in TAINTED and find it.
+        if let Some(recorded) = TAINT_SEQ.get_ptr_mut(taint_seq::RECORDED) {
+            atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(recorded, 1);
+        }
+    }
+}
+
+/// Whether some binary may be tainted (`taint_seq`): false only when guardd
+/// found `TAINTED` empty and the kernel recorded no taint since.
+#[inline(always)]
+fn taints_outstanding() -> bool {
+    match (TAINT_SEQ.get(taint_seq::RECORDED), TAINT_SEQ.get(taint_seq::CLEARED)) {
+        (Some(recorded), Some(cleared)) => {
+            unsafe { core::ptr::read_volatile(recorded) != core::ptr::read_volatile(cleared) }
+        }
+        _ => true,
     }
 }
 
@@ -621,7 +704,13 @@ pub fn file_open(ctx: LsmContext) -> i32 {
                 taint_if_allowed_exe(o, inode);
             }
         }
-        match special_file(o, file, dentry) {
+        let generation = ACTIVE.get(0).copied().unwrap_or(0);
+        if generation == 0 && !self_protecting() {
+            return ALLOW; // nothing armed: no special files, no policy
+        }
+        // One superblock read serves the special-file check and the decision.
+        let sb = superblock(o, dentry);
+        match special_file(o, file, sb) {
             Special::KernelMemory => {
                 return deny_outsider(hook::KERNEL_MEMORY, tamper::KERNEL_MEMORY, 0)
             }
@@ -633,7 +722,10 @@ pub fn file_open(ctx: LsmContext) -> i32 {
             }
             Special::Other => {}
         }
-        decide(dentry, want, hook::FILE_OPEN)
+        if generation == 0 {
+            return ALLOW;
+        }
+        decide_on(o, generation, dentry, sb, want, hook::FILE_OPEN)
     }
 }
 
@@ -655,11 +747,11 @@ enum Special {
     Other,
 }
 
+/// `sb` is the superblock of the file's dentry (`superblock`). An unreadable
+/// field counts as kernel memory (fail closed). The caller checks that
+/// something is armed.
 #[inline(always)]
-unsafe fn special_file(o: &KernelOffsets, file: u64, dentry: u64) -> Special {
-    if ACTIVE.get(0).copied().unwrap_or(0) == 0 && self_protect().protect == 0 {
-        return Special::Other; // nothing armed
-    }
+unsafe fn special_file(o: &KernelOffsets, file: u64, sb: u64) -> Special {
     let Ok(inode) = read::<u64>(file, o.file_f_inode) else {
         return Special::KernelMemory; // unknown: treated as the worst case
     };
@@ -677,7 +769,7 @@ unsafe fn special_file(o: &KernelOffsets, file: u64, dentry: u64) -> Special {
             Err(_) => Special::KernelMemory,
         };
     }
-    let magic: u64 = match read::<u64>(dentry, o.dentry_d_sb).and_then(|sb| read(sb, o.super_block_s_magic)) {
+    let magic: u64 = match read(sb, o.super_block_s_magic) {
         Ok(m) => m,
         Err(_) => return Special::KernelMemory,
     };
@@ -1090,6 +1182,12 @@ enum Guarded {
 #[inline(always)]
 fn self_protect() -> SelfProtect {
     SELF.get(0).copied().unwrap_or_default()
+}
+
+/// Whether guardd protects itself (one field, not the whole `SELF` copy).
+#[inline(always)]
+fn self_protecting() -> bool {
+    SELF.get(0).map(|s| s.protect != 0).unwrap_or(false)
 }
 
 #[inline(always)]
@@ -1535,6 +1633,11 @@ const CHANGES: u32 = access::WRITE
 #[inline(always)]
 unsafe fn protect_immutable(dentry: u64, access: u32, hook: u32) -> i32 {
     if access & CHANGES == 0 {
+        return ALLOW;
+    }
+    // Allowed binaries are enforced only under a policy, guard's own files
+    // only under self-protection: with neither, no lookup can deny.
+    if ACTIVE.get(0).copied().unwrap_or(0) == 0 && !self_protecting() {
         return ALLOW;
     }
     match try_protect_immutable(dentry, access, hook) {

@@ -394,6 +394,7 @@ impl Daemon {
             Some(applied) => applied.resolved.points.clone(),
             None => Vec::new(),
         };
+        let checked_at = started.elapsed();
         let checked = policy::parse(&text)
             .and_then(|p| policy::resolve(&p))
             .and_then(|r| policy::check_hard_links(&r, &protected_now).map(|()| r));
@@ -410,6 +411,7 @@ impl Daemon {
                 )));
             }
         };
+        let resolved_at = started.elapsed();
         if let (Some(trust), Some(signed)) = (trust.as_mut(), &signed) {
             // Recorded before the kernel maps change: a policy is never in
             // force without its serial being used up.
@@ -425,7 +427,15 @@ impl Daemon {
                 );
             })?
         };
-        let in_force_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let in_force = started.elapsed();
+        let in_force_ms = in_force.as_secs_f64() * 1000.0;
+        // Where the time went, for `cargo xtask bench`: signature check,
+        // parsing and resolving (binaries hashed), writing the kernel maps.
+        let phases_ms = serde_json::json!({
+            "signature": checked_at.as_secs_f64() * 1000.0,
+            "resolve": (resolved_at - checked_at).as_secs_f64() * 1000.0,
+            "maps": (in_force - resolved_at).as_secs_f64() * 1000.0,
+        });
         let applied = AppliedPolicy {
             applied_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             generation,
@@ -439,6 +449,7 @@ impl Daemon {
         let summary = serde_json::json!({
             "hash": hash, "generation": generation, "applied_at": applied.applied_at, "mode": mode,
             "in_force_ms": in_force_ms,
+            "phases_ms": phases_ms,
             "signed": applied.signed,
         });
         let generation_text = generation.to_string();

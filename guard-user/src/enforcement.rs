@@ -7,13 +7,15 @@
 //! grace period longer than any hook runs has passed: at the next apply or
 //! when guardd's housekeeping calls `retire_due`, never while `apply` waits.
 
+mod batch;
+
 use crate::loader::Pins;
 use crate::policy::PolicyEntries;
 use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use guard_common::{
-    dir_filter, immutable, maps, stat, DevKey, DirKey, ExeKey, LaunchKey, ObjectKey, PolicyMeta,
-    RuleKey, RuleValue, SelfProtect, Settings, Taint,
+    dir_filter, dir_value, immutable, maps, stat, taint_seq, DevKey, DirKey, ExeKey, LaunchKey,
+    ObjectKey, PolicyMeta, RuleKey, RuleValue, SelfProtect, Settings, Taint,
 };
 use serde::Serialize;
 use std::collections::HashSet;
@@ -48,6 +50,7 @@ pub struct KernelMaps {
     objects: HashMap<MapData, ObjectKey, u32>,
     immutable: HashMap<MapData, ExeKey, u32>,
     dir_filter: Array<MapData, u64>,
+    taint_seq: Array<MapData, u64>,
     supervisors: HashMap<MapData, LaunchKey, ExeKey>,
     ancestors: HashMap<MapData, DirKey, u32>,
     raw_devices: HashMap<MapData, DevKey, u32>,
@@ -88,6 +91,7 @@ impl KernelMaps {
             objects: typed(maps::OBJECTS, Map::HashMap)?.try_into()?,
             immutable: typed(maps::IMMUTABLE, Map::HashMap)?.try_into()?,
             dir_filter: typed(maps::DIR_FILTER, Map::Array)?.try_into()?,
+            taint_seq: typed(maps::TAINT_SEQ, Map::Array)?.try_into()?,
             supervisors: typed(maps::SUPERVISORS, Map::HashMap)?.try_into()?,
             ancestors: typed(maps::ANCESTORS, Map::HashMap)?.try_into()?,
             raw_devices: typed(maps::RAW_DEVICES, Map::HashMap)?.try_into()?,
@@ -205,12 +209,12 @@ impl KernelMaps {
         }
     }
 
-    /// Sets the filter bits of `inos`, keeping every bit already set.
-    fn add_to_dir_filter(&mut self, inos: impl Iterator<Item = u64>) -> Result<()> {
+    /// Sets the filter bits of `dirs` (their inode and their filesystem),
+    /// keeping every bit already set.
+    fn add_to_dir_filter<'a>(&mut self, dirs: impl Iterator<Item = &'a DirKey>) -> Result<()> {
         let mut wanted = self.dir_filter_words.clone();
-        for ino in inos {
-            let (word, mask) = dir_filter::slot(ino);
-            wanted[word as usize] |= mask;
+        for key in dirs {
+            set_filter_bits(&mut wanted, key);
         }
         self.write_dir_filter(wanted)
     }
@@ -222,8 +226,7 @@ impl KernelMaps {
         let mut wanted = vec![0u64; dir_filter::WORDS as usize];
         for key in self.dirs.keys() {
             let key = key.context("reading GUARD_DIRS")?;
-            let (word, mask) = dir_filter::slot(key.ino);
-            wanted[word as usize] |= mask;
+            set_filter_bits(&mut wanted, &key);
         }
         self.write_dir_filter(wanted)
     }
@@ -249,61 +252,52 @@ impl KernelMaps {
         let tainted: HashSet<ExeKey> = self.tainted.keys().filter_map(|k| k.ok()).collect();
         let immutable: std::collections::HashMap<ExeKey, u32> =
             self.immutable.iter().filter_map(|r| r.ok()).collect();
-        for exe in &e.exes {
-            if !known.contains(exe) {
-                self.exes.insert(exe, 1, 0).context("GUARD_EXES is full")?;
-            }
-            if tainted.contains(exe) {
-                let _ = self.tainted.remove(exe);
-            }
+        let new_exes: Vec<(ExeKey, u32)> = e
+            .exes
+            .iter()
+            .filter(|exe| !known.contains(exe))
+            .map(|exe| (*exe, 1))
+            .collect();
+        batch::update(&self.exes, &new_exes).context("writing GUARD_EXES (is it full?)")?;
+        for exe in e.exes.iter().filter(|exe| tainted.contains(exe)) {
+            let _ = self.tainted.remove(exe);
+        }
+        if !tainted.is_empty() {
+            self.note_if_untainted();
         }
         // Allowed binaries, their supervisors and relays: nobody rewrites them.
-        for exe in e.exes.iter().chain(&e.launchers) {
-            let bits = immutable.get(exe).copied().unwrap_or(0);
-            if bits & immutable::FILE == 0 {
-                self.immutable
-                    .insert(exe, bits | immutable::FILE, 0)
-                    .context("GUARD_IMMUTABLE is full")?;
-            }
-        }
-        for (key, supervisor) in &e.supervisors {
-            self.supervisors
-                .insert(key, supervisor, 0)
-                .context("GUARD_SUPERVISORS is full")?;
-        }
-        for (key, denied) in &e.raw_devices {
-            self.raw_devices
-                .insert(key, denied, 0)
-                .context("GUARD_RAW_DEVICES is full")?;
-        }
-        for (key, point) in &e.ancestors {
-            self.ancestors
-                .insert(key, point, 0)
-                .context("GUARD_ANCESTORS is full")?;
-        }
-        for key in &e.relays {
-            self.relays
-                .insert(key, 1, 0)
-                .context("GUARD_RELAYS is full")?;
-        }
+        let newly_immutable: Vec<(ExeKey, u32)> = e
+            .exes
+            .iter()
+            .chain(&e.launchers)
+            .map(|exe| (*exe, immutable.get(exe).copied().unwrap_or(0)))
+            .filter(|(_, bits)| bits & immutable::FILE == 0)
+            .map(|(exe, bits)| (exe, bits | immutable::FILE))
+            .collect();
+        batch::update(&self.immutable, &newly_immutable)
+            .context("writing GUARD_IMMUTABLE (is it full?)")?;
+        batch::update(&self.supervisors, &e.supervisors)
+            .context("writing GUARD_SUPERVISORS (is it full?)")?;
+        batch::update(&self.raw_devices, &e.raw_devices)
+            .context("writing GUARD_RAW_DEVICES (is it full?)")?;
+        batch::update(&self.ancestors, &e.ancestors)
+            .context("writing GUARD_ANCESTORS (is it full?)")?;
+        let relays: Vec<(LaunchKey, u32)> = e.relays.iter().map(|key| (*key, 1)).collect();
+        batch::update(&self.relays, &relays).context("writing GUARD_RELAYS (is it full?)")?;
         self.meta
             .insert(generation, e.meta, 0)
             .context("writing policy mode")?;
-        for (key, value) in &e.rules {
-            self.rules
-                .insert(key, value, 0)
-                .context("GUARD_RULES is full")?;
-        }
+        batch::update(&self.rules, &e.rules).context("writing GUARD_RULES (is it full?)")?;
         // Before the flip: the new generation's directories must pass the filter.
-        self.add_to_dir_filter(e.dirs.iter().map(|(key, _)| key.ino))?;
-        for (key, point) in &e.dirs {
-            self.dirs
-                .insert(key, point, 0)
-                .context("GUARD_DIRS is full")?;
-        }
-        for key in &e.devs {
-            self.devs.insert(key, 1, 0).context("GUARD_DEVS is full")?;
-        }
+        self.add_to_dir_filter(e.dirs.iter().map(|(key, _)| key))?;
+        let dirs: Vec<(DirKey, u32)> = e
+            .dirs
+            .iter()
+            .map(|(key, point)| (*key, dir_value::encode(*point, &e.meta)))
+            .collect();
+        batch::update(&self.dirs, &dirs).context("writing GUARD_DIRS (is it full?)")?;
+        let devs: Vec<(DevKey, u32)> = e.devs.iter().map(|key| (*key, 1)).collect();
+        batch::update(&self.devs, &devs).context("writing GUARD_DEVS (is it full?)")?;
         Ok(())
     }
 
@@ -326,6 +320,7 @@ impl KernelMaps {
         let keep: HashSet<&ExeKey> = keep.iter().collect();
         remove_where(&mut self.exes, |k| !keep.contains(k));
         remove_where(&mut self.tainted, |k| !keep.contains(k));
+        self.note_if_untainted();
         let guard_own: Vec<ExeKey> = self
             .immutable
             .iter()
@@ -360,6 +355,21 @@ impl KernelMaps {
         Ok(())
     }
 
+    /// Tells the kernel it may skip its `TAINTED` lookup, if no binary is
+    /// tainted (`guard_common::taint_seq`). The kernel's count is read
+    /// *before* the map is listed: a taint recorded after the listing raises
+    /// the count past the value written here, so the kernel keeps looking.
+    /// Best effort: when this fails, the kernel just keeps looking.
+    fn note_if_untainted(&mut self) {
+        let Ok(recorded) = self.taint_seq.get(&taint_seq::RECORDED, 0) else {
+            return;
+        };
+        if self.tainted.keys().next().is_some() {
+            return; // a taint (or a read error): keep looking
+        }
+        let _ = self.taint_seq.set(taint_seq::CLEARED, recorded, 0);
+    }
+
     /// Allowed binaries opened for writing since they were approved.
     pub fn tainted(&self) -> Vec<(ExeKey, Taint)> {
         self.tainted.iter().filter_map(|r| r.ok()).collect()
@@ -382,6 +392,14 @@ impl KernelMaps {
     }
 }
 
+/// The filter bits of a protected directory: its inode, and its filesystem
+/// (the kernel's first test, before any hash lookup).
+fn set_filter_bits(words: &mut [u64], key: &DirKey) {
+    for (word, mask) in [dir_filter::slot(key.ino), dir_filter::dev_slot(key.dev)] {
+        words[word as usize] |= mask;
+    }
+}
+
 fn remove_where<K: aya::Pod + PartialEq, V: aya::Pod>(
     map: &mut HashMap<MapData, K, V>,
     doomed: impl Fn(&K) -> bool,
@@ -391,8 +409,11 @@ fn remove_where<K: aya::Pod + PartialEq, V: aya::Pod>(
         .filter_map(|k| k.ok())
         .filter(|k| doomed(k))
         .collect();
-    for key in keys {
-        let _ = map.remove(&key);
+    if batch::delete(map, &keys).is_err() {
+        // Some key went away meanwhile: the rest one by one.
+        for key in keys {
+            let _ = map.remove(&key);
+        }
     }
 }
 

@@ -297,13 +297,28 @@ impl Pointer {
         Pointer(String::new())
     }
 
+    // Built for every field of every rule, errors or not: plain pushes, not
+    // `format!`, keep a large policy's parse cheap.
     pub(crate) fn key(&self, key: &str) -> Pointer {
-        let escaped = key.replace('~', "~0").replace('/', "~1");
-        Pointer(format!("{}/{escaped}", self.0))
+        let mut pointer = String::with_capacity(self.0.len() + 1 + key.len());
+        pointer.push_str(&self.0);
+        pointer.push('/');
+        for c in key.chars() {
+            match c {
+                '~' => pointer.push_str("~0"),
+                '/' => pointer.push_str("~1"),
+                c => pointer.push(c),
+            }
+        }
+        Pointer(pointer)
     }
 
     pub(crate) fn index(&self, index: usize) -> Pointer {
-        Pointer(format!("{}/{index}", self.0))
+        use std::fmt::Write;
+        let mut pointer = String::with_capacity(self.0.len() + 8);
+        pointer.push_str(&self.0);
+        let _ = write!(pointer, "/{index}");
+        Pointer(pointer)
     }
 
     pub(crate) fn protected(point: usize) -> Pointer {

@@ -1,9 +1,12 @@
 //! Checking a policy against the running system and recording the kernel
 //! identities (device, inode) of its directories and binaries.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -345,11 +348,12 @@ impl Resolver {
         pinned: Option<Sha256Digest>,
         at: &Pointer,
     ) -> Option<ResolvedBinary> {
-        if !self.binaries.contains_key(path) {
-            let examined = examine_binary(path, &mut self.digests);
-            self.binaries.insert(path.to_path_buf(), examined);
-        }
-        match &self.binaries[path] {
+        // One hash of the path, not three: hashing a Path walks its components.
+        let examined = match self.binaries.entry(path.to_path_buf()) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(new) => new.insert(examine_binary(path, &mut self.digests)),
+        };
+        match examined {
             Err(message) => {
                 self.errors.push(at.error(message.clone()));
                 None
@@ -508,18 +512,18 @@ fn examine_binary(
     {
         return Err(not_regular());
     }
-    let canonical = fs::canonicalize(path).map_err(|e| io_problem(path, e))?;
     // O_NONBLOCK: if the path was swapped for a FIFO since the check above,
     // opening it must not hang.
     let mut file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
-        .open(&canonical)
-        .map_err(|e| io_problem(&canonical, e))?;
-    let metadata = file.metadata().map_err(|e| io_problem(&canonical, e))?;
+        .open(path)
+        .map_err(|e| io_problem(path, e))?;
+    let metadata = file.metadata().map_err(|e| io_problem(path, e))?;
     if !metadata.is_file() {
         return Err(not_regular());
     }
+    let canonical = canonical_path(&file, path)?;
     let identity = (metadata.dev(), metadata.ino());
     let sha256 = match digests.get(&identity) {
         Some(digest) => *digest,
@@ -535,6 +539,24 @@ fn examine_binary(
         ino: metadata.ino(),
         sha256,
     })
+}
+
+/// The canonical path of the open `file` (opened by `path`): what the kernel
+/// resolved, read back in one system call where `fs::canonicalize` makes one
+/// per path component (a policy may name thousands of binaries).
+fn canonical_path(file: &File, path: &Path) -> Result<PathBuf, String> {
+    let link = format!("/proc/self/fd/{}", file.as_raw_fd());
+    match fs::read_link(&link) {
+        // Anything but an absolute path to a file that still exists (no
+        // procfs, an unlinked file " (deleted)"): resolve the path itself.
+        Ok(resolved)
+            if resolved.is_absolute()
+                && !resolved.as_os_str().as_bytes().ends_with(b" (deleted)") =>
+        {
+            Ok(resolved)
+        }
+        _ => fs::canonicalize(path).map_err(|e| io_problem(path, e)),
+    }
 }
 
 /// SHA-256 of a file's content now (to compare with what was approved).

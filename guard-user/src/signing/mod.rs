@@ -200,8 +200,10 @@ impl SignedDocument {
     /// Whether `text` looks like a signed document rather than a bare policy
     /// (a policy has no `signature` field: its format forbids unknown fields).
     pub fn looks_signed(text: &str) -> bool {
-        serde_json::from_str::<serde_json::Value>(text)
-            .map(|v| v.get("signature").is_some() || v.get("format").is_some())
+        // Only the top-level keys are kept: a large policy is skipped over,
+        // not built into a tree, on every apply.
+        serde_json::from_str::<std::collections::HashMap<String, serde::de::IgnoredAny>>(text)
+            .map(|top| top.contains_key("signature") || top.contains_key("format"))
             .unwrap_or(false)
     }
 
@@ -259,6 +261,20 @@ mod tests {
 
     fn signed_policy(key: &SigningKey) -> SignedDocument {
         SignedDocument::sign(key, &Payload::policy(POLICY, 7))
+    }
+
+    #[test]
+    fn only_top_level_signature_keys_make_a_document_look_signed() {
+        assert!(SignedDocument::looks_signed(r#"{"format": 1}"#));
+        assert!(SignedDocument::looks_signed(
+            r#"{"a": [1, {"b": 2}], "signature": null}"#
+        ));
+        assert!(!SignedDocument::looks_signed(
+            r#"{"mode": "enforce", "protected": [{"format": 1, "signature": 2}]}"#
+        ));
+        assert!(!SignedDocument::looks_signed(r#"["format", "signature"]"#));
+        assert!(!SignedDocument::looks_signed("not json"));
+        assert!(!SignedDocument::looks_signed(r#"{"format": 1"#));
     }
 
     #[test]
