@@ -755,13 +755,14 @@ unsafe fn special_file(o: &KernelOffsets, file: u64, sb: u64) -> Special {
     let Ok(inode) = read::<u64>(file, o.file_f_inode) else {
         return Special::KernelMemory; // unknown: treated as the worst case
     };
-    let mode: u16 = read(inode, o.inode_i_mode).unwrap_or(0);
+    let Ok(mode) = read::<u16>(inode, o.inode_i_mode) else {
+        return Special::KernelMemory; // could be a device: the worst case
+    };
     if mode & S_IFMT == S_IFCHR {
-        let rdev: u32 = read(inode, o.inode_i_rdev).unwrap_or(0);
-        if rdev == DEV_MEM || rdev == DEV_PORT {
-            return Special::KernelMemory;
-        }
-        return Special::Other;
+        return match read::<u32>(inode, o.inode_i_rdev) {
+            Ok(rdev) if rdev != DEV_MEM && rdev != DEV_PORT => Special::Other,
+            _ => Special::KernelMemory,
+        };
     }
     if mode & S_IFMT == S_IFBLK {
         return match read::<u32>(inode, o.inode_i_rdev) {
