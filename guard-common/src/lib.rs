@@ -116,6 +116,22 @@ pub mod bpf_uapi {
 pub const PINS_POINT: u32 = u32::MAX - 1;
 /// `Event::point` of a denied change to an immutable file (`IMMUTABLE`).
 pub const IMMUTABLE_POINT: u32 = u32::MAX - 2;
+/// `Event::point` of a denied executable mapping of a file the policy's
+/// `libraries` do not approve (`LIBRARIES`).
+pub const LIBRARY_POINT: u32 = u32::MAX - 3;
+
+/// `LIBRARIES` values, keyed by `LaunchKey` (generation and a file's
+/// identity): which binaries are confined to approved libraries, and which
+/// files those binaries may map executable.
+pub mod library {
+    /// The binary may map executable only itself and `APPROVED` files.
+    pub const CONFINED: u32 = 1 << 0;
+    /// A file confined binaries may map executable.
+    pub const APPROVED: u32 = 1 << 1;
+}
+
+/// Capacity of `LIBRARIES` (two generations side by side).
+pub const MAX_LIBRARIES: u32 = 16384;
 
 /// `IMMUTABLE` values, keyed by a file's or directory's (dev, ino): nobody
 /// but guardd may change these.
@@ -130,8 +146,9 @@ pub mod immutable {
     pub const GUARD: u32 = 1 << 2;
 }
 
-/// Capacity of `IMMUTABLE`: allowed binaries plus guard's own files.
-pub const MAX_IMMUTABLE: u32 = MAX_EXES + 256;
+/// Capacity of `IMMUTABLE`: allowed binaries, their approved libraries and
+/// guard's own files.
+pub const MAX_IMMUTABLE: u32 = MAX_EXES + MAX_LIBRARIES / 2 + 256;
 
 /// `mode` bits of the `ptrace_access_check` hook (include/linux/ptrace.h).
 pub const PTRACE_MODE_READ: u32 = 0x01;
@@ -183,7 +200,8 @@ pub mod maps {
     pub const ANCESTORS: &str = "GUARD_ANCESTORS";
     pub const RAW_DEVICES: &str = "GUARD_RAW_DEVICES";
     pub const TAINT_SEQ: &str = "GUARD_TAINT_SEQ";
-    pub const ALL: [&str; 21] = [
+    pub const LIBRARIES: &str = "GUARD_LIBRARIES";
+    pub const ALL: [&str; 22] = [
         ACTIVE,
         META,
         DEVS,
@@ -205,6 +223,7 @@ pub mod maps {
         ANCESTORS,
         RAW_DEVICES,
         TAINT_SEQ,
+        LIBRARIES,
     ];
 }
 
@@ -338,6 +357,8 @@ pub mod hook {
     pub const ANCESTOR_MOUNT: u32 = 31;
     /// Opening the block device of a filesystem holding protected directories.
     pub const RAW_DEVICE: u32 = 32;
+    /// mprotect adding PROT_EXEC to a file mapping.
+    pub const FILE_MPROTECT: u32 = 33;
 
     /// Hooks whose object is a process, not a file.
     pub fn is_process(hook: u32) -> bool {
@@ -395,6 +416,7 @@ pub mod hook {
             FILE_RECEIVE => "file_receive",
             ANCESTOR_MOUNT => "sb_mount/move_mount",
             RAW_DEVICE => "file_open",
+            FILE_MPROTECT => "file_mprotect",
             _ => "unknown",
         }
     }
@@ -478,7 +500,9 @@ pub struct PolicyMeta {
     /// Non-zero when some binary may only be started by its supervisor
     /// (`SUPERVISORS`); only then does the kernel record `LAUNCHES`.
     pub supervises: u32,
-    pub _pad: u32,
+    /// Non-zero when the policy lists `libraries`: its binaries may map
+    /// executable only themselves and approved files (`LIBRARIES`).
+    pub confines: u32,
 }
 
 /// Key of `EXES` (binaries some policy allows) and `TAINTED` (those opened for
@@ -677,6 +701,7 @@ pub struct KernelOffsets {
     pub reading_kexec_image: u32,
     pub reading_kexec_initramfs: u32,
     pub loading_kexec_image: u32,
+    pub vm_area_struct_vm_file: u32,
 }
 
 /// `fmode_t` bits read from `struct file`.

@@ -32,7 +32,7 @@ use aya_ebpf::{
 use guard_common::{
     access, bpf_uapi, flags, hook, object, stat, tamper, verdict, DevKey, DirKey, Event, ExeKey,
     KernelOffsets, ObjectKey, PolicyMeta, RateState, RuleKey, RuleValue, SelfProtect, Settings,
-    Taint, Launch, LaunchKey, MAX_ANCESTORS, MAX_LAUNCHES, ANY_ID, MAX_OBJECTS, taint_seq, PINS_POINT, IMMUTABLE_POINT, MAX_IMMUTABLE, immutable, dir_filter, dir_value,
+    Taint, Launch, LaunchKey, library, LIBRARY_POINT, MAX_LIBRARIES, MAX_ANCESTORS, MAX_LAUNCHES, ANY_ID, MAX_OBJECTS, taint_seq, PINS_POINT, IMMUTABLE_POINT, MAX_IMMUTABLE, immutable, dir_filter, dir_value,
     DEFAULT_EVENTS_PER_SEC_PER_CPU, PTRACE_MODE_ATTACH, PTRACE_MODE_NOAUDIT,
     EVENTS_RING_BYTES, FMODE_EXEC, FMODE_READ, FMODE_WRITE, MAX_DEPTH, MAX_EXES, MAX_POINTS,
     MAX_RULE_ENTRIES, MODE_AUDIT, NAME_LEN, NO_RULE, PATH_DEPTH, EXE_DEPTH,
@@ -83,6 +83,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     reading_kexec_image: 0,
     reading_kexec_initramfs: 0,
     loading_kexec_image: 0,
+    vm_area_struct_vm_file: 0,
 };
 
 /// Index 0: the active policy generation (0 = no policy).
@@ -127,6 +128,10 @@ static ANCESTORS: HashMap<DirKey, u32> = HashMap::pinned(MAX_ANCESTORS, 0);
 /// unless every protected directory there is fscrypt-encrypted).
 #[map(name = "GUARD_RAW_DEVICES")]
 static RAW_DEVICES: HashMap<DevKey, u32> = HashMap::pinned(2 * MAX_POINTS, 0);
+/// Binaries confined to approved libraries, and the approved files
+/// (`guard_common::library` bits), per generation.
+#[map(name = "GUARD_LIBRARIES")]
+static LIBRARIES: HashMap<LaunchKey, u32> = HashMap::pinned(MAX_LIBRARIES, 0);
 #[map(name = "GUARD_TAINT_SEQ")]
 static TAINT_SEQ: Array<u64> = Array::pinned(taint_seq::SLOTS, 0);
 #[map(name = "GUARD_EVENTS")]
@@ -885,8 +890,108 @@ pub fn mmap_file(ctx: LsmContext) -> i32 {
         let Ok(dentry) = read::<u64>(file, offsets().file_f_path_dentry) else {
             return EPERM;
         };
-        decide(dentry, want, hook::MMAP_FILE)
+        let ret = decide(dentry, want, hook::MMAP_FILE);
+        if ret != ALLOW || prot & PROT_EXEC == 0 {
+            return ret;
+        }
+        exec_mapping(file, dentry, hook::MMAP_FILE)
     }
+}
+
+/// file_mprotect(vma, reqprot, prot): making a file mapping executable
+/// after the fact must pass the same library check as mapping it so.
+#[lsm(hook = "file_mprotect")]
+pub fn file_mprotect(ctx: LsmContext) -> i32 {
+    unsafe {
+        let prot: u64 = ctx.arg(2);
+        if prot & PROT_EXEC == 0 {
+            return ALLOW;
+        }
+        let vma: u64 = ctx.arg(0);
+        let o = offsets();
+        let Ok(file) = read::<u64>(vma, o.vm_area_struct_vm_file) else {
+            return EPERM;
+        };
+        if file == 0 {
+            return ALLOW; // anonymous memory
+        }
+        let Ok(dentry) = read::<u64>(file, o.file_f_path_dentry) else {
+            return EPERM;
+        };
+        exec_mapping(file, dentry, hook::FILE_MPROTECT)
+    }
+}
+
+/// Whether the current process may map `file` executable: a binary the
+/// active policy confines (`libraries`) may map only itself and approved
+/// files, so neither LD_PRELOAD, a plugin nor a memfd puts foreign code
+/// into it. Returns 0 or -EPERM.
+#[inline(always)]
+unsafe fn exec_mapping(file: u64, dentry: u64, hook: u32) -> i32 {
+    let generation = match ACTIVE.get(0) {
+        Some(g) if *g != 0 => *g,
+        _ => return ALLOW,
+    };
+    let meta = match META.get(&generation) {
+        Some(m) if m.confines != 0 => *m,
+        _ => return ALLOW,
+    };
+    match try_exec_mapping(file, dentry, hook, generation, &meta) {
+        Ok(ret) => ret,
+        Err(_) => {
+            count(stat::FAIL_CLOSED);
+            count(stat::DENIED);
+            emit_failure(dentry, access::EXEC, hook);
+            EPERM
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn try_exec_mapping(
+    file: u64,
+    dentry: u64,
+    hook: u32,
+    generation: u32,
+    meta: &PolicyMeta,
+) -> Result<i32, i32> {
+    let o = offsets();
+    let Some(caller) = caller(o)? else {
+        return Ok(ALLOW);
+    };
+    let bits = |exe: ExeKey| {
+        LIBRARIES
+            .get(&LaunchKey { generation, _pad: 0, exe })
+            .copied()
+            .unwrap_or(0)
+    };
+    if bits(caller.exe) & library::CONFINED == 0 {
+        return Ok(ALLOW);
+    }
+    let mapped = file_identity(o, file)?;
+    if mapped == caller.exe || bits(mapped) & library::APPROVED != 0 {
+        return Ok(ALLOW);
+    }
+    let obj = Object { dentry, dev: mapped.dev, ino: mapped.ino };
+    let mut report = Report {
+        verdict: verdict::DENIED,
+        access: access::EXEC,
+        hook,
+        flags: 0,
+        point: LIBRARY_POINT,
+        rule: NO_RULE,
+        generation,
+        exe: caller.exe,
+    };
+    if meta.mode == MODE_AUDIT {
+        count(stat::WOULD_DENY);
+        report.verdict = verdict::WOULD_DENY;
+        emit(o, &obj, &report);
+        return Ok(ALLOW);
+    }
+    count(stat::DENIED);
+    emit(o, &obj, &report);
+    Ok(EPERM)
 }
 
 /// inode_setxattr([userns|idmap,] dentry, name, ...): extended attributes

@@ -55,6 +55,7 @@ pub struct KernelMaps {
     ancestors: HashMap<MapData, DirKey, u32>,
     raw_devices: HashMap<MapData, DevKey, u32>,
     relays: HashMap<MapData, LaunchKey, u32>,
+    libraries: HashMap<MapData, LaunchKey, u32>,
     /// What `dir_filter` holds, so updates write only the words that change.
     dir_filter_words: Vec<u64>,
     /// The generation replaced by the last apply, still readable by hooks
@@ -96,6 +97,7 @@ impl KernelMaps {
             ancestors: typed(maps::ANCESTORS, Map::HashMap)?.try_into()?,
             raw_devices: typed(maps::RAW_DEVICES, Map::HashMap)?.try_into()?,
             relays: typed(maps::RELAYS, Map::HashMap)?.try_into()?,
+            libraries: typed(maps::LIBRARIES, Map::HashMap)?.try_into()?,
             dir_filter_words: Vec::new(),
             retiring: None,
         })
@@ -162,7 +164,12 @@ impl KernelMaps {
         self.retiring = Some(Retiring {
             generation: old,
             since: Instant::now(),
-            keep_exes: entries.exes.into_iter().chain(entries.launchers).collect(),
+            keep_exes: entries
+                .exes
+                .into_iter()
+                .chain(entries.launchers)
+                .chain(entries.library_files)
+                .collect(),
         });
         Ok(new)
     }
@@ -177,6 +184,7 @@ impl KernelMaps {
         remove_where(&mut self.rules, |k| k.generation != active);
         remove_where(&mut self.supervisors, |k| k.generation != active);
         remove_where(&mut self.relays, |k| k.generation != active);
+        remove_where(&mut self.libraries, |k| k.generation != active);
         remove_where(&mut self.ancestors, |k| k.generation != active);
         remove_where(&mut self.raw_devices, |k| k.generation != active);
         self.rebuild_dir_filter()
@@ -265,11 +273,13 @@ impl KernelMaps {
         if !tainted.is_empty() {
             self.note_if_untainted();
         }
-        // Allowed binaries, their supervisors and relays: nobody rewrites them.
+        // Allowed binaries, their supervisors, relays and approved
+        // libraries: nobody rewrites them.
         let newly_immutable: Vec<(ExeKey, u32)> = e
             .exes
             .iter()
             .chain(&e.launchers)
+            .chain(&e.library_files)
             .map(|exe| (*exe, immutable.get(exe).copied().unwrap_or(0)))
             .filter(|(_, bits)| bits & immutable::FILE == 0)
             .map(|(exe, bits)| (exe, bits | immutable::FILE))
@@ -284,6 +294,8 @@ impl KernelMaps {
             .context("writing GUARD_ANCESTORS (is it full?)")?;
         let relays: Vec<(LaunchKey, u32)> = e.relays.iter().map(|key| (*key, 1)).collect();
         batch::update(&self.relays, &relays).context("writing GUARD_RELAYS (is it full?)")?;
+        batch::update(&self.libraries, &e.libraries)
+            .context("writing GUARD_LIBRARIES (is it full?)")?;
         self.meta
             .insert(generation, e.meta, 0)
             .context("writing policy mode")?;
@@ -312,6 +324,7 @@ impl KernelMaps {
         remove_where(&mut self.rules, |k| k.generation == generation);
         remove_where(&mut self.supervisors, |k| k.generation == generation);
         remove_where(&mut self.relays, |k| k.generation == generation);
+        remove_where(&mut self.libraries, |k| k.generation == generation);
         remove_where(&mut self.ancestors, |k| k.generation == generation);
         remove_where(&mut self.raw_devices, |k| k.generation == generation);
     }

@@ -1,8 +1,8 @@
 //! Decision events from the kernel ring buffer, rendered for the journal.
 
 use guard_common::{
-    access, bpf_uapi, flags, hook, tamper, verdict, Event, ExeKey, IMMUTABLE_POINT, NO_RULE,
-    PINS_POINT,
+    access, bpf_uapi, flags, hook, tamper, verdict, Event, ExeKey, IMMUTABLE_POINT, LIBRARY_POINT,
+    NO_RULE, PINS_POINT,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -57,6 +57,8 @@ impl Decision {
             "self-protection".into()
         } else if e.point == IMMUTABLE_POINT {
             "immutable".into()
+        } else if e.point == LIBRARY_POINT {
+            "approved-libraries".into()
         } else {
             rule_label(e.rule, names)
         };
@@ -251,6 +253,10 @@ fn object_path(point: Option<&Path>, e: &Event) -> String {
         None if e.point == PINS_POINT => "<guard pins>".into(),
         // Components up to the filesystem's root (or as many as fit).
         None if e.point == IMMUTABLE_POINT => String::new(),
+        // A mapped file anywhere: under its filesystem's mount point.
+        None if e.point == LIBRARY_POINT => mount_point(e.dev)
+            .map(|m| m.trim_end_matches('/').to_string())
+            .unwrap_or_default(),
         None => "<unknown>".into(),
     };
     if e.flags & flags::PATH_TRUNCATED != 0 {
@@ -309,7 +315,9 @@ fn join_components<const N: usize>(names: &[[u8; N]]) -> String {
     let mut path = String::new();
     for name in names.iter().rev() {
         let name = c_string(name);
-        if !name.is_empty() {
+        // A walk that reached its filesystem's root also copied the root's
+        // name, "/".
+        if !name.is_empty() && name != "/" {
             path.push('/');
             path.push_str(&name);
         }

@@ -23,7 +23,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 const SECURITYFS_MAGIC: i64 = 0x73636673;
 
 /// The LSM hooks guard attaches to; each program is named after its hook.
-pub const HOOKS: [&str; 28] = [
+pub const HOOKS: [&str; 29] = [
     "file_open",
     "inode_create",
     "inode_mkdir",
@@ -43,6 +43,7 @@ pub const HOOKS: [&str; 28] = [
     "sb_umount",
     "file_permission",
     "mmap_file",
+    "file_mprotect",
     "sb_mount",
     "move_mount",
     "inode_setxattr",

@@ -60,6 +60,7 @@ pub fn resolve(btf_path: &Path) -> Result<KernelOffsets> {
             "READING_KEXEC_INITRAMFS",
         )?,
         loading_kexec_image: enum_value(&btf, "kernel_load_data_id", "LOADING_KEXEC_IMAGE")?,
+        vm_area_struct_vm_file: field("vm_area_struct.vm_file")?,
     };
     check_hook_params(&btf)?;
     Ok(offsets)

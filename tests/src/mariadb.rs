@@ -20,6 +20,8 @@ use crate::guest::{bin, SigningKeys};
 pub const SERVER: &str = "/usr/sbin/mariadbd";
 /// Debian's mariabackup (`/usr/bin/mariabackup` is a symlink to it).
 pub const BACKUP: &str = "/usr/bin/mariadb-backup";
+/// The folders the server and the backup tool may load code from.
+pub const LIBRARIES: [&str; 2] = ["/usr/lib/x86_64-linux-gnu", "/usr/lib/mysql/plugin"];
 /// mariadbd's supervisor under the SysV launcher: it restarts the server
 /// should it die, and starts it through nohup.
 pub const SUPERVISOR: &str = "/usr/bin/mysqld_safe";
@@ -235,7 +237,8 @@ impl MariaDb {
 /// The scenario's policy: mariadbd, started only by its supervisor
 /// mysqld_safe (which runs it through `nohup`), may do everything a database
 /// does in `datadir`; mariabackup (as root) may read it and each read is
-/// logged; nobody else may touch it.
+/// logged; nobody else may touch it. Both load code only from the system's
+/// library folder and MariaDB's plugin folder.
 pub fn policy(datadir: &Path) -> serde_json::Value {
     serde_json::json!({
         "mode": "enforce",
@@ -249,7 +252,8 @@ pub fn policy(datadir: &Path) -> serde_json::Value {
                 { "name": "backups", "binaries": [BACKUP], "uid": 0,
                   "access": ["read"], "effect": "audit" }
             ]
-        }]
+        }],
+        "libraries": LIBRARIES
     })
 }
 

@@ -86,7 +86,7 @@ EOF
 show "cat /etc/mysql/mariadb.conf.d/90-guard-demo.cnf"
 show "mariadb-install-db --user=mysql --datadir=$DATADIR --skip-test-db" 4
 
-step "3. The policy, signed off-host: only mariadbd, started by its supervisor mysqld_safe, reads and writes the data directory; mariabackup may read it (logged)"
+step "3. The policy, signed off-host: only mariadbd, started by its supervisor mysqld_safe, reads and writes the data directory; mariabackup may read it (logged); both load code only from the system's library folders"
 note "the administrator's signing key, made on another machine; only its public half goes to the server:"
 mkdir -p "$OFFHOST"
 show "guardctl keygen $ADMIN_KEY"
@@ -113,7 +113,8 @@ cat > "$POLICY" <<EOF
           "access": ["read"], "effect": "audit" }
       ]
     }
-  ]
+  ],
+  "libraries": ["/usr/lib/x86_64-linux-gnu", "/usr/lib/mysql/plugin"]
 }
 EOF
 show "cat $POLICY" 20

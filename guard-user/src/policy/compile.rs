@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use guard_common::{
-    access, DevKey, DirKey, ExeKey, LaunchKey, PolicyMeta, RuleKey, RuleValue, ANY_ID,
-    MAX_ANCESTORS, MAX_EXES, MAX_POINTS, MAX_RULE_ENTRIES,
+    access, library, DevKey, DirKey, ExeKey, LaunchKey, PolicyMeta, RuleKey, RuleValue, ANY_ID,
+    MAX_ANCESTORS, MAX_EXES, MAX_LIBRARIES, MAX_POINTS, MAX_RULE_ENTRIES,
 };
 
 use super::{Effect, Pointer, PolicyError, ResolvedPolicy};
@@ -35,6 +35,11 @@ pub struct PolicyEntries {
     /// Supervisors and relays: immutable while the policy is active, like
     /// the allowed binaries.
     pub launchers: Vec<ExeKey>,
+    /// `LIBRARIES`: with `libraries` in the policy, every allowed binary
+    /// (`CONFINED`) and every listed file (`APPROVED`).
+    pub libraries: Vec<(LaunchKey, u32)>,
+    /// The listed files: immutable while the policy is active.
+    pub library_files: Vec<ExeKey>,
 }
 
 /// Sort key of a rule entry, so the output order does not depend on hashing.
@@ -123,6 +128,8 @@ impl ResolvedPolicy {
             .chain(relays.iter().copied())
             .collect();
 
+        let (libraries, library_files) = self.library_entries(&exes, &launch_key);
+
         PolicyEntries {
             meta: PolicyMeta {
                 mode: self.mode.kernel_value(),
@@ -131,7 +138,7 @@ impl ResolvedPolicy {
                     .iter()
                     .any(|r| r.uid.is_some() || r.gid.is_some()) as u32,
                 supervises: !supervisors.is_empty() as u32,
-                _pad: 0,
+                confines: self.libraries.is_some() as u32,
             },
             devs: devs
                 .into_iter()
@@ -180,7 +187,35 @@ impl ResolvedPolicy {
                 .map(|exe| launch_key(exe_key(exe)))
                 .collect(),
             launchers: launchers.into_iter().map(exe_key).collect(),
+            libraries,
+            library_files,
         }
+    }
+
+    /// `LIBRARIES` entries (confined binaries, approved files) and the
+    /// approved files; none when the policy lists no `libraries`.
+    fn library_entries(
+        &self,
+        exes: &BTreeSet<(u32, u64)>,
+        launch_key: &dyn Fn(ExeKey) -> LaunchKey,
+    ) -> (Vec<(LaunchKey, u32)>, Vec<ExeKey>) {
+        let Some(listed) = &self.libraries else {
+            return (Vec::new(), Vec::new());
+        };
+        let mut bits: BTreeMap<(u32, u64), u32> = BTreeMap::new();
+        for exe in exes {
+            *bits.entry(*exe).or_default() |= library::CONFINED;
+        }
+        for file in listed {
+            *bits.entry(exe_order(file.key())).or_default() |= library::APPROVED;
+        }
+        let files: BTreeSet<(u32, u64)> = listed.iter().map(|f| exe_order(f.key())).collect();
+        (
+            bits.into_iter()
+                .map(|(exe, bits)| (launch_key(exe_key(exe)), bits))
+                .collect(),
+            files.into_iter().map(exe_key).collect(),
+        )
     }
 }
 
@@ -217,6 +252,11 @@ pub(super) fn check_capacity(policy: &ResolvedPolicy) -> Vec<PolicyError> {
             MAX_EXES,
         ),
         ("relays (`through`)", entries.relays.len(), MAX_EXES),
+        (
+            "allowed binaries and approved libraries",
+            entries.libraries.len(),
+            MAX_LIBRARIES,
+        ),
     ];
     checks
         .into_iter()
@@ -329,6 +369,7 @@ mod tests {
                     vec![binary(2, 20)],
                 ),
             ],
+            libraries: None,
         };
         let e = policy.entries(9);
         assert_eq!(e.meta.mode, MODE_ENFORCE);
@@ -473,6 +514,7 @@ mod tests {
                     vec![binary(1, 10)],
                 ),
             ],
+            libraries: None,
         };
         let e = policy.entries(1);
         assert_eq!(e.meta.mode, MODE_AUDIT);
@@ -594,6 +636,64 @@ mod tests {
     }
 
     #[test]
+    fn libraries_confine_every_allowed_binary_to_the_listed_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let libs = dir.path().join("libs");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::create_dir(&libs).unwrap();
+        let file = |path: std::path::PathBuf| {
+            std::fs::write(&path, path.to_str().unwrap()).unwrap();
+            path
+        };
+        let (server, tool) = (
+            file(dir.path().join("server")),
+            file(dir.path().join("tool")),
+        );
+        let (libc, plugin) = (
+            file(libs.join("libc.so")),
+            file(dir.path().join("plugin.so")),
+        );
+        let ino = |path: &std::path::Path| {
+            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap())
+        };
+        let rules = serde_json::json!([
+            {"binaries": [server], "access": ["read"], "effect": "allow"},
+            {"binaries": [tool], "access": ["read"], "effect": "allow"},
+        ]);
+        let text = serde_json::json!({"mode": "enforce", "protected": [{"path": data, "rules": rules}],
+            "libraries": [libs, plugin]});
+        let e = resolve(&crate::policy::parse(&text.to_string()).unwrap())
+            .unwrap()
+            .entries(5);
+        assert_eq!(e.meta.confines, 1);
+        let bits = |path: &std::path::Path| {
+            e.libraries
+                .iter()
+                .find(|(k, _)| k.exe.ino == ino(path) && k.generation == 5)
+                .map(|(_, bits)| *bits)
+        };
+        assert_eq!(bits(&server), Some(library::CONFINED));
+        assert_eq!(bits(&tool), Some(library::CONFINED));
+        assert_eq!(bits(&libc), Some(library::APPROVED));
+        assert_eq!(bits(&plugin), Some(library::APPROVED));
+        assert_eq!(e.libraries.len(), 4);
+        let mut immutable: Vec<u64> = e.library_files.iter().map(|k| k.ino).collect();
+        immutable.sort();
+        let mut expected = vec![ino(&libc), ino(&plugin)];
+        expected.sort();
+        assert_eq!(immutable, expected);
+
+        let unconfined = serde_json::json!({"mode": "enforce",
+            "protected": [{"path": data, "rules": rules}]});
+        let e = resolve(&crate::policy::parse(&unconfined.to_string()).unwrap())
+            .unwrap()
+            .entries(5);
+        assert_eq!(e.meta.confines, 0);
+        assert!(e.libraries.is_empty() && e.library_files.is_empty());
+    }
+
+    #[test]
     fn a_binary_cannot_have_two_ways_to_start() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
@@ -623,6 +723,7 @@ mod tests {
             hash: String::new(),
             points: (0..too_many as u64).map(|i| point(1, i)).collect(),
             rules: vec![],
+            libraries: None,
         };
         let errors = check_capacity(&policy);
         assert_eq!(errors.len(), 1);

@@ -15,7 +15,8 @@
 //!         { "binaries": [{ "path": "/usr/bin/mariabackup", "sha256": "<64 hex digits>" }],
 //!           "uid": 0, "access": ["read"], "effect": "audit" }
 //!       ] }
-//!   ]
+//!   ],
+//!   "libraries": ["/usr/lib/x86_64-linux-gnu", "/usr/lib/mysql/plugin"]
 //! }
 //! ```
 //!
@@ -28,6 +29,7 @@
 //! - [`ResolvedPolicy::entries`] compiles it to the kernel's map entries.
 
 mod compile;
+mod libraries;
 mod links;
 mod parse;
 mod resolve;
@@ -40,6 +42,7 @@ use guard_common::access as access_bits;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use compile::PolicyEntries;
+pub use libraries::ResolvedLibrary;
 pub use links::check_hard_links;
 pub use parse::parse;
 pub use resolve::{
@@ -52,6 +55,11 @@ pub use schema::schema;
 pub struct Policy {
     pub mode: Mode,
     pub protected: Vec<Protected>,
+    /// When present, every binary the rules allow may map executable only
+    /// itself and these files (a directory stands for the files directly in
+    /// it): no LD_PRELOAD, plugin or memfd code from anywhere else.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub libraries: Option<Vec<PathBuf>>,
 }
 
 /// What happens to an access no rule allows.

@@ -245,7 +245,7 @@ impl Parser {
             value,
             &at,
             "a policy object",
-            &["$schema", "mode", "protected"],
+            &["$schema", "mode", "protected", "libraries"],
             &["mode", "protected"],
         )?;
         // `$schema` lets editors find the schema; it does not change the policy.
@@ -254,10 +254,15 @@ impl Parser {
         let protected = self.required(object, &at, "protected", |p, v, at| {
             p.list(v, at, true, Self::protected)
         });
+        // An empty list is meaningful: the binaries may map only themselves.
+        let libraries = self.optional(object, &at, "libraries", |p, v, at| {
+            p.list(v, at, false, Self::absolute_path)
+        });
         schema.ok()?;
         Some(Policy {
             mode: mode?,
             protected: protected?,
+            libraries: libraries.ok()?,
         })
     }
 

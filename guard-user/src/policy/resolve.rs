@@ -14,6 +14,7 @@ use guard_common::ExeKey;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::libraries::{resolve_libraries, ResolvedLibrary};
 use super::{
     Access, Effect, Mode, Pointer, Policy, PolicyError, PolicyErrors, Protected, Sha256Digest,
     StartedBy,
@@ -29,6 +30,10 @@ pub struct ResolvedPolicy {
     pub points: Vec<ResolvedPoint>,
     /// Rules in document order; the index is the rule id events carry.
     pub rules: Vec<RuleInfo>,
+    /// The files the binaries may map executable (`libraries`), when the
+    /// policy confines them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub libraries: Option<Vec<ResolvedLibrary>>,
 }
 
 /// A protected directory as the kernel sees it.
@@ -169,6 +174,10 @@ pub fn resolve(policy: &Policy) -> Result<ResolvedPolicy, PolicyErrors> {
         .collect();
     resolver.check_overlaps(&located);
     let rules = resolver.rules(policy);
+    let libraries = policy
+        .libraries
+        .as_ref()
+        .map(|listed| resolve_libraries(listed, &mut resolver.errors));
     if !resolver.errors.is_empty() {
         return Err(PolicyErrors(resolver.errors));
     }
@@ -180,6 +189,7 @@ pub fn resolve(policy: &Policy) -> Result<ResolvedPolicy, PolicyErrors> {
             .map(|p| p.expect("no errors, so every point resolved").point)
             .collect(),
         rules,
+        libraries,
     };
     let capacity_errors = super::compile::check_capacity(&resolved);
     if !capacity_errors.is_empty() {
@@ -570,7 +580,7 @@ fn sha256_of(file: &mut File) -> io::Result<Sha256Digest> {
     Ok(Sha256Digest(hasher.finalize().into()))
 }
 
-fn io_problem(path: &Path, error: io::Error) -> String {
+pub(super) fn io_problem(path: &Path, error: io::Error) -> String {
     match error.kind() {
         io::ErrorKind::NotFound => format!("{} does not exist", path.display()),
         _ => format!("cannot read {}: {error}", path.display()),

@@ -30,6 +30,13 @@ pub fn schema() -> Value {
                 "type": "array",
                 "minItems": 1,
                 "items": { "$ref": "#/$defs/protected" }
+            },
+            "libraries": {
+                "description": "When present, every binary the rules allow may map executable \
+                                only itself and these files (a directory: the files directly in it), \
+                                which become immutable while the policy is active.",
+                "type": "array",
+                "items": { "$ref": "#/$defs/absolutePath" }
             }
         },
         "$defs": {
@@ -127,6 +134,9 @@ mod tests {
         r#"{"mode":"enforce","protected":[{"path":"/srv","rules":[
             {"binaries":["/b"],"access":["read"],"effect":"allow",
              "started_by":{"supervisor":"/usr/bin/mysqld_safe","through":["/usr/bin/nohup"]}}]}]}"#,
+        r#"{"mode":"enforce","protected":[{"path":"/srv","rules":[]}],
+            "libraries":["/usr/lib/x86_64-linux-gnu","/usr/lib/mysql/plugin/ha_x.so"]}"#,
+        r#"{"mode":"enforce","protected":[{"path":"/srv","rules":[]}],"libraries":[]}"#,
     ];
 
     const INVALID: &[&str] = &[
@@ -136,6 +146,8 @@ mod tests {
         r#"{"mode":"audit","protected":[{"path":"srv","rules":[]}]}"#,
         r#"{"mode":"audit","protected":[{"path":"/srv"}]}"#,
         r#"{"mode":"audit","protected":[{"path":"/srv","rules":[]}],"extra":1}"#,
+        r#"{"mode":"audit","protected":[{"path":"/srv","rules":[]}],"libraries":["lib"]}"#,
+        r#"{"mode":"audit","protected":[{"path":"/srv","rules":[]}],"libraries":"/lib"}"#,
         r#"{"mode":"audit","protected":[{"path":"/srv","rules":[
             {"binaries":[],"access":["read"],"effect":"allow"}]}]}"#,
         r#"{"mode":"audit","protected":[{"path":"/srv","rules":[
