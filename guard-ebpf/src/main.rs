@@ -973,7 +973,7 @@ unsafe fn try_exec_mapping(
         return Ok(ALLOW);
     }
     let obj = Object { dentry, dev: mapped.dev, ino: mapped.ino };
-    let mut report = Report {
+    let report = Report {
         verdict: verdict::DENIED,
         access: access::EXEC,
         hook,
@@ -983,15 +983,22 @@ unsafe fn try_exec_mapping(
         generation,
         exe: caller.exe,
     };
-    if meta.mode == MODE_AUDIT {
+    Ok(deny_or_report(o, &obj, report, meta.mode == MODE_AUDIT))
+}
+
+/// Denies what `report` describes, or under an audit-mode policy reports
+/// it as would-deny and allows it.
+#[inline(always)]
+unsafe fn deny_or_report(o: &KernelOffsets, obj: &Object, mut report: Report, audit_mode: bool) -> i32 {
+    if audit_mode {
         count(stat::WOULD_DENY);
         report.verdict = verdict::WOULD_DENY;
-        emit(o, &obj, &report);
-        return Ok(ALLOW);
+        emit(o, obj, &report);
+        return ALLOW;
     }
     count(stat::DENIED);
-    emit(o, &obj, &report);
-    Ok(EPERM)
+    emit(o, obj, &report);
+    EPERM
 }
 
 /// inode_setxattr([userns|idmap,] dentry, name, ...): extended attributes
@@ -1799,7 +1806,7 @@ unsafe fn try_protect_immutable(dentry: u64, access: u32, hook: u32) -> Result<i
     let audit_mode = kind & immutable::GUARD == 0
         && META.get(&generation).map(|m| m.mode).unwrap_or(0) == MODE_AUDIT;
     let obj = Object { dentry, dev, ino };
-    let mut report = Report {
+    let report = Report {
         verdict: verdict::DENIED,
         access,
         hook,
@@ -1809,15 +1816,7 @@ unsafe fn try_protect_immutable(dentry: u64, access: u32, hook: u32) -> Result<i
         generation,
         exe: caller.exe,
     };
-    if audit_mode {
-        count(stat::WOULD_DENY);
-        report.verdict = verdict::WOULD_DENY;
-        emit(o, &obj, &report);
-        return Ok(ALLOW);
-    }
-    count(stat::DENIED);
-    emit(o, &obj, &report);
-    Ok(EPERM)
+    Ok(deny_or_report(o, &obj, report, audit_mode))
 }
 
 /// Refuses changes inside guard's pin folder to all but guardd.
