@@ -2,6 +2,7 @@
 
 pub mod guest;
 pub mod journald;
+pub mod machine;
 pub mod mariadb;
 
 pub use journald::{
