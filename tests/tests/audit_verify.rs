@@ -5,10 +5,10 @@ mod audit_common;
 
 use std::path::PathBuf;
 
-use audit_common::{copy_dir, event, read_records, rewrite_chain};
+use audit_common::{copy_dir, copy_specs, event, read_records, rewrite_chain};
 use guard::audit::chain::{CHECKPOINTS_FILE, RECORDS_FILE};
 use guard::audit::cli::{run, LogCommand, VerifyArgs};
-use guard::audit::verify::{verify, CopySpec, Problem, Report, Role, Trust};
+use guard::audit::verify::{verify, Problem, Report, Trust};
 use guard::audit::{AuditTrail, TrailConfig};
 use serde_json::Value;
 
@@ -58,18 +58,11 @@ fn fixture() -> Fixture {
 
 impl Fixture {
     fn verify(&self) -> Report {
-        let mut specs = vec![CopySpec {
-            label: "local".into(),
-            path: self.local.clone(),
-            role: Role::Local,
-        }];
-        for (i, remote) in self.remotes.iter().enumerate() {
-            specs.push(CopySpec {
-                label: format!("collector{}", i + 1),
-                path: remote.clone(),
-                role: Role::Remote,
-            });
-        }
+        let remotes = self.remotes.iter().enumerate();
+        let specs = copy_specs(
+            &self.local,
+            remotes.map(|(i, remote)| (format!("collector{}", i + 1), remote.clone())),
+        );
         verify(&specs, &Trust::default())
     }
 

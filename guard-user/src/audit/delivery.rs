@@ -2,7 +2,7 @@
 //! syslog servers in `syslog`): run a session until it fails, mark the
 //! destination down (alerting once per outage), wait with a doubling backoff,
 //! and try again, until the trail shuts down. A session reports the peer as
-//! reached through `Outage::end`, which alerts that the destination is back.
+//! reached through `Link::connected`, which alerts that the destination is back.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,43 +17,44 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// One connection to a destination, as its kind speaks it.
 pub(crate) trait Session {
     /// Connects and delivers until something fails; it never ends otherwise.
-    /// Calls `outage.end` once the peer is reached and accepted.
-    async fn run(
-        &self,
-        shared: &Shared,
-        dest: &Destination,
-        outage: &mut Outage,
-    ) -> anyhow::Result<Infallible>;
+    /// Calls `link.connected()` once the peer is reached and accepted.
+    async fn run(&self, link: &mut Link<'_>) -> anyhow::Result<Infallible>;
 }
 
-/// Whether the current outage of a destination has been alerted, so that
-/// each outage raises one `DestinationDown` and one `DestinationBack`.
-#[derive(Debug, Default)]
-pub(crate) struct Outage {
-    reported: bool,
+/// A destination as its sessions see it: the trail, the destination's live
+/// state, and whether its current outage has been alerted (so that each
+/// outage raises one `DestinationDown` and one `DestinationBack`).
+pub(crate) struct Link<'a> {
+    pub(crate) shared: &'a Shared,
+    pub(crate) dest: &'a Destination,
+    outage_reported: bool,
 }
 
-impl Outage {
+impl Link<'_> {
     /// The session reached its peer: the destination is connected again.
-    pub(crate) fn end(&mut self, shared: &Shared, dest: &Destination) {
-        if !dest.set_connected(true) && self.reported {
-            shared.alert(TrailAlert::DestinationBack {
-                destination: dest.name.clone(),
+    pub(crate) fn connected(&mut self) {
+        if !self.dest.set_connected(true) && self.outage_reported {
+            self.shared.alert(TrailAlert::DestinationBack {
+                destination: self.dest.name.clone(),
             });
         }
-        self.reported = false;
-        dest.set_error(None);
+        self.outage_reported = false;
+        self.dest.set_error(None);
     }
 
-    /// Alerts that the destination is down, unless this outage already did.
-    fn report(&mut self, shared: &Shared, dest: &Destination, error: String) {
-        if !self.reported {
-            self.reported = true;
-            shared.alert(TrailAlert::DestinationDown {
-                destination: dest.name.clone(),
+    /// A session failed with `error`. Whether the destination had been
+    /// connected (so the failure starts a new outage).
+    fn disconnected(&mut self, error: String) -> bool {
+        let was_connected = self.dest.set_connected(false);
+        self.dest.set_error(Some(error.clone()));
+        if !self.outage_reported {
+            self.outage_reported = true;
+            self.shared.alert(TrailAlert::DestinationDown {
+                destination: self.dest.name.clone(),
                 error,
             });
         }
+        was_connected
     }
 }
 
@@ -61,22 +62,23 @@ impl Outage {
 pub(crate) async fn deliver<S: Session>(shared: Arc<Shared>, dest: Arc<Destination>, session: S) {
     let mut shutdown = shared.shutdown.subscribe();
     let mut backoff = MIN_BACKOFF;
-    let mut outage = Outage::default();
+    let mut link = Link {
+        shared: &shared,
+        dest: &dest,
+        outage_reported: false,
+    };
     loop {
         let outcome = tokio::select! {
-            outcome = session.run(&shared, &dest, &mut outage) => outcome,
+            outcome = session.run(&mut link) => outcome,
             _ = shutdown.wait_for(|stop| *stop) => return,
         };
         let error = match outcome {
             Err(e) => format!("{e:#}"),
             Ok(never) => match never {},
         };
-        // A connection that was up resets the backoff: this failure is new.
-        if dest.set_connected(false) {
+        if link.disconnected(error) {
             backoff = MIN_BACKOFF;
         }
-        dest.set_error(Some(error.clone()));
-        outage.report(&shared, &dest, error);
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = shutdown.wait_for(|stop| *stop) => return,

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 
 use super::chain::{append_line_synced, line_seq, ChainReader, CHECKPOINTS_FILE, RECEIPTS_FILE};
 use super::checkpoint::{Checkpoint, Receipt};
-use super::delivery::{Outage, Session};
+use super::delivery::{Link, Session};
 use super::protocol::{
     read_line_limited, to_line, ClientMessage, LineRead, ServerMessage, MAX_BATCH,
 };
@@ -56,22 +56,13 @@ const WINDOW: usize = 16;
 const BATCH: usize = 1024;
 
 impl Session for CollectorDestination {
-    async fn run(
-        &self,
-        shared: &Shared,
-        dest: &Destination,
-        outage: &mut Outage,
-    ) -> anyhow::Result<Infallible> {
-        session(shared, dest, self, outage).await
+    async fn run(&self, link: &mut Link<'_>) -> anyhow::Result<Infallible> {
+        session(self, link).await
     }
 }
 
-async fn session(
-    shared: &Shared,
-    dest: &Destination,
-    config: &CollectorDestination,
-    outage: &mut Outage,
-) -> anyhow::Result<Infallible> {
+async fn session(config: &CollectorDestination, link: &mut Link<'_>) -> anyhow::Result<Infallible> {
+    let (shared, dest) = (link.shared, link.dest);
     let stream = connect(&config.address, &config.server_name, &config.tls).await?;
     let (read_half, mut writer) = tokio::io::split(stream);
 
@@ -107,7 +98,7 @@ async fn session(
     let stored = next_seq.saturating_sub(1);
     check_collector_head(shared, dest, stored, &head)?;
 
-    outage.end(shared, dest);
+    link.connected();
 
     let mut records = ChainReader::open_at(&shared.dir, stored + 1)?;
     dest.set_acked(stored, records.offset(), true)?;

@@ -29,11 +29,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::chain::ChainReader;
-use super::delivery::{Outage, Session};
+use super::delivery::{Link, Session};
 use super::record::{Record, Seq};
-use super::spool::Destination;
 use super::tls::{connect, TlsFiles};
-use super::trail::Shared;
 
 /// One syslog server to forward to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,26 +109,17 @@ fn header_field(text: &str, max: usize) -> String {
 }
 
 impl Session for SyslogDestination {
-    async fn run(
-        &self,
-        shared: &Shared,
-        dest: &Destination,
-        outage: &mut Outage,
-    ) -> anyhow::Result<Infallible> {
-        session(shared, dest, self, outage).await
+    async fn run(&self, link: &mut Link<'_>) -> anyhow::Result<Infallible> {
+        session(self, link).await
     }
 }
 
-async fn session(
-    shared: &Shared,
-    dest: &Destination,
-    config: &SyslogDestination,
-    outage: &mut Outage,
-) -> anyhow::Result<Infallible> {
+async fn session(config: &SyslogDestination, link: &mut Link<'_>) -> anyhow::Result<Infallible> {
+    let (shared, dest) = (link.shared, link.dest);
     let stream = connect(&config.address, &config.server_name, &config.tls).await?;
     let (mut read_half, mut writer) = tokio::io::split(stream);
 
-    outage.end(shared, dest);
+    link.connected();
 
     // The server never writes to us: anything readable means it closed.
     let closed = async move {

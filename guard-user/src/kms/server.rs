@@ -662,30 +662,20 @@ async fn serve_connection(
 ) {
     // Replies are small: without this, Nagle and delayed ACKs can add ~40 ms.
     let _ = tcp.set_nodelay(true);
+    let refuse_handshake = |reason: &str| {
+        audit(
+            &state,
+            &peer.to_string(),
+            "tls-handshake",
+            "",
+            "refused",
+            reason,
+        )
+    };
     let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            audit(
-                &state,
-                &peer.to_string(),
-                "tls-handshake",
-                "",
-                "refused",
-                &e.to_string(),
-            );
-            return;
-        }
-        Err(_) => {
-            audit(
-                &state,
-                &peer.to_string(),
-                "tls-handshake",
-                "",
-                "refused",
-                "handshake timed out",
-            );
-            return;
-        }
+        Ok(Err(e)) => return refuse_handshake(&e.to_string()),
+        Err(_) => return refuse_handshake("handshake timed out"),
     };
     let client = tls
         .get_ref()

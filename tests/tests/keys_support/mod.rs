@@ -534,16 +534,7 @@ pub fn read(path: &Path) -> Result<Vec<u8>, i32> {
     std::fs::read(path).map_err(|e| e.raw_os_error().unwrap_or(-1))
 }
 
-pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + timeout;
-    while std::time::Instant::now() < deadline {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    condition()
-}
+pub use guard_tests::wait_until;
 
 /// A real PyKMIP server (Debian `python3-pykmip`) on 127.0.0.1 with its own
 /// certificates, policy directory and SQLite database.
