@@ -18,11 +18,12 @@
 use guard::fscrypt;
 use guard::keyring::{self, SecretKey};
 use guard_tests::guest::*;
+use guard_tests::machine;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Techniques the kernel side does not close yet (observed on 6.1 and 6.12
 /// after main's "Close more ways to the data"). Remove ids as they are closed.
@@ -100,42 +101,6 @@ impl Drop for Volume {
     }
 }
 
-/// A guardd with `--trust-key`; disarmed with a signed order when dropped,
-/// so the tests after this one find no pinned key.
-struct SignedGuardd {
-    guardd: Option<Guardd>,
-    keys: SigningKeys,
-}
-
-impl SignedGuardd {
-    fn start() -> SignedGuardd {
-        let keys = SigningKeys::new("attack");
-        let guardd = Guardd::start_with(&["--trust-key", keys.public.to_str().unwrap()]);
-        SignedGuardd {
-            guardd: Some(guardd),
-            keys,
-        }
-    }
-}
-
-impl Drop for SignedGuardd {
-    fn drop(&mut self) {
-        let Some(mut guardd) = self.guardd.take() else {
-            return;
-        };
-        let out = guardctl(&["order", "challenge"]);
-        if out.status.success() {
-            let nonce = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            let order = self.keys.sign_order("disarm", &nonce);
-            let _ = guardctl(&["disarm", order.to_str().unwrap()]);
-        }
-        if guardd.wait_exit(Duration::from_secs(30)).is_none() {
-            eprintln!("attack_suite: guardd did not exit after the cleanup disarm");
-            guardd.abandon();
-        }
-    }
-}
-
 fn run_suite() -> SuiteRun {
     let root = Path::new(ROOT);
     let _ = sh(&format!("umount -l {ROOT}/vol"));
@@ -149,7 +114,8 @@ fn run_suite() -> SuiteRun {
     let accomplice = root.join("allowed/guardctl");
     std::fs::copy(bin("guardctl"), &accomplice).unwrap();
 
-    let guardd = SignedGuardd::start();
+    let keys = SigningKeys::new("attack");
+    let guardd = SignedGuardd::start(&keys, &[]);
     let policy = json!({
         "mode": "enforce",
         "protected": [{
@@ -166,7 +132,7 @@ fn run_suite() -> SuiteRun {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let signed = guardd.keys.sign_policy(&policy, serial);
+    let signed = keys.sign_policy(&policy, serial);
     assert_ok(&apply_file(&signed), "applying the signed policy");
 
     let out = Command::new(bin("guardctl"))
@@ -206,8 +172,7 @@ fn run_suite() -> SuiteRun {
 
 /// The table, for the test log (the JSON is what is asserted).
 fn print_table(report: &Value) {
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    println!("attack suite on {}", kernel.trim());
+    println!("attack suite on {}", machine::kernel_release());
     for row in rows(report) {
         println!(
             "{:<24} | {:<90} | {}",

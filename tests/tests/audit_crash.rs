@@ -9,12 +9,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use audit_common::{read_records, Logd, Rsyslog};
+use audit_common::{copy_specs, read_records, start_collectors, Rsyslog};
 use guard::audit::chain::RECORDS_FILE;
-use guard::audit::forward::CollectorDestination;
 use guard::audit::syslog::SyslogDestination;
 use guard::audit::tls::TestPki;
-use guard::audit::verify::{verify, CopySpec, Role, Trust};
+use guard::audit::verify::{verify, Trust};
 use guard::audit::TrailConfig;
 
 const WRITER: &str = env!("CARGO_BIN_EXE_audit-writer");
@@ -59,28 +58,14 @@ fn run_writer(config: &Path, start: u64, count: u64, kill_after: Option<u64>) ->
 fn kill_9_mid_stream_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = TestPki::create(&tmp.path().join("pki")).unwrap();
-    let mut logds: Vec<Logd> = (1..=3)
-        .map(|i| {
-            let name = format!("collector{i}");
-            Logd::start(&pki, &tmp.path().join(&name), &name, "127.0.0.1:0")
-        })
-        .collect();
+    let mut logds = start_collectors(tmp.path(), &pki);
     let mut rsyslog = Rsyslog::start(&pki, &tmp.path().join("rsyslog"));
     let host_tls = pki.issue("db1").unwrap();
     let local = tmp.path().join("local");
     let mut config = TrailConfig::new(&local, "db1", tmp.path().join("host.key"));
     config.checkpoint_every_records = 1000;
     config.checkpoint_every_ms = 300;
-    config.collectors = logds
-        .iter()
-        .map(|l| CollectorDestination {
-            name: l.name.clone(),
-            address: l.address.clone(),
-            server_name: l.name.clone(),
-            tls: host_tls.clone(),
-            collector_key: Some(l.key_hex.clone()),
-        })
-        .collect();
+    config.collectors = logds.iter().map(|l| l.destination(&host_tls)).collect();
     config.syslog = vec![SyslogDestination {
         name: "siem".into(),
         address: rsyslog.address(),
@@ -138,18 +123,7 @@ fn kill_9_mid_stream_loses_nothing() {
             record.seq
         );
     }
-    let mut specs = vec![CopySpec {
-        label: "local".into(),
-        path: local.clone(),
-        role: Role::Local,
-    }];
-    for l in &logds {
-        specs.push(CopySpec {
-            label: l.name.clone(),
-            path: l.host_dir("db1"),
-            role: Role::Remote,
-        });
-    }
+    let specs = copy_specs(&local, logds.iter().map(|l| l.copy_of("db1")));
     let report = verify(&specs, &Trust::default());
     assert!(report.ok(), "{}", report.render());
 }

@@ -7,55 +7,25 @@ mod audit_common;
 use std::path::Path;
 use std::time::Duration;
 
-use audit_common::{event, Logd};
+use audit_common::{copy_specs, event, start_collectors, Logd};
 use guard::audit::chain::RECORDS_FILE;
-use guard::audit::forward::CollectorDestination;
 use guard::audit::tls::TestPki;
-use guard::audit::verify::{verify, CopySpec, Role, Trust};
+use guard::audit::verify::{verify, Trust};
 use guard::audit::{AuditError, AuditTrail, TrailAlert, TrailConfig};
 
 const HOST: &str = "db1";
-
-fn collectors(tmp: &Path, pki: &TestPki) -> Vec<Logd> {
-    (1..=3)
-        .map(|i| {
-            let name = format!("collector{i}");
-            Logd::start(pki, &tmp.join(&name), &name, "127.0.0.1:0")
-        })
-        .collect()
-}
 
 fn trail_config(tmp: &Path, pki: &TestPki, logds: &[Logd]) -> TrailConfig {
     let host_tls = pki.issue(HOST).unwrap();
     let mut config = TrailConfig::new(tmp.join("local"), HOST, tmp.join("host.key"));
     config.checkpoint_every_records = 500;
     config.checkpoint_every_ms = 200;
-    config.collectors = logds
-        .iter()
-        .map(|l| CollectorDestination {
-            name: l.name.clone(),
-            address: l.address.clone(),
-            server_name: l.name.clone(),
-            tls: host_tls.clone(),
-            collector_key: Some(l.key_hex.clone()),
-        })
-        .collect();
+    config.collectors = logds.iter().map(|l| l.destination(&host_tls)).collect();
     config
 }
 
 fn verify_all(local: &Path, logds: &[Logd]) -> guard::audit::verify::Report {
-    let mut specs = vec![CopySpec {
-        label: "local".into(),
-        path: local.to_path_buf(),
-        role: Role::Local,
-    }];
-    for l in logds {
-        specs.push(CopySpec {
-            label: l.name.clone(),
-            path: l.host_dir(HOST),
-            role: Role::Remote,
-        });
-    }
+    let specs = copy_specs(local, logds.iter().map(|l| l.copy_of(HOST)));
     let trust = Trust {
         host_key: None,
         collector_keys: logds
@@ -80,7 +50,7 @@ async fn record_range(trail: &AuditTrail, range: std::ops::Range<u64>) {
 async fn every_record_reaches_three_collectors_with_receipts() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = TestPki::create(&tmp.path().join("pki")).unwrap();
-    let logds = collectors(tmp.path(), &pki);
+    let logds = start_collectors(tmp.path(), &pki);
     let config = trail_config(tmp.path(), &pki, &logds);
     let local = config.dir.clone();
     let trail = AuditTrail::open(config).unwrap();
@@ -124,7 +94,7 @@ async fn every_record_reaches_three_collectors_with_receipts() {
 async fn a_stopped_collector_catches_up_after_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = TestPki::create(&tmp.path().join("pki")).unwrap();
-    let mut logds = collectors(tmp.path(), &pki);
+    let mut logds = start_collectors(tmp.path(), &pki);
     let config = trail_config(tmp.path(), &pki, &logds);
     let local = config.dir.clone();
     let trail = AuditTrail::open(config).unwrap();
@@ -194,7 +164,7 @@ async fn a_stopped_collector_catches_up_after_restart() {
 async fn the_spool_is_bounded_and_alerts_before_it_is_full() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = TestPki::create(&tmp.path().join("pki")).unwrap();
-    let mut logds = collectors(tmp.path(), &pki);
+    let mut logds = start_collectors(tmp.path(), &pki);
     let mut config = trail_config(tmp.path(), &pki, &logds[..1]);
     config.spool_limit_bytes = 300_000;
     config.spool_alert_percent = 80;

@@ -3,12 +3,12 @@
 
 mod audit_common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use audit_common::{copy_dir, event, read_records, rewrite_chain};
+use audit_common::{copy_dir, copy_specs, event, read_records, rewrite_chain};
 use guard::audit::chain::{CHECKPOINTS_FILE, RECORDS_FILE};
 use guard::audit::cli::{run, LogCommand, VerifyArgs};
-use guard::audit::verify::{verify, CopySpec, Problem, Report, Role, Trust};
+use guard::audit::verify::{verify, Problem, Report, Trust};
 use guard::audit::{AuditTrail, TrailConfig};
 use serde_json::Value;
 
@@ -58,18 +58,11 @@ fn fixture() -> Fixture {
 
 impl Fixture {
     fn verify(&self) -> Report {
-        let mut specs = vec![CopySpec {
-            label: "local".into(),
-            path: self.local.clone(),
-            role: Role::Local,
-        }];
-        for (i, remote) in self.remotes.iter().enumerate() {
-            specs.push(CopySpec {
-                label: format!("collector{}", i + 1),
-                path: remote.clone(),
-                role: Role::Remote,
-            });
-        }
+        let remotes = self.remotes.iter().enumerate();
+        let specs = copy_specs(
+            &self.local,
+            remotes.map(|(i, remote)| (format!("collector{}", i + 1), remote.clone())),
+        );
         verify(&specs, &Trust::default())
     }
 
@@ -84,18 +77,36 @@ impl Fixture {
     fn rewrite_local(&self, entries: &[(i64, Value)]) {
         rewrite_chain(&self.local, HOST, entries, &self.key_file);
     }
+
+    /// Rewrites the local chain with its entries changed by `edit`, as a
+    /// forger holding the host key would.
+    fn rewrite_local_entries(&self, edit: impl FnOnce(&mut Vec<(i64, Value)>)) {
+        let mut entries = self.entries();
+        edit(&mut entries);
+        self.rewrite_local(&entries);
+    }
+
+    /// Changes the lines of one file of the local copy in place, without
+    /// re-hashing anything.
+    fn edit_local_lines(&self, file: &str, edit: impl FnOnce(&mut Vec<String>)) {
+        let path = self.local.join(file);
+        let mut lines: Vec<String> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        edit(&mut lines);
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    }
 }
 
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-fn write_lines(path: &Path, lines: &[String]) {
-    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+/// The local copy has no findings of its own: its chain is self-consistent.
+fn assert_local_consistent(report: &Report) {
+    assert!(
+        report.findings.iter().all(|x| x.copy != "local"),
+        "{}",
+        report.render()
+    );
 }
 
 /// Findings of one kind, as (copy, seq).
@@ -130,10 +141,9 @@ fn intact_copies_verify() {
 #[test]
 fn edited_record_is_caught_in_place() {
     let f = fixture();
-    let path = f.local.join(RECORDS_FILE);
-    let mut all = lines(&path);
-    all[499] = all[499].replace("/usr/bin/cat", "/usr/bin/cut");
-    write_lines(&path, &all);
+    f.edit_local_lines(RECORDS_FILE, |all| {
+        all[499] = all[499].replace("/usr/bin/cat", "/usr/bin/cut");
+    });
     let report = f.verify();
     assert_eq!(
         found(&report, Problem::HashMismatch),
@@ -150,16 +160,10 @@ fn edited_record_is_caught_in_place() {
 #[test]
 fn record_changed_and_chain_rehashed_is_caught() {
     let f = fixture();
-    let mut entries = f.entries();
-    entries[299].1["uid"] = Value::from(1000);
-    f.rewrite_local(&entries);
+    f.rewrite_local_entries(|entries| entries[299].1["uid"] = Value::from(1000));
     let report = f.verify();
     // The rewritten local chain is self-consistent...
-    assert!(
-        report.findings.iter().all(|x| x.copy != "local"),
-        "{}",
-        report.render()
-    );
+    assert_local_consistent(&report);
     // ...but every remote copy shows exactly that one record changed.
     assert_eq!(found(&report, Problem::Changed), local_vs_all(300));
     assert_eq!(report.findings.len(), 3, "{}", report.render());
@@ -168,10 +172,9 @@ fn record_changed_and_chain_rehashed_is_caught() {
 #[test]
 fn deleted_record_is_caught() {
     let f = fixture();
-    let path = f.local.join(RECORDS_FILE);
-    let mut all = lines(&path);
-    all.remove(641);
-    write_lines(&path, &all);
+    f.edit_local_lines(RECORDS_FILE, |all| {
+        all.remove(641);
+    });
     let report = f.verify();
     assert_eq!(
         found(&report, Problem::SeqOutOfOrder),
@@ -183,15 +186,11 @@ fn deleted_record_is_caught() {
 #[test]
 fn deleted_record_with_renumbered_chain_is_caught() {
     let f = fixture();
-    let mut entries = f.entries();
-    entries.remove(641);
-    f.rewrite_local(&entries);
+    f.rewrite_local_entries(|entries| {
+        entries.remove(641);
+    });
     let report = f.verify();
-    assert!(
-        report.findings.iter().all(|x| x.copy != "local"),
-        "{}",
-        report.render()
-    );
+    assert_local_consistent(&report);
     assert_eq!(found(&report, Problem::Deleted), local_vs_all(642));
     // Nothing else: the later records are recognised, not reported as changed.
     assert_eq!(report.findings.len(), 3, "{}", report.render());
@@ -200,10 +199,10 @@ fn deleted_record_with_renumbered_chain_is_caught() {
 #[test]
 fn inserted_record_is_caught() {
     let f = fixture();
-    let mut entries = f.entries();
-    let forged = (entries[9].0, event(9999));
-    entries.insert(10, forged);
-    f.rewrite_local(&entries);
+    f.rewrite_local_entries(|entries| {
+        let forged = (entries[9].0, event(9999));
+        entries.insert(10, forged);
+    });
     let report = f.verify();
     assert_eq!(found(&report, Problem::Inserted), local_vs_all(11));
     assert!(report.render().contains("t9999.ibd"));
@@ -212,9 +211,7 @@ fn inserted_record_is_caught() {
 #[test]
 fn reordered_records_are_caught() {
     let f = fixture();
-    let mut entries = f.entries();
-    entries.swap(200, 700);
-    f.rewrite_local(&entries);
+    f.rewrite_local_entries(|entries| entries.swap(200, 700));
     let report = f.verify();
     let reordered = found(&report, Problem::Reordered);
     assert!(!reordered.is_empty(), "{}", report.render());
@@ -238,10 +235,7 @@ fn reordered_records_are_caught() {
 #[test]
 fn truncated_tail_is_caught() {
     let f = fixture();
-    let path = f.local.join(RECORDS_FILE);
-    let mut all = lines(&path);
-    all.truncate(950);
-    write_lines(&path, &all);
+    f.edit_local_lines(RECORDS_FILE, |all| all.truncate(950));
     let report = f.verify();
     // The local checkpoint at 1000 outlives the records it signed...
     assert_eq!(
@@ -259,9 +253,7 @@ fn truncated_tail_is_caught() {
 #[test]
 fn truncated_tail_with_checkpoints_removed_is_still_caught() {
     let f = fixture();
-    let mut entries = f.entries();
-    entries.truncate(950);
-    f.rewrite_local(&entries);
+    f.rewrite_local_entries(|entries| entries.truncate(950));
     let report = f.verify();
     let truncated = found(&report, Problem::TailTruncated);
     assert_eq!(truncated.len(), 3, "{}", report.render());
@@ -282,7 +274,7 @@ fn local_log_rewritten_from_scratch_matches_no_remote() {
         "{}",
         report.render()
     );
-    assert!(report.findings.iter().all(|x| x.copy != "local"));
+    assert_local_consistent(&report);
     let text = report.render();
     assert!(
         text.contains(
@@ -295,12 +287,11 @@ fn local_log_rewritten_from_scratch_matches_no_remote() {
 #[test]
 fn forged_checkpoint_signature_is_caught() {
     let f = fixture();
-    let path = f.local.join(CHECKPOINTS_FILE);
-    let mut all = lines(&path);
-    let mut cp: Value = serde_json::from_str(&all[3]).unwrap();
-    cp["seq"] = Value::from(401);
-    all[3] = cp.to_string();
-    write_lines(&path, &all);
+    f.edit_local_lines(CHECKPOINTS_FILE, |all| {
+        let mut cp: Value = serde_json::from_str(&all[3]).unwrap();
+        cp["seq"] = Value::from(401);
+        all[3] = cp.to_string();
+    });
     let report = f.verify();
     assert_eq!(
         found(&report, Problem::BadSignature),

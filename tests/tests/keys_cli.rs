@@ -9,10 +9,9 @@ use std::fs;
 use std::path::Path;
 
 use guard::kms::pki::{CertificateAuthority, Role};
-use guard::kms::{KekState, KmsConfig};
+use guard::kms::KekState;
 use guard::volume::{self, VolumeStore};
 use keys_support::*;
-use time::OffsetDateTime;
 
 const MARKER: &str = "GUARD-PLAINTEXT-MARKER-cli-9d41";
 /// Plaintext written outside the volume, which verify-encryption must find.
@@ -190,30 +189,21 @@ fn guardctl_verify_encryption_and_recover() {
     guardctl.run(&["volume", "lock", "pg"]).ok();
     image.unmount();
     let out_dir = image.dir.path().join("restore");
-    let image_arg = image.image.to_str().unwrap();
-    let run = guardctl.run(&[
+    let recover = [
         "recover",
         "pg",
         "--image",
-        image_arg,
+        image.image.to_str().unwrap(),
         "--out",
         out_dir.to_str().unwrap(),
-    ]);
+    ];
+    let run = guardctl.run(&recover);
     assert!(run.ok().contains("recovered 2 files"), "{}", run.stdout);
     assert_eq!(snapshot(&out_dir), files);
 
     // Not into a directory that already holds something.
     let before = snapshot(&out_dir);
-    guardctl
-        .run(&[
-            "recover",
-            "pg",
-            "--image",
-            image_arg,
-            "--out",
-            out_dir.to_str().unwrap(),
-        ])
-        .fails_with(&["not empty"]);
+    guardctl.run(&recover).fails_with(&["not empty"]);
     assert_eq!(snapshot(&out_dir), before);
 
     // Not from an image without the encrypt feature.
@@ -282,24 +272,13 @@ fn guardctl_refuses_bad_input_and_changes_nothing() {
 
     // A KMS that answers garbage, over TLS and in plain TCP.
     let tmp = tempfile::tempdir().unwrap();
-    let with_url = |url: String, file: &str| {
-        let config = tmp.path().join(file);
-        let json = KmsConfig::GuardKms {
-            url,
-            tls: kms.client_tls(),
-        };
-        fs::write(&config, serde_json::to_vec(&json).unwrap()).unwrap();
-        Guardctl {
-            volume_dir: guardctl.volume_dir.clone(),
-            kms_config: config,
-        }
-    };
-    let garbage = with_url(
+    let garbage = guardctl.with_kms(
+        tmp.path().join("garbage.json"),
         garbage_kms(
             &kms,
             b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\nConnection: close\r\n\r\n{\"id\": 42!!}",
         ),
-        "garbage.json",
+        kms.client_tls(),
     );
     garbage
         .run(&["volume", "init", "e", empty.to_str().unwrap()])
@@ -318,30 +297,11 @@ fn guardctl_refuses_bad_input_and_changes_nothing() {
     let server_ca = fs::read_to_string(&kms.pki.ca_cert).unwrap();
     let rogue = CertificateAuthority::new("rogue ca").unwrap();
     let issued = rogue.issue("guardd", &[], Role::Client, 30).unwrap();
-    let now = OffsetDateTime::now_utc();
-    let expired = ca
-        .issue_with_validity(
-            "guardd",
-            &[],
-            Role::Client,
-            now - time::Duration::days(30),
-            now - time::Duration::days(1),
-        )
-        .unwrap();
+    let expired = expired_certificate(&ca, "guardd", &[], Role::Client);
     for (label, cert) in [("rogue", &issued), ("expired", &expired)] {
         let certs = tmp.path().join(label);
-        fs::create_dir(&certs).unwrap();
         let tls = client_files(&certs, &server_ca, &cert.cert_pem, &cert.key_pem);
-        let config = certs.join("kms.json");
-        let json = KmsConfig::GuardKms {
-            url: kms.url(),
-            tls,
-        };
-        fs::write(&config, serde_json::to_vec(&json).unwrap()).unwrap();
-        let bad = Guardctl {
-            volume_dir: guardctl.volume_dir.clone(),
-            kms_config: config,
-        };
+        let bad = guardctl.with_kms(certs.join("kms.json"), kms.url(), tls);
         bad.run(&["volume", "unlock", "t"])
             .fails_with(&["TLS with KMS", "stay locked"]);
         assert_eq!(on_disk(&store, &empty), locked, "{label} certificate");

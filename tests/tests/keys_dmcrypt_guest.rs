@@ -7,9 +7,12 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 use guard::kms::server::start_embedded;
+use guard::kms::Kms;
 use guard::volume::{self, dmcrypt, VolumeStore};
+use tempfile::TempDir;
 
 const MARKER: &str = "GUARD-PLAINTEXT-MARKER-dmcrypt-4be1";
 
@@ -41,6 +44,46 @@ impl Drop for LoopDevice {
     }
 }
 
+/// A guard-kms, a volume store and a loop device over a sparse file, all in
+/// one temporary directory that outlives the loop device.
+struct Scratch {
+    // First, so that it is detached before the directory goes.
+    loop_device: LoopDevice,
+    kms: Arc<dyn Kms>,
+    store: VolumeStore,
+    backing: PathBuf,
+    _tmp: TempDir,
+}
+
+impl Scratch {
+    /// `size` bytes of loop device; `volume` is the name the mapping will have.
+    fn new(volume: &str, size: u64) -> Scratch {
+        let tmp = tempfile::tempdir().unwrap();
+        let kms = start_embedded(&tmp.path().join("kms"))
+            .unwrap()
+            .connect()
+            .unwrap();
+        let store = VolumeStore::new(tmp.path().join("volumes"));
+        let backing = tmp.path().join("disk.img");
+        fs::File::create(&backing).unwrap().set_len(size).unwrap();
+        let device =
+            PathBuf::from(sh(Command::new("losetup").args(["-f", "--show"]).arg(&backing)).trim());
+        let mnt = tmp.path().join("mnt");
+        fs::create_dir(&mnt).unwrap();
+        Scratch {
+            loop_device: LoopDevice {
+                device,
+                volume: volume.into(),
+                mnt,
+            },
+            kms,
+            store,
+            backing,
+            _tmp: tmp,
+        }
+    }
+}
+
 fn contains(path: &Path, needle: &[u8]) -> bool {
     let data = fs::read(path).unwrap();
     data.windows(needle.len()).any(|w| w == needle)
@@ -50,28 +93,11 @@ fn contains(path: &Path, needle: &[u8]) -> bool {
 #[ignore = "guest: run by cargo xtask vm-test"]
 fn dm_crypt_volume_keyed_through_a_logon_key() {
     let _ = Command::new("modprobe").arg("dm_crypt").status();
-    let tmp = tempfile::tempdir().unwrap();
-    let kms = start_embedded(&tmp.path().join("kms"))
-        .unwrap()
-        .connect()
-        .unwrap();
-    let store = VolumeStore::new(tmp.path().join("volumes"));
-    let backing = tmp.path().join("disk.img");
-    fs::File::create(&backing)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
-    let device =
-        PathBuf::from(sh(Command::new("losetup").args(["-f", "--show"]).arg(&backing)).trim());
-    let mnt = tmp.path().join("mnt");
-    fs::create_dir(&mnt).unwrap();
-    let guard = LoopDevice {
-        device: device.clone(),
-        volume: "dm".into(),
-        mnt: mnt.clone(),
-    };
+    let scratch = Scratch::new("dm", 64 << 20);
+    let (kms, store, backing) = (&scratch.kms, &scratch.store, &scratch.backing);
+    let (device, mnt) = (&scratch.loop_device.device, &scratch.loop_device.mnt);
 
-    let record = dmcrypt::init(&store, kms.as_ref(), "dm", &device).unwrap();
+    let record = dmcrypt::init(store, kms.as_ref(), "dm", device).unwrap();
     let mapper = dmcrypt::mapper_path("dm");
     assert!(mapper.exists());
     // The table names the logon key; no key material appears in it.
@@ -84,65 +110,47 @@ fn dm_crypt_volume_keyed_through_a_logon_key() {
     assert!(!keys.contains("guard:dm"), "{keys}");
 
     sh(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&mapper));
-    sh(Command::new("mount").arg(&mapper).arg(&mnt));
+    sh(Command::new("mount").arg(&mapper).arg(mnt));
     fs::write(mnt.join("secret.txt"), MARKER.repeat(50)).unwrap();
-    sh(Command::new("umount").arg(&mnt));
-    volume::lock(&store, "dm").unwrap();
+    sh(Command::new("umount").arg(mnt));
+    volume::lock(store, "dm").unwrap();
     assert!(!mapper.exists());
     assert!(
-        !contains(&backing, MARKER.as_bytes()),
+        !contains(backing, MARKER.as_bytes()),
         "plaintext reached the backing device"
     );
 
-    let report = volume::unlock(&store, kms.as_ref(), "dm").unwrap();
+    let report = volume::unlock(store, kms.as_ref(), "dm").unwrap();
     assert_eq!(report.key_identifier, record.key_identifier);
-    sh(Command::new("mount").arg(&mapper).arg(&mnt));
+    sh(Command::new("mount").arg(&mapper).arg(mnt));
     assert_eq!(
         fs::read_to_string(mnt.join("secret.txt")).unwrap(),
         MARKER.repeat(50)
     );
-    let status = volume::status(&store).unwrap();
+    let status = volume::status(store).unwrap();
     assert!(status[0].state.starts_with("unlocked"), "{status:?}");
-    sh(Command::new("umount").arg(&mnt));
+    sh(Command::new("umount").arg(mnt));
 
     // Revocation: the mapping goes and the KMS refuses to bring it back.
-    volume::revoke(&store, kms.as_ref(), "dm").unwrap();
+    volume::revoke(store, kms.as_ref(), "dm").unwrap();
     assert!(!mapper.exists());
     let mut unflagged = store.load("dm").unwrap();
     unflagged.revoked = false;
     store.save(&unflagged).unwrap();
-    let err = volume::unlock(&store, kms.as_ref(), "dm").unwrap_err();
+    let err = volume::unlock(store, kms.as_ref(), "dm").unwrap_err();
     assert!(format!("{err:#}").contains("Revoked"), "{err:#}");
     assert!(!mapper.exists());
-    drop(guard);
 }
 
 #[test]
 #[ignore = "guest: run by cargo xtask vm-test"]
 fn dm_crypt_init_refuses_a_mounted_device() {
-    let tmp = tempfile::tempdir().unwrap();
-    let kms = start_embedded(&tmp.path().join("kms"))
-        .unwrap()
-        .connect()
-        .unwrap();
-    let store = VolumeStore::new(tmp.path().join("volumes"));
-    let backing = tmp.path().join("disk.img");
-    fs::File::create(&backing)
-        .unwrap()
-        .set_len(32 << 20)
-        .unwrap();
-    let device =
-        PathBuf::from(sh(Command::new("losetup").args(["-f", "--show"]).arg(&backing)).trim());
-    let mnt = tmp.path().join("mnt");
-    fs::create_dir(&mnt).unwrap();
-    let _guard = LoopDevice {
-        device: device.clone(),
-        volume: "m".into(),
-        mnt: mnt.clone(),
-    };
-    sh(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&device));
-    sh(Command::new("mount").arg(&device).arg(&mnt));
-    let err = dmcrypt::init(&store, kms.as_ref(), "m", &device).unwrap_err();
+    let scratch = Scratch::new("m", 32 << 20);
+    let (kms, store) = (&scratch.kms, &scratch.store);
+    let (device, mnt) = (&scratch.loop_device.device, &scratch.loop_device.mnt);
+    sh(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(device));
+    sh(Command::new("mount").arg(device).arg(mnt));
+    let err = dmcrypt::init(store, kms.as_ref(), "m", device).unwrap_err();
     assert!(format!("{err:#}").contains("is mounted"), "{err:#}");
     assert!(store.list().unwrap().is_empty());
 }

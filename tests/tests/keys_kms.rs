@@ -12,15 +12,22 @@ use std::time::Duration;
 
 use guard::fscrypt::{self, DirPolicy};
 use guard::kms::pki::{CertificateAuthority, Role};
-use guard::kms::{KekState, KmsConfig, KmsError};
+use guard::kms::{KekState, KmsConfig, KmsError, TlsFiles};
 use guard::volume::{self, Backoff, UnlockEvent};
 use keys_support::*;
-use time::OffsetDateTime;
 
 const MARKER: &[u8] = b"GUARD-PLAINTEXT-MARKER-kms-51c2";
 
 fn kms_error(result: Result<String, KmsError>) -> KmsError {
     result.expect_err("the KMS call should fail")
+}
+
+/// `create_kek` through a client presenting `tls` to `url`: it must fail in
+/// the TLS handshake. The error, for more checks.
+fn tls_refusal(url: String, tls: TlsFiles) -> KmsError {
+    let err = kms_error(guard_kms_client(url, tls).create_kek("x"));
+    assert!(matches!(err, KmsError::Tls { .. }), "{err}");
+    err
 }
 
 #[test]
@@ -34,59 +41,26 @@ fn client_certificates_from_another_ca_or_expired_are_refused() {
     let rogue = CertificateAuthority::new("rogue ca").unwrap();
     let issued = rogue.issue("guardd", &[], Role::Client, 30).unwrap();
     let rogue_dir = tmp.path().join("rogue");
-    fs::create_dir(&rogue_dir).unwrap();
     let tls = client_files(&rogue_dir, &server_ca, &issued.cert_pem, &issued.key_pem);
-    let client = KmsConfig::GuardKms {
-        url: kms.url(),
-        tls,
-    }
-    .connect()
-    .unwrap();
-    let err = kms_error(client.create_kek("x"));
-    assert!(matches!(err, KmsError::Tls { .. }), "{err}");
+    tls_refusal(kms.url(), tls);
 
     // An expired certificate from the right CA.
-    let now = OffsetDateTime::now_utc();
-    let expired = ca
-        .issue_with_validity(
-            "guardd",
-            &[],
-            Role::Client,
-            now - time::Duration::days(30),
-            now - time::Duration::days(1),
-        )
-        .unwrap();
+    let expired = expired_certificate(&ca, "guardd", &[], Role::Client);
     let expired_dir = tmp.path().join("expired");
-    fs::create_dir(&expired_dir).unwrap();
     let tls = client_files(
         &expired_dir,
         &server_ca,
         &expired.cert_pem,
         &expired.key_pem,
     );
-    let client = KmsConfig::GuardKms {
-        url: kms.url(),
-        tls,
-    }
-    .connect()
-    .unwrap();
-    let err = kms_error(client.create_kek("x"));
-    assert!(matches!(err, KmsError::Tls { .. }), "{err}");
+    tls_refusal(kms.url(), tls);
 
     // A server certificate from a CA the client does not trust.
     let other_ca_dir = tmp.path().join("other");
-    fs::create_dir(&other_ca_dir).unwrap();
     let mine = fs::read_to_string(&kms.pki.client_cert).unwrap();
     let mine_key = fs::read_to_string(&kms.pki.client_key).unwrap();
     let tls = client_files(&other_ca_dir, &rogue.cert_pem(), &mine, &mine_key);
-    let client = KmsConfig::GuardKms {
-        url: kms.url(),
-        tls,
-    }
-    .connect()
-    .unwrap();
-    let err = kms_error(client.create_kek("x"));
-    assert!(matches!(err, KmsError::Tls { .. }), "{err}");
+    let err = tls_refusal(kms.url(), tls);
     assert!(err.to_string().contains("TLS with KMS"), "{err}");
 
     // None of these created anything, and the refusals were audited.
@@ -99,16 +73,7 @@ fn client_certificates_from_another_ca_or_expired_are_refused() {
 fn expired_server_certificate_is_refused() {
     let ca = CertificateAuthority::new("kms ca").unwrap();
     let kms = KmsServer::start_with(&ca, 0);
-    let now = OffsetDateTime::now_utc();
-    let expired = ca
-        .issue_with_validity(
-            "localhost",
-            &["localhost", "127.0.0.1"],
-            Role::Server,
-            now - time::Duration::days(30),
-            now - time::Duration::days(1),
-        )
-        .unwrap();
+    let expired = expired_certificate(&ca, "localhost", &["localhost", "127.0.0.1"], Role::Server);
     // A second guard-kms process serving the expired certificate.
     let mut stale = KmsServer::start_with(&ca, 0);
     stale.stop();
@@ -216,12 +181,7 @@ fn a_kms_answering_garbage_gets_a_clear_error_and_nothing_changes() {
         &kms,
         b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\nConnection: close\r\n\r\n{\"id\": 42!!}",
     );
-    let client = KmsConfig::GuardKms {
-        url,
-        tls: kms.client_tls(),
-    }
-    .connect()
-    .unwrap();
+    let client = guard_kms_client(url, kms.client_tls());
     let err = volume::init_fscrypt(&store.store, client.as_ref(), "g", &dir).unwrap_err();
     let text = format!("{err:#}");
     assert!(text.contains("answered garbage"), "{text}");
@@ -229,12 +189,7 @@ fn a_kms_answering_garbage_gets_a_clear_error_and_nothing_changes() {
     assert_eq!(fscrypt::get_policy(&dir).unwrap(), DirPolicy::Unencrypted);
 
     let url = garbage_kms(&kms, b"\x00\x01\x02 this is not HTTP at all\r\n\r\n");
-    let client = KmsConfig::GuardKms {
-        url,
-        tls: kms.client_tls(),
-    }
-    .connect()
-    .unwrap();
+    let client = guard_kms_client(url, kms.client_tls());
     let err = volume::init_fscrypt(&store.store, client.as_ref(), "g", &dir).unwrap_err();
     let text = format!("{err:#}");
     assert!(text.contains("garbage"), "{text}");
@@ -248,12 +203,7 @@ fn a_kms_answering_garbage_gets_a_clear_error_and_nothing_changes() {
             let _ = tcp.write_all(b"garbage garbage garbage garbage\n");
         }
     });
-    let client = KmsConfig::GuardKms {
-        url: format!("https://127.0.0.1:{port}"),
-        tls: kms.client_tls(),
-    }
-    .connect()
-    .unwrap();
+    let client = guard_kms_client(format!("https://127.0.0.1:{port}"), kms.client_tls());
     let err = volume::init_fscrypt(&store.store, client.as_ref(), "g", &dir).unwrap_err();
     assert!(format!("{err:#}").contains("TLS with KMS"), "{err:#}");
     assert!(store.files().is_empty());
@@ -264,12 +214,7 @@ fn a_kms_answering_garbage_gets_a_clear_error_and_nothing_changes() {
 fn unreachable_kms_is_reported_as_such() {
     let kms = KmsServer::start();
     let port = free_port();
-    let client = KmsConfig::GuardKms {
-        url: format!("https://127.0.0.1:{port}"),
-        tls: kms.client_tls(),
-    }
-    .connect()
-    .unwrap();
+    let client = guard_kms_client(format!("https://127.0.0.1:{port}"), kms.client_tls());
     let err = kms_error(client.create_kek("x"));
     assert!(
         matches!(err, KmsError::Unreachable { .. }) && err.is_transient(),

@@ -15,7 +15,6 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -25,6 +24,7 @@ use tokio::sync::mpsc;
 
 use super::chain::{append_line_synced, line_seq, ChainReader, CHECKPOINTS_FILE, RECEIPTS_FILE};
 use super::checkpoint::{Checkpoint, Receipt};
+use super::delivery::{Link, Session};
 use super::protocol::{
     read_line_limited, to_line, ClientMessage, LineRead, ServerMessage, MAX_BATCH,
 };
@@ -54,52 +54,15 @@ pub struct CollectorDestination {
 const WINDOW: usize = 16;
 /// Records per batch.
 const BATCH: usize = 1024;
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-/// Delivers to one collector until the trail shuts down.
-pub(crate) async fn deliver(
-    shared: Arc<Shared>,
-    dest: Arc<Destination>,
-    config: CollectorDestination,
-) {
-    let mut shutdown = shared.shutdown.subscribe();
-    let mut backoff = MIN_BACKOFF;
-    let mut down_reported = false;
-    loop {
-        let outcome = tokio::select! {
-            outcome = session(&shared, &dest, &config, &mut down_reported) => outcome,
-            _ = shutdown.wait_for(|stop| *stop) => return,
-        };
-        let error = match outcome {
-            Err(e) => format!("{e:#}"),
-            Ok(never) => match never {},
-        };
-        if dest.set_connected(false) {
-            backoff = MIN_BACKOFF;
-        }
-        dest.set_error(Some(error.clone()));
-        if !down_reported {
-            down_reported = true;
-            shared.alert(TrailAlert::DestinationDown {
-                destination: dest.name.clone(),
-                error,
-            });
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.wait_for(|stop| *stop) => return,
-        }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+impl Session for CollectorDestination {
+    async fn run(&self, link: &mut Link<'_>) -> anyhow::Result<Infallible> {
+        session(self, link).await
     }
 }
 
-async fn session(
-    shared: &Shared,
-    dest: &Destination,
-    config: &CollectorDestination,
-    down_reported: &mut bool,
-) -> anyhow::Result<Infallible> {
+async fn session(config: &CollectorDestination, link: &mut Link<'_>) -> anyhow::Result<Infallible> {
+    let (shared, dest) = (link.shared, link.dest);
     let stream = connect(&config.address, &config.server_name, &config.tls).await?;
     let (read_half, mut writer) = tokio::io::split(stream);
 
@@ -135,13 +98,7 @@ async fn session(
     let stored = next_seq.saturating_sub(1);
     check_collector_head(shared, dest, stored, &head)?;
 
-    if !dest.set_connected(true) && *down_reported {
-        shared.alert(TrailAlert::DestinationBack {
-            destination: dest.name.clone(),
-        });
-    }
-    *down_reported = false;
-    dest.set_error(None);
+    link.connected();
 
     let mut records = ChainReader::open_at(&shared.dir, stored + 1)?;
     dest.set_acked(stored, records.offset(), true)?;

@@ -32,6 +32,7 @@ pub mod chain;
 pub mod checkpoint;
 pub mod cli;
 pub mod collector;
+mod delivery;
 pub mod forward;
 pub mod journal_sink;
 pub mod protocol;

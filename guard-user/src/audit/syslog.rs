@@ -22,7 +22,6 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -30,10 +29,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::chain::ChainReader;
+use super::delivery::{Link, Session};
 use super::record::{Record, Seq};
-use super::spool::Destination;
 use super::tls::{connect, TlsFiles};
-use super::trail::{Shared, TrailAlert};
 
 /// One syslog server to forward to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,8 +56,6 @@ fn default_app_name() -> String {
 pub const SD_ID: &str = "guard@32473";
 const FACILITY_AUTHPRIV: u8 = 10;
 const CONFIRM_DELAY: Duration = Duration::from_secs(1);
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const BATCH: usize = 1024;
 
 /// Severity for an event kind (RFC 5424 numbers).
@@ -112,59 +108,18 @@ fn header_field(text: &str, max: usize) -> String {
     }
 }
 
-/// Delivers to one syslog server until the trail shuts down.
-pub(crate) async fn deliver(
-    shared: Arc<Shared>,
-    dest: Arc<Destination>,
-    config: SyslogDestination,
-) {
-    let mut shutdown = shared.shutdown.subscribe();
-    let mut backoff = MIN_BACKOFF;
-    let mut down_reported = false;
-    loop {
-        let outcome = tokio::select! {
-            outcome = session(&shared, &dest, &config, &mut down_reported) => outcome,
-            _ = shutdown.wait_for(|stop| *stop) => return,
-        };
-        let error = match outcome {
-            Err(e) => format!("{e:#}"),
-            Ok(never) => match never {},
-        };
-        if dest.set_connected(false) {
-            backoff = MIN_BACKOFF;
-        }
-        dest.set_error(Some(error.clone()));
-        if !down_reported {
-            down_reported = true;
-            shared.alert(TrailAlert::DestinationDown {
-                destination: dest.name.clone(),
-                error,
-            });
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.wait_for(|stop| *stop) => return,
-        }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+impl Session for SyslogDestination {
+    async fn run(&self, link: &mut Link<'_>) -> anyhow::Result<Infallible> {
+        session(self, link).await
     }
 }
 
-async fn session(
-    shared: &Shared,
-    dest: &Destination,
-    config: &SyslogDestination,
-    down_reported: &mut bool,
-) -> anyhow::Result<Infallible> {
+async fn session(config: &SyslogDestination, link: &mut Link<'_>) -> anyhow::Result<Infallible> {
+    let (shared, dest) = (link.shared, link.dest);
     let stream = connect(&config.address, &config.server_name, &config.tls).await?;
     let (mut read_half, mut writer) = tokio::io::split(stream);
 
-    if !dest.set_connected(true) && *down_reported {
-        shared.alert(TrailAlert::DestinationBack {
-            destination: dest.name.clone(),
-        });
-    }
-    *down_reported = false;
-    dest.set_error(None);
+    link.connected();
 
     // The server never writes to us: anything readable means it closed.
     let closed = async move {

@@ -316,12 +316,12 @@ impl AuditTrail {
         let mut index = 0;
         for c in config.collectors {
             let dest = shared.destinations[index].clone();
-            runtime.spawn(super::forward::deliver(shared.clone(), dest, c));
+            runtime.spawn(super::delivery::deliver(shared.clone(), dest, c));
             index += 1;
         }
         for s in config.syslog {
             let dest = shared.destinations[index].clone();
-            runtime.spawn(super::syslog::deliver(shared.clone(), dest, s));
+            runtime.spawn(super::delivery::deliver(shared.clone(), dest, s));
             index += 1;
         }
         Ok(AuditTrail { requests, shared })

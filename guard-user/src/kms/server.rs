@@ -12,7 +12,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aes_gcm::aead::{Aead, Payload};
@@ -578,6 +578,12 @@ struct State {
     audit: Mutex<Audit>,
 }
 
+impl State {
+    fn store(&self) -> MutexGuard<'_, KeyStore> {
+        self.store.lock().expect("store lock")
+    }
+}
+
 fn tls_server_config(config: &ServerConfig) -> Result<rustls::ServerConfig> {
     let provider = crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
@@ -656,30 +662,20 @@ async fn serve_connection(
 ) {
     // Replies are small: without this, Nagle and delayed ACKs can add ~40 ms.
     let _ = tcp.set_nodelay(true);
+    let refuse_handshake = |reason: &str| {
+        audit(
+            &state,
+            &peer.to_string(),
+            "tls-handshake",
+            "",
+            "refused",
+            reason,
+        )
+    };
     let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            audit(
-                &state,
-                &peer.to_string(),
-                "tls-handshake",
-                "",
-                "refused",
-                &e.to_string(),
-            );
-            return;
-        }
-        Err(_) => {
-            audit(
-                &state,
-                &peer.to_string(),
-                "tls-handshake",
-                "",
-                "refused",
-                "handshake timed out",
-            );
-            return;
-        }
+        Ok(Err(e)) => return refuse_handshake(&e.to_string()),
+        Err(_) => return refuse_handshake("handshake timed out"),
     };
     let client = tls
         .get_ref()
@@ -750,6 +746,18 @@ fn decode_b64(field: &str, text: &str) -> Result<Zeroizing<Vec<u8>>, StoreError>
         .map_err(|e| StoreError::BadRequest(format!("field {field} is not base64: {e}")))
 }
 
+/// Moves key `id` to `new_state`; the reply is the key's new description.
+fn set_key_state(
+    state: &State,
+    id: &str,
+    new_state: KekState,
+) -> Result<Response<Full<Bytes>>, StoreError> {
+    state
+        .store()
+        .set_state(id, new_state)
+        .map(|info| json_response(StatusCode::OK, &info))
+}
+
 async fn handle(state: &State, client: &str, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
@@ -773,7 +781,7 @@ async fn handle(state: &State, client: &str, request: Request<Incoming>) -> Resp
         (&Method::POST, ["v1", "keys"]) => {
             let result = async {
                 let req: CreateRequest = parse_json(&body)?;
-                let info = state.store.lock().expect("store lock").create(&req.name)?;
+                let info = state.store().create(&req.name)?;
                 Ok(json_response(StatusCode::CREATED, &info))
             }
             .await;
@@ -784,7 +792,7 @@ async fn handle(state: &State, client: &str, request: Request<Incoming>) -> Resp
             let result = match params.get("name") {
                 None => Err(StoreError::BadRequest("locate needs ?name=".into())),
                 Some(name) => {
-                    let store = state.store.lock().expect("store lock");
+                    let store = state.store();
                     let keys = store
                         .keys
                         .iter()
@@ -802,9 +810,7 @@ async fn handle(state: &State, client: &str, request: Request<Incoming>) -> Resp
         }
         (&Method::GET, ["v1", "keys", id]) => {
             let result = state
-                .store
-                .lock()
-                .expect("store lock")
+                .store()
                 .find(id)
                 .map(|k| json_response(StatusCode::OK, &info(k)));
             ("get", id.to_string(), result)
@@ -816,11 +822,7 @@ async fn handle(state: &State, client: &str, request: Request<Incoming>) -> Resp
                 let _wipe = Zeroizing::new(req.plaintext.clone());
                 let plaintext = decode_b64("plaintext", &req.plaintext)?;
                 let aad = decode_b64("aad", &req.aad)?;
-                let wrapped = state
-                    .store
-                    .lock()
-                    .expect("store lock")
-                    .wrap(&id, &plaintext, &aad)?;
+                let wrapped = state.store().wrap(&id, &plaintext, &aad)?;
                 Ok(json_response(
                     StatusCode::OK,
                     &WrapReply {
@@ -837,11 +839,7 @@ async fn handle(state: &State, client: &str, request: Request<Incoming>) -> Resp
                 let req: UnwrapRequest = parse_json(&body)?;
                 let wrapped = decode_b64("wrapped", &req.wrapped)?;
                 let aad = decode_b64("aad", &req.aad)?;
-                let plaintext = state
-                    .store
-                    .lock()
-                    .expect("store lock")
-                    .unwrap(&id, &wrapped, &aad)?;
+                let plaintext = state.store().unwrap(&id, &wrapped, &aad)?;
                 let encoded = Zeroizing::new(B64.encode(&plaintext[..]));
                 Ok(json_response(
                     StatusCode::OK,
@@ -853,24 +851,16 @@ async fn handle(state: &State, client: &str, request: Request<Incoming>) -> Resp
             .await;
             ("unwrap", id, result)
         }
-        (&Method::POST, ["v1", "keys", id, "revoke"]) => {
-            let result = state
-                .store
-                .lock()
-                .expect("store lock")
-                .set_state(id, KekState::Revoked)
-                .map(|i| json_response(StatusCode::OK, &i));
-            ("revoke", id.to_string(), result)
-        }
-        (&Method::POST, ["v1", "keys", id, "destroy"]) => {
-            let result = state
-                .store
-                .lock()
-                .expect("store lock")
-                .set_state(id, KekState::Destroyed)
-                .map(|i| json_response(StatusCode::OK, &i));
-            ("destroy", id.to_string(), result)
-        }
+        (&Method::POST, ["v1", "keys", id, "revoke"]) => (
+            "revoke",
+            id.to_string(),
+            set_key_state(state, id, KekState::Revoked),
+        ),
+        (&Method::POST, ["v1", "keys", id, "destroy"]) => (
+            "destroy",
+            id.to_string(),
+            set_key_state(state, id, KekState::Destroyed),
+        ),
         _ => (
             "unknown",
             String::new(),

@@ -11,6 +11,7 @@
 use guard::control::{self, Request};
 use guard::loader::{self, Pins};
 use guard_tests::guest::{bin, guardctl, Guardd, SOCKET};
+use guard_tests::machine;
 use serde_json::{json, Value};
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
@@ -169,13 +170,9 @@ fn print_table(r: &Results) {
         ),
     ];
     println!("guard enforcement benchmark");
-    println!("kernel: {}", read_trim("/proc/sys/kernel/osrelease"));
-    println!("cpu: {}", cpu_model());
-    println!(
-        "clock: {} ({})",
-        read_trim("/sys/devices/system/clocksource/clocksource0/current_clocksource"),
-        clock_note()
-    );
+    println!("kernel: {}", machine::kernel_release());
+    println!("cpu: {}", machine::cpu_model());
+    println!("clock: {} ({})", machine::clocksource(), clock_note());
     println!(
         "method: {ROUNDS} interleaved rounds x {BATCHES} batches of {BATCH} \
          open(O_RDONLY)+close per case; ns per pair, mean of the middle 80% of batches"
@@ -375,21 +372,4 @@ fn clock_note() -> &'static str {
         Ok("instructions") => "QEMU -icount: 1 ns = 1 guest instruction, independent of host load",
         _ => "real time",
     }
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
-fn read_trim(path: &str) -> String {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
 }

@@ -12,6 +12,7 @@ use anyhow::{bail, ensure, Context, Result};
 use guard::journal::message_id;
 use guard::loader::{self, Pins};
 use guard_tests::guest::Guardd;
+use guard_tests::machine;
 use guard_tests::mariadb::{self, Keys, LocalKms, MariaDb};
 use std::ffi::CString;
 use std::path::Path;
@@ -69,8 +70,8 @@ fn main() -> Result<()> {
     println!();
     println!(
         "MariaDB benchmark: kernel {}, CPU {}, {} vCPUs",
-        read_trim("/proc/sys/kernel/osrelease"),
-        cpu_model(),
+        machine::kernel_release(),
+        machine::cpu_model(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
@@ -302,21 +303,4 @@ fn suppressed_total() -> Result<u64> {
         }
     }
     Ok(total)
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
-fn read_trim(path: &str) -> String {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
 }

@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 
 use guard::audit::chain::{CHECKPOINTS_FILE, RECORDS_FILE};
 use guard::audit::checkpoint::{load_or_create_signing_key, Checkpoint};
+use guard::audit::forward::CollectorDestination;
 use guard::audit::record::{Record, GENESIS};
 use guard::audit::tls::{TestPki, TlsFiles};
+use guard::audit::verify::{CopySpec, Role};
 use serde_json::{json, Value};
 
 /// Workspace root.
@@ -87,6 +89,36 @@ pub fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
         }
     }
+}
+
+/// Starts three collectors, `collector1` to `collector3`, each storing in a
+/// folder of its name under `dir`.
+pub fn start_collectors(dir: &Path, pki: &TestPki) -> Vec<Logd> {
+    (1..=3)
+        .map(|i| {
+            let name = format!("collector{i}");
+            Logd::start(pki, &dir.join(&name), &name, "127.0.0.1:0")
+        })
+        .collect()
+}
+
+/// What `verify` is to compare: `local` as the local copy, then each
+/// `(label, folder)` as a remote copy.
+pub fn copy_specs(
+    local: &Path,
+    remotes: impl IntoIterator<Item = (String, PathBuf)>,
+) -> Vec<CopySpec> {
+    let mut specs = vec![CopySpec {
+        label: "local".into(),
+        path: local.to_path_buf(),
+        role: Role::Local,
+    }];
+    specs.extend(remotes.into_iter().map(|(label, path)| CopySpec {
+        label,
+        path,
+        role: Role::Remote,
+    }));
+    specs
 }
 
 /// A guard-logd process.
@@ -180,6 +212,23 @@ impl Logd {
         self.store.join("hosts").join(host)
     }
 
+    /// This collector as a destination of a host that presents `tls`; its
+    /// receipts must be signed with this collector's key.
+    pub fn destination(&self, tls: &TlsFiles) -> CollectorDestination {
+        CollectorDestination {
+            name: self.name.clone(),
+            address: self.address.clone(),
+            server_name: self.name.clone(),
+            tls: tls.clone(),
+            collector_key: Some(self.key_hex.clone()),
+        }
+    }
+
+    /// The copy this collector holds of `host`'s log, labelled with its name.
+    pub fn copy_of(&self, host: &str) -> (String, PathBuf) {
+        (self.name.clone(), self.host_dir(host))
+    }
+
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
@@ -191,17 +240,7 @@ impl Drop for Logd {
     }
 }
 
-/// Polls `check` until it holds or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    check()
-}
+pub use guard_tests::wait_until;
 
 /// A real rsyslog (Debian `rsyslog` + `rsyslog-gnutls`) receiving RFC 5425
 /// syslog over TLS on a loopback port, writing what it parses to `out`.

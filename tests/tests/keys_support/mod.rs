@@ -11,11 +11,12 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use guard::kms::pki::{write_pki_with, CertificateAuthority, PkiFiles};
+use guard::kms::pki::{write_pki_with, CertificateAuthority, Issued, PkiFiles, Role};
 use guard::kms::{Kms, KmsConfig, TlsFiles};
 use guard::volume::VolumeStore;
 use std::os::unix::fs::MetadataExt;
 use tempfile::TempDir;
+use time::OffsetDateTime;
 
 pub fn require_root() {
     assert_eq!(
@@ -393,6 +394,17 @@ impl Guardctl {
     pub fn run(&self, args: &[&str]) -> CliRun {
         CliRun::of(args, self.command(args).output().expect("running guardctl"))
     }
+
+    /// A guardctl with the same volume store that talks to the guard-kms at
+    /// `url` presenting `tls`; its configuration is written to `config`.
+    pub fn with_kms(&self, config: PathBuf, url: String, tls: TlsFiles) -> Guardctl {
+        let json = KmsConfig::GuardKms { url, tls };
+        std::fs::write(&config, serde_json::to_vec(&json).unwrap()).unwrap();
+        Guardctl {
+            volume_dir: self.volume_dir.clone(),
+            kms_config: config,
+        }
+    }
 }
 
 /// What a guardctl run printed and how it exited.
@@ -480,8 +492,10 @@ pub fn garbage_kms(kms: &KmsServer, reply: &'static [u8]) -> String {
     format!("https://127.0.0.1:{port}")
 }
 
-/// Client TLS files with a certificate issued by some CA, written to `dir`.
+/// Client TLS files with a certificate issued by some CA, written to `dir`
+/// (created here; it must not exist yet).
 pub fn client_files(dir: &Path, ca_pem: &str, cert_pem: &str, key_pem: &str) -> TlsFiles {
+    std::fs::create_dir(dir).unwrap();
     std::fs::write(dir.join("ca.pem"), ca_pem).unwrap();
     std::fs::write(dir.join("c.pem"), cert_pem).unwrap();
     std::fs::write(dir.join("c.key"), key_pem).unwrap();
@@ -492,21 +506,35 @@ pub fn client_files(dir: &Path, ca_pem: &str, cert_pem: &str, key_pem: &str) -> 
     }
 }
 
+/// A certificate from `ca` that expired yesterday (valid for the 29 days before).
+pub fn expired_certificate(
+    ca: &CertificateAuthority,
+    common_name: &str,
+    names: &[&str],
+    role: Role,
+) -> Issued {
+    let now = OffsetDateTime::now_utc();
+    ca.issue_with_validity(
+        common_name,
+        names,
+        role,
+        now - time::Duration::days(30),
+        now - time::Duration::days(1),
+    )
+    .unwrap()
+}
+
+/// A client of the guard-kms at `url` that presents `tls`.
+pub fn guard_kms_client(url: String, tls: TlsFiles) -> Arc<dyn Kms> {
+    KmsConfig::GuardKms { url, tls }.connect().unwrap()
+}
+
 /// Reads a file, returning the OS error number on failure.
 pub fn read(path: &Path) -> Result<Vec<u8>, i32> {
     std::fs::read(path).map_err(|e| e.raw_os_error().unwrap_or(-1))
 }
 
-pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + timeout;
-    while std::time::Instant::now() < deadline {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    condition()
-}
+pub use guard_tests::wait_until;
 
 /// A real PyKMIP server (Debian `python3-pykmip`) on 127.0.0.1 with its own
 /// certificates, policy directory and SQLite database.
