@@ -99,6 +99,7 @@ fn run_in(args: &BenchArgs, dir: &Path, journal: Option<SinkFactory>) -> anyhow:
         "local chain: hash + write + fsync",
     ))?);
     if let Some(factory) = &journal {
+        rows.push(stage_journald_ceiling(args.records)?);
         rows.push(stage_sink(args.records, factory()?)?);
     }
 
@@ -176,6 +177,15 @@ fn run_in(args: &BenchArgs, dir: &Path, journal: Option<SinkFactory>) -> anyhow:
             "",
             "",
             1e6 / with.rate() - 1e6 / local.rate()
+        );
+    }
+    if let (Some(ceiling), Some(full)) = (find("journald alone"), find("full:")) {
+        println!(
+            "{:<44} {:>10} {:>9} {:>12}",
+            "  full pipeline / journald's ceiling",
+            "",
+            "",
+            format!("{:.0}%", 100.0 * full.rate() / ceiling.rate())
         );
     }
     if journal.is_none() {
@@ -275,6 +285,25 @@ fn stage_sink(records: u64, mut sink: Box<dyn RecordSink>) -> anyhow::Result<Row
         stage: "journal (sink alone)".into(),
         records,
         elapsed: spent,
+    })
+}
+
+/// journald's own ceiling on this machine: entries with nothing but a
+/// MESSAGE, sent as fast as it takes them. Every journal stage is bounded by
+/// it (journald is one process on one core).
+fn stage_journald_ceiling(records: u64) -> anyhow::Result<Row> {
+    let journal = crate::journal::Journal::connect().context("connecting to journald")?;
+    let start = Instant::now();
+    for i in 1..=records {
+        let message = format!("guard bench ceiling seq={i}");
+        journal
+            .send(&[("MESSAGE", &message)])
+            .context("writing to journald")?;
+    }
+    Ok(Row {
+        stage: "journald alone, bare MESSAGE (ceiling)".into(),
+        records,
+        elapsed: start.elapsed(),
     })
 }
 
