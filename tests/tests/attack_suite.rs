@@ -126,7 +126,10 @@ fn run_suite() -> SuiteRun {
                 "access": ["read", "write", "create", "delete", "rename", "link", "setattr"],
                 "effect": "allow"
             }]
-        }]
+        }],
+        // The accomplice loads code only from the system's libraries (row
+        // `foreign-library`).
+        "libraries": ["/usr/lib/x86_64-linux-gnu"]
     });
     let serial = SystemTime::now()
         .duration_since(UNIX_EPOCH)

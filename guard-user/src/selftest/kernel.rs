@@ -71,6 +71,13 @@ pub fn techniques() -> Vec<Technique> {
             ACCOMPLICE,
             ld_so,
         ),
+        t(
+            "foreign-library",
+            "LD_PRELOAD a library from elsewhere into the allowed binary",
+            "not mapped executable (policy `libraries`)",
+            ACCOMPLICE,
+            foreign_library,
+        ),
         Technique {
             id: "raw-device",
             name: "search the raw block device for the plaintext",
@@ -255,6 +262,64 @@ fn ld_so(t: &Target) -> Result<Attempt> {
         ],
     )?;
     Ok(Attempt::from_bytes(bytes, &format!("ld.so ALLOWED ({status})")).with_pid(pid))
+}
+
+/// A system library every Debian has; a copy of it is a file no policy lists.
+const SAMPLE_LIBRARIES: [&str; 2] = [
+    "/usr/lib/x86_64-linux-gnu/libz.so.1",
+    "/usr/lib/aarch64-linux-gnu/libz.so.1",
+];
+
+/// Starts the allowed binary with a copy of a system library in LD_PRELOAD
+/// and has it print its own memory map: code of root's choosing would run
+/// inside it if the copy is mapped executable.
+fn foreign_library(t: &Target) -> Result<Attempt> {
+    let exe = t.accomplice_exe.as_ref().context("needs --accomplice")?;
+    let sample = SAMPLE_LIBRARIES
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .context("no libz.so.1 to copy as the foreign library")?;
+    let foreign = t
+        .scratch
+        .join(format!("libforeign-{}.so", std::process::id()));
+    std::fs::copy(sample, &foreign)
+        .with_context(|| format!("copying {sample} to {}", foreign.display()))?;
+    let run = || -> std::io::Result<(u32, std::process::Output)> {
+        let child = std::process::Command::new(exe)
+            .args(["selftest", "dump", "/proc/self/maps"])
+            .env("LD_PRELOAD", &foreign)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let pid = child.id();
+        Ok((pid, child.wait_with_output()?))
+    };
+    let ran = run();
+    let _ = std::fs::remove_file(&foreign);
+    let (pid, out) = ran.with_context(|| format!("starting {}", exe.display()))?;
+    let name = foreign.file_name().unwrap_or_default().to_string_lossy();
+    let maps = String::from_utf8_lossy(&out.stdout);
+    let executable = maps.lines().any(|line| {
+        line.ends_with(name.as_ref())
+            && line
+                .split_whitespace()
+                .nth(1)
+                .is_some_and(|perms| perms.contains('x'))
+    });
+    let loader_said = String::from_utf8_lossy(&out.stderr);
+    let loader_said = loader_said.lines().next().unwrap_or("").trim();
+    let attempt = if executable {
+        Attempt::not_blocked(format!("{name} mapped executable ({})", out.status))
+    } else if maps.is_empty() {
+        Attempt::not_blocked(format!(
+            "no memory map printed ({}): {loader_said}",
+            out.status
+        ))
+    } else {
+        Attempt::blocked(format!("not mapped; ld.so: {loader_said}"))
+    };
+    Ok(attempt.with_pid(pid))
 }
 
 /// Reads the whole device with O_DIRECT (what is on the disk, not a cached
