@@ -157,7 +157,7 @@ pub fn kernel_dev(st_dev: u64) -> u32 {
 /// mounts); binaries exist, are regular files and match their pinned SHA-256;
 /// the compiled policy fits the kernel maps. Lists every problem found.
 pub fn resolve(policy: &Policy) -> Result<ResolvedPolicy, PolicyErrors> {
-    let mut resolver = Resolver::default();
+    let mut resolver = Resolver::for_policy(policy);
     let mounts = match Mounts::read() {
         Ok(mounts) => mounts,
         Err(e) => {
@@ -216,15 +216,44 @@ struct LocatedPoint {
     ancestors: Vec<Identity>,
 }
 
+/// A map filled with an entry per binary of a policy that may name
+/// thousands: hashed with foldhash (still seeded per process), not SipHash.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+fn fast_map<K, V>(capacity: usize) -> FastMap<K, V> {
+    FastMap::with_capacity_and_hasher(capacity, Default::default())
+}
+
 #[derive(Default)]
-struct Resolver {
+struct Resolver<'p> {
     errors: Vec<PolicyError>,
     /// Binaries by the path the policy gives, so each is examined once.
-    binaries: HashMap<PathBuf, Result<ResolvedBinary, String>>,
+    binaries: FastMap<&'p Path, Result<ResolvedBinary, String>>,
     hashing: Hashing,
 }
 
-impl Resolver {
+impl<'p> Resolver<'p> {
+    /// A resolver with room for every binary `policy` names.
+    fn for_policy(policy: &Policy) -> Resolver<'p> {
+        let binaries = policy
+            .protected
+            .iter()
+            .flat_map(|p| &p.rules)
+            .map(|r| {
+                let launchers = r.started_by.as_ref().map_or(0, |s| 1 + s.through.len());
+                r.binaries.len() + launchers
+            })
+            .sum();
+        Resolver {
+            errors: Vec::new(),
+            binaries: fast_map(binaries),
+            hashing: Hashing {
+                digests: fast_map(binaries),
+                ..Hashing::default()
+            },
+        }
+    }
+
     fn point(
         &mut self,
         index: usize,
@@ -273,7 +302,7 @@ impl Resolver {
         }
     }
 
-    fn rules(&mut self, policy: &Policy) -> Vec<RuleInfo> {
+    fn rules(&mut self, policy: &'p Policy) -> Vec<RuleInfo> {
         let mut rules = Vec::new();
         let root = Place::Root;
         let all = root.key("protected");
@@ -312,8 +341,8 @@ impl Resolver {
         rules
     }
 
-    fn started_by(&mut self, started_by: &StartedBy, at: &Place) -> Option<ResolvedStartedBy> {
-        let supervisor = started_by.supervisor.clone();
+    fn started_by(&mut self, started_by: &'p StartedBy, at: &Place) -> Option<ResolvedStartedBy> {
+        let supervisor = &started_by.supervisor;
         let supervisor = self.binary(&supervisor.path, supervisor.sha256, &at.key("supervisor"));
         let through: Vec<Option<ResolvedBinary>> = started_by
             .through
@@ -331,7 +360,7 @@ impl Resolver {
     /// the same supervisor and relays, or none.
     fn check_supervisors_agree(&mut self, rules: &[RuleInfo]) {
         type Launch = Option<(ExeKey, Vec<ExeKey>)>;
-        let mut first: HashMap<ExeKey, (&RuleInfo, Launch)> = HashMap::new();
+        let mut first: FastMap<ExeKey, (&RuleInfo, Launch)> = fast_map(rules.len());
         for rule in rules {
             let launch: Launch = rule.started_by.as_ref().map(ResolvedStartedBy::identities);
             for binary in &rule.binaries {
@@ -359,12 +388,12 @@ impl Resolver {
 
     fn binary(
         &mut self,
-        path: &Path,
+        path: &'p Path,
         pinned: Option<Sha256Digest>,
         at: &Place,
     ) -> Option<ResolvedBinary> {
         // One hash of the path, not three: hashing a Path walks its components.
-        let examined = match self.binaries.entry(path.to_path_buf()) {
+        let examined = match self.binaries.entry(path) {
             Entry::Occupied(known) => known.into_mut(),
             Entry::Vacant(new) => new.insert(examine_binary(path, &mut self.hashing)),
         };
@@ -613,14 +642,14 @@ fn canonical_path(file: &File, path: &Path) -> Result<PathBuf, String> {
 /// What hashing binaries reuses from one to the next.
 struct Hashing {
     /// Content digests by identity, so aliases of one file are hashed once.
-    digests: HashMap<(u64, u64), Sha256Digest>,
+    digests: FastMap<(u64, u64), Sha256Digest>,
     buffer: Vec<u8>,
 }
 
 impl Default for Hashing {
     fn default() -> Self {
         Hashing {
-            digests: HashMap::new(),
+            digests: FastMap::default(),
             buffer: vec![0; READ_CHUNK],
         }
     }
@@ -893,9 +922,9 @@ mod tests {
             tree.path("alias/../real/bin/server"),
         ];
         let mut resolver = Resolver::default();
-        for path in written {
+        for path in &written {
             let binary = resolver
-                .binary(Path::new(&path), None, &Place::Root)
+                .binary(Path::new(path), None, &Place::Root)
                 .unwrap_or_else(|| panic!("{path}: {:?}", resolver.errors));
             assert_eq!(binary.path, canonical, "{path}");
             assert_eq!(
