@@ -242,7 +242,15 @@ impl Policy {
     /// Hex SHA-256 of [`Policy::canonical_json`]: names the policy in logs and status.
     pub fn hash(&self) -> String {
         use sha2::{Digest, Sha256};
-        hex::encode(Sha256::digest(self.canonical_json().as_bytes()))
+        use std::io::Write;
+        // Written through a buffer straight into the hasher: the canonical
+        // text of a large policy is never built whole.
+        let mut hasher = Sha256::new();
+        let mut writer = std::io::BufWriter::with_capacity(16 * 1024, &mut hasher);
+        serde_json::to_writer(&mut writer, self).expect("a policy always serializes");
+        writer.flush().expect("hashing cannot fail");
+        drop(writer);
+        hex::encode(hasher.finalize())
     }
 
     /// Label of a rule in logs: its name, or its position.

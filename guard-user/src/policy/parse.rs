@@ -851,6 +851,27 @@ mod tests {
     }
 
     #[test]
+    fn a_large_policy_hashes_its_whole_canonical_form() {
+        use sha2::{Digest, Sha256};
+        let rules: Vec<String> = (0..500)
+            .map(|i| {
+                format!(r#"{{"name":"r{i}","binaries":["/usr/bin/p{i}"],"access":["read"],"effect":"allow"}}"#)
+            })
+            .collect();
+        let text = format!(
+            r#"{{"mode":"enforce","protected":[{{"path":"/d","rules":[{}]}}]}}"#,
+            rules.join(",")
+        );
+        let policy = parse(&text).unwrap();
+        let canonical = policy.canonical_json();
+        assert!(canonical.len() > 40_000, "{}", canonical.len());
+        assert_eq!(
+            policy.hash(),
+            hex::encode(Sha256::digest(canonical.as_bytes()))
+        );
+    }
+
+    #[test]
     fn canonical_form_ignores_layout_and_spelling() {
         let a = parse(EXAMPLE).unwrap();
         let b = parse(
@@ -868,6 +889,11 @@ mod tests {
         assert_eq!(a.canonical_json(), b.canonical_json());
         assert_eq!(a.hash(), b.hash());
         assert_eq!(a.hash().len(), 64);
+        use sha2::{Digest, Sha256};
+        assert_eq!(
+            a.hash(),
+            hex::encode(Sha256::digest(a.canonical_json().as_bytes()))
+        );
         let c = parse(&EXAMPLE.replace("\"enforce\"", "\"audit\"")).unwrap();
         assert_ne!(a.hash(), c.hash());
         assert!(a.canonical_json().starts_with(r#"{"mode":"enforce","protected":[{"path":"/var/lib/mysql","rules":[{"name":"mariadb server","binaries":[{"path":"/usr/sbin/mariadbd"}],"access":["read","write","create","delete","rename","link","setattr"],"effect":"allow"}"#),
