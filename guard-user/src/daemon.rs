@@ -510,6 +510,8 @@ impl Daemon {
             "generation": applied.generation, "mode": r.mode.name(),
             "protected": points, "rules": rules,
             "binaries": binaries,
+            // Files the binaries may map executable; null: not confined.
+            "approved_libraries": r.libraries.as_ref().map(Vec::len),
             "policy": serde_json::from_str::<serde_json::Value>(&applied.text).unwrap_or_default(),
             "signed": applied.signed,
         })))
