@@ -36,7 +36,7 @@ const THREADS: &str = "2";
 /// Guest seconds per sysbench run, and rounds of (plain, fscrypt, guarded);
 /// GUARD_MARIADB_SECONDS and GUARD_MARIADB_ROUNDS override them.
 const SECONDS: u64 = 10;
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 3;
 /// A fixed seed: every run issues the same sequence of queries.
 const SEED: &str = "1";
 /// Server settings for the benchmark on top of the scenario's drop-in. The
