@@ -381,21 +381,27 @@ impl Daemon {
                 }
                 Err(refusal) => return Ok(self.refused(&refusal, "policy", Some(trust), peer)),
             },
-            None if crate::signing::SignedDocument::looks_signed(&document) => {
-                let refusal = Refusal::SigningOff {
-                    what: "signed policy",
-                };
-                return Ok(self.refused(&refusal, "policy", None, peer));
-            }
             None => (document, None),
         };
+        let checked_at = started.elapsed();
+        let parsed = policy::parse(&text);
+        // Without policy signing, a signed document is refused as such, not
+        // as a policy with unknown fields. Only a document that does not
+        // parse can be one (a policy has no `signature` or `format` field),
+        // so a large policy is not read a second time to find out.
+        if trust.is_none() && parsed.is_err() && crate::signing::SignedDocument::looks_signed(&text)
+        {
+            let refusal = Refusal::SigningOff {
+                what: "signed policy",
+            };
+            return Ok(self.refused(&refusal, "policy", None, peer));
+        }
         let protected_now: Vec<policy::ResolvedPoint> = match self.applied.lock().unwrap().as_ref()
         {
             Some(applied) => applied.resolved.points.clone(),
             None => Vec::new(),
         };
-        let checked_at = started.elapsed();
-        let checked = policy::parse(&text)
+        let checked = parsed
             .and_then(|p| policy::resolve(&p))
             .and_then(|r| policy::check_hard_links(&r, &protected_now).map(|()| r));
         let resolved = match checked {
@@ -504,6 +510,8 @@ impl Daemon {
             "generation": applied.generation, "mode": r.mode.name(),
             "protected": points, "rules": rules,
             "binaries": binaries,
+            // Files the binaries may map executable; null: not confined.
+            "approved_libraries": r.libraries.as_ref().map(Vec::len),
             "policy": serde_json::from_str::<serde_json::Value>(&applied.text).unwrap_or_default(),
             "signed": applied.signed,
         })))

@@ -137,6 +137,9 @@ fn an_allowed_binary_maps_only_approved_libraries() {
     let c = Confined::new("libraries");
     let _guardd = Guardd::start();
     apply(&c.policy("enforce"));
+    // `policy show` says how many files the binaries may map executable.
+    let approved = show()["approved_libraries"].as_u64().unwrap_or(0);
+    assert!(approved > 100, "approved_libraries: {approved}");
 
     // The allowed binaries work, with the libraries the policy approves.
     let out = Command::new(&c.cat)

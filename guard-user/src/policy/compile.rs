@@ -83,8 +83,12 @@ impl ResolvedPolicy {
             }
         }
 
-        let mut rules: BTreeMap<RuleOrder, RuleValue> = BTreeMap::new();
-        let mut exes: BTreeSet<(u32, u64)> = BTreeSet::new();
+        // Collected, then sorted and merged: a policy may name thousands of
+        // binaries, and a sort of a list costs less than as many inserts
+        // into a tree.
+        let binaries = self.rules.iter().map(|r| r.binaries.len()).sum();
+        let mut rules: Vec<(RuleOrder, RuleValue)> = Vec::with_capacity(binaries);
+        let mut exes: Vec<(u32, u64)> = Vec::with_capacity(binaries);
         for rule in &self.rules {
             let audit = match rule.effect {
                 Effect::Allow => 0,
@@ -93,18 +97,28 @@ impl ResolvedPolicy {
             let uid = rule.uid.unwrap_or(ANY_ID);
             let gid = rule.gid.unwrap_or(ANY_ID);
             for binary in &rule.binaries {
-                exes.insert((binary.dev, binary.ino));
-                let value = rules
-                    .entry((rule.point, binary.dev, binary.ino, uid, gid))
-                    .or_insert(RuleValue {
-                        rule: rule.id,
-                        ..RuleValue::default()
-                    });
-                value.allow |= rule.access.0;
-                value.audit |= audit;
-                value.rule = value.rule.min(rule.id);
+                exes.push((binary.dev, binary.ino));
+                let value = RuleValue {
+                    allow: rule.access.0,
+                    audit,
+                    rule: rule.id,
+                    ..RuleValue::default()
+                };
+                rules.push(((rule.point, binary.dev, binary.ino, uid, gid), value));
             }
         }
+        rules.sort_unstable_by_key(|(order, _)| *order);
+        rules.dedup_by(|(order, value), (kept_order, kept)| {
+            let same = order == kept_order;
+            if same {
+                kept.allow |= value.allow;
+                kept.audit |= value.audit;
+                kept.rule = kept.rule.min(value.rule);
+            }
+            same
+        });
+        exes.sort_unstable();
+        exes.dedup();
 
         let launch_key = |exe: ExeKey| LaunchKey {
             generation,
@@ -196,7 +210,7 @@ impl ResolvedPolicy {
     /// approved files; none when the policy lists no `libraries`.
     fn library_entries(
         &self,
-        exes: &BTreeSet<(u32, u64)>,
+        exes: &[(u32, u64)],
         launch_key: &dyn Fn(ExeKey) -> LaunchKey,
     ) -> (Vec<(LaunchKey, u32)>, Vec<ExeKey>) {
         let Some(listed) = &self.libraries else {

@@ -242,7 +242,15 @@ impl Policy {
     /// Hex SHA-256 of [`Policy::canonical_json`]: names the policy in logs and status.
     pub fn hash(&self) -> String {
         use sha2::{Digest, Sha256};
-        hex::encode(Sha256::digest(self.canonical_json().as_bytes()))
+        use std::io::Write;
+        // Written through a buffer straight into the hasher: the canonical
+        // text of a large policy is never built whole.
+        let mut hasher = Sha256::new();
+        let mut writer = std::io::BufWriter::with_capacity(16 * 1024, &mut hasher);
+        serde_json::to_writer(&mut writer, self).expect("a policy always serializes");
+        writer.flush().expect("hashing cannot fail");
+        drop(writer);
+        hex::encode(hasher.finalize())
     }
 
     /// Label of a rule in logs: its name, or its position.
@@ -333,6 +341,7 @@ impl Pointer {
         Pointer::root().key("protected").index(point)
     }
 
+    #[cfg(test)]
     pub(crate) fn rule(point: usize, rule: usize) -> Pointer {
         Pointer::protected(point).key("rules").index(rule)
     }
@@ -345,6 +354,38 @@ impl Pointer {
     }
 }
 
+/// A place in a document, rendered to a [`Pointer`] only when a problem is
+/// found there: walking a policy of thousands of rules then builds no
+/// strings for the places that are fine.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Place<'a> {
+    Root,
+    Key(&'a Place<'a>, &'a str),
+    Index(&'a Place<'a>, usize),
+}
+
+impl<'a> Place<'a> {
+    pub(crate) fn key<'b>(&'b self, key: &'b str) -> Place<'b> {
+        Place::Key(self, key)
+    }
+
+    pub(crate) fn index(&self, index: usize) -> Place<'_> {
+        Place::Index(self, index)
+    }
+
+    pub(crate) fn pointer(&self) -> Pointer {
+        match self {
+            Place::Root => Pointer::root(),
+            Place::Key(parent, key) => parent.pointer().key(key),
+            Place::Index(parent, index) => parent.pointer().index(*index),
+        }
+    }
+
+    pub(crate) fn error(&self, message: impl Into<String>) -> PolicyError {
+        self.pointer().error(message)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,6 +394,22 @@ mod tests {
     fn pointer_escapes_tilde_and_slash() {
         let p = Pointer::root().key("a/b").key("c~d").index(3);
         assert_eq!(p.0, "/a~1b/c~0d/3");
+    }
+
+    #[test]
+    fn places_render_as_the_pointers_they_stand_for() {
+        let root = Place::Root;
+        let all = root.key("protected");
+        let point = all.index(2);
+        let rules = point.key("rules");
+        let rule = rules.index(1);
+        let access = rule.key("a/b~");
+        assert_eq!(
+            access.index(3).pointer(),
+            Pointer::rule(2, 1).key("a/b~").index(3)
+        );
+        assert_eq!(Place::Root.pointer(), Pointer::root());
+        assert_eq!(rules.error("bad").to_string(), "/protected/2/rules: bad");
     }
 
     #[test]

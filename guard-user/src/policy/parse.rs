@@ -1,19 +1,21 @@
 //! Checking a policy document's shape, reporting every problem at once.
 //!
-//! The text is first read into a JSON value (refusing duplicate keys, which
+//! The text is first read into a JSON tree (refusing duplicate keys, which
 //! would otherwise silently override each other), then walked field by
 //! field. Each problem is recorded with its JSON pointer and the walk goes on,
 //! so one run shows the author everything to fix.
 
+use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
 use std::path::PathBuf;
 
 use guard_common::access as access_bits;
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::{Map, Value};
+use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::Number;
 
 use super::{
-    Access, Binary, Effect, Mode, Pointer, Policy, PolicyError, PolicyErrors, Protected, Rule,
+    Access, Binary, Effect, Mode, Place, Policy, PolicyError, PolicyErrors, Protected, Rule,
     Sha256Digest, StartedBy,
 };
 
@@ -31,7 +33,7 @@ pub fn parse(text: &str) -> Result<Policy, PolicyErrors> {
     }
 }
 
-fn read_json(text: &str) -> Result<Value, PolicyError> {
+fn read_json(text: &str) -> Result<Json<'_>, PolicyError> {
     let mut deserializer = serde_json::Deserializer::from_str(text);
     let syntax_error = |e: serde_json::Error| {
         // serde_json appends " at line L column C"; the location says it already.
@@ -43,87 +45,186 @@ fn read_json(text: &str) -> Result<Value, PolicyError> {
             message: format!("invalid JSON: {message}"),
         }
     };
-    let StrictValue(value) = StrictValue::deserialize(&mut deserializer).map_err(syntax_error)?;
+    let value = Json::deserialize(&mut deserializer).map_err(syntax_error)?;
     deserializer.end().map_err(syntax_error)?;
     Ok(value)
 }
 
-/// A JSON value read with duplicate object keys refused.
-struct StrictValue(Value);
+/// A JSON value read with duplicate object keys refused. Strings without
+/// escapes borrow from the text, and objects keep their fields in a list: a
+/// policy of thousands of rules is read without a copy of every string and
+/// a sorted map per rule.
+#[derive(Debug)]
+enum Json<'t> {
+    Null,
+    /// No field takes a boolean: which one it is never matters.
+    Bool,
+    Number(Number),
+    String(Cow<'t, str>),
+    Array(Vec<Json<'t>>),
+    Object(Object<'t>),
+}
 
-impl<'de> Deserialize<'de> for StrictValue {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(StrictVisitor).map(StrictValue)
+/// An object's fields in document order; no key twice.
+#[derive(Debug, Default)]
+struct Object<'t>(Vec<(Cow<'t, str>, Json<'t>)>);
+
+impl<'t> Object<'t> {
+    fn get(&self, key: &str) -> Option<&Json<'t>> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(k, _)| k.as_ref())
     }
 }
 
-struct StrictVisitor;
+impl Json<'_> {
+    fn is_object(&self) -> bool {
+        matches!(self, Json::Object(_))
+    }
 
-impl<'de> Visitor<'de> for StrictVisitor {
-    type Value = Value;
+    fn as_u64(&self) -> Option<u64> {
+        match self {
+            Json::Number(n) => n.as_u64(),
+            _ => None,
+        }
+    }
+
+    fn as_f64(&self) -> Option<f64> {
+        match self {
+            Json::Number(n) => n.as_f64(),
+            _ => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Json<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(JsonVisitor)
+    }
+}
+
+struct JsonVisitor;
+
+impl<'de> Visitor<'de> for JsonVisitor {
+    type Value = Json<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON value")
     }
 
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
+    fn visit_bool<E>(self, _: bool) -> Result<Json<'de>, E> {
+        Ok(Json::Bool)
     }
 
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
+    fn visit_i64<E>(self, v: i64) -> Result<Json<'de>, E> {
+        Ok(Json::Number(v.into()))
     }
 
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
+    fn visit_u64<E>(self, v: u64) -> Result<Json<'de>, E> {
+        Ok(Json::Number(v.into()))
     }
 
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(Value::from(v))
+    fn visit_f64<E>(self, v: f64) -> Result<Json<'de>, E> {
+        Ok(Number::from_f64(v).map_or(Json::Null, Json::Number))
     }
 
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_string()))
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Json<'de>, E> {
+        Ok(Json::String(Cow::Borrowed(v)))
     }
 
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
+    fn visit_str<E>(self, v: &str) -> Result<Json<'de>, E> {
+        Ok(Json::String(Cow::Owned(v.to_string())))
     }
 
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
+    fn visit_string<E>(self, v: String) -> Result<Json<'de>, E> {
+        Ok(Json::String(Cow::Owned(v)))
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+    fn visit_unit<E>(self) -> Result<Json<'de>, E> {
+        Ok(Json::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json<'de>, A::Error> {
         let mut items = Vec::new();
-        while let Some(StrictValue(item)) = seq.next_element()? {
+        while let Some(item) = seq.next_element()? {
             items.push(item);
         }
-        Ok(Value::Array(items))
+        Ok(Json::Array(items))
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut object = Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if object.contains_key(&key) {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json<'de>, A::Error> {
+        /// Up to this many fields a duplicate is looked for in the list;
+        /// beyond, in a set, so a huge object costs no quadratic time.
+        const SCAN: usize = 16;
+        let mut fields: Vec<(Cow<'de, str>, Json<'de>)> = Vec::new();
+        let mut seen: HashSet<Cow<'de, str>> = HashSet::new();
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            let duplicate = if fields.len() < SCAN {
+                fields.iter().any(|(k, _)| *k == key)
+            } else {
+                if seen.is_empty() {
+                    seen.extend(fields.iter().map(|(k, _)| k.clone()));
+                }
+                !seen.insert(key.clone())
+            };
+            if duplicate {
                 return Err(de::Error::custom(format!("duplicate field `{key}`")));
             }
-            let StrictValue(value) = map.next_value()?;
-            object.insert(key, value);
+            let value = map.next_value()?;
+            fields.push((key, value));
         }
-        Ok(Value::Object(object))
+        Ok(Json::Object(Object(fields)))
+    }
+}
+
+/// An object key, borrowed from the text when it has no escapes.
+struct KeySeed;
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> Visitor<'de> for KeyVisitor {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string key")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
     }
 }
 
 /// What a JSON value is, for "expected X, found Y" messages.
-fn kind(value: &Value) -> &'static str {
+fn kind(value: &Json) -> &'static str {
     match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
+        Json::Null => "null",
+        Json::Bool => "a boolean",
+        Json::Number(_) => "a number",
+        Json::String(_) => "a string",
+        Json::Array(_) => "a list",
+        Json::Object(_) => "an object",
     }
 }
 
@@ -138,42 +239,43 @@ struct Parser {
 type Field<T> = Result<Option<T>, ()>;
 
 impl Parser {
-    fn error(&mut self, at: &Pointer, message: impl Into<String>) {
+    fn error(&mut self, at: &Place, message: impl Into<String>) {
         self.errors.push(at.error(message));
     }
 
-    fn wrong_type(&mut self, at: &Pointer, expected: &str, found: &Value) {
+    fn wrong_type(&mut self, at: &Place, expected: &str, found: &Json) {
         self.error(at, format!("expected {expected}, found {}", kind(found)));
     }
 
     /// Checks `value` is an object with only `allowed` fields and all `required` ones.
-    fn object<'v>(
+    fn object<'v, 't>(
         &mut self,
-        value: &'v Value,
-        at: &Pointer,
+        value: &'v Json<'t>,
+        at: &Place,
         what: &str,
         allowed: &[&str],
         required: &[&str],
-    ) -> Option<&'v Map<String, Value>> {
-        let Value::Object(object) = value else {
+    ) -> Option<&'v Object<'t>> {
+        let Json::Object(object) = value else {
             self.wrong_type(at, what, value);
             return None;
         };
-        for key in object.keys() {
-            if !allowed.contains(&key.as_str()) {
-                let expected = allowed
-                    .iter()
-                    .map(|k| format!("`{k}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                self.error(
-                    &at.key(key),
-                    format!("unknown field `{key}`; expected one of {expected}"),
-                );
-            }
+        // Reported in key order, whatever the document's.
+        let mut unknown: Vec<&str> = object.keys().filter(|k| !allowed.contains(k)).collect();
+        unknown.sort_unstable();
+        for key in unknown {
+            let expected = allowed
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            self.error(
+                &at.key(key),
+                format!("unknown field `{key}`; expected one of {expected}"),
+            );
         }
         for key in required {
-            if !object.contains_key(*key) {
+            if !object.contains_key(key) {
                 self.error(at, format!("missing field `{key}`"));
             }
         }
@@ -183,10 +285,10 @@ impl Parser {
     /// A field that may be absent.
     fn optional<T>(
         &mut self,
-        object: &Map<String, Value>,
-        at: &Pointer,
+        object: &Object,
+        at: &Place,
         key: &str,
-        check: impl FnOnce(&mut Self, &Value, &Pointer) -> Option<T>,
+        check: impl FnOnce(&mut Self, &Json, &Place) -> Option<T>,
     ) -> Field<T> {
         match object.get(key) {
             None => Ok(None),
@@ -197,10 +299,10 @@ impl Parser {
     /// A field that must be present; its absence was reported by [`Parser::object`].
     fn required<T>(
         &mut self,
-        object: &Map<String, Value>,
-        at: &Pointer,
+        object: &Object,
+        at: &Place,
         key: &str,
-        check: impl FnOnce(&mut Self, &Value, &Pointer) -> Option<T>,
+        check: impl FnOnce(&mut Self, &Json, &Place) -> Option<T>,
     ) -> Option<T> {
         self.optional(object, at, key, check).ok().flatten()
     }
@@ -208,12 +310,12 @@ impl Parser {
     /// A list, checked item by item (every item is checked even if one fails).
     fn list<T>(
         &mut self,
-        value: &Value,
-        at: &Pointer,
+        value: &Json,
+        at: &Place,
         non_empty: bool,
-        mut item: impl FnMut(&mut Self, &Value, &Pointer) -> Option<T>,
+        mut item: impl FnMut(&mut Self, &Json, &Place) -> Option<T>,
     ) -> Option<Vec<T>> {
-        let Value::Array(values) = value else {
+        let Json::Array(values) = value else {
             self.wrong_type(at, "a list", value);
             return None;
         };
@@ -229,9 +331,9 @@ impl Parser {
         items.into_iter().collect()
     }
 
-    fn string<'v>(&mut self, value: &'v Value, at: &Pointer) -> Option<&'v str> {
+    fn string<'v>(&mut self, value: &'v Json, at: &Place) -> Option<&'v str> {
         match value {
-            Value::String(s) => Some(s),
+            Json::String(s) => Some(s),
             other => {
                 self.wrong_type(at, "a string", other);
                 None
@@ -239,8 +341,8 @@ impl Parser {
         }
     }
 
-    fn policy(&mut self, value: &Value) -> Option<Policy> {
-        let at = Pointer::root();
+    fn policy(&mut self, value: &Json) -> Option<Policy> {
+        let at = Place::Root;
         let object = self.object(
             value,
             &at,
@@ -266,7 +368,7 @@ impl Parser {
         })
     }
 
-    fn mode(&mut self, value: &Value, at: &Pointer) -> Option<Mode> {
+    fn mode(&mut self, value: &Json, at: &Place) -> Option<Mode> {
         match self.string(value, at)? {
             "enforce" => Some(Mode::Enforce),
             "audit" => Some(Mode::Audit),
@@ -280,7 +382,7 @@ impl Parser {
         }
     }
 
-    fn protected(&mut self, value: &Value, at: &Pointer) -> Option<Protected> {
+    fn protected(&mut self, value: &Json, at: &Place) -> Option<Protected> {
         let object = self.object(
             value,
             at,
@@ -299,7 +401,7 @@ impl Parser {
         })
     }
 
-    fn rule(&mut self, value: &Value, at: &Pointer) -> Option<Rule> {
+    fn rule(&mut self, value: &Json, at: &Place) -> Option<Rule> {
         let object = self.object(
             value,
             at,
@@ -335,7 +437,7 @@ impl Parser {
         })
     }
 
-    fn started_by(&mut self, value: &Value, at: &Pointer) -> Option<StartedBy> {
+    fn started_by(&mut self, value: &Json, at: &Place) -> Option<StartedBy> {
         let object = self.object(
             value,
             at,
@@ -353,7 +455,7 @@ impl Parser {
         })
     }
 
-    fn rule_name(&mut self, value: &Value, at: &Pointer) -> Option<String> {
+    fn rule_name(&mut self, value: &Json, at: &Place) -> Option<String> {
         let name = self.string(value, at)?;
         if name.is_empty() {
             self.error(at, "must not be empty");
@@ -367,7 +469,7 @@ impl Parser {
         Some(name.to_string())
     }
 
-    fn absolute_path(&mut self, value: &Value, at: &Pointer) -> Option<PathBuf> {
+    fn absolute_path(&mut self, value: &Json, at: &Place) -> Option<PathBuf> {
         let path = self.string(value, at)?;
         if !path.starts_with('/') {
             self.error(at, format!("`{path}` is not an absolute path"));
@@ -380,8 +482,8 @@ impl Parser {
         Some(PathBuf::from(path))
     }
 
-    fn binary(&mut self, value: &Value, at: &Pointer) -> Option<Binary> {
-        if let Value::String(_) = value {
+    fn binary(&mut self, value: &Json, at: &Place) -> Option<Binary> {
+        if let Json::String(_) = value {
             let path = self.absolute_path(value, at)?;
             return Some(Binary { path, sha256: None });
         }
@@ -398,7 +500,7 @@ impl Parser {
         })
     }
 
-    fn sha256(&mut self, value: &Value, at: &Pointer) -> Option<Sha256Digest> {
+    fn sha256(&mut self, value: &Json, at: &Place) -> Option<Sha256Digest> {
         let text = self.string(value, at)?;
         let digest = Sha256Digest::from_hex(text);
         if digest.is_none() {
@@ -410,7 +512,7 @@ impl Parser {
         digest
     }
 
-    fn id(&mut self, value: &Value, at: &Pointer, what: &str) -> Option<u32> {
+    fn id(&mut self, value: &Json, at: &Place, what: &str) -> Option<u32> {
         // 0.0 counts as an integer, as in JSON Schema.
         let number = value.as_u64().or_else(|| {
             value
@@ -433,10 +535,10 @@ impl Parser {
         }
     }
 
-    fn access(&mut self, value: &Value, at: &Pointer) -> Option<Access> {
+    fn access(&mut self, value: &Json, at: &Place) -> Option<Access> {
         // Checked item by item here (not with `list`) so a duplicate is
         // reported even when another name in the list is unknown.
-        let Value::Array(values) = value else {
+        let Json::Array(values) = value else {
             self.wrong_type(at, "a list", value);
             return None;
         };
@@ -471,7 +573,7 @@ impl Parser {
         valid.then_some(Access(bits))
     }
 
-    fn effect(&mut self, value: &Value, at: &Pointer) -> Option<Effect> {
+    fn effect(&mut self, value: &Json, at: &Place) -> Option<Effect> {
         match self.string(value, at)? {
             "allow" => Some(Effect::Allow),
             "audit" => Some(Effect::Audit),
@@ -491,10 +593,10 @@ impl Parser {
 
 /// A short description of a value for error messages: numbers and strings
 /// are shown, other values are named by kind.
-fn describe(value: &Value) -> String {
+fn describe(value: &Json) -> String {
     match value {
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => format!("the string {s:?}"),
+        Json::Number(n) => n.to_string(),
+        Json::String(s) => format!("the string {s:?}"),
         other => kind(other).to_string(),
     }
 }
@@ -579,6 +681,42 @@ mod tests {
         let e = errors(r#"{"mode":"enforce","mode":"audit","protected":[]}"#);
         assert!(e.0[0].message.contains("duplicate field `mode`"), "{e}");
         assert_eq!(e.0[0].location, "line 1, column 24");
+    }
+
+    #[test]
+    fn duplicate_keys_are_found_however_many_and_however_written() {
+        // Spelled with an escape, the key is still `mode`.
+        let e = errors(r#"{"mode":"enforce","m\u006fde":"audit","protected":[]}"#);
+        assert!(e.0[0].message.contains("duplicate field `mode`"), "{e}");
+        // Past the fields compared one by one.
+        let many: String = (0..40).map(|i| format!(r#""k{i}":{i},"#)).collect();
+        let e = errors(&format!(r#"{{{many}"k3":0}}"#));
+        assert!(e.0[0].message.contains("duplicate field `k3`"), "{e}");
+        assert_eq!(e.0.len(), 1, "{e}");
+        let e = errors(&format!(r#"{{{many}"k40":0}}"#));
+        assert!(!e.to_string().contains("duplicate"), "{e}");
+        assert!(e.contains("/k39", "unknown field `k39`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_fields_are_reported_in_key_order() {
+        let e = errors(
+            r#"{"zeta":1,"mode":"audit","protected":[{"path":"/d","rules":[]}],"a~b":2,"Beta":3}"#,
+        );
+        let locations: Vec<&str> = e.0.iter().map(|e| e.location.as_str()).collect();
+        assert_eq!(locations, ["/Beta", "/a~0b", "/zeta"], "{e}");
+    }
+
+    #[test]
+    fn escaped_strings_are_read_like_plain_ones() {
+        let policy = parse(
+            r#"{"mode":"enf\u006frce","protected":[{"path":"/d\/\u00e9","rules":[
+            {"name":"tab\\t","binaries":["/b"],"access":["read"],"effect":"allow"}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(policy.mode, Mode::Enforce);
+        assert_eq!(policy.protected[0].path, PathBuf::from("/d/\u{e9}"));
+        assert_eq!(policy.protected[0].rules[0].name.as_deref(), Some("tab\\t"));
     }
 
     #[test]
@@ -713,6 +851,27 @@ mod tests {
     }
 
     #[test]
+    fn a_large_policy_hashes_its_whole_canonical_form() {
+        use sha2::{Digest, Sha256};
+        let rules: Vec<String> = (0..500)
+            .map(|i| {
+                format!(r#"{{"name":"r{i}","binaries":["/usr/bin/p{i}"],"access":["read"],"effect":"allow"}}"#)
+            })
+            .collect();
+        let text = format!(
+            r#"{{"mode":"enforce","protected":[{{"path":"/d","rules":[{}]}}]}}"#,
+            rules.join(",")
+        );
+        let policy = parse(&text).unwrap();
+        let canonical = policy.canonical_json();
+        assert!(canonical.len() > 40_000, "{}", canonical.len());
+        assert_eq!(
+            policy.hash(),
+            hex::encode(Sha256::digest(canonical.as_bytes()))
+        );
+    }
+
+    #[test]
     fn canonical_form_ignores_layout_and_spelling() {
         let a = parse(EXAMPLE).unwrap();
         let b = parse(
@@ -730,6 +889,11 @@ mod tests {
         assert_eq!(a.canonical_json(), b.canonical_json());
         assert_eq!(a.hash(), b.hash());
         assert_eq!(a.hash().len(), 64);
+        use sha2::{Digest, Sha256};
+        assert_eq!(
+            a.hash(),
+            hex::encode(Sha256::digest(a.canonical_json().as_bytes()))
+        );
         let c = parse(&EXAMPLE.replace("\"enforce\"", "\"audit\"")).unwrap();
         assert_ne!(a.hash(), c.hash());
         assert!(a.canonical_json().starts_with(r#"{"mode":"enforce","protected":[{"path":"/var/lib/mysql","rules":[{"name":"mariadb server","binaries":[{"path":"/usr/sbin/mariadbd"}],"access":["read","write","create","delete","rename","link","setattr"],"effect":"allow"}"#),

@@ -4,7 +4,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -16,8 +16,8 @@ use sha2::{Digest, Sha256};
 
 use super::libraries::{resolve_libraries, ResolvedLibrary};
 use super::{
-    Access, Effect, Mode, Pointer, Policy, PolicyError, PolicyErrors, Protected, Sha256Digest,
-    StartedBy,
+    Access, Effect, Mode, Place, Pointer, Policy, PolicyError, PolicyErrors, Protected,
+    Sha256Digest, StartedBy,
 };
 
 /// A policy checked against the system, ready to compile to kernel entries.
@@ -157,7 +157,7 @@ pub fn kernel_dev(st_dev: u64) -> u32 {
 /// mounts); binaries exist, are regular files and match their pinned SHA-256;
 /// the compiled policy fits the kernel maps. Lists every problem found.
 pub fn resolve(policy: &Policy) -> Result<ResolvedPolicy, PolicyErrors> {
-    let mut resolver = Resolver::default();
+    let mut resolver = Resolver::for_policy(policy);
     let mounts = match Mounts::read() {
         Ok(mounts) => mounts,
         Err(e) => {
@@ -216,16 +216,44 @@ struct LocatedPoint {
     ancestors: Vec<Identity>,
 }
 
-#[derive(Default)]
-struct Resolver {
-    errors: Vec<PolicyError>,
-    /// Binaries by the path the policy gives, so each is examined once.
-    binaries: HashMap<PathBuf, Result<ResolvedBinary, String>>,
-    /// Content digests by identity, so aliases of one file are hashed once.
-    digests: HashMap<(u64, u64), Sha256Digest>,
+/// A map filled with an entry per binary of a policy that may name
+/// thousands: hashed with foldhash (still seeded per process), not SipHash.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+fn fast_map<K, V>(capacity: usize) -> FastMap<K, V> {
+    FastMap::with_capacity_and_hasher(capacity, Default::default())
 }
 
-impl Resolver {
+#[derive(Default)]
+struct Resolver<'p> {
+    errors: Vec<PolicyError>,
+    /// Binaries by the path the policy gives, so each is examined once.
+    binaries: FastMap<&'p Path, Result<ResolvedBinary, String>>,
+    hashing: Hashing,
+}
+
+impl<'p> Resolver<'p> {
+    /// A resolver with room for every binary `policy` names.
+    fn for_policy(policy: &Policy) -> Resolver<'p> {
+        let binaries = policy
+            .protected
+            .iter()
+            .flat_map(|p| &p.rules)
+            .map(|r| {
+                let launchers = r.started_by.as_ref().map_or(0, |s| 1 + s.through.len());
+                r.binaries.len() + launchers
+            })
+            .sum();
+        Resolver {
+            errors: Vec::new(),
+            binaries: fast_map(binaries),
+            hashing: Hashing {
+                digests: fast_map(binaries),
+                ..Hashing::default()
+            },
+        }
+    }
+
     fn point(
         &mut self,
         index: usize,
@@ -274,11 +302,16 @@ impl Resolver {
         }
     }
 
-    fn rules(&mut self, policy: &Policy) -> Vec<RuleInfo> {
+    fn rules(&mut self, policy: &'p Policy) -> Vec<RuleInfo> {
         let mut rules = Vec::new();
+        let root = Place::Root;
+        let all = root.key("protected");
         for (point, protected) in policy.protected.iter().enumerate() {
+            let point_at = all.index(point);
+            let rules_at = point_at.key("rules");
             for (index, rule) in protected.rules.iter().enumerate() {
-                let at = Pointer::rule(point, index).key("binaries");
+                let rule_at = rules_at.index(index);
+                let at = rule_at.key("binaries");
                 let binaries = rule
                     .binaries
                     .iter()
@@ -287,9 +320,10 @@ impl Resolver {
                         self.binary(&binary.path, binary.sha256, &at.index(i))
                     })
                     .collect();
-                let started_by = rule.started_by.as_ref().and_then(|started_by| {
-                    self.started_by(started_by, &Pointer::rule(point, index).key("started_by"))
-                });
+                let started_by = rule
+                    .started_by
+                    .as_ref()
+                    .and_then(|started_by| self.started_by(started_by, &rule_at.key("started_by")));
                 rules.push(RuleInfo {
                     id: rules.len() as u32,
                     label: policy.rule_label(point, index),
@@ -307,8 +341,8 @@ impl Resolver {
         rules
     }
 
-    fn started_by(&mut self, started_by: &StartedBy, at: &Pointer) -> Option<ResolvedStartedBy> {
-        let supervisor = started_by.supervisor.clone();
+    fn started_by(&mut self, started_by: &'p StartedBy, at: &Place) -> Option<ResolvedStartedBy> {
+        let supervisor = &started_by.supervisor;
         let supervisor = self.binary(&supervisor.path, supervisor.sha256, &at.key("supervisor"));
         let through: Vec<Option<ResolvedBinary>> = started_by
             .through
@@ -326,7 +360,7 @@ impl Resolver {
     /// the same supervisor and relays, or none.
     fn check_supervisors_agree(&mut self, rules: &[RuleInfo]) {
         type Launch = Option<(ExeKey, Vec<ExeKey>)>;
-        let mut first: HashMap<ExeKey, (&RuleInfo, Launch)> = HashMap::new();
+        let mut first: FastMap<ExeKey, (&RuleInfo, Launch)> = fast_map(rules.len());
         for rule in rules {
             let launch: Launch = rule.started_by.as_ref().map(ResolvedStartedBy::identities);
             for binary in &rule.binaries {
@@ -354,14 +388,14 @@ impl Resolver {
 
     fn binary(
         &mut self,
-        path: &Path,
+        path: &'p Path,
         pinned: Option<Sha256Digest>,
-        at: &Pointer,
+        at: &Place,
     ) -> Option<ResolvedBinary> {
         // One hash of the path, not three: hashing a Path walks its components.
-        let examined = match self.binaries.entry(path.to_path_buf()) {
+        let examined = match self.binaries.entry(path) {
             Entry::Occupied(known) => known.into_mut(),
-            Entry::Vacant(new) => new.insert(examine_binary(path, &mut self.digests)),
+            Entry::Vacant(new) => new.insert(examine_binary(path, &mut self.hashing)),
         };
         match examined {
             Err(message) => {
@@ -511,35 +545,28 @@ fn unescape_mountinfo(field: &str) -> String {
 
 /// Identity and content hash of a binary, both taken from one open file so
 /// they describe the same inode.
-fn examine_binary(
-    path: &Path,
-    digests: &mut HashMap<(u64, u64), Sha256Digest>,
-) -> Result<ResolvedBinary, String> {
+fn examine_binary(path: &Path, hashing: &mut Hashing) -> Result<ResolvedBinary, String> {
     let not_regular = || format!("{} is not a regular file", path.display());
+    // Checked before opening: opening a device node can have effects (a
+    // watchdog starts, a tape rewinds).
     if !fs::metadata(path)
         .map_err(|e| io_problem(path, e))?
         .is_file()
     {
         return Err(not_regular());
     }
-    // O_NONBLOCK: if the path was swapped for a FIFO since the check above,
-    // opening it must not hang.
-    let mut file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| io_problem(path, e))?;
+    let (mut file, canonical) = open_binary(path)?;
     let metadata = file.metadata().map_err(|e| io_problem(path, e))?;
     if !metadata.is_file() {
         return Err(not_regular());
     }
-    let canonical = canonical_path(&file, path)?;
     let identity = (metadata.dev(), metadata.ino());
-    let sha256 = match digests.get(&identity) {
+    let sha256 = match hashing.digests.get(&identity) {
         Some(digest) => *digest,
         None => {
-            let digest = sha256_of(&mut file).map_err(|e| io_problem(&canonical, e))?;
-            digests.insert(identity, digest);
+            let digest = sha256_of(&mut file, metadata.len(), &mut hashing.buffer)
+                .map_err(|e| io_problem(&canonical, e))?;
+            hashing.digests.insert(identity, digest);
             digest
         }
     };
@@ -549,6 +576,49 @@ fn examine_binary(
         ino: metadata.ino(),
         sha256,
     })
+}
+
+/// Opens a binary to read, with its canonical path (symlinks resolved).
+///
+/// A path that is written canonically (absolute, no `.`, `..`, repeated or
+/// trailing `/`) and that the kernel opens without following a symlink
+/// (`openat2` with `RESOLVE_NO_SYMLINKS`) is the canonical path of what it
+/// opened, with no need to ask the kernel for it: in an emulated guest that
+/// procfs lookup costs more than the open. Any other path, or a refusal of
+/// that open (a symlink on the way, no `openat2`), takes the general way.
+fn open_binary(path: &Path) -> Result<(File, PathBuf), String> {
+    use rustix::fs::{openat2, Mode, OFlags, ResolveFlags, CWD};
+    // O_NONBLOCK: if the path was swapped for a FIFO since it was checked,
+    // opening it must not hang.
+    if is_written_canonically(path) {
+        if let Ok(fd) = openat2(
+            CWD,
+            path,
+            OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::NO_SYMLINKS,
+        ) {
+            return Ok((File::from(fd), path.to_path_buf()));
+        }
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| io_problem(path, e))?;
+    let canonical = canonical_path(&file, path)?;
+    Ok((file, canonical))
+}
+
+/// Whether `path` is absolute and made only of plain names: no `.` or `..`
+/// component, no empty one (`//`, a trailing `/`).
+fn is_written_canonically(path: &Path) -> bool {
+    match path.as_os_str().as_bytes().strip_prefix(b"/") {
+        Some(rest) => rest
+            .split(|b| *b == b'/')
+            .all(|name| !matches!(name, b"" | b"." | b"..")),
+        None => false,
+    }
 }
 
 /// The canonical path of the open `file` (opened by `path`): what the kernel
@@ -569,14 +639,57 @@ fn canonical_path(file: &File, path: &Path) -> Result<PathBuf, String> {
     }
 }
 
-/// SHA-256 of a file's content now (to compare with what was approved).
-pub fn sha256_file(path: &Path) -> io::Result<Sha256Digest> {
-    sha256_of(&mut File::open(path)?)
+/// What hashing binaries reuses from one to the next.
+struct Hashing {
+    /// Content digests by identity, so aliases of one file are hashed once.
+    digests: FastMap<(u64, u64), Sha256Digest>,
+    buffer: Vec<u8>,
 }
 
-fn sha256_of(file: &mut File) -> io::Result<Sha256Digest> {
+impl Default for Hashing {
+    fn default() -> Self {
+        Hashing {
+            digests: FastMap::default(),
+            buffer: vec![0; READ_CHUNK],
+        }
+    }
+}
+
+/// Bytes read at a time when hashing: a large binary in few system calls.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// SHA-256 of a file's content now (to compare with what was approved).
+pub fn sha256_file(path: &Path) -> io::Result<Sha256Digest> {
+    let mut file = File::open(path)?;
+    let size = file.metadata()?.len();
+    sha256_of(&mut file, size, &mut vec![0; READ_CHUNK])
+}
+
+/// SHA-256 of the rest of `file`, which held `size` bytes when it was
+/// stat'ed. Each read asks for one byte more than should be left, so a read
+/// that comes back short after `size` bytes is the end of the file, and a
+/// small file takes one read, not two. A file that has grown is read on to
+/// its end.
+fn sha256_of(file: &mut File, size: u64, buffer: &mut [u8]) -> io::Result<Sha256Digest> {
     let mut hasher = Sha256::new();
-    io::copy(file, &mut hasher)?;
+    let mut total: u64 = 0;
+    loop {
+        let want = match size.checked_sub(total) {
+            Some(left) => usize::try_from(left + 1).map_or(buffer.len(), |w| w.min(buffer.len())),
+            None => buffer.len(),
+        };
+        let n = match file.read(&mut buffer[..want]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buffer[..n]);
+        total += n as u64;
+        if n < want && total == size {
+            break;
+        }
+    }
     Ok(Sha256Digest(hasher.finalize().into()))
 }
 
@@ -792,6 +905,76 @@ mod tests {
             serde_json::from_str::<ResolvedPolicy>(&json).unwrap(),
             resolved
         );
+    }
+
+    #[test]
+    fn binaries_resolve_to_their_canonical_path_however_written() {
+        let tree = Tree::new();
+        tree.mkdir("real/bin");
+        let server = tree.file("real/bin/server", b"server binary");
+        let canonical = fs::canonicalize(&server).unwrap();
+        symlink(tree.path("real"), tree.path("alias")).unwrap();
+        let written = [
+            server.clone(),
+            tree.path("alias/bin/server"),
+            tree.path("real//bin/./server"),
+            tree.path("real/bin/../bin/server"),
+            tree.path("alias/../real/bin/server"),
+        ];
+        let mut resolver = Resolver::default();
+        for path in &written {
+            let binary = resolver
+                .binary(Path::new(path), None, &Place::Root)
+                .unwrap_or_else(|| panic!("{path}: {:?}", resolver.errors));
+            assert_eq!(binary.path, canonical, "{path}");
+            assert_eq!(
+                binary.sha256,
+                Sha256Digest::from_hex(&hex_sha256(b"server binary")).unwrap()
+            );
+        }
+        assert!(resolver.errors.is_empty());
+    }
+
+    #[test]
+    fn only_plain_absolute_paths_count_as_written_canonically() {
+        for plain in ["/usr/bin/env", "/a", "/a b/c\\d"] {
+            assert!(is_written_canonically(Path::new(plain)), "{plain}");
+        }
+        for other in [
+            "/",
+            "usr/bin",
+            "//usr/bin",
+            "/usr//bin",
+            "/usr/bin/",
+            "/usr/./bin",
+            "/usr/../bin",
+            "/..",
+            "/.",
+        ] {
+            assert!(!is_written_canonically(Path::new(other)), "{other}");
+        }
+    }
+
+    #[test]
+    fn hashing_reads_to_the_end_whatever_size_was_stated() {
+        let tree = Tree::new();
+        let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let expected = Sha256Digest::from_hex(&hex_sha256(&content)).unwrap();
+        let file = tree.file("big", &content);
+        let real = content.len() as u64;
+        // As stat'ed; shrunk since (stated bigger); grown since (stated smaller).
+        for stated in [real, real + 10, real - 1, 0, 5, READ_CHUNK as u64, real * 2] {
+            for chunk in [7, 4096, READ_CHUNK] {
+                let mut buffer = vec![0; chunk];
+                let mut f = File::open(&file).unwrap();
+                let digest = sha256_of(&mut f, stated, &mut buffer).unwrap();
+                assert_eq!(digest, expected, "stated {stated}, chunk {chunk}");
+            }
+        }
+        let empty = tree.file("empty", b"");
+        let digest = sha256_of(&mut File::open(&empty).unwrap(), 0, &mut [0; 16]).unwrap();
+        assert_eq!(digest.to_string(), hex_sha256(b""));
+        assert_eq!(sha256_file(Path::new(&file)).unwrap(), expected);
     }
 
     #[test]

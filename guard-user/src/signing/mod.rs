@@ -277,6 +277,25 @@ mod tests {
         assert!(!SignedDocument::looks_signed(r#"{"format": 1"#));
     }
 
+    /// guardd asks whether a document looks signed only when it does not
+    /// parse as a policy: no document may do both.
+    #[test]
+    fn a_document_that_looks_signed_never_parses_as_a_policy() {
+        let key = generate_signing_key().unwrap();
+        let valid = r#"{"$schema":"s","mode":"audit","protected":[{"path":"/d","rules":[]}]"#;
+        let looks_signed = [
+            signed_policy(&key).to_json(),
+            format!(r#"{valid},"format":1}}"#),
+            format!(r#"{valid},"signature":"x"}}"#),
+            format!(r#"{{"signature":null,{}"#, &valid[1..]) + "}",
+        ];
+        for text in looks_signed {
+            assert!(SignedDocument::looks_signed(&text), "{text}");
+            assert!(crate::policy::parse(&text).is_err(), "{text}");
+        }
+        assert!(crate::policy::parse(&format!("{valid}}}")).is_ok());
+    }
+
     #[test]
     fn a_signed_policy_verifies_and_keeps_its_exact_text() {
         let key = generate_signing_key().unwrap();
