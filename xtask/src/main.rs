@@ -46,7 +46,9 @@ enum Command {
     Demo,
     /// Benchmarks: `enforcement` (open() latency with and without guard, policy
     /// apply), `mariadb` (sysbench TPS plain / fscrypt / fscrypt + guard, decision
-    /// events per second), or `all` (both, in one guest).
+    /// events per second), or `all` (both; the open() and sysbench parts share
+    /// one instruction-clock guest, the decision events run in a second,
+    /// real-clock guest).
     Bench {
         /// Which benchmark to run.
         #[arg(value_enum, default_value = "enforcement")]
