@@ -86,9 +86,8 @@ struct Run {
     idle: f64,
 }
 
-fn sysbench_part() -> Result<()> {
-    let seconds: u64 = env_number("GUARD_MARIADB_SECONDS", SECONDS)?;
-    let rounds: usize = env_number("GUARD_MARIADB_ROUNDS", ROUNDS)?;
+/// No guard armed, a KMS on loopback, and where volume records go.
+fn disarmed_with_kms() -> Result<(Pins, LocalKms, Keys)> {
     let pins = Pins::new(loader::DEFAULT_PIN_DIR);
     loader::disarm(&pins)?;
     let kms = LocalKms::start(Path::new("/tmp/bench-kms"), false)?;
@@ -96,6 +95,14 @@ fn sysbench_part() -> Result<()> {
         volume_dir: "/tmp/bench-volumes".into(),
         kms_config: kms.config.clone(),
     };
+    Ok((pins, kms, keys))
+}
+
+fn sysbench_part() -> Result<()> {
+    let seconds: u64 = env_number("GUARD_MARIADB_SECONDS", SECONDS)?;
+    let rounds: usize = env_number("GUARD_MARIADB_ROUNDS", ROUNDS)?;
+    // The KMS serves until the end of the part.
+    let (pins, _kms, keys) = disarmed_with_kms()?;
     let plain = Path::new("/scratch/bench-plain");
     let encrypted = Path::new("/scratch/bench-fscrypt");
     for dir in [plain, encrypted] {
@@ -371,13 +378,8 @@ fn clock_note() -> &'static str {
 /// guardd armed with the scenario's policy on a fresh fscrypt volume; a client
 /// hammers a file in it; the denials counted in the journal and the trail.
 fn events_part() -> Result<()> {
-    let pins = Pins::new(loader::DEFAULT_PIN_DIR);
-    loader::disarm(&pins)?;
-    let kms = LocalKms::start(Path::new("/tmp/bench-kms"), false)?;
-    let keys = Keys {
-        volume_dir: "/tmp/bench-volumes".into(),
-        kms_config: kms.config.clone(),
-    };
+    // The KMS serves until the end of the part.
+    let (pins, _kms, keys) = disarmed_with_kms()?;
     let encrypted = Path::new("/scratch/bench-fscrypt");
     let _ = std::fs::remove_dir_all(encrypted);
     std::fs::create_dir_all(encrypted)?;
