@@ -146,9 +146,12 @@ pub mod immutable {
     pub const GUARD: u32 = 1 << 2;
 }
 
-/// Capacity of `IMMUTABLE`: allowed binaries, their approved libraries and
-/// guard's own files.
-pub const MAX_IMMUTABLE: u32 = MAX_EXES + MAX_LIBRARIES / 2 + 256;
+/// Room in `IMMUTABLE` for what policies list under `immutable` (two
+/// policies' worth: the active one and the one replacing it).
+pub const MAX_IMMUTABLE_LISTED: u32 = 8192;
+/// Capacity of `IMMUTABLE`: allowed binaries, their approved libraries,
+/// what policies list as immutable, and guard's own files.
+pub const MAX_IMMUTABLE: u32 = MAX_EXES + MAX_LIBRARIES / 2 + MAX_IMMUTABLE_LISTED + 256;
 
 /// `mode` bits of the `ptrace_access_check` hook (include/linux/ptrace.h).
 pub const PTRACE_MODE_READ: u32 = 0x01;
@@ -299,7 +302,10 @@ pub const MAX_POINTS: u32 = 1024;
 pub const MAX_ANCESTORS: u32 = 16384;
 pub const MAX_RULE_ENTRIES: u32 = 32768;
 pub const MAX_EXES: u32 = 8192;
-pub const EVENTS_RING_BYTES: u32 = 1 << 20;
+/// The decision event ring: 8 MiB hold about 10,000 events (each under
+/// 800 bytes), several seconds of what journald takes, so a burst of denials
+/// waits for guardd instead of being dropped (and only counted).
+pub const EVENTS_RING_BYTES: u32 = 1 << 23;
 
 /// Indexes into the per-CPU `STATS` array.
 pub mod stat {

@@ -512,6 +512,8 @@ impl Daemon {
             "binaries": binaries,
             // Files the binaries may map executable; null: not confined.
             "approved_libraries": r.libraries.as_ref().map(Vec::len),
+            // Files, symlinks and folders nobody may change; null: none listed.
+            "immutable_files": r.immutable.as_ref().map(|i| i.entries.len()),
             "policy": serde_json::from_str::<serde_json::Value>(&applied.text).unwrap_or_default(),
             "signed": applied.signed,
         })))
@@ -768,41 +770,8 @@ impl Daemon {
     }
 
     fn decision_entry(&self, d: &Decision) {
-        let (id, priority) = match d.verdict {
-            "denied" => (message_id::DENIED, "4"),
-            "audited" => (message_id::AUDITED, "5"),
-            _ => (message_id::WOULD_DENY, "4"),
-        };
-        let (inode, pid, uid, gid) = (
-            d.inode.to_string(),
-            d.pid.to_string(),
-            d.uid.to_string(),
-            d.gid.to_string(),
-        );
-        let message = d.message();
-        let mut fields = vec![
-            ("MESSAGE_ID", id),
-            ("MESSAGE", message.as_str()),
-            ("PRIORITY", priority),
-            ("SYSLOG_IDENTIFIER", "guardd"),
-            (journal::field::PATH, d.path.as_str()),
-            (journal::field::INODE, inode.as_str()),
-            (journal::field::DEVICE, d.device.as_str()),
-            (journal::field::PID, pid.as_str()),
-            (journal::field::UID, uid.as_str()),
-            (journal::field::GID, gid.as_str()),
-            (journal::field::COMM, d.comm.as_str()),
-            (journal::field::EXE, d.exe.as_str()),
-            (journal::field::ACCESS, d.access.as_str()),
-            (journal::field::VERDICT, d.verdict),
-            (journal::field::RULE, d.rule.as_str()),
-            (journal::field::HOOK, d.hook),
-        ];
-        if d.fail_closed {
-            fields.push(("GUARD_FAIL_CLOSED", "1"));
-        }
-        if let Err(e) = self.journal.send(&fields) {
-            eprintln!("guardd: journal write failed: {e}: {message}");
+        if let Err(e) = d.send_to(&self.journal) {
+            eprintln!("guardd: journal write failed: {e}: {}", d.message());
         }
     }
 }
@@ -1005,6 +974,13 @@ async fn record_trail_alerts(daemon: Arc<Daemon>) {
     }
 }
 
+/// Decision events handed to the audit trail and not yet durable. The ring is
+/// read on while the trail writes, up to this many; then reading waits and a
+/// flood overflows the kernel's ring, which counts what it drops.
+const EVENTS_IN_FLIGHT: u32 = 16_384;
+/// Events taken from the ring per batch (at most EVENTS_IN_FLIGHT).
+const EVENTS_PER_BATCH: usize = 4_096;
+
 /// Reads decision events from the pinned ring buffer into the journal and the audit trail.
 async fn forward_events(daemon: Arc<Daemon>, ring_pin: PathBuf) -> Result<()> {
     let map =
@@ -1013,25 +989,48 @@ async fn forward_events(daemon: Arc<Daemon>, ring_pin: PathBuf) -> Result<()> {
     // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd.
     let mut fd = unsafe { AsyncFd::register(ring) }
         .map_err(|e| anyhow::anyhow!("watching the event ring buffer: {e}"))?;
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(EVENTS_IN_FLIGHT as usize));
     loop {
         let mut ready = fd.readable_mut().await?;
-        let ring = ready.get_inner_mut();
-        let names = daemon.names.read().unwrap().clone();
-        let mut batch = Vec::new();
-        while let Some(item) = ring.next() {
-            if let Some(event) = events::decode(&item) {
-                let decision = Decision::from_event(&event, &names);
-                daemon.decision_entry(&decision);
-                batch.push(decision.audit_event());
-            }
+        let batch = journal_ring_batch(&daemon, ready.get_inner_mut());
+        if batch.len() < EVENTS_PER_BATCH {
+            ready.clear_ready(); // the ring is empty: wait for the kernel
         }
-        ready.clear_ready();
-        if !batch.is_empty() {
-            if let Err(e) = daemon.trail.record_batch(batch).await {
-                eprintln!("guardd: audit trail write failed: {e}");
+        if batch.is_empty() {
+            continue;
+        }
+        let permits = in_flight
+            .clone()
+            .acquire_many_owned(batch.len() as u32)
+            .await?;
+        match daemon.trail.record_batch_pending(batch) {
+            Ok(durable) => {
+                tokio::spawn(async move {
+                    if let Err(e) = durable.await {
+                        eprintln!("guardd: audit trail write failed: {e}");
+                    }
+                    drop(permits);
+                });
             }
+            Err(e) => eprintln!("guardd: audit trail write failed: {e}"),
         }
     }
+}
+
+/// Takes up to EVENTS_PER_BATCH events from the ring, journals each, and
+/// returns their audit records.
+fn journal_ring_batch(daemon: &Daemon, ring: &mut RingBuf<MapData>) -> Vec<serde_json::Value> {
+    let names = daemon.names.read().unwrap();
+    let mut batch = Vec::new();
+    while batch.len() < EVENTS_PER_BATCH {
+        let Some(item) = ring.next() else { break };
+        if let Some(event) = events::decode(&item) {
+            let decision = Decision::from_event(&event, &names);
+            daemon.decision_entry(&decision);
+            batch.push(decision.audit_event());
+        }
+    }
+    batch
 }
 
 fn binary_state(b: &ResolvedBinary, tainted: &[(ExeKey, guard_common::Taint)]) -> String {

@@ -169,6 +169,7 @@ impl KernelMaps {
                 .into_iter()
                 .chain(entries.launchers)
                 .chain(entries.library_files)
+                .chain(entries.immutable.into_iter().map(|(key, _)| key))
                 .collect(),
         });
         Ok(new)
@@ -274,15 +275,19 @@ impl KernelMaps {
             self.note_if_untainted();
         }
         // Allowed binaries, their supervisors, relays and approved
-        // libraries: nobody rewrites them.
-        let newly_immutable: Vec<(ExeKey, u32)> = e
-            .exes
-            .iter()
-            .chain(&e.launchers)
-            .chain(&e.library_files)
-            .map(|exe| (*exe, immutable.get(exe).copied().unwrap_or(0)))
-            .filter(|(_, bits)| bits & immutable::FILE == 0)
-            .map(|(exe, bits)| (exe, bits | immutable::FILE))
+        // libraries: nobody rewrites them; nor what the policy lists.
+        let mut wanted: std::collections::HashMap<ExeKey, u32> = std::collections::HashMap::new();
+        let files = e.exes.iter().chain(&e.launchers).chain(&e.library_files);
+        for (key, kind) in files
+            .map(|exe| (*exe, immutable::FILE))
+            .chain(e.immutable.iter().copied())
+        {
+            *wanted.entry(key).or_default() |= kind;
+        }
+        let newly_immutable: Vec<(ExeKey, u32)> = wanted
+            .into_iter()
+            .map(|(key, kind)| (key, immutable.get(&key).copied().unwrap_or(0) | kind))
+            .filter(|(key, bits)| immutable.get(key) != Some(bits))
             .collect();
         batch::update(&self.immutable, &newly_immutable)
             .context("writing GUARD_IMMUTABLE (is it full?)")?;

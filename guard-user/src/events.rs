@@ -1,5 +1,6 @@
 //! Decision events from the kernel ring buffer, rendered for the journal.
 
+use crate::journal::{field, message_id, Journal};
 use guard_common::{
     access, bpf_uapi, flags, hook, tamper, verdict, Event, ExeKey, IMMUTABLE_POINT, LIBRARY_POINT,
     NO_RULE, PINS_POINT,
@@ -48,6 +49,45 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// Journals the decision: a stable MESSAGE_ID and PRIORITY per verdict,
+    /// a readable MESSAGE and one field per fact.
+    pub fn send_to(&self, journal: &Journal) -> std::io::Result<()> {
+        let (id, priority) = match self.verdict {
+            "denied" => (message_id::DENIED, "4"),
+            "audited" => (message_id::AUDITED, "5"),
+            _ => (message_id::WOULD_DENY, "4"),
+        };
+        let (inode, pid, uid, gid) = (
+            self.inode.to_string(),
+            self.pid.to_string(),
+            self.uid.to_string(),
+            self.gid.to_string(),
+        );
+        let message = self.message();
+        let mut fields = vec![
+            ("MESSAGE_ID", id),
+            ("MESSAGE", message.as_str()),
+            ("PRIORITY", priority),
+            ("SYSLOG_IDENTIFIER", "guardd"),
+            (field::PATH, self.path.as_str()),
+            (field::INODE, inode.as_str()),
+            (field::DEVICE, self.device.as_str()),
+            (field::PID, pid.as_str()),
+            (field::UID, uid.as_str()),
+            (field::GID, gid.as_str()),
+            (field::COMM, self.comm.as_str()),
+            (field::EXE, self.exe.as_str()),
+            (field::ACCESS, self.access.as_str()),
+            (field::VERDICT, self.verdict),
+            (field::RULE, self.rule.as_str()),
+            (field::HOOK, self.hook),
+        ];
+        if self.fail_closed {
+            fields.push(("GUARD_FAIL_CLOSED", "1"));
+        }
+        journal.send(&fields)
+    }
+
     pub fn from_event(e: &Event, names: &PolicyNames) -> Self {
         if hook::is_process(e.hook) || hook::is_bpf(e.hook) {
             return Self::from_process_event(e, names);
@@ -165,7 +205,7 @@ fn bpf_object(e: &Event) -> String {
             kernel_dev_string(e.dev)
         ),
         hook::ANCESTOR_MOUNT => format!(
-            "a directory above a protected one ({}, inode {})",
+            "a directory guard keeps in place: above a protected one, or immutable ({}, inode {})",
             kernel_dev_string(e.dev),
             e.ino
         ),

@@ -30,6 +30,19 @@ pub const NOHUP: &str = "/usr/bin/nohup";
 pub const LAUNCHER: &str = "/etc/init.d/mariadb";
 /// Where the server settings for this scenario go (the guest's /etc is an overlay).
 pub const DROP_IN: &str = "/etc/mysql/mariadb.conf.d/90-guard.cnf";
+/// What the server and its launcher read their settings from, immutable
+/// under the policy: root cannot restart the server with options of its own
+/// (`skip-grant-tables`) by editing them.
+pub const CONFIGURATION: [&str; 4] = [
+    "/etc/mysql",
+    "/etc/my.cnf",
+    "/etc/default/mariadb",
+    LAUNCHER,
+];
+/// Files of CONFIGURATION that Debian does not ship but the server (first
+/// in its search order) or the launcher would read if root created them:
+/// created empty, so that they exist to be kept as they are.
+const ABSENT_CONFIGURATION: [&str; 2] = ["/etc/my.cnf", "/etc/default/mariadb"];
 
 /// Runs a command, returning its output; an error only if it cannot be started.
 pub fn run(command: &mut Command) -> Result<Output> {
@@ -183,6 +196,11 @@ impl MariaDb {
             datadir.display()
         );
         std::fs::write(DROP_IN, text).with_context(|| format!("writing {DROP_IN}"))?;
+        for path in ABSENT_CONFIGURATION {
+            if !Path::new(path).exists() {
+                std::fs::write(path, "").with_context(|| format!("creating {path}"))?;
+            }
+        }
         Ok(MariaDb {
             datadir: datadir.to_path_buf(),
         })
@@ -238,7 +256,8 @@ impl MariaDb {
 /// mysqld_safe (which runs it through `nohup`), may do everything a database
 /// does in `datadir`; mariabackup (as root) may read it and each read is
 /// logged; nobody else may touch it. Both load code only from the system's
-/// library folder and MariaDB's plugin folder.
+/// library folder and MariaDB's plugin folder. The server's configuration
+/// cannot be changed.
 pub fn policy(datadir: &Path) -> serde_json::Value {
     serde_json::json!({
         "mode": "enforce",
@@ -253,7 +272,8 @@ pub fn policy(datadir: &Path) -> serde_json::Value {
                   "access": ["read"], "effect": "audit" }
             ]
         }],
-        "libraries": LIBRARIES
+        "libraries": LIBRARIES,
+        "immutable": CONFIGURATION
     })
 }
 

@@ -113,6 +113,12 @@ fn run_suite() -> SuiteRun {
     // The allowed program: a copy of guardctl at a path only the policy names.
     let accomplice = root.join("allowed/guardctl");
     std::fs::copy(bin("guardctl"), &accomplice).unwrap();
+    // The accomplice's configuration, which the policy lists as immutable
+    // (rows `config-*`).
+    let config_dir = root.join("etc/accomplice");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    let config = config_dir.join("server.cnf");
+    std::fs::write(&config, "[mysqld]\nbind-address = 127.0.0.1\n").unwrap();
 
     let keys = SigningKeys::new("attack");
     let guardd = SignedGuardd::start(&keys, &[]);
@@ -129,7 +135,8 @@ fn run_suite() -> SuiteRun {
         }],
         // The accomplice loads code only from the system's libraries (row
         // `foreign-library`).
-        "libraries": ["/usr/lib/x86_64-linux-gnu"]
+        "libraries": ["/usr/lib/x86_64-linux-gnu"],
+        "immutable": [config_dir]
     });
     let serial = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -146,6 +153,8 @@ fn run_suite() -> SuiteRun {
         .arg("--accomplice")
         .arg(&accomplice)
         .args(["--device", &volume.device, "--marker", MARKER])
+        .arg("--config")
+        .arg(&config)
         .output()
         .expect("running guardctl selftest");
     eprintln!("{}", stderr(&out));

@@ -129,3 +129,162 @@ fn root_cannot_change_guards_own_state_while_it_protects_itself() {
             .success()
     );
 }
+
+/// A database configuration as Debian lays it out, under the sandbox:
+/// `etc/mysql` with a `conf.d`, `my.cnf` reached through an alternatives
+/// symlink, and `etc/my.cnf`, a file the server would read if it existed,
+/// created empty so the policy can list it.
+struct Config {
+    etc: std::path::PathBuf,
+    server_cnf: std::path::PathBuf,
+}
+
+impl Config {
+    fn new(sb: &Sandbox) -> Config {
+        let etc = sb.root.join("etc");
+        let mysql = etc.join("mysql");
+        std::fs::create_dir_all(mysql.join("conf.d")).unwrap();
+        std::fs::create_dir_all(etc.join("alternatives")).unwrap();
+        std::fs::write(mysql.join("mariadb.cnf"), "!includedir conf.d/\n").unwrap();
+        let server_cnf = mysql.join("conf.d/50-server.cnf");
+        std::fs::write(&server_cnf, "[mysqld]\nbind-address = 127.0.0.1\n").unwrap();
+        std::os::unix::fs::symlink(mysql.join("mariadb.cnf"), etc.join("alternatives/my.cnf"))
+            .unwrap();
+        std::os::unix::fs::symlink("../alternatives/my.cnf", mysql.join("my.cnf")).unwrap();
+        std::fs::write(etc.join("my.cnf"), "").unwrap();
+        Config { etc, server_cnf }
+    }
+
+    fn policy(&self, sb: &Sandbox, mode: &str) -> serde_json::Value {
+        let mut policy = sb.policy(mode);
+        policy["immutable"] = serde_json::json!([self.etc.join("mysql"), self.etc.join("my.cnf")]);
+        policy
+    }
+}
+
+#[test]
+#[ignore = "guest: run by cargo xtask vm-test"]
+fn root_cannot_change_the_configuration_a_policy_lists_as_immutable() {
+    let sb = Sandbox::new("immutable-config");
+    let config = Config::new(&sb);
+    let _guardd = Guardd::start();
+    apply(&config.policy(&sb, "enforce"));
+    let etc = config.etc.display().to_string();
+    let server_cnf = config.server_cnf.display().to_string();
+    let before = std::fs::read(&config.server_cnf).unwrap();
+    // What root would do to restart the database with options of its own.
+    let attempts = [
+        (
+            format!("echo skip-grant-tables >> {server_cnf}"),
+            "append to a listed folder's file",
+        ),
+        (format!("truncate -s 0 {server_cnf}"), "truncate"),
+        (format!("rm -f {server_cnf}"), "unlink"),
+        (
+            format!("echo x > /tmp/evil.cnf && mv -f /tmp/evil.cnf {server_cnf}"),
+            "rename over",
+        ),
+        (
+            format!("touch {etc}/mysql/conf.d/99-evil.cnf"),
+            "create in a subfolder",
+        ),
+        (format!("mkdir {etc}/mysql/evil.d"), "mkdir in the folder"),
+        (
+            format!("mv {etc}/mysql {etc}/mysql.old"),
+            "rename the folder",
+        ),
+        (format!("chmod 777 {etc}/mysql/conf.d"), "chmod a subfolder"),
+        (
+            format!("ln -sfn /tmp/evil.cnf {etc}/alternatives/my.cnf"),
+            "retarget the symlink chain",
+        ),
+        (
+            format!("echo skip-grant-tables >> {etc}/my.cnf"),
+            "write the listed empty file",
+        ),
+    ];
+    for (script, what) in &attempts {
+        assert_refused(&sh(script), what);
+    }
+    // Mounting other files in their place.
+    for target in [format!("{etc}/mysql"), etc.clone(), server_cnf.clone()] {
+        let out = sh(&format!(
+            "mount --bind /tmp/evil.cnf {target} || mount --bind /tmp {target}"
+        ));
+        assert!(!out.status.success(), "mount over {target} succeeded");
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !mountinfo.contains(&format!(" {target} ")),
+            "{target} is a mount point"
+        );
+    }
+    assert_eq!(
+        std::fs::read(&config.server_cnf).unwrap(),
+        before,
+        "unchanged"
+    );
+    // Reading stays possible: the database (and root) read the configuration.
+    let read = sh(&format!("cat {etc}/mysql/my.cnf {server_cnf}"));
+    assert!(read.status.success(), "reading the configuration");
+    assert!(String::from_utf8_lossy(&read.stdout).contains("bind-address"));
+    let shown = show();
+    assert!(
+        shown["immutable_files"].as_u64().unwrap_or(0) >= 7,
+        "policy show counts the immutable entries: {shown}"
+    );
+
+    // Each refusal is journaled, with the file's path where there is one.
+    let entries = journal_entries(
+        message_id::DENIED,
+        "GUARD_RULE",
+        "immutable",
+        Duration::from_secs(15),
+    );
+    assert!(
+        entries.iter().any(|e| e["GUARD_PATH"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("conf.d/50-server.cnf"))
+            && e["GUARD_HOOK"] == "file_open"),
+        "no file_open denial of 50-server.cnf in {entries:?}"
+    );
+    for hook in [
+        "inode_create",
+        "inode_mkdir",
+        "inode_rename",
+        "inode_unlink",
+        "inode_setattr",
+    ] {
+        assert!(
+            entries.iter().any(|e| e["GUARD_HOOK"] == hook),
+            "no {hook} denial in {entries:?}"
+        );
+    }
+    let mounts = journal_entries(
+        message_id::DENIED,
+        "GUARD_HOOK",
+        "sb_mount/move_mount",
+        Duration::from_secs(10),
+    );
+    assert!(mounts.len() >= 3, "each mount is journaled: {mounts:?}");
+
+    // Audit mode logs and allows; a policy without the list frees the files.
+    apply(&config.policy(&sb, "audit"));
+    assert!(sh(&format!("echo audited >> {server_cnf}"))
+        .status
+        .success());
+    journal_entries(
+        message_id::WOULD_DENY,
+        "GUARD_RULE",
+        "immutable",
+        Duration::from_secs(15),
+    );
+    apply(&sb.policy("enforce"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !sh(&format!("echo freed >> {server_cnf}")).status.success() {
+        assert!(
+            Instant::now() < deadline,
+            "the configuration stayed immutable without the list"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}

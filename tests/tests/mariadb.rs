@@ -91,6 +91,7 @@ fn mariadb_on_a_guard_volume_end_to_end() {
     //    every refusal is in the journal and the audit trail.
     root_is_refused();
     root_cannot_start_a_second_server();
+    root_cannot_reconfigure_the_server();
     assert_eq!(
         mariadb::raw_occurrences(Path::new(DEVICE), MARKER.as_bytes()).unwrap(),
         0,
@@ -485,6 +486,38 @@ fn root_cannot_start_a_second_server() {
                 && field_text(entry, "GUARD_UID").as_deref() == Some("0")
         }),
         "no unsupervised-start alert for {SERVER}: {alerts:#?}"
+    );
+}
+
+/// Root's other way to a server with options of its own: edit what the
+/// launcher reads and restart it. Each attempt is refused and journaled.
+fn root_cannot_reconfigure_the_server() {
+    let attempts = [
+        format!("echo skip-grant-tables >> {}", mariadb::DROP_IN),
+        "printf '[mysqld]\\nskip-grant-tables\\n' > /etc/mysql/conf.d/zz-root.cnf".to_string(),
+        "echo skip-grant-tables >> /etc/my.cnf".to_string(),
+        "echo 'MYSQL_HOME=/tmp' >> /etc/default/mariadb".to_string(),
+    ];
+    for script in &attempts {
+        let out = Command::new("sh").args(["-c", script]).output().unwrap();
+        assert!(
+            !out.status.success() && stderr(&out).contains("Operation not permitted"),
+            "{script}: expected EPERM, got {} {}",
+            out.status,
+            stderr(&out)
+        );
+    }
+    let drop_in = std::fs::read_to_string(mariadb::DROP_IN).unwrap();
+    assert!(!drop_in.contains("skip-grant-tables"), "{drop_in}");
+    let alerts = journal_entries(message_id::DENIED, "GUARD_RULE", "immutable", WAIT);
+    assert!(
+        alerts.iter().any(|entry| {
+            field_text(entry, "GUARD_PATH")
+                .is_some_and(|path| path.ends_with("mariadb.conf.d/90-guard.cnf"))
+                && field_text(entry, "GUARD_UID").as_deref() == Some("0")
+        }),
+        "no alert for the edit of {}: {alerts:#?}",
+        mariadb::DROP_IN
     );
 }
 

@@ -84,9 +84,11 @@ innodb_log_file_size = 16M
 innodb_buffer_pool_size = 64M
 EOF
 show "cat /etc/mysql/mariadb.conf.d/90-guard-demo.cnf"
+note "files the server or its launcher would read if they existed, created empty so the policy can keep them as they are:"
+show "touch /etc/my.cnf /etc/default/mariadb"
 show "mariadb-install-db --user=mysql --datadir=$DATADIR --skip-test-db" 4
 
-step "3. The policy, signed off-host: only mariadbd, started by its supervisor mysqld_safe, reads and writes the data directory; mariabackup may read it (logged); both load code only from the system's library folders"
+step "3. The policy, signed off-host: only mariadbd, started by its supervisor mysqld_safe, reads and writes the data directory; mariabackup may read it (logged); both load code only from the system's library folders; the server's configuration is immutable"
 note "the administrator's signing key, made on another machine; only its public half goes to the server:"
 mkdir -p "$OFFHOST"
 show "guardctl keygen $ADMIN_KEY"
@@ -114,7 +116,8 @@ cat > "$POLICY" <<EOF
       ]
     }
   ],
-  "libraries": ["/usr/lib/x86_64-linux-gnu", "/usr/lib/mysql/plugin"]
+  "libraries": ["/usr/lib/x86_64-linux-gnu", "/usr/lib/mysql/plugin"],
+  "immutable": ["/etc/mysql", "/etc/my.cnf", "/etc/default/mariadb", "/etc/init.d/mariadb"]
 }
 EOF
 show "cat $POLICY" 20
@@ -155,6 +158,10 @@ show "dd if=$DATADIR/ib_logfile0 of=/tmp/redo bs=1M count=1"
 show "ls $DATADIR"
 note "nor can root start a mariadbd of its own, with options of its choosing:"
 show "mariadbd --user=mysql --skip-grant-tables --socket=/tmp/mine.sock"
+note "nor give the running one such options for its next start, through its configuration:"
+show "echo skip-grant-tables >> /etc/mysql/mariadb.conf.d/90-guard-demo.cnf"
+show "printf '[mysqld]\\nskip-grant-tables\\n' > /etc/mysql/conf.d/zz-root.cnf"
+show "echo skip-grant-tables >> /etc/my.cnf"
 note "guard's own tools are no exception:"
 show "guardctl verify-encryption mysql --marker '$MARKER'"
 note "The raw device under /scratch holds only ciphertext: the marker is nowhere in it ..."

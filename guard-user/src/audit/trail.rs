@@ -337,8 +337,21 @@ impl AuditTrail {
         &self,
         events: Vec<Value>,
     ) -> Result<RangeInclusive<Seq>, AuditError> {
+        self.record_batch_pending(events)?.await
+    }
+
+    /// Hands events to the writer and returns at once, so the caller can go
+    /// on while they are written; the future resolves when they are durable.
+    /// Batches keep the order in which they were handed over.
+    pub fn record_batch_pending(
+        &self,
+        events: Vec<Value>,
+    ) -> Result<
+        impl std::future::Future<Output = Result<RangeInclusive<Seq>, AuditError>>,
+        AuditError,
+    > {
         let receiver = self.submit(events)?;
-        receiver.await.map_err(|_| AuditError::Closed)?
+        Ok(async move { receiver.await.map_err(|_| AuditError::Closed)? })
     }
 
     /// `record` for threads outside the async runtime.

@@ -4,7 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use guard_common::{
     access, library, DevKey, DirKey, ExeKey, LaunchKey, PolicyMeta, RuleKey, RuleValue, ANY_ID,
-    MAX_ANCESTORS, MAX_EXES, MAX_LIBRARIES, MAX_POINTS, MAX_RULE_ENTRIES,
+    IMMUTABLE_POINT, MAX_ANCESTORS, MAX_EXES, MAX_IMMUTABLE_LISTED, MAX_LIBRARIES, MAX_POINTS,
+    MAX_RULE_ENTRIES,
 };
 
 use super::{Effect, Pointer, PolicyError, ResolvedPolicy};
@@ -40,6 +41,9 @@ pub struct PolicyEntries {
     pub libraries: Vec<(LaunchKey, u32)>,
     /// The listed files: immutable while the policy is active.
     pub library_files: Vec<ExeKey>,
+    /// `IMMUTABLE`: what the policy's `immutable` lists, with its kind
+    /// (`immutable::FILE` or `immutable::DIR`).
+    pub immutable: Vec<(ExeKey, u32)>,
 }
 
 /// Sort key of a rule entry, so the output order does not depend on hashing.
@@ -80,6 +84,14 @@ impl ResolvedPolicy {
         for (index, point) in self.points.iter().enumerate() {
             for ancestor in &point.ancestors {
                 ancestors.entry(*ancestor).or_insert(index as u32);
+            }
+        }
+        // Nothing may be mounted on an immutable entry or above one either:
+        // a mount would put other files in their place.
+        if let Some(immutable) = &self.immutable {
+            let entries = immutable.entries.iter().map(|e| (e.dev, e.ino));
+            for identity in entries.chain(immutable.ancestors.iter().copied()) {
+                ancestors.entry(identity).or_insert(IMMUTABLE_POINT);
             }
         }
 
@@ -203,6 +215,12 @@ impl ResolvedPolicy {
             launchers: launchers.into_iter().map(exe_key).collect(),
             libraries,
             library_files,
+            immutable: self
+                .immutable
+                .iter()
+                .flat_map(|i| &i.entries)
+                .map(|entry| (entry.key(), entry.kind()))
+                .collect(),
         }
     }
 
@@ -270,6 +288,11 @@ pub(super) fn check_capacity(policy: &ResolvedPolicy) -> Vec<PolicyError> {
             "allowed binaries and approved libraries",
             entries.libraries.len(),
             MAX_LIBRARIES,
+        ),
+        (
+            "immutable files and folders",
+            entries.immutable.len(),
+            MAX_IMMUTABLE_LISTED,
         ),
     ];
     checks
@@ -384,6 +407,7 @@ mod tests {
                 ),
             ],
             libraries: None,
+            immutable: None,
         };
         let e = policy.entries(9);
         assert_eq!(e.meta.mode, MODE_ENFORCE);
@@ -529,6 +553,7 @@ mod tests {
                 ),
             ],
             libraries: None,
+            immutable: None,
         };
         let e = policy.entries(1);
         assert_eq!(e.meta.mode, MODE_AUDIT);
@@ -650,6 +675,48 @@ mod tests {
     }
 
     #[test]
+    fn immutable_entries_carry_their_kind_and_nothing_may_be_mounted_on_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let conf = dir.path().join("conf");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::create_dir(&conf).unwrap();
+        std::fs::write(conf.join("server.cnf"), "[mysqld]").unwrap();
+        let identity = |path: &std::path::Path| {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::metadata(path).unwrap();
+            (super::super::resolve::kernel_dev(m.dev()), m.ino())
+        };
+        let text = serde_json::json!({"mode": "enforce",
+            "protected": [{"path": data, "rules": []}], "immutable": [conf]});
+        let e = resolve(&crate::policy::parse(&text.to_string()).unwrap())
+            .unwrap()
+            .entries(2);
+        let kind = |path: &std::path::Path| {
+            let (dev, ino) = identity(path);
+            e.immutable
+                .iter()
+                .find(|(k, _)| k.dev == dev && k.ino == ino)
+                .map(|(_, kind)| *kind)
+        };
+        assert_eq!(kind(&conf), Some(guard_common::immutable::DIR));
+        assert_eq!(
+            kind(&conf.join("server.cnf")),
+            Some(guard_common::immutable::FILE)
+        );
+        assert_eq!(e.immutable.len(), 2);
+        let mounted_on = |path: &std::path::Path| {
+            let (dev, ino) = identity(path);
+            e.ancestors
+                .iter()
+                .any(|(k, _)| k.generation == 2 && k.dev == dev && k.ino == ino)
+        };
+        for path in [&conf, &conf.join("server.cnf"), dir.path()] {
+            assert!(mounted_on(path), "{} may be mounted on", path.display());
+        }
+    }
+
+    #[test]
     fn libraries_confine_every_allowed_binary_to_the_listed_files() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
@@ -738,6 +805,7 @@ mod tests {
             points: (0..too_many as u64).map(|i| point(1, i)).collect(),
             rules: vec![],
             libraries: None,
+            immutable: None,
         };
         let errors = check_capacity(&policy);
         assert_eq!(errors.len(), 1);

@@ -29,6 +29,7 @@
 //! - [`ResolvedPolicy::entries`] compiles it to the kernel's map entries.
 
 mod compile;
+mod immutable;
 mod libraries;
 mod links;
 mod parse;
@@ -42,6 +43,7 @@ use guard_common::access as access_bits;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use compile::PolicyEntries;
+pub use immutable::{ResolvedImmutable, ResolvedImmutables};
 pub use libraries::ResolvedLibrary;
 pub use links::check_hard_links;
 pub use parse::parse;
@@ -60,6 +62,11 @@ pub struct Policy {
     /// it): no LD_PRELOAD, plugin or memfd code from anywhere else.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub libraries: Option<Vec<PathBuf>>,
+    /// Files and folders (with everything below them) nobody may change
+    /// while the policy is active: the database's configuration, the
+    /// scripts that start it. Symlinks are followed and their chain kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub immutable: Option<Vec<PathBuf>>,
 }
 
 /// What happens to an access no rule allows.

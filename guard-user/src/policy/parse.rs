@@ -347,7 +347,7 @@ impl Parser {
             value,
             &at,
             "a policy object",
-            &["$schema", "mode", "protected", "libraries"],
+            &["$schema", "mode", "protected", "libraries", "immutable"],
             &["mode", "protected"],
         )?;
         // `$schema` lets editors find the schema; it does not change the policy.
@@ -360,11 +360,15 @@ impl Parser {
         let libraries = self.optional(object, &at, "libraries", |p, v, at| {
             p.list(v, at, false, Self::absolute_path)
         });
+        let immutable = self.optional(object, &at, "immutable", |p, v, at| {
+            p.list(v, at, false, Self::absolute_path)
+        });
         schema.ok()?;
         Some(Policy {
             mode: mode?,
             protected: protected?,
             libraries: libraries.ok()?,
+            immutable: immutable.ok()?,
         })
     }
 

@@ -14,6 +14,7 @@ use guard_common::ExeKey;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::immutable::{resolve_immutable, ResolvedImmutables};
 use super::libraries::{resolve_libraries, ResolvedLibrary};
 use super::{
     Access, Effect, Mode, Place, Pointer, Policy, PolicyError, PolicyErrors, Protected,
@@ -34,6 +35,9 @@ pub struct ResolvedPolicy {
     /// policy confines them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub libraries: Option<Vec<ResolvedLibrary>>,
+    /// What nobody may change (`immutable`), when the policy lists it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub immutable: Option<ResolvedImmutables>,
 }
 
 /// A protected directory as the kernel sees it.
@@ -178,6 +182,10 @@ pub fn resolve(policy: &Policy) -> Result<ResolvedPolicy, PolicyErrors> {
         .libraries
         .as_ref()
         .map(|listed| resolve_libraries(listed, &mut resolver.errors));
+    let immutable = policy
+        .immutable
+        .as_ref()
+        .map(|listed| resolve_immutable(listed, &mut resolver.errors));
     if !resolver.errors.is_empty() {
         return Err(PolicyErrors(resolver.errors));
     }
@@ -190,6 +198,7 @@ pub fn resolve(policy: &Policy) -> Result<ResolvedPolicy, PolicyErrors> {
             .collect(),
         rules,
         libraries,
+        immutable,
     };
     let capacity_errors = super::compile::check_capacity(&resolved);
     if !capacity_errors.is_empty() {

@@ -37,6 +37,14 @@ pub fn schema() -> Value {
                                 which become immutable while the policy is active.",
                 "type": "array",
                 "items": { "$ref": "#/$defs/absolutePath" }
+            },
+            "immutable": {
+                "description": "Files and folders (with everything below them; symlinks followed) \
+                                that nobody may write, replace, remove, rename, change the \
+                                attributes of, create entries in or mount over while the policy \
+                                is active: the database's configuration and start scripts.",
+                "type": "array",
+                "items": { "$ref": "#/$defs/absolutePath" }
             }
         },
         "$defs": {
@@ -137,6 +145,8 @@ mod tests {
         r#"{"mode":"enforce","protected":[{"path":"/srv","rules":[]}],
             "libraries":["/usr/lib/x86_64-linux-gnu","/usr/lib/mysql/plugin/ha_x.so"]}"#,
         r#"{"mode":"enforce","protected":[{"path":"/srv","rules":[]}],"libraries":[]}"#,
+        r#"{"mode":"enforce","protected":[{"path":"/srv","rules":[]}],
+            "immutable":["/etc/mysql","/etc/my.cnf"]}"#,
     ];
 
     const INVALID: &[&str] = &[
@@ -148,6 +158,7 @@ mod tests {
         r#"{"mode":"audit","protected":[{"path":"/srv","rules":[]}],"extra":1}"#,
         r#"{"mode":"audit","protected":[{"path":"/srv","rules":[]}],"libraries":["lib"]}"#,
         r#"{"mode":"audit","protected":[{"path":"/srv","rules":[]}],"libraries":"/lib"}"#,
+        r#"{"mode":"audit","protected":[{"path":"/srv","rules":[]}],"immutable":["etc/my.cnf"]}"#,
         r#"{"mode":"audit","protected":[{"path":"/srv","rules":[
             {"binaries":[],"access":["read"],"effect":"allow"}]}]}"#,
         r#"{"mode":"audit","protected":[{"path":"/srv","rules":[

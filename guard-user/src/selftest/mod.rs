@@ -16,6 +16,7 @@
 
 pub mod accomplice;
 mod alerts;
+mod config;
 mod fds;
 mod files;
 mod kernel;
@@ -66,6 +67,10 @@ pub struct AttackArgs {
     /// Text known to be in the protected files (repeatable), looked for on --device.
     #[arg(long = "marker")]
     pub markers: Vec<String>,
+    /// A configuration file of the allowed program that the policy lists as
+    /// `immutable` (rows `config-*` try to change it and its folder).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Only the techniques whose id contains this text (repeatable).
     #[arg(long = "only")]
     pub only: Vec<String>,
@@ -124,6 +129,7 @@ pub struct Target {
     pub victim: Option<PathBuf>,
     pub device: Option<PathBuf>,
     pub markers: Vec<String>,
+    pub config: Option<PathBuf>,
 }
 
 impl Target {
@@ -198,6 +204,8 @@ pub struct Needs {
     /// A fresh protected file of its own (it changes or destroys it).
     pub victim: bool,
     pub device: bool,
+    /// The allowed program's configuration file (`--config`).
+    pub config: bool,
 }
 
 /// Whether a refusal of this technique must show up as a guard alert.
@@ -226,16 +234,19 @@ const ACCOMPLICE: Needs = Needs {
     accomplice: true,
     victim: false,
     device: false,
+    config: false,
 };
 const VICTIM: Needs = Needs {
     accomplice: true,
     victim: true,
     device: false,
+    config: false,
 };
 const NOTHING: Needs = Needs {
     accomplice: false,
     victim: false,
     device: false,
+    config: false,
 };
 
 /// Every technique, in the order they run. Kept in one list so the table,
@@ -247,6 +258,7 @@ pub fn catalog() -> Vec<Technique> {
     all.extend(fds::techniques());
     all.extend(mounts::techniques());
     all.extend(kernel::techniques());
+    all.extend(config::techniques());
     all
 }
 
@@ -312,6 +324,7 @@ fn attack_with_scratch(
         victim: None,
         device: args.device.clone(),
         markers,
+        config: args.config.clone(),
     };
     let before = accomplice.as_mut().map(Client::read_file).transpose()?;
 
@@ -350,6 +363,9 @@ fn run_row(technique: &Technique, target: &Target, accomplice: Option<&mut Clien
     }
     if technique.needs.device && target.markers.is_empty() {
         return skip("no --marker to look for");
+    }
+    if technique.needs.config && target.config.is_none() {
+        return skip("no --config");
     }
     let mut target = target.clone();
     let mut accomplice = accomplice;

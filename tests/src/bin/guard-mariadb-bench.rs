@@ -11,11 +11,13 @@
 //!   where sysbench's --time and its TPS are in guest time and do not depend on
 //!   the load on the host.
 //! - `guard-mariadb-bench events`: the decision pipeline, on the real clock: a
-//!   client hammers a denied path and we count how many denials reach the
-//!   journal and the audit trail, and how fast.
+//!   client opens a denied file at rising fixed rates, and we find the highest
+//!   rate at which every denial reaches the journal and the audit trail
+//!   without a growing backlog; then a flood shows what happens beyond it.
 
 use anyhow::{bail, ensure, Context, Result};
-use guard::journal::message_id;
+use guard::events::Decision;
+use guard::journal::{message_id, Journal};
 use guard::loader::{self, Pins};
 use guard_tests::guest::Guardd;
 use guard_tests::machine;
@@ -25,7 +27,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// sysbench settings: small enough for an emulated guest, long enough to settle.
 const TABLES: &str = "2";
@@ -45,7 +47,23 @@ const SEED: &str = "1";
 /// commit, whose duration under the instruction clock is host time.
 const BENCH_DROP_IN: &str = "/etc/mysql/mariadb.conf.d/91-guard-bench.cnf";
 const BENCH_SETTINGS: &str = "innodb_flush_log_at_trx_commit = 2";
-/// How long the client hammers the denied path.
+/// Offered rates of the paced client (denials per second), in order, each a
+/// quarter above the last; the ladder stops at the first step the pipeline
+/// does not keep up with.
+const LADDER: [u64; 17] = [
+    250, 500, 1000, 1250, 1600, 2000, 2500, 3200, 4000, 5000, 6400, 8000, 10000, 12500, 16000,
+    20000, 25000,
+];
+/// How long the paced client runs at each rate.
+const STEP: Duration = Duration::from_secs(10);
+/// A step is kept up with when both sinks hold every denial this soon after
+/// the client's last one (more means the backlog grew during the step).
+const KEEP_UP: Duration = Duration::from_secs(1);
+/// Entries sent to journald alone to measure its ceiling.
+const CEILING_ENTRIES: u64 = 20_000;
+/// When the sinks stop growing for this long, the rest is lost.
+const STALL: Duration = Duration::from_secs(10);
+/// How long, and from how many threads, the flood hammers its denied path.
 const HAMMER: Duration = Duration::from_secs(5);
 const HAMMER_THREADS: usize = 2;
 const AUDIT_RECORDS: &str = "/var/lib/guard/audit/records.jsonl";
@@ -384,15 +402,41 @@ fn events_part() -> Result<()> {
     let _ = std::fs::remove_dir_all(encrypted);
     std::fs::create_dir_all(encrypted)?;
     init_volume(&keys, encrypted)?;
-    // A file like the server's, written before the policy makes it untouchable.
-    let target = encrypted.join("ibdata1");
-    std::fs::write(&target, vec![0u8; 1 << 20])
-        .with_context(|| format!("writing {}", target.display()))?;
+    // Files like the server's, written before the policy makes them
+    // untouchable: one per paced step (so each step's denials are counted
+    // apart) and one for the flood.
+    let target = |name: &str| encrypted.join(name);
+    for rate in LADDER {
+        write_target(&target(&format!("step-{rate}.ibd")))?;
+    }
+    write_target(&target("ibdata1"))?;
 
     eprintln!("bench: decision events into journal and audit trail");
-    let events = decision_pipeline(encrypted, &target)?;
+    let guardd = Guardd::start_with(&["--event-rate", "10000000"]);
+    mariadb::apply_policy(&mariadb::policy(encrypted), None)?;
+    let mut steps = Vec::new();
+    for rate in LADDER {
+        let step = paced_step(&target(&format!("step-{rate}.ibd")), rate)?;
+        eprintln!("bench: {rate}/s offered: {step:?}");
+        let kept_up = step.kept_up();
+        steps.push((rate, step));
+        if !kept_up {
+            break; // the pipeline's limit is found
+        }
+    }
+    let flood = flood(&target("ibdata1"))?;
+    drop(guardd);
     loader::disarm(&pins)?;
+    let ceiling = journald_ceiling("/scratch/journald-ceiling")?;
+    print_events_table(&steps, &flood, ceiling)?;
+    Ok(())
+}
 
+fn write_target(path: &Path) -> Result<()> {
+    std::fs::write(path, vec![0u8; 1 << 20]).with_context(|| format!("writing {}", path.display()))
+}
+
+fn print_events_table(steps: &[(u64, Delivery)], flood: &Delivery, ceiling: f64) -> Result<()> {
     println!();
     println!(
         "MariaDB benchmark, decision events: kernel {}, CPU {}, {} vCPUs, real time",
@@ -401,150 +445,323 @@ fn events_part() -> Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "{:<52} {:>12}",
-        format!(
-            "denied opens by the client ({HAMMER_THREADS} threads, {} s)",
-            HAMMER.as_secs()
-        ),
-        events.attempts
+        "A client opens a denied file at a fixed rate for {} s per step; a step is \
+         kept up with when every denial is in the journal and the audit trail \
+         within {} s of the client's last one and none was dropped.",
+        STEP.as_secs(),
+        KEEP_UP.as_secs()
     );
     println!(
-        "{:<52} {:>12}",
-        "  of which in the journal / audit trail",
-        format!("{} / {}", events.journal, events.trail)
+        "{:<34} {:>10} {:>10} {:>10} {:>8} {:>8} {:>9}",
+        "client", "denials", "journal", "trail", "dropped", "lag s", "kept up"
+    );
+    for (rate, step) in steps {
+        print_delivery_row(&format!("paced, {rate}/s offered"), step);
+    }
+    print_delivery_row(
+        &format!("flood, {HAMMER_THREADS} threads, {} s", HAMMER.as_secs()),
+        flood,
+    );
+    let sustained = steps
+        .iter()
+        .filter(|(_, s)| s.kept_up())
+        .map(|(_, s)| s.offered_per_second())
+        .fold(0.0, f64::max);
+    println!("decision events/s sustained into journal + trail without loss: {sustained:.0}");
+    println!(
+        "journald alone, the same entries from one thread (the ceiling): {ceiling:.0}/s; \
+         sustained / ceiling: {:.0}%",
+        100.0 * sustained / ceiling
     );
     println!(
-        "{:<52} {:>12}",
-        "  suppressed by the kernel (counted, not lost)", events.suppressed
-    );
-    println!(
-        "{:<52} {:>12.0}",
-        "decision events/s into journal + trail (end to end)", events.per_second
-    );
-    println!(
-        "{:<52} {:>12}",
-        "lost",
-        events
-            .attempts
-            .saturating_sub(events.journal.min(events.trail) + events.suppressed)
+        "flood: {:.0} events/s recorded one by one; dropped events are counted (SUPPRESSED \
+         entry, guardctl status), not lost",
+        flood.recorded_per_second()
     );
     Ok(())
 }
 
-struct Pipeline {
-    attempts: u64,
-    journal: u64,
-    trail: u64,
-    suppressed: u64,
-    per_second: f64,
+fn print_delivery_row(label: &str, d: &Delivery) {
+    println!(
+        "{:<34} {:>10} {:>10} {:>10} {:>8} {:>8.1} {:>9}",
+        label,
+        d.attempts,
+        d.journal,
+        d.trail,
+        d.dropped,
+        d.lag.as_secs_f64(),
+        if d.kept_up() { "yes" } else { "no" }
+    );
 }
 
-/// guardd with no kernel rate limit worth the name; HAMMER_THREADS threads open a
-/// denied file as fast as they can for HAMMER; then we wait until the journal and
-/// the trail hold every denial (or stop growing).
-fn decision_pipeline(datadir: &Path, target: &Path) -> Result<Pipeline> {
-    let guardd = Guardd::start_with(&["--event-rate", "10000000"]);
-    mariadb::apply_policy(&mariadb::policy(datadir), None)?;
-    let path = target.to_str().context("non-UTF-8 path")?.to_owned();
-    let journal_before = journal_count(&path)?;
-    let trail_before = trail_count(&path);
+/// What became of one client's denials.
+#[derive(Debug)]
+struct Delivery {
+    attempts: u64,
+    /// How long the client ran.
+    ran: Duration,
+    journal: u64,
+    trail: u64,
+    /// Events the kernel dropped (ring buffer full) during the client's run.
+    dropped: u64,
+    /// From the client's last attempt until both sinks held every denial (or
+    /// stopped growing).
+    lag: Duration,
+}
 
-    let attempts = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let start = Instant::now();
-    let threads: Vec<_> = (0..HAMMER_THREADS)
-        .map(|_| {
-            let (attempts, stop) = (attempts.clone(), stop.clone());
-            let c = CString::new(path.clone()).expect("no NUL");
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    // SAFETY: a valid path; a successful open would be closed at once.
-                    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY) };
-                    assert!(fd < 0, "a denied open succeeded");
-                    attempts.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-    std::thread::sleep(HAMMER);
-    stop.store(true, Ordering::Relaxed);
-    for thread in threads {
-        thread
-            .join()
-            .map_err(|_| anyhow::anyhow!("a hammer thread panicked"))?;
+impl Delivery {
+    fn kept_up(&self) -> bool {
+        self.dropped == 0
+            && self.journal == self.attempts
+            && self.trail == self.attempts
+            && self.lag <= KEEP_UP
     }
-    let attempts = attempts.load(Ordering::Relaxed);
 
-    // Drain: until both sinks hold every attempt or nothing moves for 10 s.
-    let (mut journal, mut trail) = (0, 0);
-    let mut last_change = Instant::now();
-    let mut done_at = Instant::now();
-    loop {
-        let (j, t) = (
-            journal_count(&path)? - journal_before,
-            trail_count(&path) - trail_before,
-        );
-        if (j, t) != (journal, trail) {
-            last_change = Instant::now();
-            done_at = last_change;
-        }
-        (journal, trail) = (j, t);
-        if (journal >= attempts && trail >= attempts)
-            || last_change.elapsed() > Duration::from_secs(10)
-        {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(500));
+    fn offered_per_second(&self) -> f64 {
+        self.attempts as f64 / self.ran.as_secs_f64()
     }
-    let suppressed = suppressed_total()?;
-    drop(guardd);
-    let per_second = journal.min(trail) as f64 / (done_at - start).as_secs_f64();
-    Ok(Pipeline {
-        attempts,
-        journal,
-        trail,
-        suppressed,
-        per_second,
+
+    fn recorded_per_second(&self) -> f64 {
+        self.journal.min(self.trail) as f64 / (self.ran + self.lag).as_secs_f64()
+    }
+}
+
+/// One client thread opening `target` `rate` times a second for STEP, each
+/// open at its due time.
+fn paced_step(target: &Path, rate: u64) -> Result<Delivery> {
+    measure(target, |c| {
+        let start = Instant::now();
+        let mut attempts = 0u64;
+        while start.elapsed() < STEP {
+            let due = start + Duration::from_nanos(attempts * 1_000_000_000 / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            denied_open(c);
+            attempts += 1;
+        }
+        Ok(attempts)
     })
+}
+
+/// HAMMER_THREADS threads opening `target` as fast as they can for HAMMER.
+fn flood(target: &Path) -> Result<Delivery> {
+    measure(target, |c| {
+        let attempts = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads: Vec<_> = (0..HAMMER_THREADS)
+            .map(|_| {
+                let (attempts, stop, c) = (attempts.clone(), stop.clone(), c.to_owned());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        denied_open(&c);
+                        attempts.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(HAMMER);
+        stop.store(true, Ordering::Relaxed);
+        for thread in threads {
+            thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("a flood thread panicked"))?;
+        }
+        Ok(attempts.load(Ordering::Relaxed))
+    })
+}
+
+fn denied_open(path: &std::ffi::CStr) {
+    // SAFETY: a valid path; a successful open would be closed at once.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
+    assert!(fd < 0, "a denied open succeeded");
+}
+
+/// Runs `client` against `target` and waits until the trail and then the
+/// journal hold each of its denials, or stop growing for STALL.
+fn measure(target: &Path, client: impl FnOnce(&std::ffi::CStr) -> Result<u64>) -> Result<Delivery> {
+    let path = target.to_str().context("non-UTF-8 path")?;
+    let c = CString::new(path)?;
+    let dropped_before = events_dropped()?;
+    let mut trail = TrailCounter::new(path)?;
+    let start = Instant::now();
+    let attempts = client(&c)?;
+    let ran = start.elapsed();
+    let ended = SystemTime::now();
+    let dropped = events_dropped()? - dropped_before;
+
+    // The trail: polled (a cheap read of what was appended), so its lag is
+    // known to a poll interval.
+    let mut recorded = 0;
+    let mut grew_at = Instant::now();
+    while recorded < attempts && grew_at.elapsed() < STALL {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = trail.count()?;
+        if now != recorded {
+            (recorded, grew_at) = (now, Instant::now());
+        }
+    }
+    let trail_lag = grew_at.saturating_duration_since(start + ran);
+    // The journal: guardd sends an entry before it hands the record to the
+    // trail; journald stamps when it stores it, so its lag is exact however
+    // long journalctl takes to count.
+    let journal = wait_for_journal(path, attempts)?;
+    let journal_lag = match journal_last_stored(path)? {
+        Some(at) => at.duration_since(ended).unwrap_or_default(),
+        None => Duration::ZERO,
+    };
+    Ok(Delivery {
+        attempts,
+        ran,
+        journal,
+        trail: recorded,
+        dropped,
+        lag: trail_lag.max(journal_lag),
+    })
+}
+
+/// Waits until the journal holds `expected` denials of `path` or stops
+/// growing for STALL; returns how many it holds.
+fn wait_for_journal(path: &str, expected: u64) -> Result<u64> {
+    let mut count = journal_count(path)?;
+    let mut grew_at = Instant::now();
+    while count < expected && grew_at.elapsed() < STALL {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = journal_count(path)?;
+        if now != count {
+            (count, grew_at) = (now, Instant::now());
+        }
+    }
+    Ok(count)
 }
 
 /// Denials of `path` in the journal.
 fn journal_count(path: &str) -> Result<u64> {
-    let out = mariadb::run_ok(Command::new("journalctl").args([
-        "--no-pager",
-        "-o",
-        "cat",
-        &format!("MESSAGE_ID={}", message_id::DENIED),
-        &format!("GUARD_PATH={path}"),
-    ]))?;
+    let out = mariadb::run_ok(journal_query(path).args(["-o", "cat"]))?;
     Ok(out.stdout.iter().filter(|&&b| b == b'\n').count() as u64)
 }
 
-/// Denials of `path` in guardd's local audit trail.
-fn trail_count(path: &str) -> u64 {
-    let needle = format!("\"path\":{}", serde_json::Value::from(path));
-    std::fs::read_to_string(AUDIT_RECORDS)
-        .unwrap_or_default()
+/// When journald stored the last denial of `path`.
+fn journal_last_stored(path: &str) -> Result<Option<SystemTime>> {
+    let out = mariadb::run_ok(journal_query(path).args(["-o", "json", "-n", "1"]))?;
+    let Some(line) = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|line| line.contains(&needle) && line.contains("\"kind\":\"denied\""))
-        .count() as u64
+        .next()
+        .map(str::to_owned)
+    else {
+        return Ok(None);
+    };
+    let entry: serde_json::Value = serde_json::from_str(&line)?;
+    let micros: u64 = entry["__REALTIME_TIMESTAMP"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .with_context(|| format!("a journal entry without __REALTIME_TIMESTAMP: {line}"))?;
+    Ok(Some(SystemTime::UNIX_EPOCH + Duration::from_micros(micros)))
 }
 
-/// Sum of GUARD_SUPPRESSED over the journal's SUPPRESSED entries.
-fn suppressed_total() -> Result<u64> {
-    let out = mariadb::run_ok(Command::new("journalctl").args([
+fn journal_query(path: &str) -> Command {
+    let mut command = Command::new("journalctl");
+    command.args([
         "--no-pager",
-        "-o",
-        "json",
-        &format!("MESSAGE_ID={}", message_id::SUPPRESSED),
-    ]))?;
-    let mut total = 0;
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let entry: serde_json::Value = serde_json::from_str(line)?;
-        match guard_tests::field_text(&entry, "GUARD_SUPPRESSED").map(|n| n.parse::<u64>()) {
-            Some(Ok(n)) => total += n,
-            _ => bail!("a SUPPRESSED entry without a count: {line}"),
-        }
+        &format!("MESSAGE_ID={}", message_id::DENIED),
+        &format!("GUARD_PATH={path}"),
+    ]);
+    command
+}
+
+/// journald alone: denial entries as guardd writes them, sent from one
+/// thread as fast as journald takes them, until it has stored them all.
+/// The pipeline cannot record faster than this.
+fn journald_ceiling(path: &str) -> Result<f64> {
+    let journal = Journal::connect().context("connecting to journald")?;
+    let decision = Decision {
+        verdict: "denied",
+        path: path.to_owned(),
+        point: "/scratch/bench-fscrypt".into(),
+        inode: 12,
+        device: "259:1".into(),
+        pid: 4242,
+        tid: 4242,
+        uid: 0,
+        gid: 0,
+        comm: "cat".into(),
+        exe: "/usr/bin/cat".into(),
+        access: "read".into(),
+        rule: "default-deny".into(),
+        hook: "file_open",
+        fail_closed: false,
+    };
+    let start = SystemTime::now();
+    for _ in 0..CEILING_ENTRIES {
+        decision.send_to(&journal).context("sending to journald")?;
     }
-    Ok(total)
+    let stored = wait_for_journal(path, CEILING_ENTRIES)?;
+    ensure!(
+        stored == CEILING_ENTRIES,
+        "journald stored {stored} of {CEILING_ENTRIES} entries"
+    );
+    let last = journal_last_stored(path)?.context("no entry stored")?;
+    let took = last.duration_since(start).unwrap_or_default();
+    Ok(CEILING_ENTRIES as f64 / took.as_secs_f64().max(1e-3))
+}
+
+/// Counts denials of one path in guardd's local audit trail, reading only
+/// what was appended since the last count.
+struct TrailCounter {
+    needle: String,
+    offset: u64,
+    partial: Vec<u8>,
+    count: u64,
+}
+
+impl TrailCounter {
+    fn new(path: &str) -> Result<TrailCounter> {
+        let offset = std::fs::metadata(AUDIT_RECORDS)
+            .with_context(|| format!("reading {AUDIT_RECORDS}"))?
+            .len();
+        Ok(TrailCounter {
+            needle: format!("\"path\":{}", serde_json::Value::from(path)),
+            offset,
+            partial: Vec::new(),
+            count: 0,
+        })
+    }
+
+    fn count(&mut self) -> Result<u64> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = std::fs::File::open(AUDIT_RECORDS)
+            .with_context(|| format!("opening {AUDIT_RECORDS}"))?;
+        file.seek(SeekFrom::Start(self.offset))?;
+        let mut added = Vec::new();
+        file.read_to_end(&mut added)?;
+        self.offset += added.len() as u64;
+        self.partial.extend_from_slice(&added);
+        let complete = self
+            .partial
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        for line in self.partial[..complete].split(|&b| b == b'\n') {
+            let line = String::from_utf8_lossy(line);
+            if line.contains(&self.needle) && line.contains("\"kind\":\"denied\"") {
+                self.count += 1;
+            }
+        }
+        self.partial.drain(..complete);
+        Ok(self.count)
+    }
+}
+
+/// Decision events the kernel dropped so far (ring buffer full), from guardd.
+fn events_dropped() -> Result<u64> {
+    let out = guard_tests::guest::guardctl(&["status", "--json"]);
+    ensure!(
+        out.status.success(),
+        "guardctl status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    status["counters"]["events_dropped"]
+        .as_u64()
+        .context("guardctl status --json has no counters.events_dropped")
 }
