@@ -196,11 +196,7 @@ impl MariaDb {
             datadir.display()
         );
         std::fs::write(DROP_IN, text).with_context(|| format!("writing {DROP_IN}"))?;
-        for path in ABSENT_CONFIGURATION {
-            if !Path::new(path).exists() {
-                std::fs::write(path, "").with_context(|| format!("creating {path}"))?;
-            }
-        }
+        create_absent_configuration()?;
         Ok(MariaDb {
             datadir: datadir.to_path_buf(),
         })
@@ -250,6 +246,17 @@ impl MariaDb {
             })
             .unwrap_or_default()
     }
+}
+
+/// Creates (empty) the files of CONFIGURATION that Debian does not ship, so
+/// that the policy can list them.
+pub fn create_absent_configuration() -> Result<()> {
+    for path in ABSENT_CONFIGURATION {
+        if !Path::new(path).exists() {
+            std::fs::write(path, "").with_context(|| format!("creating {path}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// The scenario's policy: mariadbd, started only by its supervisor

@@ -413,6 +413,7 @@ fn events_part() -> Result<()> {
 
     eprintln!("bench: decision events into journal and audit trail");
     let guardd = Guardd::start_with(&["--event-rate", "10000000"]);
+    mariadb::create_absent_configuration()?;
     mariadb::apply_policy(&mariadb::policy(encrypted), None)?;
     let mut steps = Vec::new();
     for rate in LADDER {
