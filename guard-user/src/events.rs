@@ -291,10 +291,9 @@ fn object_path(point: Option<&Path>, e: &Event) -> String {
     let mut path = match point {
         Some(p) => p.display().to_string(),
         None if e.point == PINS_POINT => "<guard pins>".into(),
-        // Components up to the filesystem's root (or as many as fit).
-        None if e.point == IMMUTABLE_POINT => String::new(),
-        // A mapped file anywhere: under its filesystem's mount point.
-        None if e.point == LIBRARY_POINT => mount_point(e.dev)
+        // A file anywhere (immutable, or mapped executable): the components
+        // up to its filesystem's root, under that filesystem's mount point.
+        None if e.point == IMMUTABLE_POINT || e.point == LIBRARY_POINT => mount_point(e.dev)
             .map(|m| m.trim_end_matches('/').to_string())
             .unwrap_or_default(),
         None => "<unknown>".into(),

@@ -241,10 +241,10 @@ fn root_cannot_change_the_configuration_a_policy_lists_as_immutable() {
         Duration::from_secs(15),
     );
     assert!(
-        entries.iter().any(|e| e["GUARD_PATH"]
-            .as_str()
-            .is_some_and(|p| p.ends_with("conf.d/50-server.cnf"))
-            && e["GUARD_HOOK"] == "file_open"),
+        entries.iter().any(
+            |e| e["GUARD_PATH"].as_str().is_some_and(|p| p == server_cnf)
+                && e["GUARD_HOOK"] == "file_open"
+        ),
         "no file_open denial of 50-server.cnf in {entries:?}"
     );
     for hook in [
