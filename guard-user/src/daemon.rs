@@ -1034,7 +1034,6 @@ fn journal_ring_batch(daemon: &Daemon, ring: &mut RingBuf<MapData>) -> Vec<serde
 }
 
 fn binary_state(b: &ResolvedBinary, tainted: &[(ExeKey, guard_common::Taint)]) -> String {
-    use std::os::unix::fs::MetadataExt;
     let key = ExeKey {
         dev: b.dev,
         _pad: 0,
@@ -1046,11 +1045,11 @@ fn binary_state(b: &ResolvedBinary, tainted: &[(ExeKey, guard_common::Taint)]) -
             t.pid, t.uid
         );
     }
-    let meta = match std::fs::metadata(&b.path) {
-        Ok(m) => m,
-        Err(e) => return format!("NOT ALLOWED: {}: {e}", b.path.display()),
+    let now = match policy::kernel_identity(&b.path) {
+        Ok(identity) => identity,
+        Err(e) => return format!("NOT ALLOWED: {e}"),
     };
-    if policy::kernel_dev(meta.dev()) != b.dev || meta.ino() != b.ino {
+    if now != (b.dev, b.ino) {
         return "NOT ALLOWED: the path now names another file (replaced after apply)".into();
     }
     match policy::sha256_file(&b.path) {

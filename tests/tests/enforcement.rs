@@ -636,3 +636,62 @@ fn denials_and_admin_actions_reach_the_audit_chain_and_it_verifies() {
     let verify = guardctl(&["log", "verify", "--local", "/var/lib/guard/audit"]);
     assert_ok(&verify, "guardctl log verify");
 }
+
+/// A database in a container runs from overlayfs, where `stat` reports a
+/// regular file's device as that of the layer holding it while the kernel
+/// sees the overlay: the policy must name the binary as the kernel sees it.
+#[test]
+#[ignore = "guest: run by cargo xtask vm-test"]
+fn an_allowed_binary_on_overlayfs_is_recognised() {
+    use std::os::unix::fs::MetadataExt;
+    let sb = Sandbox::new("overlay-binary");
+    let (lower, merged) = (sb.root.join("lower"), sb.root.join("merged"));
+    // The upper layer on another filesystem (tmpfs), as in a container.
+    let upper = Path::new("/tmp/guard-overlay-binary");
+    let _ = std::fs::remove_dir_all(upper);
+    for dir in [&lower, &merged, &upper.join("upper"), &upper.join("work")] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::copy("/bin/busybox", lower.join("busybox")).unwrap();
+    assert_ok(
+        &sh(&format!(
+            "mount -t overlay overlay -o lowerdir={},upperdir={}/upper,workdir={}/work {}",
+            lower.display(),
+            upper.display(),
+            upper.display(),
+            merged.display()
+        )),
+        "mount the overlay",
+    );
+    let binary = merged.join("busybox");
+    let (file_dev, dir_dev) = (
+        std::fs::metadata(&binary).unwrap().dev(),
+        std::fs::metadata(&merged).unwrap().dev(),
+    );
+    let _guardd = Guardd::start();
+    let mut policy = sb.policy("enforce");
+    policy["protected"][0]["rules"][0]["binaries"] = json!([binary]);
+    apply(&policy);
+    let secret = sb.file("secret.txt");
+    let out = Command::new(&binary)
+        .args(["cat", secret.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let state = show()["binaries"][0]["state"].clone();
+    let _ = sh(&format!("umount {}", merged.display()));
+    // What makes this case: stat names the layer's device for the file.
+    assert_ne!(
+        file_dev, dir_dev,
+        "stat shows the overlay's device for the file"
+    );
+    assert_ok(&out, "the allowed binary on overlayfs reads");
+    assert_eq!(state, "ok", "policy show: the binary is the one applied");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "patient record 4711\n"
+    );
+    assert_eperm(
+        &sb.other_run("cat", &[secret.to_str().unwrap()]),
+        "another copy",
+    );
+}

@@ -4,16 +4,15 @@
 //! they can be listed). Without this, root could edit the configuration
 //! (`skip-grant-tables`) and have the supervisor restart the database.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use guard_common::{immutable, ExeKey};
 use serde::{Deserialize, Serialize};
 
-use super::resolve::{io_problem, kernel_dev};
+use super::identity::{Follow, Identities};
+use super::resolve::io_problem;
 use super::{Pointer, PolicyError};
 
 /// Symlinks followed in a row before the chain counts as a loop (as the kernel's ELOOP).
@@ -88,66 +87,6 @@ struct Walk {
     identities: Identities,
 }
 
-/// The (device, inode) guard's hooks see for a path. `stat` is not enough:
-/// on overlayfs it reports a regular file's device as that of the layer
-/// holding it, while the hooks see the overlay's superblock. So the inode
-/// number comes from the open file (`/proc/self/fdinfo`) and the device
-/// from the superblock of the mount it is on (`/proc/self/mountinfo` lists
-/// each superblock's device); on other filesystems both agree with `stat`.
-#[derive(Default)]
-struct Identities {
-    /// Mount id -> kernel `dev_t` of its superblock, read once.
-    devs: Option<HashMap<u64, u32>>,
-}
-
-impl Identities {
-    /// The identity of `path` itself (a final symlink is not followed).
-    fn of(&mut self, path: &Path) -> Result<(u32, u64), String> {
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)
-            .map_err(|e| io_problem(path, e))?;
-        let fdinfo = format!("/proc/self/fdinfo/{}", file.as_raw_fd());
-        let text = fs::read_to_string(&fdinfo).map_err(|e| format!("reading {fdinfo}: {e}"))?;
-        let field = |name: &str| {
-            text.lines()
-                .find_map(|line| line.strip_prefix(name)?.trim().parse::<u64>().ok())
-                .ok_or_else(|| format!("{fdinfo} has no `{name}` for {}", path.display()))
-        };
-        let (mount, ino) = (field("mnt_id:")?, field("ino:")?);
-        let dev =
-            self.devs()?.get(&mount).copied().ok_or_else(|| {
-                format!("mount {mount} of {} is not in {MOUNTINFO}", path.display())
-            })?;
-        Ok((dev, ino))
-    }
-
-    fn devs(&mut self) -> Result<&HashMap<u64, u32>, String> {
-        if self.devs.is_none() {
-            self.devs = Some(read_mount_devs()?);
-        }
-        Ok(self.devs.as_ref().expect("just read"))
-    }
-}
-
-const MOUNTINFO: &str = "/proc/self/mountinfo";
-
-/// Mount id -> kernel `dev_t` of the superblock (`major:minor`, third field).
-fn read_mount_devs() -> Result<HashMap<u64, u32>, String> {
-    let text = fs::read_to_string(MOUNTINFO).map_err(|e| format!("reading {MOUNTINFO}: {e}"))?;
-    let parse = |line: &str| -> Option<(u64, u32)> {
-        let mut fields = line.split(' ');
-        let id = fields.next()?.parse().ok()?;
-        let (major, minor) = fields.nth(1)?.split_once(':')?;
-        let dev = libc::makedev(major.parse().ok()?, minor.parse().ok()?);
-        Some((id, kernel_dev(dev)))
-    };
-    text.lines()
-        .map(|line| parse(line).ok_or_else(|| format!("unexpected line in {MOUNTINFO}: {line:?}")))
-        .collect()
-}
-
 impl Walk {
     /// Records `path` itself (never following a final symlink for the
     /// record), then what it leads to: a symlink's target, a folder's entries.
@@ -163,7 +102,7 @@ impl Walk {
                 path.display()
             ));
         }
-        let key = self.identities.of(path)?;
+        let key = self.identities.of_path(path, Follow::NotTheLast)?;
         if self.found.contains_key(&key) {
             return Ok(()); // seen: a hard link, or a symlink back into the tree
         }
@@ -227,7 +166,7 @@ impl Walk {
         }
         let mut identities = BTreeSet::new();
         for folder in canonical {
-            identities.insert(self.identities.of(&folder)?);
+            identities.insert(self.identities.of_path(&folder, Follow::Symlinks)?);
         }
         Ok(identities.into_iter().collect())
     }
@@ -236,6 +175,7 @@ impl Walk {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::resolve::kernel_dev;
     use std::os::unix::fs::{symlink, MetadataExt};
 
     fn names(resolved: &ResolvedImmutables, root: &Path) -> Vec<(String, bool)> {

@@ -2,13 +2,13 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use guard_common::ExeKey;
 use serde::{Deserialize, Serialize};
 
-use super::resolve::{io_problem, kernel_dev};
+use super::identity::{Follow, Identities};
+use super::resolve::io_problem;
 use super::{Pointer, PolicyError};
 
 /// A file the policy's binaries may map executable, as the kernel identifies it.
@@ -38,14 +38,15 @@ pub fn resolve_libraries(
     listed: &[PathBuf],
     errors: &mut Vec<PolicyError>,
 ) -> Vec<ResolvedLibrary> {
-    let mut found: BTreeMap<(u32, u64), PathBuf> = BTreeMap::new();
+    let mut found = Found::default();
     for (index, path) in listed.iter().enumerate() {
         let at = Pointer::root().key("libraries").index(index);
-        if let Err(message) = add_listed(path, &mut found) {
+        if let Err(message) = found.add_listed(path) {
             errors.push(at.error(message));
         }
     }
     let mut libraries: Vec<ResolvedLibrary> = found
+        .files
         .into_iter()
         .map(|((dev, ino), path)| ResolvedLibrary { path, dev, ino })
         .collect();
@@ -53,35 +54,42 @@ pub fn resolve_libraries(
     libraries
 }
 
-fn add_listed(path: &Path, found: &mut BTreeMap<(u32, u64), PathBuf>) -> Result<(), String> {
-    let metadata = fs::metadata(path).map_err(|e| io_problem(path, e))?;
-    if metadata.is_file() {
-        add_file(path, &metadata, found);
-        return Ok(());
-    }
-    if !metadata.is_dir() {
-        return Err(format!(
-            "{} is neither a regular file nor a directory",
-            path.display()
-        ));
-    }
-    let entries = fs::read_dir(path).map_err(|e| io_problem(path, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| io_problem(path, e))?;
-        let file = entry.path();
-        // A dangling symlink or a subdirectory is not a library.
-        if let Ok(metadata) = fs::metadata(&file) {
-            if metadata.is_file() {
-                add_file(&file, &metadata, found);
-            }
-        }
-    }
-    Ok(())
+/// The files found so far, each once, by the identity the kernel sees.
+#[derive(Default)]
+struct Found {
+    files: BTreeMap<(u32, u64), PathBuf>,
+    identities: Identities,
 }
 
-fn add_file(path: &Path, metadata: &fs::Metadata, found: &mut BTreeMap<(u32, u64), PathBuf>) {
-    let key = (kernel_dev(metadata.dev()), metadata.ino());
-    found.entry(key).or_insert_with(|| path.to_path_buf());
+impl Found {
+    fn add_listed(&mut self, path: &Path) -> Result<(), String> {
+        let metadata = fs::metadata(path).map_err(|e| io_problem(path, e))?;
+        if metadata.is_file() {
+            return self.add_file(path);
+        }
+        if !metadata.is_dir() {
+            return Err(format!(
+                "{} is neither a regular file nor a directory",
+                path.display()
+            ));
+        }
+        let entries = fs::read_dir(path).map_err(|e| io_problem(path, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| io_problem(path, e))?;
+            let file = entry.path();
+            // A dangling symlink or a subdirectory is not a library.
+            if fs::metadata(&file).is_ok_and(|m| m.is_file()) {
+                self.add_file(&file)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn add_file(&mut self, path: &Path) -> Result<(), String> {
+        let key = self.identities.of_path(path, Follow::Symlinks)?;
+        self.files.entry(key).or_insert_with(|| path.to_path_buf());
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@
 //! - [`ResolvedPolicy::entries`] compiles it to the kernel's map entries.
 
 mod compile;
+mod identity;
 mod immutable;
 mod libraries;
 mod links;
@@ -43,6 +44,7 @@ use guard_common::access as access_bits;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use compile::PolicyEntries;
+pub use identity::kernel_identity;
 pub use immutable::{ResolvedImmutable, ResolvedImmutables};
 pub use libraries::ResolvedLibrary;
 pub use links::check_hard_links;

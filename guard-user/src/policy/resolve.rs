@@ -14,6 +14,7 @@ use guard_common::ExeKey;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::identity::Identities;
 use super::immutable::{resolve_immutable, ResolvedImmutables};
 use super::libraries::{resolve_libraries, ResolvedLibrary};
 use super::{
@@ -579,10 +580,11 @@ fn examine_binary(path: &Path, hashing: &mut Hashing) -> Result<ResolvedBinary, 
             digest
         }
     };
+    let (dev, ino) = hashing.identities.of_file(&file, &canonical)?;
     Ok(ResolvedBinary {
         path: canonical,
-        dev: kernel_dev(metadata.dev()),
-        ino: metadata.ino(),
+        dev,
+        ino,
         sha256,
     })
 }
@@ -653,6 +655,8 @@ struct Hashing {
     /// Content digests by identity, so aliases of one file are hashed once.
     digests: FastMap<(u64, u64), Sha256Digest>,
     buffer: Vec<u8>,
+    /// Binaries' identities as the kernel's hooks see them.
+    identities: Identities,
 }
 
 impl Default for Hashing {
@@ -660,6 +664,7 @@ impl Default for Hashing {
         Hashing {
             digests: FastMap::default(),
             buffer: vec![0; READ_CHUNK],
+            identities: Identities::default(),
         }
     }
 }

@@ -1,0 +1,167 @@
+//! The (device, inode) guard's hooks see for a file.
+//!
+//! `stat` usually agrees with the hooks, but not on overlayfs: there it
+//! reports a regular file's device as that of the layer holding it, while
+//! the hooks see the overlay's superblock. So the device is always taken
+//! from the superblock of the mount the file is on (`/proc/self/mountinfo`
+//! lists each superblock's device), and where that differs from what `stat`
+//! says, the inode number from the open file (`/proc/self/fdinfo`), which is
+//! the inode the hooks see.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use rustix::fs::{statx, AtFlags, Statx, StatxFlags, CWD};
+
+use super::resolve::{io_problem, kernel_dev};
+
+const MOUNTINFO: &str = "/proc/self/mountinfo";
+
+/// Resolves identities; reads the mount table once.
+#[derive(Default)]
+pub(super) struct Identities {
+    /// Mount id -> kernel `dev_t` of its superblock.
+    devs: Option<HashMap<u64, u32>>,
+}
+
+/// How a path is looked up: following a final symlink or not.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Follow {
+    Symlinks,
+    NotTheLast,
+}
+
+impl Identities {
+    /// The identity of what `path` names.
+    pub fn of_path(&mut self, path: &Path, follow: Follow) -> Result<(u32, u64), String> {
+        let flags = match follow {
+            Follow::Symlinks => AtFlags::empty(),
+            Follow::NotTheLast => AtFlags::SYMLINK_NOFOLLOW,
+        };
+        let stat = statx(CWD, path, flags, StatxFlags::INO | StatxFlags::MNT_ID)
+            .map_err(|e| io_problem(path, e.into()))?;
+        self.resolve(&stat, path, || {
+            let mut options = fs::OpenOptions::new();
+            options.read(true);
+            options.custom_flags(match follow {
+                Follow::Symlinks => libc::O_PATH | libc::O_CLOEXEC,
+                Follow::NotTheLast => libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            });
+            let file = options.open(path).map_err(|e| io_problem(path, e))?;
+            fdinfo_ino(&file, path)
+        })
+    }
+
+    /// The identity of an open file.
+    pub fn of_file(&mut self, file: &File, path: &Path) -> Result<(u32, u64), String> {
+        let flags = AtFlags::EMPTY_PATH;
+        let stat = statx(
+            file.as_fd(),
+            "",
+            flags,
+            StatxFlags::INO | StatxFlags::MNT_ID,
+        )
+        .map_err(|e| io_problem(path, e.into()))?;
+        self.resolve(&stat, path, || fdinfo_ino(file, path))
+    }
+
+    fn resolve(
+        &mut self,
+        stat: &Statx,
+        path: &Path,
+        inode_the_hooks_see: impl FnOnce() -> Result<u64, String>,
+    ) -> Result<(u32, u64), String> {
+        if stat.stx_mask & StatxFlags::MNT_ID.bits() == 0 {
+            return Err(format!(
+                "{}: the kernel does not report mount ids (statx STATX_MNT_ID)",
+                path.display()
+            ));
+        }
+        let mount_dev = self.mount_dev(stat.stx_mnt_id, path)?;
+        let reported = kernel_dev(libc::makedev(stat.stx_dev_major, stat.stx_dev_minor));
+        if reported == mount_dev {
+            return Ok((mount_dev, stat.stx_ino));
+        }
+        Ok((mount_dev, inode_the_hooks_see()?))
+    }
+
+    fn mount_dev(&mut self, mount: u64, path: &Path) -> Result<u32, String> {
+        if self.devs.is_none() {
+            self.devs = Some(read_mount_devs()?);
+        }
+        let devs = self.devs.as_ref().expect("just read");
+        devs.get(&mount).copied().ok_or_else(|| {
+            format!(
+                "{}: its mount ({mount}) is not in {MOUNTINFO}",
+                path.display()
+            )
+        })
+    }
+}
+
+/// The identity the kernel's hooks see for what `path` names now (symlinks
+/// followed), to compare with one recorded at apply.
+pub fn kernel_identity(path: &Path) -> Result<(u32, u64), String> {
+    Identities::default().of_path(path, Follow::Symlinks)
+}
+
+/// The inode number of an open file as the kernel holds it.
+fn fdinfo_ino(file: &File, path: &Path) -> Result<u64, String> {
+    let fdinfo = format!("/proc/self/fdinfo/{}", file.as_raw_fd());
+    let text = fs::read_to_string(&fdinfo).map_err(|e| format!("reading {fdinfo}: {e}"))?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("ino:")?.trim().parse().ok())
+        .ok_or_else(|| format!("{fdinfo} has no inode number for {}", path.display()))
+}
+
+/// Mount id -> kernel `dev_t` of the superblock (`major:minor`, third field).
+fn read_mount_devs() -> Result<HashMap<u64, u32>, String> {
+    let text = fs::read_to_string(MOUNTINFO).map_err(|e| format!("reading {MOUNTINFO}: {e}"))?;
+    let parse = |line: &str| -> Option<(u64, u32)> {
+        let mut fields = line.split(' ');
+        let id = fields.next()?.parse().ok()?;
+        let (major, minor) = fields.nth(1)?.split_once(':')?;
+        let dev = libc::makedev(major.parse().ok()?, minor.parse().ok()?);
+        Some((id, kernel_dev(dev)))
+    };
+    text.lines()
+        .map(|line| parse(line).ok_or_else(|| format!("unexpected line in {MOUNTINFO}: {line:?}")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn on_an_ordinary_filesystem_the_identity_is_what_stat_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        fs::write(&file, b"x").unwrap();
+        std::os::unix::fs::symlink(&file, dir.path().join("link")).unwrap();
+        let stat = |p: &Path| {
+            let m = fs::symlink_metadata(p).unwrap();
+            (kernel_dev(m.dev()), m.ino())
+        };
+        let mut ids = Identities::default();
+        let link = dir.path().join("link");
+        assert_eq!(ids.of_path(&file, Follow::NotTheLast).unwrap(), stat(&file));
+        assert_eq!(ids.of_path(&link, Follow::NotTheLast).unwrap(), stat(&link));
+        assert_eq!(ids.of_path(&link, Follow::Symlinks).unwrap(), stat(&file));
+        let open = File::open(&file).unwrap();
+        assert_eq!(ids.of_file(&open, &file).unwrap(), stat(&file));
+    }
+
+    #[test]
+    fn a_missing_path_is_named() {
+        let mut ids = Identities::default();
+        let error = ids
+            .of_path(Path::new("/nonexistent/guard"), Follow::Symlinks)
+            .unwrap_err();
+        assert!(error.contains("/nonexistent/guard"), "{error}");
+    }
+}
