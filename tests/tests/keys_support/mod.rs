@@ -480,13 +480,20 @@ pub fn garbage_kms(kms: &KmsServer, reply: &'static [u8]) -> String {
         for stream in listener.incoming().take(8) {
             let Ok(mut tcp) = stream else { continue };
             let mut conn = rustls::ServerConnection::new(config.clone()).unwrap();
+            // Everything the client sends first (it is done when it goes
+            // quiet): closing with part of it unread would make the kernel
+            // reset the connection, and the client would see that instead
+            // of the garbage. Works for HTTP and KMIP requests alike.
+            let _ = tcp.set_read_timeout(Some(std::time::Duration::from_millis(300)));
             let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
             let mut buf = [0u8; 4096];
-            let _ = tls.read(&mut buf);
+            while matches!(tls.read(&mut buf), Ok(n) if n > 0) {}
             let _ = tls.write_all(reply);
             let _ = tls.flush();
             tls.conn.send_close_notify();
             let _ = tls.flush();
+            let _ = tcp.shutdown(std::net::Shutdown::Write);
+            let _ = std::io::copy(&mut tcp, &mut std::io::sink());
         }
     });
     format!("https://127.0.0.1:{port}")
