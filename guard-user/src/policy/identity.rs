@@ -27,6 +27,14 @@ pub(super) struct Identities {
     devs: Option<HashMap<u64, u32>>,
 }
 
+/// An open file as the hooks see it, with what `fstat` would also give.
+pub(super) struct Examined {
+    pub dev: u32,
+    pub ino: u64,
+    pub is_file: bool,
+    pub size: u64,
+}
+
 /// How a path is looked up: following a final symlink or not.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Follow {
@@ -55,17 +63,18 @@ impl Identities {
         })
     }
 
-    /// The identity of an open file.
-    pub fn of_file(&mut self, file: &File, path: &Path) -> Result<(u32, u64), String> {
-        let flags = AtFlags::EMPTY_PATH;
-        let stat = statx(
-            file.as_fd(),
-            "",
-            flags,
-            StatxFlags::INO | StatxFlags::MNT_ID,
-        )
-        .map_err(|e| io_problem(path, e.into()))?;
-        self.resolve(&stat, path, || fdinfo_ino(file, path))
+    /// The identity, type and size of an open file, from one `statx`.
+    pub fn of_file(&mut self, file: &File, path: &Path) -> Result<Examined, String> {
+        let wanted = StatxFlags::INO | StatxFlags::MNT_ID | StatxFlags::TYPE | StatxFlags::SIZE;
+        let stat = statx(file.as_fd(), "", AtFlags::EMPTY_PATH, wanted)
+            .map_err(|e| io_problem(path, e.into()))?;
+        let (dev, ino) = self.resolve(&stat, path, || fdinfo_ino(file, path))?;
+        Ok(Examined {
+            dev,
+            ino,
+            is_file: u32::from(stat.stx_mode) & libc::S_IFMT == libc::S_IFREG,
+            size: stat.stx_size,
+        })
     }
 
     fn resolve(
@@ -153,7 +162,10 @@ mod tests {
         assert_eq!(ids.of_path(&link, Follow::NotTheLast).unwrap(), stat(&link));
         assert_eq!(ids.of_path(&link, Follow::Symlinks).unwrap(), stat(&file));
         let open = File::open(&file).unwrap();
-        assert_eq!(ids.of_file(&open, &file).unwrap(), stat(&file));
+        let examined = ids.of_file(&open, &file).unwrap();
+        assert_eq!((examined.dev, examined.ino), stat(&file));
+        assert!(examined.is_file);
+        assert_eq!(examined.size, 1);
     }
 
     #[test]

@@ -566,25 +566,24 @@ fn examine_binary(path: &Path, hashing: &mut Hashing) -> Result<ResolvedBinary, 
         return Err(not_regular());
     }
     let (mut file, canonical) = open_binary(path)?;
-    let metadata = file.metadata().map_err(|e| io_problem(path, e))?;
-    if !metadata.is_file() {
+    let examined = hashing.identities.of_file(&file, &canonical)?;
+    if !examined.is_file {
         return Err(not_regular());
     }
-    let identity = (metadata.dev(), metadata.ino());
+    let identity = (examined.dev, examined.ino);
     let sha256 = match hashing.digests.get(&identity) {
         Some(digest) => *digest,
         None => {
-            let digest = sha256_of(&mut file, metadata.len(), &mut hashing.buffer)
+            let digest = sha256_of(&mut file, examined.size, &mut hashing.buffer)
                 .map_err(|e| io_problem(&canonical, e))?;
             hashing.digests.insert(identity, digest);
             digest
         }
     };
-    let (dev, ino) = hashing.identities.of_file(&file, &canonical)?;
     Ok(ResolvedBinary {
         path: canonical,
-        dev,
-        ino,
+        dev: examined.dev,
+        ino: examined.ino,
         sha256,
     })
 }
@@ -653,7 +652,7 @@ fn canonical_path(file: &File, path: &Path) -> Result<PathBuf, String> {
 /// What hashing binaries reuses from one to the next.
 struct Hashing {
     /// Content digests by identity, so aliases of one file are hashed once.
-    digests: FastMap<(u64, u64), Sha256Digest>,
+    digests: FastMap<(u32, u64), Sha256Digest>,
     buffer: Vec<u8>,
     /// Binaries' identities as the kernel's hooks see them.
     identities: Identities,
