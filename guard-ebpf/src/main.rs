@@ -19,6 +19,7 @@
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
         bpf_get_current_uid_gid, bpf_ktime_get_ns,
@@ -31,11 +32,11 @@ use aya_ebpf::{
 };
 use guard_common::{
     access, bpf_uapi, flags, hook, object, stat, tamper, verdict, DevKey, DirKey, Event, ExeKey,
-    KernelOffsets, ObjectKey, PolicyMeta, RateState, RuleKey, RuleValue, SelfProtect, Settings,
+    KernelOffsets, ObjectKey, PolicyMeta, RateState, RuleKey, RuleSlot, RuleValue, SelfProtect, Settings, rule_slots,
     Taint, Launch, LaunchKey, library, LIBRARY_POINT, MAX_LIBRARIES, MAX_ANCESTORS, MAX_LAUNCHES, ANY_ID, MAX_OBJECTS, taint_seq, PINS_POINT, IMMUTABLE_POINT, MAX_IMMUTABLE, immutable, dir_filter, dir_value,
     DEFAULT_EVENTS_PER_SEC_PER_CPU, PTRACE_MODE_ATTACH, PTRACE_MODE_NOAUDIT,
     EVENTS_RING_BYTES, FMODE_EXEC, FMODE_READ, FMODE_WRITE, MAX_DEPTH, MAX_EXES, MAX_POINTS,
-    MAX_RULE_ENTRIES, MODE_AUDIT, NAME_LEN, NO_RULE, PATH_DEPTH, EXE_DEPTH,
+    MODE_AUDIT, NAME_LEN, NO_RULE, PATH_DEPTH, EXE_DEPTH,
 };
 
 const ALLOW: i32 = 0;
@@ -70,7 +71,6 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     bpf_attr_link_id: 0,
     super_block_s_root: 0,
     vfsmount_mnt_root: 0,
-    super_block_s_magic: 0,
     inode_i_mode: 0,
     inode_i_rdev: 0,
     path_dentry: 0,
@@ -84,6 +84,8 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     reading_kexec_initramfs: 0,
     loading_kexec_image: 0,
     vm_area_struct_vm_file: 0,
+    lockdown_dev_mem: 0,
+    lockdown_kcore: 0,
 };
 
 /// Index 0: the active policy generation (0 = no policy).
@@ -95,8 +97,8 @@ static META: HashMap<u32, PolicyMeta> = HashMap::pinned(4, 0);
 static DEVS: HashMap<DevKey, u32> = HashMap::pinned(2 * MAX_POINTS, 0);
 #[map(name = "GUARD_DIRS")]
 static DIRS: HashMap<DirKey, u32> = HashMap::pinned(2 * MAX_POINTS, 0);
-#[map(name = "GUARD_RULES")]
-static RULES: HashMap<RuleKey, RuleValue> = HashMap::pinned(2 * MAX_RULE_ENTRIES, 0);
+#[map(name = "GUARD_RULE_SLOTS")]
+static RULE_SLOTS: Array<RuleSlot> = Array::pinned(rule_slots::COUNT, BPF_F_MMAPABLE);
 #[map(name = "GUARD_EXES")]
 static EXES: HashMap<ExeKey, u32> = HashMap::pinned(MAX_EXES, 0);
 #[map(name = "GUARD_TAINTED")]
@@ -344,7 +346,7 @@ fn grants(p: &Protection, c: &Caller) -> (u32, u32, u32) {
             gid,
             _pad: 0,
         };
-        if let Some(v) = unsafe { RULES.get(&key) } {
+        if let Some(v) = rule_entry(&key) {
             allow |= v.allow;
             audit |= v.audit;
             if v.rule < rule {
@@ -353,6 +355,12 @@ fn grants(p: &Protection, c: &Caller) -> (u32, u32, u32) {
         }
     }
     (allow, audit, rule)
+}
+
+/// The value of rule entry `key`, if the active policy has it.
+#[inline(always)]
+fn rule_entry(key: &RuleKey) -> Option<RuleValue> {
+    rule_slots::find(key, |index| RULE_SLOTS.get(index))
 }
 
 /// What to report about one decision.
@@ -682,6 +690,7 @@ fn taints_outstanding() -> bool {
 }
 
 #[lsm(hook = "file_open")]
+#[inline(always)]
 pub fn file_open(ctx: LsmContext) -> i32 {
     unsafe {
         let file: u64 = ctx.arg(0);
@@ -689,18 +698,10 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         let Ok(mode) = read::<u32>(file, o.file_f_mode) else {
             return EPERM;
         };
-        let mut want = 0;
-        if mode & FMODE_READ != 0 {
-            want |= access::READ;
-        }
-        if mode & FMODE_EXEC != 0 {
-            want |= access::EXEC;
-        }
         let Ok(dentry) = read::<u64>(file, o.file_f_path_dentry) else {
             return EPERM;
         };
         if mode & FMODE_WRITE != 0 {
-            want |= access::WRITE;
             let ret = protect_immutable(dentry, access::WRITE, hook::FILE_OPEN);
             if ret != ALLOW {
                 return ret;
@@ -710,95 +711,54 @@ pub fn file_open(ctx: LsmContext) -> i32 {
             }
         }
         let generation = ACTIVE.get(0).copied().unwrap_or(0);
-        if generation == 0 && !self_protecting() {
-            return ALLOW; // nothing armed: no special files, no policy
+        if generation == 0 {
+            return ALLOW; // no policy
         }
-        // One superblock read serves the special-file check and the decision.
-        let sb = superblock(o, dentry);
-        match special_file(o, file, sb) {
-            Special::KernelMemory => {
-                return deny_outsider(hook::KERNEL_MEMORY, tamper::KERNEL_MEMORY, 0)
-            }
-            Special::BlockDevice(rdev) => {
-                let ret = protect_raw_device(rdev, want);
+        let mut want = 0;
+        if mode & FMODE_READ != 0 {
+            want |= access::READ;
+        }
+        if mode & FMODE_WRITE != 0 {
+            want |= access::WRITE;
+        }
+        if mode & FMODE_EXEC != 0 {
+            want |= access::EXEC;
+        }
+        match block_device(o, file) {
+            Ok(Some(rdev)) => {
+                let ret = protect_raw_device(generation, rdev, want);
                 if ret != ALLOW {
                     return ret;
                 }
             }
-            Special::Other => {}
+            Ok(None) => {}
+            Err(e) => return e,
         }
-        if generation == 0 {
-            return ALLOW;
-        }
-        decide_on(o, generation, dentry, sb, want, hook::FILE_OPEN)
+        decide_on(o, generation, dentry, superblock(o, dentry), want, hook::FILE_OPEN)
     }
 }
 
-const PROC_SUPER_MAGIC: u64 = 0x9fa0;
 const S_IFMT: u16 = 0o170000;
-const S_IFCHR: u16 = 0o020000;
 const S_IFBLK: u16 = 0o060000;
-/// Kernel-internal dev_t (major << 20 | minor) of /dev/mem and /dev/port.
-const DEV_MEM: u32 = 1 << 20 | 1;
-const DEV_PORT: u32 = 1 << 20 | 4;
 
-/// Files whose opening guard checks apart from the policy's directories.
-enum Special {
-    /// /proc/kcore (in any procfs instance) or a /dev/mem or /dev/port node
-    /// (wherever root makes one): kernel memory, where the volume keys live.
-    KernelMemory,
-    /// A block device node, with its kernel dev_t.
-    BlockDevice(u32),
-    Other,
-}
-
-/// `sb` is the superblock of the file's dentry (`superblock`). An unreadable
-/// field counts as kernel memory (fail closed). The caller checks that
-/// something is armed.
+/// The kernel dev_t of `file` when it is a block device node (wherever root
+/// made it). Kernel memory (/dev/mem, /proc/kcore) is refused in
+/// `locked_down`, not here.
 #[inline(always)]
-unsafe fn special_file(o: &KernelOffsets, file: u64, sb: u64) -> Special {
-    let Ok(inode) = read::<u64>(file, o.file_f_inode) else {
-        return Special::KernelMemory; // unknown: treated as the worst case
-    };
-    let Ok(mode) = read::<u16>(inode, o.inode_i_mode) else {
-        return Special::KernelMemory; // could be a device: the worst case
-    };
-    if mode & S_IFMT == S_IFCHR {
-        return match read::<u32>(inode, o.inode_i_rdev) {
-            Ok(rdev) if rdev != DEV_MEM && rdev != DEV_PORT => Special::Other,
-            _ => Special::KernelMemory,
-        };
+unsafe fn block_device(o: &KernelOffsets, file: u64) -> Result<Option<u32>, i32> {
+    let inode: u64 = read(file, o.file_f_inode)?;
+    let mode: u16 = read(inode, o.inode_i_mode)?;
+    if mode & S_IFMT != S_IFBLK {
+        return Ok(None);
     }
-    if mode & S_IFMT == S_IFBLK {
-        return match read::<u32>(inode, o.inode_i_rdev) {
-            Ok(rdev) => Special::BlockDevice(rdev),
-            Err(_) => Special::KernelMemory,
-        };
-    }
-    let magic: u64 = match read(sb, o.super_block_s_magic) {
-        Ok(m) => m,
-        Err(_) => return Special::KernelMemory,
-    };
-    if magic != PROC_SUPER_MAGIC {
-        return Special::Other;
-    }
-    let kcore = SETTINGS.get(0).map(|s| s.kcore_ino).unwrap_or(0);
-    if kcore != 0 && read::<u64>(inode, o.inode_i_ino).unwrap_or(0) == kcore {
-        Special::KernelMemory
-    } else {
-        Special::Other
-    }
+    Ok(Some(read(inode, o.inode_i_rdev)?))
 }
 
 /// The block device under protected directories: writing it would change
 /// their data beneath the guard, reading it shows their data unless fscrypt
 /// encrypts it.
 #[inline(always)]
-unsafe fn protect_raw_device(rdev: u32, want: u32) -> i32 {
-    let generation = ACTIVE.get(0).copied().unwrap_or(0);
-    if generation == 0 {
-        return ALLOW;
-    }
+unsafe fn protect_raw_device(generation: u32, rdev: u32, want: u32) -> i32 {
     let denied = match RAW_DEVICES.get(&DevKey { generation, dev: rdev }) {
         Some(bits) => *bits & want,
         None => 0,
@@ -841,6 +801,7 @@ unsafe fn armed_outsider() -> Result<Option<ExeKey>, i32> {
 /// however the caller got it (inherited across exec, passed over a UNIX
 /// socket, pidfd_getfd). Also splice, sendfile, copy_file_range, io_uring.
 #[lsm(hook = "file_permission")]
+#[inline(always)]
 pub fn file_permission(ctx: LsmContext) -> i32 {
     unsafe {
         let file: u64 = ctx.arg(0);
@@ -872,6 +833,7 @@ const MAP_SHARED: u64 = 0x1;
 /// mmap_file(file, reqprot, prot, flags): mapping a file reads it without
 /// read(2); a shared writable map writes it.
 #[lsm(hook = "mmap_file")]
+#[inline(always)]
 pub fn mmap_file(ctx: LsmContext) -> i32 {
     unsafe {
         let file: u64 = ctx.arg(0);
@@ -901,6 +863,7 @@ pub fn mmap_file(ctx: LsmContext) -> i32 {
 /// file_mprotect(vma, reqprot, prot): making a file mapping executable
 /// after the fact must pass the same library check as mapping it so.
 #[lsm(hook = "file_mprotect")]
+#[inline(always)]
 pub fn file_mprotect(ctx: LsmContext) -> i32 {
     unsafe {
         let prot: u64 = ctx.arg(2);
@@ -1004,11 +967,13 @@ unsafe fn deny_or_report(o: &KernelOffsets, obj: &Object, mut report: Report, au
 /// inode_setxattr([userns|idmap,] dentry, name, ...): extended attributes
 /// (security labels, ACLs before Linux 6.2, fscrypt has none settable).
 #[lsm(hook = "inode_setxattr")]
+#[inline(always)]
 pub fn inode_setxattr(ctx: LsmContext) -> i32 {
     unsafe { decide_dir_op(ctx.arg(1), access::SETATTR, hook::INODE_SETXATTR) }
 }
 
 #[lsm(hook = "inode_removexattr")]
+#[inline(always)]
 pub fn inode_removexattr(ctx: LsmContext) -> i32 {
     unsafe { decide_dir_op(ctx.arg(1), access::SETATTR, hook::INODE_REMOVEXATTR) }
 }
@@ -1016,11 +981,13 @@ pub fn inode_removexattr(ctx: LsmContext) -> i32 {
 /// inode_set_acl(idmap, dentry, name, acl): POSIX ACLs since Linux 6.2
 /// (attached only where the hook exists).
 #[lsm(hook = "inode_set_acl")]
+#[inline(always)]
 pub fn inode_set_acl(ctx: LsmContext) -> i32 {
     unsafe { decide_dir_op(ctx.arg(1), access::SETATTR, hook::INODE_SET_ACL) }
 }
 
 #[lsm(hook = "inode_remove_acl")]
+#[inline(always)]
 pub fn inode_remove_acl(ctx: LsmContext) -> i32 {
     unsafe { decide_dir_op(ctx.arg(1), access::SETATTR, hook::INODE_REMOVE_ACL) }
 }
@@ -1031,6 +998,7 @@ const MS_REMOUNT: u64 = 32;
 /// protected directory or inside one (it would hide or divert the data),
 /// and a filesystem holding protected directories is not remounted.
 #[lsm(hook = "sb_mount")]
+#[inline(always)]
 pub fn sb_mount(ctx: LsmContext) -> i32 {
     unsafe {
         let path: u64 = ctx.arg(1);
@@ -1084,6 +1052,7 @@ unsafe fn protect_ancestor(dentry: u64) -> i32 {
 
 /// move_mount(from_path, to_path): the new mount API's way to mount.
 #[lsm(hook = "move_mount")]
+#[inline(always)]
 pub fn move_mount(ctx: LsmContext) -> i32 {
     unsafe {
         let to: u64 = ctx.arg(1);
@@ -1120,6 +1089,7 @@ unsafe fn protect_fs(dev: u32) -> i32 {
 /// pidfd_getfd. Refused at once when the receiver may not use the file, so
 /// the attempt is seen even if nothing is read from it.
 #[lsm(hook = "file_receive")]
+#[inline(always)]
 pub fn file_receive(ctx: LsmContext) -> i32 {
     unsafe {
         let file: u64 = ctx.arg(0);
@@ -1149,6 +1119,7 @@ pub fn file_receive(ctx: LsmContext) -> i32 {
 /// Module loads the kernel itself asks for (request_module runs modprobe as
 /// a child of a kernel thread) still work; root's own do not.
 #[lsm(hook = "kernel_read_file")]
+#[inline(always)]
 pub fn kernel_read_file(ctx: LsmContext) -> i32 {
     unsafe {
         let id = ctx.arg::<u64>(1) as u32;
@@ -1166,6 +1137,7 @@ pub fn kernel_read_file(ctx: LsmContext) -> i32 {
 /// kernel_load_data(id, contents): a module image handed to init_module, or
 /// a kernel for kexec_load.
 #[lsm(hook = "kernel_load_data")]
+#[inline(always)]
 pub fn kernel_load_data(ctx: LsmContext) -> i32 {
     unsafe {
         let id = ctx.arg::<u64>(0) as u32;
@@ -1177,6 +1149,23 @@ pub fn kernel_load_data(ctx: LsmContext) -> i32 {
             return deny_outsider(hook::KERNEL_LOAD_DATA, tamper::KEXEC, 0);
         }
         ALLOW
+    }
+}
+
+/// locked_down(what): the kernel asks before it opens kernel memory, where
+/// the volume keys live: /dev/mem and /dev/port (LOCKDOWN_DEV_MEM) and
+/// /proc/kcore (LOCKDOWN_KCORE), whatever node or procfs instance they are
+/// reached through.
+#[lsm(hook = "locked_down")]
+#[inline(always)]
+pub fn locked_down(ctx: LsmContext) -> i32 {
+    unsafe {
+        let what = ctx.arg::<u64>(0) as u32;
+        let o = offsets();
+        if what != o.lockdown_dev_mem && what != o.lockdown_kcore {
+            return ALLOW;
+        }
+        deny_outsider(hook::KERNEL_MEMORY, tamper::KERNEL_MEMORY, 0)
     }
 }
 
@@ -1196,31 +1185,37 @@ unsafe fn deny_module_load(hook: u32) -> i32 {
 }
 
 #[lsm(hook = "inode_create")]
+#[inline(always)]
 pub fn inode_create(ctx: LsmContext) -> i32 {
     unsafe { decide_dir_op(ctx.arg(1), access::CREATE, hook::INODE_CREATE) }
 }
 
 #[lsm(hook = "inode_mkdir")]
+#[inline(always)]
 pub fn inode_mkdir(ctx: LsmContext) -> i32 {
     unsafe { decide_dir_op(ctx.arg(1), access::CREATE, hook::INODE_MKDIR) }
 }
 
 #[lsm(hook = "inode_mknod")]
+#[inline(always)]
 pub fn inode_mknod(ctx: LsmContext) -> i32 {
     unsafe { decide_dir_op(ctx.arg(1), access::CREATE, hook::INODE_MKNOD) }
 }
 
 #[lsm(hook = "inode_symlink")]
+#[inline(always)]
 pub fn inode_symlink(ctx: LsmContext) -> i32 {
     unsafe { decide_dir_op(ctx.arg(1), access::CREATE, hook::INODE_SYMLINK) }
 }
 
 #[lsm(hook = "inode_unlink")]
+#[inline(always)]
 pub fn inode_unlink(ctx: LsmContext) -> i32 {
     unsafe { decide_dir_op(ctx.arg(1), access::DELETE, hook::INODE_UNLINK) }
 }
 
 #[lsm(hook = "inode_rmdir")]
+#[inline(always)]
 pub fn inode_rmdir(ctx: LsmContext) -> i32 {
     unsafe { decide_dir_op(ctx.arg(1), access::DELETE, hook::INODE_RMDIR) }
 }
@@ -1228,6 +1223,7 @@ pub fn inode_rmdir(ctx: LsmContext) -> i32 {
 /// inode_rename(old_dir, old_dentry, new_dir, new_dentry): both the source and
 /// the destination name must be allowed.
 #[lsm(hook = "inode_rename")]
+#[inline(always)]
 pub fn inode_rename(ctx: LsmContext) -> i32 {
     unsafe {
         let ret = decide_dir_op(ctx.arg(1), access::RENAME, hook::INODE_RENAME);
@@ -1241,6 +1237,7 @@ pub fn inode_rename(ctx: LsmContext) -> i32 {
 /// inode_link(old_dentry, dir, new_dentry): linking a protected file anywhere,
 /// or anything into a protected directory.
 #[lsm(hook = "inode_link")]
+#[inline(always)]
 pub fn inode_link(ctx: LsmContext) -> i32 {
     unsafe {
         let ret = decide_dir_op(ctx.arg(0), access::LINK, hook::INODE_LINK);
@@ -1253,6 +1250,7 @@ pub fn inode_link(ctx: LsmContext) -> i32 {
 
 /// inode_setattr([idmap,] dentry, attr): the dentry's position differs by kernel.
 #[lsm(hook = "inode_setattr")]
+#[inline(always)]
 pub fn inode_setattr(ctx: LsmContext) -> i32 {
     unsafe {
         let o = offsets();
@@ -1453,6 +1451,7 @@ unsafe fn emit_process(r: &Report, target: &Target, detail: u32, extra_flags: u3
 /// process_vm_readv/writev, pidfd_getfd, and the /proc/PID links and files
 /// (fd, root, cwd, exe, maps, environ) all ask this before touching `child`.
 #[lsm(hook = "ptrace_access_check")]
+#[inline(always)]
 pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
     unsafe {
         let child: u64 = ctx.arg(0);
@@ -1476,6 +1475,7 @@ pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
 /// binary (strace or gdb would see everything it reads), and a binary the
 /// policy says only its supervisor may start is started by nothing else.
 #[lsm(hook = "bprm_check_security")]
+#[inline(always)]
 pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     unsafe {
         let bprm: u64 = ctx.arg(0);
@@ -1648,6 +1648,7 @@ unsafe fn try_exec_traced(bprm: u64, a: &ProcessAttempt) -> Result<i32, i32> {
 /// may signal guardd. Signals the kernel sends (terminal, SIGCHLD) do not
 /// come through here.
 #[lsm(hook = "task_kill")]
+#[inline(always)]
 pub fn task_kill(ctx: LsmContext) -> i32 {
     unsafe {
         let sig = ctx.arg::<u64>(2) as u32;
@@ -1931,6 +1932,7 @@ fn is_guard_object(kind: u32, id: u32) -> bool {
 /// programs (they could read keys and data, or override guard's decisions),
 /// taking guard's links by id, or detaching links.
 #[lsm(hook = "bpf")]
+#[inline(always)]
 pub fn bpf(ctx: LsmContext) -> i32 {
     unsafe {
         let exe = match bpf_outsider() {
@@ -1970,6 +1972,7 @@ pub fn bpf(ctx: LsmContext) -> i32 {
 
 /// bpf_map(map, fmode): an fd to one of guard's maps (by id, pin or iteration).
 #[lsm(hook = "bpf_map")]
+#[inline(always)]
 pub fn bpf_map(ctx: LsmContext) -> i32 {
     unsafe {
         let exe = match bpf_outsider() {
@@ -1990,6 +1993,7 @@ pub fn bpf_map(ctx: LsmContext) -> i32 {
 
 /// bpf_prog(prog): an fd to one of guard's programs.
 #[lsm(hook = "bpf_prog")]
+#[inline(always)]
 pub fn bpf_prog(ctx: LsmContext) -> i32 {
     unsafe {
         let exe = match bpf_outsider() {
@@ -2014,6 +2018,7 @@ pub fn bpf_prog(ctx: LsmContext) -> i32 {
 /// would drop them and detach the programs; unmounting a filesystem that
 /// holds protected directories would take the data from under the database.
 #[lsm(hook = "sb_umount")]
+#[inline(always)]
 pub fn sb_umount(ctx: LsmContext) -> i32 {
     unsafe {
         let o = offsets();

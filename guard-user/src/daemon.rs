@@ -127,7 +127,6 @@ pub async fn run(config: Config) -> Result<()> {
     maps.set_settings(Settings {
         events_per_sec: config.events_per_sec,
         _pad: 0,
-        kcore_ino: kcore_ino()?,
     })?;
     let trust = match establish_trust(&config, &pins) {
         Ok(trust) => trust,
@@ -905,17 +904,6 @@ async fn report_suppressed(daemon: Arc<Daemon>) {
             );
             reported = now;
         }
-    }
-}
-
-/// The inode number of /proc/kcore, which the kernel refuses to everyone
-/// while armed (0: this kernel has no /proc/kcore).
-fn kcore_ino() -> Result<u64> {
-    use std::os::unix::fs::MetadataExt;
-    match std::fs::metadata("/proc/kcore") {
-        Ok(m) => Ok(m.ino()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-        Err(e) => Err(e).context("reading the inode of /proc/kcore"),
     }
 }
 

@@ -8,6 +8,7 @@
 //! when guardd's housekeeping calls `retire_due`, never while `apply` waits.
 
 mod batch;
+mod rule_table;
 
 use crate::loader::Pins;
 use crate::policy::PolicyEntries;
@@ -15,8 +16,9 @@ use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use guard_common::{
     dir_filter, dir_value, immutable, maps, stat, taint_seq, DevKey, DirKey, ExeKey, LaunchKey,
-    ObjectKey, PolicyMeta, RuleKey, RuleValue, SelfProtect, Settings, Taint,
+    ObjectKey, PolicyMeta, SelfProtect, Settings, Taint,
 };
+use rule_table::RuleTable;
 use serde::Serialize;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -41,7 +43,7 @@ pub struct KernelMaps {
     meta: HashMap<MapData, u32, PolicyMeta>,
     devs: HashMap<MapData, DevKey, u32>,
     dirs: HashMap<MapData, DirKey, u32>,
-    rules: HashMap<MapData, RuleKey, RuleValue>,
+    rules: RuleTable,
     exes: HashMap<MapData, ExeKey, u32>,
     tainted: HashMap<MapData, ExeKey, Taint>,
     stats: PerCpuArray<MapData, u64>,
@@ -83,7 +85,7 @@ impl KernelMaps {
             meta: typed(maps::META, Map::HashMap)?.try_into()?,
             devs: typed(maps::DEVS, Map::HashMap)?.try_into()?,
             dirs: typed(maps::DIRS, Map::HashMap)?.try_into()?,
-            rules: typed(maps::RULES, Map::HashMap)?.try_into()?,
+            rules: RuleTable::open(pinned(pins, maps::RULE_SLOTS)?)?,
             exes: typed(maps::EXES, Map::HashMap)?.try_into()?,
             tainted: typed(maps::TAINTED, Map::HashMap)?.try_into()?,
             stats: typed(maps::STATS, Map::PerCpuArray)?.try_into()?,
@@ -182,7 +184,7 @@ impl KernelMaps {
         remove_where(&mut self.meta, |g| *g != active);
         remove_where(&mut self.devs, |k| k.generation != active);
         remove_where(&mut self.dirs, |k| k.generation != active);
-        remove_where(&mut self.rules, |k| k.generation != active);
+        self.rules.remove_where(|g| g != active);
         remove_where(&mut self.supervisors, |k| k.generation != active);
         remove_where(&mut self.relays, |k| k.generation != active);
         remove_where(&mut self.libraries, |k| k.generation != active);
@@ -304,7 +306,7 @@ impl KernelMaps {
         self.meta
             .insert(generation, e.meta, 0)
             .context("writing policy mode")?;
-        batch::update(&self.rules, &e.rules).context("writing GUARD_RULES (is it full?)")?;
+        self.rules.insert(&e.rules)?;
         // Before the flip: the new generation's directories must pass the filter.
         self.add_to_dir_filter(e.dirs.iter().map(|(key, _)| key))?;
         let dirs: Vec<(DirKey, u32)> = e
@@ -326,7 +328,7 @@ impl KernelMaps {
         let _ = self.meta.remove(&generation);
         remove_where(&mut self.devs, |k| k.generation == generation);
         remove_where(&mut self.dirs, |k| k.generation == generation);
-        remove_where(&mut self.rules, |k| k.generation == generation);
+        self.rules.remove_where(|g| g == generation);
         remove_where(&mut self.supervisors, |k| k.generation == generation);
         remove_where(&mut self.relays, |k| k.generation == generation);
         remove_where(&mut self.libraries, |k| k.generation == generation);

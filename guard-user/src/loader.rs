@@ -23,7 +23,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 const SECURITYFS_MAGIC: i64 = 0x73636673;
 
 /// The LSM hooks guard attaches to; each program is named after its hook.
-pub const HOOKS: [&str; 29] = [
+pub const HOOKS: [&str; 30] = [
     "file_open",
     "inode_create",
     "inode_mkdir",
@@ -53,6 +53,7 @@ pub const HOOKS: [&str; 29] = [
     "file_receive",
     "inode_set_acl",
     "inode_remove_acl",
+    "locked_down",
 ];
 
 /// Hooks only newer kernels have (POSIX ACLs got their own in Linux 6.2;

@@ -43,7 +43,6 @@ pub fn resolve(btf_path: &Path) -> Result<KernelOffsets> {
         bpf_attr_link_id: field("bpf_attr.link_id")?,
         super_block_s_root: field("super_block.s_root")?,
         vfsmount_mnt_root: field("vfsmount.mnt_root")?,
-        super_block_s_magic: field("super_block.s_magic")?,
         inode_i_mode: field("inode.i_mode")?,
         inode_i_rdev: field("inode.i_rdev")?,
         path_dentry: field("path.dentry")?,
@@ -61,6 +60,8 @@ pub fn resolve(btf_path: &Path) -> Result<KernelOffsets> {
         )?,
         loading_kexec_image: enum_value(&btf, "kernel_load_data_id", "LOADING_KEXEC_IMAGE")?,
         vm_area_struct_vm_file: field("vm_area_struct.vm_file")?,
+        lockdown_dev_mem: enum_value(&btf, "lockdown_reason", "LOCKDOWN_DEV_MEM")?,
+        lockdown_kcore: enum_value(&btf, "lockdown_reason", "LOCKDOWN_KCORE")?,
     };
     check_hook_params(&btf)?;
     Ok(offsets)
@@ -84,7 +85,7 @@ pub fn absent_hooks<'a>(btf_path: &Path, hooks: &[&'a str]) -> Result<Vec<&'a st
 /// Hook arguments the programs read at a fixed position. Their order has been
 /// stable for years; if a kernel changes it, refuse to load rather than read
 /// the wrong argument.
-const FIXED_HOOK_PARAMS: [(&str, &str, u32); 22] = [
+const FIXED_HOOK_PARAMS: [(&str, &str, u32); 23] = [
     ("ptrace_access_check", "child", 0),
     ("ptrace_access_check", "mode", 1),
     ("bprm_check_security", "bprm", 0),
@@ -107,6 +108,7 @@ const FIXED_HOOK_PARAMS: [(&str, &str, u32); 22] = [
     ("kernel_read_file", "id", 1),
     ("kernel_load_data", "id", 0),
     ("file_receive", "file", 0),
+    ("locked_down", "what", 0),
 ];
 
 fn check_hook_params(btf: &Btf) -> Result<()> {

@@ -25,7 +25,7 @@ pub struct PolicyEntries {
     pub raw_devices: Vec<(DevKey, u32)>,
     /// `ANCESTORS`: directories above protected ones, and a point below each.
     pub ancestors: Vec<(DirKey, u32)>,
-    /// `RULES`: one entry per (point, binary, uid or ANY, gid or ANY).
+    /// `RULE_SLOTS`: one entry per (point, binary, uid or ANY, gid or ANY).
     pub rules: Vec<(RuleKey, RuleValue)>,
     /// `EXES`: every binary some rule names.
     pub exes: Vec<ExeKey>,

@@ -30,6 +30,20 @@ pub fn techniques() -> Vec<Technique> {
         ),
         t("dev-mem", "read /dev/mem", "EPERM", NOTHING, dev_mem),
         t(
+            "dev-mem-node",
+            "read a /dev/mem node root made elsewhere (mknod c 1 1)",
+            "EPERM",
+            NOTHING,
+            dev_mem_node,
+        ),
+        t(
+            "kcore-new-procfs",
+            "read /proc/kcore of a procfs root mounts anew",
+            "EPERM",
+            NOTHING,
+            kcore_new_procfs,
+        ),
+        t(
             "finit-module",
             "finit_module of a file (garbage)",
             "EPERM from guard, not ENOEXEC",
@@ -138,6 +152,43 @@ fn kcore(_: &Target) -> Result<Attempt> {
 
 fn dev_mem(_: &Target) -> Result<Attempt> {
     Ok(read_kernel_file("/dev/mem"))
+}
+
+/// The device number is what the kernel goes by, not the path.
+fn dev_mem_node(t: &Target) -> Result<Attempt> {
+    let node = t.scratch.join("guard-selftest-mem");
+    let _ = std::fs::remove_file(&node);
+    let path = sys::cstring(&node)?;
+    // SAFETY: valid C string.
+    let rc = unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 1)) };
+    sys::check(rc as libc::c_long).with_context(|| format!("mknod {}", node.display()))?;
+    let attempt = read_kernel_file(&node.to_string_lossy());
+    let _ = std::fs::remove_file(&node);
+    Ok(attempt)
+}
+
+/// Every procfs instance has its own /proc/kcore.
+fn kcore_new_procfs(t: &Target) -> Result<Attempt> {
+    let dir = t.scratch.join("guard-selftest-proc");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let target = sys::cstring(&dir)?;
+    // SAFETY: valid C strings; no data.
+    let rc = unsafe {
+        libc::mount(
+            c"proc".as_ptr(),
+            target.as_ptr(),
+            c"proc".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    sys::check(rc as libc::c_long)
+        .with_context(|| format!("mounting procfs on {}", dir.display()))?;
+    let attempt = read_kernel_file(&dir.join("kcore").to_string_lossy());
+    // SAFETY: valid C string.
+    unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    let _ = std::fs::remove_dir(&dir);
+    Ok(attempt)
 }
 
 /// A refusal must be a policy refusal: any other error means the kernel
