@@ -300,8 +300,8 @@ pub const MAX_POINTS: u32 = 1024;
 /// Capacity of `ANCESTORS`: the directories above protected ones (keyed
 /// like `DIRS`), on which nothing may be mounted.
 pub const MAX_ANCESTORS: u32 = 16384;
-/// Rule entries of one generation (`rule_slots` holds two at most a quarter
-/// full).
+/// Rule entries of one generation (`RULE_SLOTS` holds two generations at
+/// most a quarter full: `slots::Table`).
 pub const MAX_RULE_ENTRIES: u32 = 8192;
 pub const MAX_EXES: u32 = 8192;
 /// The decision event ring: 8 MiB hold about 10,000 events (each under
@@ -497,58 +497,92 @@ pub struct RuleValue {
     pub _pad: u32,
 }
 
-/// One slot of `RULE_SLOTS`: a rule entry where the kernel finds it with a
-/// few array loads (`rule_slots`). Empty while `key.generation` is 0.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RuleSlot {
-    pub key: RuleKey,
-    pub value: RuleValue,
-}
+pub type RuleSlot = slots::Slot<RuleKey, RuleValue>;
 
-/// The rule entries as an open-addressed table in a BPF array: a key sits in
-/// one of the `PROBES` slots from its `home` on. The kernel compares a few
-/// slots instead of calling a hash map lookup, which hashes and compares the
-/// 32-byte key (about 220 guest instructions on every decision inside a
-/// protected directory, measured: 2% of an `open()`).
-pub mod rule_slots {
-    use super::{RuleKey, RuleSlot, RuleValue, MAX_RULE_ENTRIES};
+/// Open-addressed tables in BPF arrays (`RULE_SLOTS`): a key
+/// sits in one of the `PROBES` slots from its `home` on. The kernel compares
+/// a few slots instead of calling a hash map lookup, which hashes and
+/// compares the whole key (about 220 guest instructions for a rule entry,
+/// measured: 2% of an `open()` inside a protected directory).
+pub mod slots {
+    use super::{RuleKey, RuleValue, MAX_RULE_ENTRIES};
 
-    const LOG2: u32 = 16;
-    /// Four times the entries of the two generations that may be live
-    /// together, so a free slot is near: an apply fails if none of a key's
-    /// `PROBES` slots is free (at half full, linear probing runs past 16 for
-    /// some keys; at a quarter it does not, tested).
-    pub const COUNT: u32 = 1 << LOG2;
-    pub const MASK: u32 = COUNT - 1;
-    pub const PROBES: u32 = 16;
+    /// A table entry; empty while its key's generation is 0.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Slot<K, V> {
+        pub key: K,
+        pub value: V,
+    }
 
-    const _: () = assert!(COUNT >= 8 * MAX_RULE_ENTRIES);
+    /// A table's shape. Each holds at least four times the entries of the
+    /// two generations that may be live together, so a free slot is near:
+    /// an apply fails if none of a key's `PROBES` slots is free (at half
+    /// full, linear probing runs past 16 for some keys; at a quarter it does
+    /// not, tested).
+    pub trait Table {
+        type Key: Copy + PartialEq;
+        type Value: Copy;
+        const LOG2: u32;
+        const COUNT: u32 = 1 << Self::LOG2;
+        const MASK: u32 = Self::COUNT - 1;
+        const PROBES: u32 = 16;
+        /// The first slot `key` may sit in. The generation is part of the
+        /// hash, so a slot's address depends on the generation the reader
+        /// loaded (an address dependency orders the two loads on any CPU).
+        fn home(key: &Self::Key) -> u32;
+        fn generation(key: &Self::Key) -> u32;
+        fn set_generation(key: &mut Self::Key, generation: u32);
+    }
 
-    /// The first slot `key` may sit in. The generation is part of the hash,
-    /// so a slot's address depends on the generation the reader loaded (an
-    /// address dependency orders the two loads on every CPU).
+    pub struct Rules;
+
+    const _: () = assert!(Rules::COUNT >= 8 * MAX_RULE_ENTRIES);
+    // guardd writes a slot's generation last, as the slot's first u32.
+    const _: () = assert!(core::mem::offset_of!(RuleKey, generation) == 0);
+
     #[inline(always)]
-    pub fn home(key: &RuleKey) -> u32 {
-        let a =
-            ((key.generation as u64) << 32 | key.point as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let b = ((key.exe_dev as u64) << 32 | key.uid as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
-        let c = key.exe_ino.wrapping_mul(0x1656_67B1_9E37_79F9);
-        let d = (key.gid as u64).wrapping_mul(0x27D4_EB2F_1656_67C5);
-        let h = (a ^ b ^ c ^ d).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        (h >> (64 - LOG2)) as u32
+    fn spread(h: u64, log2: u32) -> u32 {
+        (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - log2)) as u32
+    }
+
+    impl Table for Rules {
+        type Key = RuleKey;
+        type Value = RuleValue;
+        const LOG2: u32 = 16;
+        #[inline(always)]
+        fn home(key: &RuleKey) -> u32 {
+            let a = ((key.generation as u64) << 32 | key.point as u64)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let b =
+                ((key.exe_dev as u64) << 32 | key.uid as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+            let c = key.exe_ino.wrapping_mul(0x1656_67B1_9E37_79F9);
+            let d = (key.gid as u64).wrapping_mul(0x27D4_EB2F_1656_67C5);
+            spread(a ^ b ^ c ^ d, Self::LOG2)
+        }
+        #[inline(always)]
+        fn generation(key: &RuleKey) -> u32 {
+            key.generation
+        }
+        fn set_generation(key: &mut RuleKey, generation: u32) {
+            key.generation = generation;
+        }
     }
 
     /// The value of `key` in a table whose slot `i` is `slot(i)`: the
     /// kernel's lookup (and the one guardd's placement is tested against).
     #[inline(always)]
-    pub fn find<'a>(
-        key: &RuleKey,
-        slot: impl Fn(u32) -> Option<&'a RuleSlot>,
-    ) -> Option<RuleValue> {
-        let home = home(key);
-        for probe in 0..PROBES {
-            let s = slot((home + probe) & MASK)?;
+    pub fn find<'a, T: Table>(
+        key: &T::Key,
+        slot: impl Fn(u32) -> Option<&'a Slot<T::Key, T::Value>>,
+    ) -> Option<T::Value>
+    where
+        T::Key: 'a,
+        T::Value: 'a,
+    {
+        let home = T::home(key);
+        for probe in 0..T::PROBES {
+            let s = slot((home + probe) & T::MASK)?;
             if s.key == *key {
                 return Some(s.value);
             }

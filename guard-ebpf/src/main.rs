@@ -32,7 +32,8 @@ use aya_ebpf::{
 };
 use guard_common::{
     access, bpf_uapi, flags, hook, object, stat, tamper, verdict, DevKey, DirKey, Event, ExeKey,
-    KernelOffsets, ObjectKey, PolicyMeta, RateState, RuleKey, RuleSlot, RuleValue, SelfProtect, Settings, rule_slots,
+    KernelOffsets, ObjectKey, PolicyMeta, RateState, RuleKey, RuleSlot, RuleValue, SelfProtect, Settings,
+    slots::{self, Rules, Table},
     Taint, Launch, LaunchKey, library, LIBRARY_POINT, MAX_LIBRARIES, MAX_ANCESTORS, MAX_LAUNCHES, ANY_ID, MAX_OBJECTS, taint_seq, PINS_POINT, IMMUTABLE_POINT, MAX_IMMUTABLE, immutable, dir_filter, dir_value,
     DEFAULT_EVENTS_PER_SEC_PER_CPU, PTRACE_MODE_ATTACH, PTRACE_MODE_NOAUDIT,
     EVENTS_RING_BYTES, FMODE_EXEC, FMODE_READ, FMODE_WRITE, MAX_DEPTH, MAX_EXES, MAX_POINTS,
@@ -98,7 +99,7 @@ static DEVS: HashMap<DevKey, u32> = HashMap::pinned(2 * MAX_POINTS, 0);
 #[map(name = "GUARD_DIRS")]
 static DIRS: HashMap<DirKey, u32> = HashMap::pinned(2 * MAX_POINTS, 0);
 #[map(name = "GUARD_RULE_SLOTS")]
-static RULE_SLOTS: Array<RuleSlot> = Array::pinned(rule_slots::COUNT, BPF_F_MMAPABLE);
+static RULE_SLOTS: Array<RuleSlot> = Array::pinned(Rules::COUNT, BPF_F_MMAPABLE);
 #[map(name = "GUARD_EXES")]
 static EXES: HashMap<ExeKey, u32> = HashMap::pinned(MAX_EXES, 0);
 #[map(name = "GUARD_TAINTED")]
@@ -251,8 +252,7 @@ unsafe fn find_point(o: &KernelOffsets, generation: u32, obj: &Object) -> Result
     for _ in 0..MAX_DEPTH {
         if ino != 0 && may_be_protected(ino) {
             let key = DirKey { generation, dev: obj.dev, ino };
-            if let Some(value) = DIRS.get(&key) {
-                let value = *value;
+            if let Some(value) = protected_dir(&key) {
                 return Ok(Lookup::Protected(Protection {
                     generation,
                     point: value & dir_value::POINT_MASK,
@@ -360,7 +360,13 @@ fn grants(p: &Protection, c: &Caller) -> (u32, u32, u32) {
 /// The value of rule entry `key`, if the active policy has it.
 #[inline(always)]
 fn rule_entry(key: &RuleKey) -> Option<RuleValue> {
-    rule_slots::find(key, |index| RULE_SLOTS.get(index))
+    slots::find::<Rules>(key, |index| RULE_SLOTS.get(index))
+}
+
+/// The `dir_value` bits of protected directory `key`, if it is one.
+#[inline(always)]
+fn protected_dir(key: &DirKey) -> Option<u32> {
+    unsafe { DIRS.get(key) }.copied()
 }
 
 /// What to report about one decision.
@@ -383,32 +389,21 @@ unsafe fn decide(dentry: u64, access: u32, hook: u32) -> i32 {
         _ => return ALLOW, // no policy applied
     };
     let o = offsets();
-    decide_on(o, generation, dentry, superblock(o, dentry), access, hook)
-}
-
-/// The superblock of `dentry`, 0 if unreadable (every `read` of it then
-/// fails, so the decision fails closed). A plain value rather than a
-/// `Result`: the verifier must see the same register hold either a valid
-/// pointer or 0 on every path.
-#[inline(always)]
-unsafe fn superblock(o: &KernelOffsets, dentry: u64) -> u64 {
-    read::<u64>(dentry, o.dentry_d_sb).unwrap_or(0)
+    decide_on(o, generation, dentry, dentry_dev(o, dentry), access, hook)
 }
 
 /// `decide` for a caller that already read the active generation (not 0)
-/// and the dentry's superblock (`superblock`).
+/// and the device of the dentry's filesystem (`dentry_dev`).
 #[inline(always)]
 unsafe fn decide_on(
     o: &KernelOffsets,
     generation: u32,
     dentry: u64,
-    sb: u64,
+    dev: Result<u32, i32>,
     access: u32,
     hook: u32,
 ) -> i32 {
-    let decision = read::<u32>(sb, o.super_block_s_dev)
-        .and_then(|dev| try_decide_on(o, generation, dentry, dev, access, hook));
-    match decision {
+    match dev.and_then(|dev| try_decide_on(o, generation, dentry, dev, access, hook)) {
         Ok(ret) => ret,
         Err(_) => {
             count(stat::FAIL_CLOSED);
@@ -432,22 +427,15 @@ unsafe fn try_decide_on(
     if !may_hold_protected(dev) {
         return Ok(ALLOW); // fast path: nothing protected on this filesystem
     }
-    let found = dentry_ino(o, dentry).and_then(|ino| {
-        let obj = Object { dentry, dev, ino };
-        find_point(o, generation, &obj).map(|lookup| (obj, lookup))
-    });
-    let (obj, protection) = match found {
-        Ok((_, Lookup::NotProtected)) => return Ok(ALLOW),
-        Ok((obj, Lookup::Protected(p))) => (obj, p),
-        // A failed read or walk (disconnected dentry, too deep) denies only
-        // on a filesystem that really holds protected directories, not on
-        // one that merely shares its filter bit with one.
-        Err(e) => {
-            if DEVS.get_ptr(&DevKey { generation, dev }).is_none() {
-                return Ok(ALLOW);
-            }
-            return Err(e);
-        }
+    let ino = match dentry_ino(o, dentry) {
+        Ok(ino) => ino,
+        Err(e) => return walk_failed(generation, dev, e),
+    };
+    let obj = Object { dentry, dev, ino };
+    let protection = match find_point(o, generation, &obj) {
+        Ok(Lookup::NotProtected) => return Ok(ALLOW),
+        Ok(Lookup::Protected(p)) => p,
+        Err(e) => return walk_failed(generation, dev, e),
     };
     let Some(caller) = caller(&o)? else {
         return Ok(ALLOW);
@@ -485,6 +473,17 @@ unsafe fn try_decide_on(
     report.verdict = verdict::DENIED;
     emit(&o, &obj, &report);
     Ok(EPERM)
+}
+
+/// A failed read or walk (disconnected dentry, too deep) denies only on a
+/// filesystem that really holds protected directories, not on one that
+/// merely shares its filter bit with one.
+#[inline(always)]
+fn walk_failed(generation: u32, dev: u32, e: i32) -> Result<i32, i32> {
+    if DEVS.get_ptr(&DevKey { generation, dev }).is_none() {
+        return Ok(ALLOW);
+    }
+    Err(e)
 }
 
 /// Per-CPU budget of events per second: false when this one is suppressed.
@@ -527,8 +526,8 @@ unsafe fn emit(o: &KernelOffsets, obj: &Object, r: &Report) {
     let generation = e.generation;
     fill_path(o, obj, e, |ino| {
         let key = DirKey { generation, dev: obj.dev, ino };
-        DIRS.get(&key)
-            .map(|p| *p & dir_value::POINT_MASK == r.point)
+        protected_dir(&key)
+            .map(|bits| bits & dir_value::POINT_MASK == r.point)
             .unwrap_or(false)
     });
     fill_exe(o, e);
@@ -710,6 +709,18 @@ pub fn file_open(ctx: LsmContext) -> i32 {
                 taint_if_allowed_exe(o, inode);
             }
         }
+        let block = match block_device(o, file) {
+            Ok(block) => block,
+            Err(e) => return e,
+        };
+        let dev = dentry_dev(o, dentry);
+        // Most opens are of files on filesystems without protected
+        // directories: they end here, before the policy is even looked up.
+        if let (None, Ok(dev)) = (block, dev) {
+            if !may_hold_protected(dev) {
+                return ALLOW;
+            }
+        }
         let generation = ACTIVE.get(0).copied().unwrap_or(0);
         if generation == 0 {
             return ALLOW; // no policy
@@ -724,17 +735,13 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         if mode & FMODE_EXEC != 0 {
             want |= access::EXEC;
         }
-        match block_device(o, file) {
-            Ok(Some(rdev)) => {
-                let ret = protect_raw_device(generation, rdev, want);
-                if ret != ALLOW {
-                    return ret;
-                }
+        if let Some(rdev) = block {
+            let ret = protect_raw_device(generation, rdev, want);
+            if ret != ALLOW {
+                return ret;
             }
-            Ok(None) => {}
-            Err(e) => return e,
         }
-        decide_on(o, generation, dentry, superblock(o, dentry), want, hook::FILE_OPEN)
+        decide_on(o, generation, dentry, dev, want, hook::FILE_OPEN)
     }
 }
 

@@ -8,18 +8,19 @@
 //! when guardd's housekeeping calls `retire_due`, never while `apply` waits.
 
 mod batch;
-mod rule_table;
+mod slot_table;
 
 use crate::loader::Pins;
 use crate::policy::PolicyEntries;
 use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use guard_common::slots::Rules;
 use guard_common::{
     dir_filter, dir_value, immutable, maps, stat, taint_seq, DevKey, DirKey, ExeKey, LaunchKey,
     ObjectKey, PolicyMeta, SelfProtect, Settings, Taint,
 };
-use rule_table::RuleTable;
 use serde::Serialize;
+use slot_table::SlotTable;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -43,7 +44,7 @@ pub struct KernelMaps {
     meta: HashMap<MapData, u32, PolicyMeta>,
     devs: HashMap<MapData, DevKey, u32>,
     dirs: HashMap<MapData, DirKey, u32>,
-    rules: RuleTable,
+    rules: SlotTable<Rules>,
     exes: HashMap<MapData, ExeKey, u32>,
     tainted: HashMap<MapData, ExeKey, Taint>,
     stats: PerCpuArray<MapData, u64>,
@@ -85,7 +86,7 @@ impl KernelMaps {
             meta: typed(maps::META, Map::HashMap)?.try_into()?,
             devs: typed(maps::DEVS, Map::HashMap)?.try_into()?,
             dirs: typed(maps::DIRS, Map::HashMap)?.try_into()?,
-            rules: RuleTable::open(pinned(pins, maps::RULE_SLOTS)?)?,
+            rules: SlotTable::open(maps::RULE_SLOTS, pinned(pins, maps::RULE_SLOTS)?)?,
             exes: typed(maps::EXES, Map::HashMap)?.try_into()?,
             tainted: typed(maps::TAINTED, Map::HashMap)?.try_into()?,
             stats: typed(maps::STATS, Map::PerCpuArray)?.try_into()?,

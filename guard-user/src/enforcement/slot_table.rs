@@ -1,6 +1,6 @@
-//! `GUARD_RULE_SLOTS`: the rule entries as the kernel reads them, an
-//! open-addressed table (`guard_common::rule_slots`) in a BPF array that
-//! guardd maps into its memory and writes directly.
+//! The open-addressed tables the kernel reads (`guard_common::slots`:
+//! `GUARD_RULE_SLOTS`), BPF arrays that guardd maps into its memory and
+//! writes directly.
 //!
 //! A slot is free while its generation is 0. Entries of a new generation go
 //! only into free slots, body first and generation last, so the kernel, which
@@ -8,29 +8,36 @@
 //! never takes a half-written slot for a live one. Slots are freed by zeroing
 //! their generation once no hook can still use it (`KernelMaps::retire`).
 
+use std::fmt::Debug;
+use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, Ordering};
 
 use anyhow::{bail, Context, Result};
 use aya::maps::MapData;
-use guard_common::{rule_slots, RuleKey, RuleSlot, RuleValue};
+use guard_common::slots::{Slot, Table};
 
-pub struct RuleTable {
-    slots: NonNull<RuleSlot>,
+pub struct SlotTable<T: Table> {
+    name: &'static str,
+    slots: NonNull<Slot<T::Key, T::Value>>,
     bytes: usize,
     /// Keeps the map (and so the mapping's object) open.
     _map: MapData,
+    _table: PhantomData<T>,
 }
 
 // SAFETY: the mapping is owned by this value and only reached through it.
-unsafe impl Send for RuleTable {}
-unsafe impl Sync for RuleTable {}
+unsafe impl<T: Table> Send for SlotTable<T> {}
+unsafe impl<T: Table> Sync for SlotTable<T> {}
 
-impl RuleTable {
-    /// Maps the pinned array (created with `BPF_F_MMAPABLE`).
-    pub fn open(map: MapData) -> Result<Self> {
-        let bytes = rule_slots::COUNT as usize * std::mem::size_of::<RuleSlot>();
+impl<T: Table> SlotTable<T>
+where
+    T::Key: Debug,
+{
+    /// Maps the pinned array `name` (created with `BPF_F_MMAPABLE`).
+    pub fn open(name: &'static str, map: MapData) -> Result<Self> {
+        let bytes = T::COUNT as usize * std::mem::size_of::<Slot<T::Key, T::Value>>();
         // SAFETY: a shared read-write mapping of a BPF array fd, of the
         // array's size; the kernel keeps it valid until munmap.
         let addr = unsafe {
@@ -44,44 +51,46 @@ impl RuleTable {
             )
         };
         if addr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error()).context("mapping GUARD_RULE_SLOTS");
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("mapping {name}"));
         }
-        let slots = NonNull::new(addr.cast()).context("mapping GUARD_RULE_SLOTS")?;
-        Ok(RuleTable {
+        let slots = NonNull::new(addr.cast()).with_context(|| format!("mapping {name}"))?;
+        Ok(SlotTable {
+            name,
             slots,
             bytes,
             _map: map,
+            _table: PhantomData,
         })
     }
 
-    fn slot(&self, index: u32) -> *mut RuleSlot {
+    fn slot(&self, index: u32) -> *mut Slot<T::Key, T::Value> {
         // SAFETY: `index & MASK` is within the COUNT slots mapped.
-        unsafe { self.slots.as_ptr().add((index & rule_slots::MASK) as usize) }
+        unsafe { self.slots.as_ptr().add((index & T::MASK) as usize) }
     }
 
-    fn generation_at(&self, index: u32) -> u32 {
+    fn read(&self, index: u32) -> Slot<T::Key, T::Value> {
         // SAFETY: a mapped slot; volatile, the kernel may read it meanwhile.
-        unsafe { std::ptr::addr_of!((*self.slot(index)).key.generation).read_volatile() }
+        unsafe { self.slot(index).read_volatile() }
     }
 
     /// Writes `entries` (all of one new generation). On error some may be
     /// written; the caller removes the whole generation.
-    pub fn insert(&mut self, entries: &[(RuleKey, RuleValue)]) -> Result<()> {
+    pub fn insert(&mut self, entries: &[(T::Key, T::Value)]) -> Result<()> {
         for (key, value) in entries {
-            let index = self.free_slot_for(key)?;
-            let body = RuleSlot {
-                key: RuleKey {
-                    generation: 0,
-                    ..*key
-                },
+            let index = place::<T>(key, |index| self.read(index))
+                .with_context(|| format!("writing {}", self.name))?;
+            let mut body = Slot {
+                key: *key,
                 value: *value,
             };
+            T::set_generation(&mut body.key, 0);
             let slot = self.slot(index);
-            // SAFETY: a mapped slot that no live generation uses.
+            // SAFETY: a mapped slot that no live generation uses. The
+            // generation is the key's first field, one aligned u32.
             unsafe {
                 slot.write_volatile(body);
                 fence(Ordering::Release);
-                std::ptr::addr_of_mut!((*slot).key.generation).write_volatile(key.generation);
+                slot.cast::<u32>().write_volatile(T::generation(key));
             }
         }
         // The flip to the new generation comes after every slot is visible.
@@ -89,26 +98,19 @@ impl RuleTable {
         Ok(())
     }
 
-    fn free_slot_for(&self, key: &RuleKey) -> Result<u32> {
-        // SAFETY: a mapped slot; volatile, the kernel may read it meanwhile.
-        place(key, |index| unsafe { self.slot(index).read_volatile() })
-    }
-
     /// Frees every slot whose generation `doomed` names.
     pub fn remove_where(&mut self, doomed: impl Fn(u32) -> bool) {
-        for index in 0..rule_slots::COUNT {
-            let generation = self.generation_at(index);
+        for index in 0..T::COUNT {
+            let generation = T::generation(&self.read(index).key);
             if generation != 0 && doomed(generation) {
-                // SAFETY: a mapped slot; one aligned word.
-                unsafe {
-                    std::ptr::addr_of_mut!((*self.slot(index)).key.generation).write_volatile(0)
-                };
+                // SAFETY: a mapped slot; the generation is one aligned u32.
+                unsafe { self.slot(index).cast::<u32>().write_volatile(0) };
             }
         }
     }
 }
 
-impl Drop for RuleTable {
+impl<T: Table> Drop for SlotTable<T> {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `open`, unmapped once.
         unsafe { libc::munmap(self.slots.as_ptr().cast(), self.bytes) };
@@ -117,27 +119,28 @@ impl Drop for RuleTable {
 
 /// The slot for `key` in a table whose slot `i` reads `slot(i)`: the one
 /// holding it already, else the first free one of its `PROBES`.
-fn place(key: &RuleKey, slot: impl Fn(u32) -> RuleSlot) -> Result<u32> {
-    let home = rule_slots::home(key);
+fn place<T: Table>(key: &T::Key, slot: impl Fn(u32) -> Slot<T::Key, T::Value>) -> Result<u32>
+where
+    T::Key: Debug,
+{
+    let home = T::home(key);
     let mut free = None;
-    for probe in 0..rule_slots::PROBES {
-        let index = (home + probe) & rule_slots::MASK;
+    for probe in 0..T::PROBES {
+        let index = (home + probe) & T::MASK;
         let current = slot(index);
         if current.key == *key {
             return Ok(index);
         }
-        if current.key.generation == 0 && free.is_none() {
+        if T::generation(&current.key) == 0 && free.is_none() {
             free = Some(index);
         }
     }
     match free {
         Some(index) => Ok(index),
         None => bail!(
-            "GUARD_RULE_SLOTS: the {} slots where rule entry {key:?} may go are all taken \
-             (the table holds {} slots; a policy near {} rule entries can crowd it)",
-            rule_slots::PROBES,
-            rule_slots::COUNT,
-            guard_common::MAX_RULE_ENTRIES
+            "the {} slots where entry {key:?} may go are all taken (the table holds {} slots)",
+            T::PROBES,
+            T::COUNT,
         ),
     }
 }
@@ -145,7 +148,8 @@ fn place(key: &RuleKey, slot: impl Fn(u32) -> RuleSlot) -> Result<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use guard_common::{ANY_ID, MAX_RULE_ENTRIES};
+    use guard_common::slots::{self, Rules};
+    use guard_common::{RuleKey, RuleSlot, RuleValue, ANY_ID, MAX_RULE_ENTRIES};
 
     const EMPTY: RuleSlot = RuleSlot {
         key: RuleKey {
@@ -187,18 +191,18 @@ mod tests {
     }
 
     fn insert(table: &mut [RuleSlot], key: RuleKey, value: RuleValue) -> Result<()> {
-        let index = place(&key, |i| table[i as usize])?;
+        let index = place::<Rules>(&key, |i| table[i as usize])?;
         table[index as usize] = RuleSlot { key, value };
         Ok(())
     }
 
     fn find(table: &[RuleSlot], key: &RuleKey) -> Option<RuleValue> {
-        rule_slots::find(key, |i| table.get(i as usize))
+        slots::find::<Rules>(key, |i| table.get(i as usize))
     }
 
     #[test]
     fn two_full_generations_fit_and_each_entry_is_found_by_the_kernels_lookup() {
-        let mut table = vec![EMPTY; rule_slots::COUNT as usize];
+        let mut table = vec![EMPTY; Rules::COUNT as usize];
         for generation in [1, 2] {
             for n in 0..MAX_RULE_ENTRIES {
                 insert(&mut table, key(generation, n), value(n)).unwrap();
@@ -227,7 +231,7 @@ mod tests {
 
     #[test]
     fn a_key_written_twice_keeps_one_slot() {
-        let mut table = vec![EMPTY; rule_slots::COUNT as usize];
+        let mut table = vec![EMPTY; Rules::COUNT as usize];
         insert(&mut table, key(1, 5), value(1)).unwrap();
         insert(&mut table, key(1, 5), value(2)).unwrap();
         assert_eq!(table.iter().filter(|s| s.key.generation == 1).count(), 1);
@@ -236,11 +240,11 @@ mod tests {
 
     #[test]
     fn a_key_whose_slots_are_all_taken_is_refused_by_name() {
-        let mut table = vec![EMPTY; rule_slots::COUNT as usize];
+        let mut table = vec![EMPTY; Rules::COUNT as usize];
         let wanted = key(1, 42);
-        let home = rule_slots::home(&wanted);
-        for probe in 0..rule_slots::PROBES {
-            table[((home + probe) & rule_slots::MASK) as usize] = RuleSlot {
+        let home = Rules::home(&wanted);
+        for probe in 0..Rules::PROBES {
+            table[((home + probe) & Rules::MASK) as usize] = RuleSlot {
                 key: key(2, 100_000 + probe),
                 value: value(0),
             };
