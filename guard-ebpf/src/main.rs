@@ -243,15 +243,23 @@ fn in_dir_filter((word, mask): (u32, u64)) -> bool {
     }
 }
 
-/// Walks the dentry ancestors of `obj` on its superblock looking for a
-/// protected directory of the active generation.
+/// Walks the dentry ancestors of `dentry` on filesystem `dev` looking for a
+/// protected directory of the active generation. `dentry` itself is looked
+/// at only with `itself`: protected points are directories, so a file never
+/// is one.
 #[inline(always)]
-unsafe fn find_point(o: &KernelOffsets, generation: u32, obj: &Object) -> Result<Lookup, i32> {
-    let mut dentry = obj.dentry;
-    let mut ino = obj.ino;
+unsafe fn find_point(
+    o: &KernelOffsets,
+    generation: u32,
+    dev: u32,
+    dentry: u64,
+    itself: bool,
+) -> Result<Lookup, i32> {
+    let mut dentry = dentry;
+    let mut ino = if itself { dentry_ino(o, dentry)? } else { 0 };
     for _ in 0..MAX_DEPTH {
         if ino != 0 && may_be_protected(ino) {
-            let key = DirKey { generation, dev: obj.dev, ino };
+            let key = DirKey { generation, dev, ino };
             if let Some(value) = protected_dir(&key) {
                 return Ok(Lookup::Protected(Protection {
                     generation,
@@ -389,21 +397,24 @@ unsafe fn decide(dentry: u64, access: u32, hook: u32) -> i32 {
         _ => return ALLOW, // no policy applied
     };
     let o = offsets();
-    decide_on(o, generation, dentry, dentry_dev(o, dentry), access, hook)
+    let dev = dentry_dev(o, dentry);
+    decide_on(o, generation, dentry, dev, true, access, hook)
 }
 
 /// `decide` for a caller that already read the active generation (not 0)
-/// and the device of the dentry's filesystem (`dentry_dev`).
+/// and the device of the dentry's filesystem (`dentry_dev`), and knows
+/// whether the dentry may be a directory (`itself`, see `find_point`).
 #[inline(always)]
 unsafe fn decide_on(
     o: &KernelOffsets,
     generation: u32,
     dentry: u64,
     dev: Result<u32, i32>,
+    itself: bool,
     access: u32,
     hook: u32,
 ) -> i32 {
-    match dev.and_then(|dev| try_decide_on(o, generation, dentry, dev, access, hook)) {
+    match dev.and_then(|dev| try_decide_on(o, generation, dentry, dev, itself, access, hook)) {
         Ok(ret) => ret,
         Err(_) => {
             count(stat::FAIL_CLOSED);
@@ -421,22 +432,21 @@ unsafe fn try_decide_on(
     generation: u32,
     dentry: u64,
     dev: u32,
+    itself: bool,
     access: u32,
     hook: u32,
 ) -> Result<i32, i32> {
     if !may_hold_protected(dev) {
         return Ok(ALLOW); // fast path: nothing protected on this filesystem
     }
-    let ino = match dentry_ino(o, dentry) {
-        Ok(ino) => ino,
-        Err(e) => return walk_failed(generation, dev, e),
-    };
-    let obj = Object { dentry, dev, ino };
-    let protection = match find_point(o, generation, &obj) {
+    let protection = match find_point(o, generation, dev, dentry, itself) {
         Ok(Lookup::NotProtected) => return Ok(ALLOW),
         Ok(Lookup::Protected(p)) => p,
         Err(e) => return walk_failed(generation, dev, e),
     };
+    // Read only to be reported.
+    let ino = dentry_ino(o, dentry).unwrap_or(0);
+    let obj = Object { dentry, dev, ino };
     let Some(caller) = caller(&o)? else {
         return Ok(ALLOW);
     };
@@ -709,14 +719,14 @@ pub fn file_open(ctx: LsmContext) -> i32 {
                 taint_if_allowed_exe(o, inode);
             }
         }
-        let block = match block_device(o, file) {
-            Ok(block) => block,
+        let opened = match opened(o, file) {
+            Ok(opened) => opened,
             Err(e) => return e,
         };
         let dev = dentry_dev(o, dentry);
         // Most opens are of files on filesystems without protected
         // directories: they end here, before the policy is even looked up.
-        if let (None, Ok(dev)) = (block, dev) {
+        if let (None, Ok(dev)) = (opened.block_device, dev) {
             if !may_hold_protected(dev) {
                 return ALLOW;
             }
@@ -735,30 +745,41 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         if mode & FMODE_EXEC != 0 {
             want |= access::EXEC;
         }
-        if let Some(rdev) = block {
+        if let Some(rdev) = opened.block_device {
             let ret = protect_raw_device(generation, rdev, want);
             if ret != ALLOW {
                 return ret;
             }
         }
-        decide_on(o, generation, dentry, dev, want, hook::FILE_OPEN)
+        decide_on(o, generation, dentry, dev, opened.is_dir, want, hook::FILE_OPEN)
     }
 }
 
 const S_IFMT: u16 = 0o170000;
+const S_IFDIR: u16 = 0o040000;
 const S_IFBLK: u16 = 0o060000;
 
-/// The kernel dev_t of `file` when it is a block device node (wherever root
-/// made it). Kernel memory (/dev/mem, /proc/kcore) is refused in
-/// `locked_down`, not here.
+/// What `file_open` needs to know of the opened inode.
+struct Opened {
+    is_dir: bool,
+    /// The kernel dev_t of a block device node (wherever root made it).
+    /// Kernel memory (/dev/mem, /proc/kcore) is refused in `locked_down`.
+    block_device: Option<u32>,
+}
+
 #[inline(always)]
-unsafe fn block_device(o: &KernelOffsets, file: u64) -> Result<Option<u32>, i32> {
+unsafe fn opened(o: &KernelOffsets, file: u64) -> Result<Opened, i32> {
     let inode: u64 = read(file, o.file_f_inode)?;
-    let mode: u16 = read(inode, o.inode_i_mode)?;
-    if mode & S_IFMT != S_IFBLK {
-        return Ok(None);
-    }
-    Ok(Some(read(inode, o.inode_i_rdev)?))
+    let kind = read::<u16>(inode, o.inode_i_mode)? & S_IFMT;
+    let block_device = if kind == S_IFBLK {
+        Some(read(inode, o.inode_i_rdev)?)
+    } else {
+        None
+    };
+    Ok(Opened {
+        is_dir: kind == S_IFDIR,
+        block_device,
+    })
 }
 
 /// The block device under protected directories: writing it would change
