@@ -64,8 +64,11 @@ pub mod tamper {
     /// Starting an allowed binary that the policy says only its supervisor
     /// may start, from anything else (`Event::detail` unused).
     pub const UNSUPERVISED_START: u32 = 1 << 25;
+    /// Running an allowed binary with arguments other than the ones its
+    /// policy pins (the process is killed before its first instruction).
+    pub const UNEXPECTED_ARGUMENTS: u32 = 1 << 26;
 
-    pub const NAMES: [(&str, u32); 10] = [
+    pub const NAMES: [(&str, u32); 11] = [
         ("ptrace-read", PTRACE_READ),
         ("ptrace-attach", PTRACE_ATTACH),
         ("exec-traced", EXEC_TRACED),
@@ -76,6 +79,7 @@ pub mod tamper {
         ("module-load", MODULE),
         ("kexec", KEXEC),
         ("unsupervised-start", UNSUPERVISED_START),
+        ("unexpected-arguments", UNEXPECTED_ARGUMENTS),
     ];
 }
 
@@ -204,7 +208,9 @@ pub mod maps {
     pub const RAW_DEVICES: &str = "GUARD_RAW_DEVICES";
     pub const TAINT_SEQ: &str = "GUARD_TAINT_SEQ";
     pub const LIBRARIES: &str = "GUARD_LIBRARIES";
-    pub const ALL: [&str; 22] = [
+    pub const ARGUMENTS: &str = "GUARD_ARGUMENTS";
+    pub const ARGV_SCRATCH: &str = "GUARD_ARGV_SCRATCH";
+    pub const ALL: [&str; 24] = [
         ACTIVE,
         META,
         DEVS,
@@ -227,6 +233,8 @@ pub mod maps {
         RAW_DEVICES,
         TAINT_SEQ,
         LIBRARIES,
+        ARGUMENTS,
+        ARGV_SCRATCH,
     ];
 }
 
@@ -367,10 +375,15 @@ pub mod hook {
     pub const RAW_DEVICE: u32 = 32;
     /// mprotect adding PROT_EXEC to a file mapping.
     pub const FILE_MPROTECT: u32 = 33;
+    /// An exec that has replaced the process's program (arguments checked).
+    pub const BPRM_COMMITTED_CREDS: u32 = 34;
 
     /// Hooks whose object is a process, not a file.
     pub fn is_process(hook: u32) -> bool {
-        matches!(hook, PTRACE_ACCESS_CHECK | BPRM_CHECK_SECURITY | TASK_KILL)
+        matches!(
+            hook,
+            PTRACE_ACCESS_CHECK | BPRM_CHECK_SECURITY | TASK_KILL | BPRM_COMMITTED_CREDS
+        )
     }
 
     /// Hooks whose object is guard's BPF state or the system's integrity
@@ -417,7 +430,7 @@ pub mod hook {
             INODE_REMOVEXATTR => "inode_removexattr",
             INODE_SET_ACL => "inode_set_acl",
             INODE_REMOVE_ACL => "inode_remove_acl",
-            KERNEL_MEMORY => "file_open",
+            KERNEL_MEMORY => "locked_down",
             KERNEL_READ_FILE => "kernel_read_file",
             KERNEL_LOAD_DATA => "kernel_load_data",
             PROTECTED_FS => "sb_mount/sb_umount",
@@ -425,6 +438,7 @@ pub mod hook {
             ANCESTOR_MOUNT => "sb_mount/move_mount",
             RAW_DEVICE => "file_open",
             FILE_MPROTECT => "file_mprotect",
+            BPRM_COMMITTED_CREDS => "bprm_committed_creds",
             _ => "unknown",
         }
     }
@@ -605,6 +619,24 @@ pub struct PolicyMeta {
     /// Non-zero when the policy lists `libraries`: its binaries may map
     /// executable only themselves and approved files (`LIBRARIES`).
     pub confines: u32,
+    /// Non-zero when some binary may only run with the arguments the policy
+    /// gives it (`ARGUMENTS`).
+    pub pins_arguments: u32,
+}
+
+/// Longest argument list (`"arg0\0arg1\0..."`) a policy may pin.
+pub const MAX_ARGUMENT_BYTES: usize = 512;
+
+/// Value of `ARGUMENTS`, keyed by `LaunchKey`: the exact argument list the
+/// binary must run with: `count` NUL-terminated strings, `len` bytes in all,
+/// as exec copies them into the new process's memory. Bytes past `len` are
+/// zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Arguments {
+    pub len: u32,
+    pub count: u32,
+    pub bytes: [u8; MAX_ARGUMENT_BYTES],
 }
 
 /// Key of `EXES` (binaries some policy allows) and `TAINTED` (those opened for
@@ -801,6 +833,10 @@ pub struct KernelOffsets {
     pub reading_kexec_initramfs: u32,
     pub loading_kexec_image: u32,
     pub vm_area_struct_vm_file: u32,
+    /// `linux_binprm.p` (where exec copied the arguments, in the new
+    /// memory) and `.argc`.
+    pub linux_binprm_p: u32,
+    pub linux_binprm_argc: u32,
     /// `lockdown_reason` LOCKDOWN_DEV_MEM and LOCKDOWN_KCORE: what the
     /// kernel asks the `locked_down` hook before it opens /dev/mem,
     /// /dev/port or /proc/kcore.
@@ -822,6 +858,7 @@ mod pod {
     unsafe impl aya::Pod for RuleKey {}
     unsafe impl aya::Pod for RuleValue {}
     unsafe impl aya::Pod for RuleSlot {}
+    unsafe impl aya::Pod for Arguments {}
     unsafe impl aya::Pod for PolicyMeta {}
     unsafe impl aya::Pod for ExeKey {}
     unsafe impl aya::Pod for LaunchKey {}

@@ -16,13 +16,14 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
+use core::ffi::c_void;
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
-        bpf_get_current_uid_gid, bpf_ktime_get_ns,
+        bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_send_signal,
         bpf_probe_read_kernel_str_bytes,
     },
     macros::{lsm, map},
@@ -31,7 +32,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use guard_common::{
-    access, bpf_uapi, flags, hook, object, stat, tamper, verdict, DevKey, DirKey, Event, ExeKey,
+    access, bpf_uapi, flags, hook, Arguments, MAX_ARGUMENT_BYTES, object, stat, tamper, verdict, DevKey, DirKey, Event, ExeKey,
     KernelOffsets, ObjectKey, PolicyMeta, RateState, RuleKey, RuleSlot, RuleValue, SelfProtect, Settings,
     slots::{self, Rules, Table},
     Taint, Launch, LaunchKey, library, LIBRARY_POINT, MAX_LIBRARIES, MAX_ANCESTORS, MAX_LAUNCHES, ANY_ID, MAX_OBJECTS, taint_seq, PINS_POINT, IMMUTABLE_POINT, MAX_IMMUTABLE, immutable, dir_filter, dir_value,
@@ -85,6 +86,8 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     reading_kexec_initramfs: 0,
     loading_kexec_image: 0,
     vm_area_struct_vm_file: 0,
+    linux_binprm_p: 0,
+    linux_binprm_argc: 0,
     lockdown_dev_mem: 0,
     lockdown_kcore: 0,
 };
@@ -135,6 +138,12 @@ static RAW_DEVICES: HashMap<DevKey, u32> = HashMap::pinned(2 * MAX_POINTS, 0);
 /// (`guard_common::library` bits), per generation.
 #[map(name = "GUARD_LIBRARIES")]
 static LIBRARIES: HashMap<LaunchKey, u32> = HashMap::pinned(MAX_LIBRARIES, 0);
+#[map(name = "GUARD_ARGUMENTS")]
+static ARGUMENTS: HashMap<LaunchKey, Arguments> = HashMap::pinned(MAX_EXES, 0);
+/// Where `bprm_committed_creds` copies a process's arguments (too big for
+/// the BPF stack).
+#[map(name = "GUARD_ARGV_SCRATCH")]
+static ARGV_SCRATCH: PerCpuArray<Arguments> = PerCpuArray::pinned(1, 0);
 #[map(name = "GUARD_TAINT_SEQ")]
 static TAINT_SEQ: Array<u64> = Array::pinned(taint_seq::SLOTS, 0);
 #[map(name = "GUARD_EVENTS")]
@@ -1539,6 +1548,96 @@ unsafe fn exec_decision(decision: Result<i32, i32>, a: &ProcessAttempt) -> i32 {
             EPERM
         }
     }
+}
+
+/// bprm_committed_creds(bprm): the exec has replaced the program and no
+/// instruction of it has run yet. A binary whose policy pins its arguments
+/// and was started with others is killed here (the hook cannot refuse), so
+/// root cannot start a second copy of the database with options of its own,
+/// even through its supervisor (`systemd-run`).
+#[lsm(hook = "bprm_committed_creds")]
+#[inline(always)]
+pub fn bprm_committed_creds(ctx: LsmContext) -> i32 {
+    unsafe {
+        let bprm: u64 = ctx.arg(0);
+        let attempt = ProcessAttempt {
+            access: tamper::UNEXPECTED_ARGUMENTS,
+            hook: hook::BPRM_COMMITTED_CREDS,
+            detail: 0,
+            quiet: false,
+        };
+        if exec_decision(try_check_arguments(bprm, &attempt), &attempt) != ALLOW {
+            bpf_send_signal(SIGKILL);
+        }
+    }
+    ALLOW
+}
+
+const SIGKILL: u32 = 9;
+
+#[inline(always)]
+unsafe fn try_check_arguments(bprm: u64, a: &ProcessAttempt) -> Result<i32, i32> {
+    let generation = match ACTIVE.get(0) {
+        Some(g) if *g != 0 => *g,
+        _ => return Ok(ALLOW),
+    };
+    if META.get(&generation).map(|m| m.pins_arguments).unwrap_or(0) == 0 {
+        return Ok(ALLOW);
+    }
+    let o = offsets();
+    let task = current_task();
+    let Some(exe) = task_exe(o, task)? else {
+        return Ok(ALLOW);
+    };
+    let Some(pinned) = ARGUMENTS.get(&LaunchKey { generation, _pad: 0, exe }) else {
+        return Ok(ALLOW);
+    };
+    if arguments_are(o, bprm, pinned)? {
+        return Ok(ALLOW);
+    }
+    let target = Target {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        exe,
+    };
+    finish_process_decision(Guarded::AllowedBinary { generation }, a, &exe, &target)
+}
+
+/// Whether the exec's argument list is exactly `pinned`. The process runs in
+/// its new memory already, where exec copied the strings from `bprm->p` on
+/// (`mm->arg_start` is set only later, by the binary's loader): with as
+/// many strings as pinned, equal bytes up to the pinned length mean equal
+/// lists.
+#[inline(always)]
+unsafe fn arguments_are(o: &KernelOffsets, bprm: u64, pinned: &Arguments) -> Result<bool, i32> {
+    let count: u32 = read(bprm, o.linux_binprm_argc)?;
+    let start: u64 = read(bprm, o.linux_binprm_p)?;
+    let len = pinned.len as u64;
+    if count != pinned.count || len == 0 || len > MAX_ARGUMENT_BYTES as u64 {
+        return Ok(false);
+    }
+    let copy = &mut *ARGV_SCRATCH.get_ptr_mut(0).ok_or(EPERM)?;
+    // Word by word, volatile: the compiler would otherwise call memset and
+    // memcmp, byte loops the verifier follows 512 times.
+    let words = MAX_ARGUMENT_BYTES / 8;
+    let mine = copy.bytes.as_mut_ptr() as *mut u64;
+    for i in 0..words {
+        core::ptr::write_volatile(mine.add(i), 0);
+    }
+    let read = aya_ebpf::helpers::generated::bpf_probe_read_user(
+        mine as *mut c_void,
+        len as u32,
+        start as *const c_void,
+    );
+    if read != 0 {
+        return Err(EPERM); // not readable: fail closed
+    }
+    let theirs = pinned.bytes.as_ptr() as *const u64;
+    for i in 0..words {
+        if core::ptr::read_volatile(mine.add(i)) != core::ptr::read_volatile(theirs.add(i)) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// How far up a chain of forked (not executed) processes `launched` looks

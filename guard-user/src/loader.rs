@@ -23,7 +23,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 const SECURITYFS_MAGIC: i64 = 0x73636673;
 
 /// The LSM hooks guard attaches to; each program is named after its hook.
-pub const HOOKS: [&str; 30] = [
+pub const HOOKS: [&str; 31] = [
     "file_open",
     "inode_create",
     "inode_mkdir",
@@ -54,6 +54,7 @@ pub const HOOKS: [&str; 30] = [
     "inode_set_acl",
     "inode_remove_acl",
     "locked_down",
+    "bprm_committed_creds",
 ];
 
 /// Hooks only newer kernels have (POSIX ACLs got their own in Linux 6.2;

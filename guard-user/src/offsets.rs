@@ -60,6 +60,8 @@ pub fn resolve(btf_path: &Path) -> Result<KernelOffsets> {
         )?,
         loading_kexec_image: enum_value(&btf, "kernel_load_data_id", "LOADING_KEXEC_IMAGE")?,
         vm_area_struct_vm_file: field("vm_area_struct.vm_file")?,
+        linux_binprm_p: field("linux_binprm.p")?,
+        linux_binprm_argc: field("linux_binprm.argc")?,
         lockdown_dev_mem: enum_value(&btf, "lockdown_reason", "LOCKDOWN_DEV_MEM")?,
         lockdown_kcore: enum_value(&btf, "lockdown_reason", "LOCKDOWN_KCORE")?,
     };
@@ -85,7 +87,7 @@ pub fn absent_hooks<'a>(btf_path: &Path, hooks: &[&'a str]) -> Result<Vec<&'a st
 /// Hook arguments the programs read at a fixed position. Their order has been
 /// stable for years; if a kernel changes it, refuse to load rather than read
 /// the wrong argument.
-const FIXED_HOOK_PARAMS: [(&str, &str, u32); 23] = [
+const FIXED_HOOK_PARAMS: [(&str, &str, u32); 24] = [
     ("ptrace_access_check", "child", 0),
     ("ptrace_access_check", "mode", 1),
     ("bprm_check_security", "bprm", 0),
@@ -109,6 +111,7 @@ const FIXED_HOOK_PARAMS: [(&str, &str, u32); 23] = [
     ("kernel_load_data", "id", 0),
     ("file_receive", "file", 0),
     ("locked_down", "what", 0),
+    ("bprm_committed_creds", "bprm", 0),
 ];
 
 fn check_hook_params(btf: &Btf) -> Result<()> {

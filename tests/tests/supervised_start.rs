@@ -49,6 +49,21 @@ impl Supervised {
         policy
     }
 
+    /// `policy` that also pins the allowed binary's arguments to `cat`'s.
+    fn pinned_policy(&self, mode: &str) -> Value {
+        let mut policy = self.policy(mode);
+        policy["protected"][0]["rules"][0]["started_by"]["arguments"] =
+            serde_json::json!(self.cat());
+        policy
+    }
+
+    /// `argv` started by the supervisor.
+    fn supervised(&self, argv: &[String]) -> Output {
+        let mut supervised = vec![path(&self.supervisor)];
+        supervised.extend_from_slice(argv);
+        run(&supervised).unwrap()
+    }
+
     /// The allowed busybox's `cat` of the secret, as argv.
     fn cat(&self) -> Vec<String> {
         vec![
@@ -96,18 +111,28 @@ fn assert_exec_eperm(argv: &[String], what: &str) {
     }
 }
 
+/// Asserts the started program was killed by SIGKILL: the supervisor's
+/// shell reports 128 + 9, or is itself the killed process if it exec'ed.
+#[track_caller]
+fn assert_killed(out: &Output, what: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let killed = out.status.code() == Some(128 + libc::SIGKILL)
+        || out.status.signal() == Some(libc::SIGKILL);
+    assert!(killed, "{what}: not killed by SIGKILL: {out:?}");
+}
+
 /// Journal entries about starting `allowed` with `verdict`'s message id.
 fn start_alerts(id: &str, allowed: &Path) -> Vec<Value> {
+    alerts_of(id, "unsupervised-start", allowed)
+}
+
+/// Journal entries with message id `id` and access `access` about `allowed`.
+fn alerts_of(id: &str, access: &str, allowed: &Path) -> Vec<Value> {
     let suffix = format!("({})", allowed.display());
-    journal_entries(
-        id,
-        field::ACCESS,
-        "unsupervised-start",
-        Duration::from_secs(15),
-    )
-    .into_iter()
-    .filter(|e| e[field::PATH].as_str().unwrap_or("").ends_with(&suffix))
-    .collect()
+    journal_entries(id, field::ACCESS, access, Duration::from_secs(15))
+        .into_iter()
+        .filter(|e| e[field::PATH].as_str().unwrap_or("").ends_with(&suffix))
+        .collect()
 }
 
 #[test]
@@ -201,4 +226,49 @@ fn a_policy_without_supervisors_lets_anyone_start_allowed_binaries() {
     let out = run(&s.cat()).unwrap();
     assert_ok(&out, "plain policy: root starting the allowed binary");
     assert!(stdout(&out).contains("patient record 4711"), "{out:?}");
+}
+
+#[test]
+#[ignore = "guest: run by cargo xtask vm-test"]
+fn a_supervised_binary_runs_only_with_its_pinned_arguments() {
+    // Root asking the supervisor (as `systemd-run` asks PID 1) to start the
+    // database with options of its own: the process dies before it runs.
+    let s = Supervised::new("supervised-arguments");
+    let _guardd = Guardd::start();
+    apply(&s.pinned_policy("enforce"));
+    let out = s.supervised(&s.cat());
+    assert_ok(&out, "the supervisor starting it with the pinned arguments");
+    assert!(stdout(&out).contains("patient record 4711"), "{out:?}");
+
+    let mut other = s.cat();
+    other.push(other[2].clone());
+    let out = s.supervised(&other);
+    assert_killed(&out, "other arguments");
+    assert!(!stdout(&out).contains("patient"), "{out:?}");
+    let mut shorter = s.cat();
+    shorter.pop();
+    assert_killed(&s.supervised(&shorter), "fewer arguments");
+
+    let alerts = alerts_of(message_id::DENIED, "unexpected-arguments", &s.sb.allowed);
+    assert!(alerts.len() >= 2, "expected 2 alerts: {alerts:?}");
+    assert!(
+        alerts
+            .iter()
+            .all(|e| e[field::HOOK] == "bprm_committed_creds"),
+        "{alerts:?}"
+    );
+
+    // The pinned start still works, and audit mode only reports.
+    let out = s.supervised(&s.cat());
+    assert_ok(&out, "the pinned start again");
+    apply(&s.pinned_policy("audit"));
+    let out = s.supervised(&other);
+    assert_ok(&out, "audit mode: other arguments");
+    assert!(stdout(&out).contains("patient record 4711"), "{out:?}");
+    let alerts = alerts_of(
+        message_id::WOULD_DENY,
+        "unexpected-arguments",
+        &s.sb.allowed,
+    );
+    assert!(!alerts.is_empty(), "no would-deny alert");
 }

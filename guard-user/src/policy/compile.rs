@@ -3,9 +3,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use guard_common::{
-    access, library, DevKey, DirKey, ExeKey, LaunchKey, PolicyMeta, RuleKey, RuleValue, ANY_ID,
-    IMMUTABLE_POINT, MAX_ANCESTORS, MAX_EXES, MAX_IMMUTABLE_LISTED, MAX_LIBRARIES, MAX_POINTS,
-    MAX_RULE_ENTRIES,
+    access, library, Arguments, DevKey, DirKey, ExeKey, LaunchKey, PolicyMeta, RuleKey, RuleValue,
+    ANY_ID, IMMUTABLE_POINT, MAX_ANCESTORS, MAX_ARGUMENT_BYTES, MAX_EXES, MAX_IMMUTABLE_LISTED,
+    MAX_LIBRARIES, MAX_POINTS, MAX_RULE_ENTRIES,
 };
 
 use super::{Effect, Pointer, PolicyError, ResolvedPolicy};
@@ -31,6 +31,8 @@ pub struct PolicyEntries {
     pub exes: Vec<ExeKey>,
     /// `SUPERVISORS`: binaries only their supervisor may start, and that supervisor.
     pub supervisors: Vec<(LaunchKey, ExeKey)>,
+    /// `ARGUMENTS`: the argument lists binaries must run with.
+    pub arguments: Vec<(LaunchKey, Arguments)>,
     /// `RELAYS`: programs a supervisor may start a binary through.
     pub relays: Vec<LaunchKey>,
     /// Supervisors and relays: immutable while the policy is active, like
@@ -148,6 +150,15 @@ impl ResolvedPolicy {
             }
             relays.extend(started_by.through.iter().map(|r| exe_order(r.key())));
         }
+        let mut arguments = BTreeMap::new();
+        for rule in &self.rules {
+            let Some(pinned) = rule.started_by.as_ref().and_then(|s| s.arguments.as_ref()) else {
+                continue;
+            };
+            for binary in &rule.binaries {
+                arguments.insert(exe_order(binary.key()), argument_bytes(pinned));
+            }
+        }
         let launchers: BTreeSet<(u32, u64)> = supervisors
             .values()
             .map(|k: &ExeKey| exe_order(*k))
@@ -165,6 +176,7 @@ impl ResolvedPolicy {
                     .any(|r| r.uid.is_some() || r.gid.is_some()) as u32,
                 supervises: !supervisors.is_empty() as u32,
                 confines: self.libraries.is_some() as u32,
+                pins_arguments: !arguments.is_empty() as u32,
             },
             devs: devs
                 .into_iter()
@@ -212,6 +224,10 @@ impl ResolvedPolicy {
                 .into_iter()
                 .map(|exe| launch_key(exe_key(exe)))
                 .collect(),
+            arguments: arguments
+                .into_iter()
+                .map(|(exe, pinned)| (launch_key(exe_key(exe)), pinned))
+                .collect(),
             launchers: launchers.into_iter().map(exe_key).collect(),
             libraries,
             library_files,
@@ -252,6 +268,23 @@ impl ResolvedPolicy {
 }
 
 /// An `ExeKey` as a sortable pair, so the output order does not depend on hashing.
+/// `arguments` as the process holds them: NUL-terminated, zero-padded
+/// (the parser checked that they fit).
+fn argument_bytes(arguments: &[String]) -> Arguments {
+    let mut pinned = Arguments {
+        len: 0,
+        count: arguments.len() as u32,
+        bytes: [0; MAX_ARGUMENT_BYTES],
+    };
+    let mut at = 0;
+    for argument in arguments {
+        pinned.bytes[at..at + argument.len()].copy_from_slice(argument.as_bytes());
+        at += argument.len() + 1;
+    }
+    pinned.len = at as u32;
+    pinned
+}
+
 fn exe_order(key: ExeKey) -> (u32, u64) {
     (key.dev, key.ino)
 }
@@ -672,6 +705,33 @@ mod tests {
             2,
             "the tool has no supervisor and stays in EXES"
         );
+    }
+
+    #[test]
+    fn pinned_arguments_compile_to_nul_terminated_bytes_for_each_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let (server, supervisor) = (dir.path().join("server"), dir.path().join("supervisor"));
+        std::fs::write(&server, "server").unwrap();
+        std::fs::write(&supervisor, "supervisor").unwrap();
+        let text = serde_json::json!({"mode": "enforce", "protected": [{"path": data, "rules": [
+            {"binaries": [server], "access": ["read"], "effect": "allow",
+             "started_by": {"supervisor": supervisor,
+                            "arguments": ["/usr/sbin/mariadbd", "--user=mysql"]}},
+        ]}]});
+        let policy = crate::policy::parse(&text.to_string()).unwrap();
+        let e = resolve(&policy).unwrap().entries(3);
+        assert_eq!(e.meta.pins_arguments, 1);
+        assert_eq!(e.arguments.len(), 1);
+        let (key, pinned) = &e.arguments[0];
+        assert_eq!(key.generation, 3);
+        assert_eq!(key.exe, e.exes[0]);
+        let expected = b"/usr/sbin/mariadbd\0--user=mysql\0";
+        assert_eq!(pinned.len as usize, expected.len());
+        assert_eq!(pinned.count, 2);
+        assert_eq!(&pinned.bytes[..expected.len()], expected);
+        assert!(pinned.bytes[expected.len()..].iter().all(|b| *b == 0));
     }
 
     #[test]

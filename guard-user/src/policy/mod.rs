@@ -114,6 +114,10 @@ pub struct StartedBy {
     pub supervisor: Binary,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub through: Vec<Binary>,
+    /// The exact argument list (`argv`, from argv[0]) the binaries must run
+    /// with; with any other the process is killed before it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<Vec<String>>,
 }
 
 /// A binary by path, optionally pinned to the SHA-256 of its content.

@@ -445,18 +445,45 @@ impl Parser {
         let object = self.object(
             value,
             at,
-            "an object with `supervisor` and optional `through`",
-            &["supervisor", "through"],
+            "an object with `supervisor` and optional `through` and `arguments`",
+            &["supervisor", "through", "arguments"],
             &["supervisor"],
         )?;
         let supervisor = self.required(object, at, "supervisor", Self::binary);
         let through = self.optional(object, at, "through", |p, v, at| {
             p.list(v, at, false, Self::binary)
         });
+        let arguments = self.optional(object, at, "arguments", Self::arguments);
         Some(StartedBy {
             supervisor: supervisor?,
             through: through.ok()?.unwrap_or_default(),
+            arguments: arguments.ok()?,
         })
+    }
+
+    /// An argument list as the kernel compares it: NUL-terminated strings
+    /// of at most `MAX_ARGUMENT_BYTES` together.
+    fn arguments(&mut self, value: &Json, at: &Place) -> Option<Vec<String>> {
+        let arguments = self.list(value, at, true, |p, v, at| {
+            let argument = p.string(v, at)?;
+            if argument.contains('\0') {
+                p.error(at, "must not contain a NUL character");
+                return None;
+            }
+            Some(argument.to_string())
+        })?;
+        let bytes: usize = arguments.iter().map(|a| a.len() + 1).sum();
+        if bytes > guard_common::MAX_ARGUMENT_BYTES {
+            self.error(
+                at,
+                format!(
+                    "takes {bytes} bytes with their terminating NULs; at most {} can be pinned",
+                    guard_common::MAX_ARGUMENT_BYTES
+                ),
+            );
+            return None;
+        }
+        Some(arguments)
     }
 
     fn rule_name(&mut self, value: &Json, at: &Place) -> Option<String> {
@@ -676,6 +703,38 @@ mod tests {
         assert_eq!(e.0[0].location, "line 3, column 17");
         assert!(e.0[0].message.starts_with("invalid JSON: "), "{e}");
         assert!(!e.0[0].message.contains(" at line "), "{e}");
+    }
+
+    #[test]
+    fn pinned_arguments_are_checked_where_they_are_written() {
+        let policy = |arguments: &str| {
+            format!(
+                r#"{{"mode":"enforce","protected":[{{"path":"/srv","rules":[
+                {{"binaries":["/usr/sbin/mariadbd"],"access":["read"],"effect":"allow",
+                  "started_by":{{"supervisor":"/usr/lib/systemd/systemd","arguments":{arguments}}}}}]}}]}}"#
+            )
+        };
+        let ok = parse(&policy(r#"["/usr/sbin/mariadbd","--user=mysql"]"#)).unwrap();
+        let started_by = ok.protected[0].rules[0].started_by.as_ref().unwrap();
+        assert_eq!(
+            started_by.arguments.as_deref(),
+            Some(&["/usr/sbin/mariadbd".to_string(), "--user=mysql".to_string()][..])
+        );
+        let at = "/protected/0/rules/0/started_by/arguments";
+        let e = errors(&policy("[]"));
+        assert_eq!(
+            (e.0[0].location.as_str(), e.0[0].message.as_str()),
+            (at, "must not be empty")
+        );
+        let e = errors(&policy(r#"["a\u0000b"]"#));
+        assert_eq!(e.0[0].location, format!("{at}/0"));
+        assert!(e.0[0].message.contains("must not contain a NUL"), "{e}");
+        let long = format!(r#"["{}"]"#, "x".repeat(guard_common::MAX_ARGUMENT_BYTES));
+        let e = errors(&policy(&long));
+        assert_eq!(e.0[0].location, at);
+        assert!(e.0[0].message.contains("513 bytes"), "{e}");
+        let e = errors(&policy(r#""--user=mysql""#));
+        assert_eq!(e.0[0].location, at);
     }
 
     #[test]

@@ -82,16 +82,22 @@ pub struct RuleInfo {
 pub struct ResolvedStartedBy {
     pub supervisor: ResolvedBinary,
     pub through: Vec<ResolvedBinary>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<Vec<String>>,
 }
+
+/// How a binary may be started: its supervisor's identity, its relays'
+/// and its pinned arguments.
+type StartIdentity = (ExeKey, Vec<ExeKey>, Option<Vec<String>>);
 
 impl ResolvedStartedBy {
     /// The supervisor's and relays' identities, which say the same thing
-    /// whatever paths named them.
-    fn identities(&self) -> (ExeKey, Vec<ExeKey>) {
+    /// whatever paths named them, and the arguments.
+    fn identities(&self) -> StartIdentity {
         let mut through: Vec<ExeKey> = self.through.iter().map(ResolvedBinary::key).collect();
         through.sort_by_key(|k| (k.dev, k.ino));
         through.dedup();
-        (self.supervisor.key(), through)
+        (self.supervisor.key(), through, self.arguments.clone())
     }
 }
 
@@ -363,13 +369,14 @@ impl<'p> Resolver<'p> {
         Some(ResolvedStartedBy {
             supervisor: supervisor?,
             through: through.into_iter().collect::<Option<_>>()?,
+            arguments: started_by.arguments.clone(),
         })
     }
 
     /// A binary has one way to be started: every rule naming it must give it
     /// the same supervisor and relays, or none.
     fn check_supervisors_agree(&mut self, rules: &[RuleInfo]) {
-        type Launch = Option<(ExeKey, Vec<ExeKey>)>;
+        type Launch = Option<StartIdentity>;
         let mut first: FastMap<ExeKey, (&RuleInfo, Launch)> = fast_map(rules.len());
         for rule in rules {
             let launch: Launch = rule.started_by.as_ref().map(ResolvedStartedBy::identities);
@@ -378,7 +385,13 @@ impl<'p> Resolver<'p> {
                     first.entry(binary.key()).or_insert((rule, launch.clone()));
                 if *other_launch != launch {
                     let describe = |r: &RuleInfo| match &r.started_by {
-                        Some(s) => format!("started by {}", s.supervisor.path.display()),
+                        Some(s) => match &s.arguments {
+                            Some(args) => format!(
+                                "started by {} with arguments {args:?}",
+                                s.supervisor.path.display()
+                            ),
+                            None => format!("started by {}", s.supervisor.path.display()),
+                        },
                         None => "started by anyone".to_string(),
                     };
                     self.errors

@@ -96,7 +96,13 @@ pub fn schema() -> Value {
                         "required": ["supervisor"],
                         "properties": {
                             "supervisor": { "$ref": "#/$defs/binary" },
-                            "through": { "type": "array", "items": { "$ref": "#/$defs/binary" } }
+                            "through": { "type": "array", "items": { "$ref": "#/$defs/binary" } },
+                            "arguments": {
+                                "description": "The exact argument list, from argv[0], the rule's binaries must run with (at most 512 bytes with a NUL after each); started with any other, the process is killed before it runs.",
+                                "type": "array",
+                                "minItems": 1,
+                                "items": { "type": "string" }
+                            }
                         }
                     }
                 }
