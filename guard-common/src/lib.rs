@@ -67,8 +67,12 @@ pub mod tamper {
     /// Running an allowed binary with arguments other than the ones its
     /// policy pins (the process is killed before its first instruction).
     pub const UNEXPECTED_ARGUMENTS: u32 = 1 << 26;
+    /// Running an allowed binary with an environment variable its policy
+    /// does not list, or with another value than the one it pins (the
+    /// process is killed before its first instruction).
+    pub const UNEXPECTED_ENVIRONMENT: u32 = 1 << 27;
 
-    pub const NAMES: [(&str, u32); 11] = [
+    pub const NAMES: [(&str, u32); 12] = [
         ("ptrace-read", PTRACE_READ),
         ("ptrace-attach", PTRACE_ATTACH),
         ("exec-traced", EXEC_TRACED),
@@ -80,6 +84,7 @@ pub mod tamper {
         ("kexec", KEXEC),
         ("unsupervised-start", UNSUPERVISED_START),
         ("unexpected-arguments", UNEXPECTED_ARGUMENTS),
+        ("unexpected-environment", UNEXPECTED_ENVIRONMENT),
     ];
 }
 
@@ -210,7 +215,9 @@ pub mod maps {
     pub const LIBRARIES: &str = "GUARD_LIBRARIES";
     pub const ARGUMENTS: &str = "GUARD_ARGUMENTS";
     pub const ARGV_SCRATCH: &str = "GUARD_ARGV_SCRATCH";
-    pub const ALL: [&str; 24] = [
+    pub const ENVIRONMENT: &str = "GUARD_ENVIRONMENT";
+    pub const ENV_SCRATCH: &str = "GUARD_ENV_SCRATCH";
+    pub const ALL: [&str; 26] = [
         ACTIVE,
         META,
         DEVS,
@@ -235,6 +242,8 @@ pub mod maps {
         LIBRARIES,
         ARGUMENTS,
         ARGV_SCRATCH,
+        ENVIRONMENT,
+        ENV_SCRATCH,
     ];
 }
 
@@ -622,6 +631,9 @@ pub struct PolicyMeta {
     /// Non-zero when some binary may only run with the arguments the policy
     /// gives it (`ARGUMENTS`).
     pub pins_arguments: u32,
+    /// Non-zero when some binary may only run with the environment the
+    /// policy lists for it (`ENVIRONMENT`).
+    pub pins_environment: u32,
 }
 
 /// Longest argument list (`"arg0\0arg1\0..."`) a policy may pin.
@@ -637,6 +649,56 @@ pub struct Arguments {
     pub len: u32,
     pub count: u32,
     pub bytes: [u8; MAX_ARGUMENT_BYTES],
+}
+
+/// How much of an environment entry the kernel reads. An entry that fills it
+/// may have been cut short and never matches a pinned `NAME=VALUE`, so one
+/// of those is shorter, its NUL included.
+pub const MAX_ENV_ENTRY_BYTES: usize = 256;
+/// Longest variable name a policy may allow with any value: `NAME=` and a
+/// NUL fit in this many bytes.
+pub const MAX_ENV_NAME_BYTES: usize = 64;
+/// Most arguments, and most environment entries, a process whose
+/// environment is pinned may start with: more count as a mismatch.
+pub const MAX_PINNED_STRINGS: u32 = 64;
+/// Most `ENVIRONMENT` entries of one policy (markers included); the map
+/// holds two generations.
+pub const MAX_ENV_ENTRIES: u32 = 512;
+
+/// `EnvKey::kind`.
+pub mod env_entry {
+    /// The binary's environment is pinned (`bytes` all zero).
+    pub const PINNED: u32 = 0;
+    /// `bytes` is a whole entry, `NAME=VALUE`, the only value allowed.
+    pub const EXACT: u32 = 1;
+    /// `bytes` is `NAME=`: the variable may have any value.
+    pub const NAME: u32 = 2;
+}
+
+/// Key of `ENVIRONMENT` (value unused): what a binary whose environment is
+/// pinned may find in it. `bytes` is NUL-terminated and zero-padded, as the
+/// kernel reads each entry of the new process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EnvKey {
+    pub launch: LaunchKey,
+    pub kind: u32,
+    pub _pad: u32,
+    pub bytes: [u8; MAX_ENV_ENTRY_BYTES],
+}
+
+/// Most bytes (its NUL included) of one argument or environment entry of a
+/// process whose environment is pinned; a longer one counts as a mismatch.
+/// The kernel reads each whole to find where the next begins.
+pub const MAX_PINNED_STRING_BYTES: usize = 4096;
+
+/// Value of the per-CPU `ENV_SCRATCH`: room for the kernel's `ENVIRONMENT`
+/// key and a string it reads (too big for the BPF stack).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EnvScratch {
+    pub key: EnvKey,
+    pub string: [u8; MAX_PINNED_STRING_BYTES],
 }
 
 /// Key of `EXES` (binaries some policy allows) and `TAINTED` (those opened for
@@ -837,6 +899,8 @@ pub struct KernelOffsets {
     /// memory) and `.argc`.
     pub linux_binprm_p: u32,
     pub linux_binprm_argc: u32,
+    /// `linux_binprm.envc`: the environment's strings follow the arguments'.
+    pub linux_binprm_envc: u32,
     /// `lockdown_reason` LOCKDOWN_DEV_MEM and LOCKDOWN_KCORE: what the
     /// kernel asks the `locked_down` hook before it opens /dev/mem,
     /// /dev/port or /proc/kcore.
@@ -859,6 +923,8 @@ mod pod {
     unsafe impl aya::Pod for RuleValue {}
     unsafe impl aya::Pod for RuleSlot {}
     unsafe impl aya::Pod for Arguments {}
+    unsafe impl aya::Pod for EnvKey {}
+    unsafe impl aya::Pod for EnvScratch {}
     unsafe impl aya::Pod for PolicyMeta {}
     unsafe impl aya::Pod for ExeKey {}
     unsafe impl aya::Pod for LaunchKey {}

@@ -32,7 +32,9 @@ use aya_ebpf::{
     EbpfContext,
 };
 use guard_common::{
-    access, bpf_uapi, flags, hook, Arguments, MAX_ARGUMENT_BYTES, object, stat, tamper, verdict, DevKey, DirKey, Event, ExeKey,
+    access, bpf_uapi, flags, hook, Arguments, MAX_ARGUMENT_BYTES, env_entry, EnvKey, EnvScratch,
+    MAX_PINNED_STRING_BYTES, MAX_ENV_ENTRIES, MAX_ENV_ENTRY_BYTES, MAX_ENV_NAME_BYTES,
+    MAX_PINNED_STRINGS, object, stat, tamper, verdict, DevKey, DirKey, Event, ExeKey,
     KernelOffsets, ObjectKey, PolicyMeta, RateState, RuleKey, RuleSlot, RuleValue, SelfProtect, Settings,
     slots::{self, Rules, Table},
     Taint, Launch, LaunchKey, library, LIBRARY_POINT, MAX_LIBRARIES, MAX_ANCESTORS, MAX_LAUNCHES, ANY_ID, MAX_OBJECTS, taint_seq, PINS_POINT, IMMUTABLE_POINT, MAX_IMMUTABLE, immutable, dir_filter, dir_value,
@@ -88,6 +90,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     vm_area_struct_vm_file: 0,
     linux_binprm_p: 0,
     linux_binprm_argc: 0,
+    linux_binprm_envc: 0,
     lockdown_dev_mem: 0,
     lockdown_kcore: 0,
 };
@@ -144,6 +147,11 @@ static ARGUMENTS: HashMap<LaunchKey, Arguments> = HashMap::pinned(MAX_EXES, 0);
 /// the BPF stack).
 #[map(name = "GUARD_ARGV_SCRATCH")]
 static ARGV_SCRATCH: PerCpuArray<Arguments> = PerCpuArray::pinned(1, 0);
+#[map(name = "GUARD_ENVIRONMENT")]
+static ENVIRONMENT: HashMap<EnvKey, u32> = HashMap::pinned(2 * MAX_ENV_ENTRIES, 0);
+/// Where `bprm_committed_creds` builds `ENVIRONMENT` keys and reads strings.
+#[map(name = "GUARD_ENV_SCRATCH")]
+static ENV_SCRATCH: PerCpuArray<EnvScratch> = PerCpuArray::pinned(1, 0);
 #[map(name = "GUARD_TAINT_SEQ")]
 static TAINT_SEQ: Array<u64> = Array::pinned(taint_seq::SLOTS, 0);
 #[map(name = "GUARD_EVENTS")]
@@ -1552,21 +1560,29 @@ unsafe fn exec_decision(decision: Result<i32, i32>, a: &ProcessAttempt) -> i32 {
 
 /// bprm_committed_creds(bprm): the exec has replaced the program and no
 /// instruction of it has run yet. A binary whose policy pins its arguments
-/// and was started with others is killed here (the hook cannot refuse), so
-/// root cannot start a second copy of the database with options of its own,
-/// even through its supervisor (`systemd-run`).
+/// or its environment and was started with others is killed here (the hook
+/// cannot refuse), so root cannot start a second copy of the database with
+/// options of its own, nor point it at a configuration of its own
+/// (`MYSQL_HOME`), even through its supervisor (`systemd-run`,
+/// `systemctl set-environment`).
 #[lsm(hook = "bprm_committed_creds")]
 #[inline(always)]
 pub fn bprm_committed_creds(ctx: LsmContext) -> i32 {
     unsafe {
         let bprm: u64 = ctx.arg(0);
-        let attempt = ProcessAttempt {
+        let arguments = ProcessAttempt {
             access: tamper::UNEXPECTED_ARGUMENTS,
             hook: hook::BPRM_COMMITTED_CREDS,
             detail: 0,
             quiet: false,
         };
-        if exec_decision(try_check_arguments(bprm, &attempt), &attempt) != ALLOW {
+        let environment = ProcessAttempt {
+            access: tamper::UNEXPECTED_ENVIRONMENT,
+            ..arguments
+        };
+        let kill = exec_decision(try_check_arguments(bprm, &arguments), &arguments) != ALLOW
+            || exec_decision(try_check_environment(bprm, &environment), &environment) != ALLOW;
+        if kill {
             bpf_send_signal(SIGKILL);
         }
     }
@@ -1638,6 +1654,156 @@ unsafe fn arguments_are(o: &KernelOffsets, bprm: u64, pinned: &Arguments) -> Res
         }
     }
     Ok(true)
+}
+
+#[inline(always)]
+unsafe fn try_check_environment(bprm: u64, a: &ProcessAttempt) -> Result<i32, i32> {
+    let generation = match ACTIVE.get(0) {
+        Some(g) if *g != 0 => *g,
+        _ => return Ok(ALLOW),
+    };
+    if META.get(&generation).map(|m| m.pins_environment).unwrap_or(0) == 0 {
+        return Ok(ALLOW);
+    }
+    let o = offsets();
+    let Some(exe) = task_exe(o, current_task())? else {
+        return Ok(ALLOW);
+    };
+    let scratch = &mut *ENV_SCRATCH.get_ptr_mut(0).ok_or(EPERM)?;
+    scratch.key.launch = LaunchKey { generation, _pad: 0, exe };
+    scratch.key.kind = env_entry::PINNED;
+    scratch.key._pad = 0;
+    zero_words(scratch.key.bytes.as_mut_ptr(), MAX_ENV_ENTRY_BYTES);
+    if ENVIRONMENT.get_ptr(&scratch.key).is_none() {
+        return Ok(ALLOW); // this binary's environment is not pinned
+    }
+    if environment_is_allowed(o, bprm, scratch)? {
+        return Ok(ALLOW);
+    }
+    let target = Target {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        exe,
+    };
+    finish_process_decision(Guarded::AllowedBinary { generation }, a, &exe, &target)
+}
+
+/// Whether every entry of the new process's environment is one the policy
+/// allows its binary (`s.key.launch`). Exec copied the argument strings
+/// from `bprm->p` on and the environment's right after them.
+#[inline(always)]
+unsafe fn environment_is_allowed(
+    o: &KernelOffsets,
+    bprm: u64,
+    s: &mut EnvScratch,
+) -> Result<bool, i32> {
+    let argc: u32 = read(bprm, o.linux_binprm_argc)?;
+    let envc: u32 = read(bprm, o.linux_binprm_envc)?;
+    if argc > MAX_PINNED_STRINGS || envc > MAX_PINNED_STRINGS {
+        return Ok(false);
+    }
+    let mut at: u64 = read(bprm, o.linux_binprm_p)?;
+    for i in 0..MAX_PINNED_STRINGS {
+        if i >= argc {
+            break;
+        }
+        let Some(next) = after_string(&mut s.string, at)? else {
+            return Ok(false);
+        };
+        at = next;
+    }
+    for i in 0..MAX_PINNED_STRINGS {
+        if i >= envc {
+            break;
+        }
+        if !entry_allowed(&mut s.key, at)? {
+            return Ok(false);
+        }
+        let Some(next) = after_string(&mut s.string, at)? else {
+            return Ok(false);
+        };
+        at = next;
+    }
+    Ok(true)
+}
+
+/// Where the string at `at` (the new process's memory) ends, past its NUL;
+/// `None` when it is `MAX_PINNED_STRING_BYTES` long or more. One read: a
+/// loop of reads per string, in the loops over strings, is more than the
+/// verifier follows.
+#[inline(always)]
+unsafe fn after_string(
+    string: &mut [u8; MAX_PINNED_STRING_BYTES],
+    at: u64,
+) -> Result<Option<u64>, i32> {
+    let n = aya_ebpf::helpers::generated::bpf_probe_read_user_str(
+        string.as_mut_ptr() as *mut c_void,
+        MAX_PINNED_STRING_BYTES as u32,
+        at as *const c_void,
+    );
+    if n <= 0 {
+        return Err(EPERM);
+    }
+    if n as usize >= MAX_PINNED_STRING_BYTES {
+        return Ok(None); // cut short by the read
+    }
+    Ok(Some(at + n as u64))
+}
+
+/// Whether the environment entry at `at` is allowed to `key.launch`: as a
+/// whole (`EXACT`), or by its name (`NAME`). Leaves `key` overwritten.
+#[inline(always)]
+unsafe fn entry_allowed(key: &mut EnvKey, at: u64) -> Result<bool, i32> {
+    zero_words(key.bytes.as_mut_ptr(), MAX_ENV_ENTRY_BYTES);
+    let n = aya_ebpf::helpers::generated::bpf_probe_read_user_str(
+        key.bytes.as_mut_ptr() as *mut c_void,
+        MAX_ENV_ENTRY_BYTES as u32,
+        at as *const c_void,
+    );
+    if n <= 0 {
+        return Err(EPERM);
+    }
+    // A read that filled the buffer may have cut a longer entry short: such
+    // an entry matches no exact one.
+    if (n as usize) < MAX_ENV_ENTRY_BYTES {
+        key.kind = env_entry::EXACT;
+        if ENVIRONMENT.get_ptr(&*key).is_some() {
+            return Ok(true);
+        }
+    }
+    if !keep_name(key) {
+        return Ok(false); // no `=` within a name's length
+    }
+    key.kind = env_entry::NAME;
+    Ok(ENVIRONMENT.get_ptr(&*key).is_some())
+}
+
+/// Zeroes `key.bytes` after the first `=` of its first `MAX_ENV_NAME_BYTES`,
+/// leaving `NAME=`; false when there is no `=` there. Without branches: a
+/// branch per byte, in the loop over entries, is more than the verifier
+/// follows.
+#[inline(always)]
+unsafe fn keep_name(key: &mut EnvKey) -> bool {
+    let bytes = key.bytes.as_mut_ptr();
+    let mut cut = 0u64; // 1 once past the `=`
+    for i in 0..MAX_ENV_NAME_BYTES {
+        let at = bytes.add(i);
+        let b = core::ptr::read_volatile(at) as u64;
+        core::ptr::write_volatile(at, (b & cut.wrapping_sub(1)) as u8);
+        // 1 when b is `=`: only 0 wraps around to set the top bit.
+        cut |= (b ^ b'=' as u64).wrapping_sub(1) >> 63;
+    }
+    zero_words(bytes.add(MAX_ENV_NAME_BYTES), MAX_ENV_ENTRY_BYTES - MAX_ENV_NAME_BYTES);
+    cut != 0
+}
+
+/// Zeroes `len` bytes (a multiple of 8) at the 8-byte aligned `at`, a word at
+/// a time: the compiler would otherwise call memset, a byte loop.
+#[inline(always)]
+unsafe fn zero_words(at: *mut u8, len: usize) {
+    let words = at as *mut u64;
+    for i in 0..len / 8 {
+        core::ptr::write_volatile(words.add(i), 0);
+    }
 }
 
 /// How far up a chain of forked (not executed) processes `launched` looks

@@ -16,8 +16,8 @@ use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use guard_common::slots::Rules;
 use guard_common::{
-    dir_filter, dir_value, immutable, maps, stat, taint_seq, Arguments, DevKey, DirKey, ExeKey,
-    LaunchKey, ObjectKey, PolicyMeta, SelfProtect, Settings, Taint,
+    dir_filter, dir_value, immutable, maps, stat, taint_seq, Arguments, DevKey, DirKey, EnvKey,
+    ExeKey, LaunchKey, ObjectKey, PolicyMeta, SelfProtect, Settings, Taint,
 };
 use serde::Serialize;
 use slot_table::SlotTable;
@@ -60,6 +60,7 @@ pub struct KernelMaps {
     relays: HashMap<MapData, LaunchKey, u32>,
     libraries: HashMap<MapData, LaunchKey, u32>,
     arguments: HashMap<MapData, LaunchKey, Arguments>,
+    environment: HashMap<MapData, EnvKey, u32>,
     /// What `dir_filter` holds, so updates write only the words that change.
     dir_filter_words: Vec<u64>,
     /// The generation replaced by the last apply, still readable by hooks
@@ -103,6 +104,7 @@ impl KernelMaps {
             relays: typed(maps::RELAYS, Map::HashMap)?.try_into()?,
             libraries: typed(maps::LIBRARIES, Map::HashMap)?.try_into()?,
             arguments: typed(maps::ARGUMENTS, Map::HashMap)?.try_into()?,
+            environment: typed(maps::ENVIRONMENT, Map::HashMap)?.try_into()?,
             dir_filter_words: Vec::new(),
             retiring: None,
         })
@@ -192,6 +194,7 @@ impl KernelMaps {
         remove_where(&mut self.relays, |k| k.generation != active);
         remove_where(&mut self.libraries, |k| k.generation != active);
         remove_where(&mut self.arguments, |k| k.generation != active);
+        remove_where(&mut self.environment, |k| k.launch.generation != active);
         remove_where(&mut self.ancestors, |k| k.generation != active);
         remove_where(&mut self.raw_devices, |k| k.generation != active);
         self.rebuild_dir_filter()
@@ -309,6 +312,8 @@ impl KernelMaps {
             .context("writing GUARD_LIBRARIES (is it full?)")?;
         batch::update(&self.arguments, &e.arguments)
             .context("writing GUARD_ARGUMENTS (is it full?)")?;
+        batch::update(&self.environment, &e.environment)
+            .context("writing GUARD_ENVIRONMENT (is it full?)")?;
         self.meta
             .insert(generation, e.meta, 0)
             .context("writing policy mode")?;
@@ -339,6 +344,7 @@ impl KernelMaps {
         remove_where(&mut self.relays, |k| k.generation == generation);
         remove_where(&mut self.libraries, |k| k.generation == generation);
         remove_where(&mut self.arguments, |k| k.generation == generation);
+        remove_where(&mut self.environment, |k| k.launch.generation == generation);
         remove_where(&mut self.ancestors, |k| k.generation == generation);
         remove_where(&mut self.raw_devices, |k| k.generation == generation);
     }

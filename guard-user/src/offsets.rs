@@ -62,6 +62,7 @@ pub fn resolve(btf_path: &Path) -> Result<KernelOffsets> {
         vm_area_struct_vm_file: field("vm_area_struct.vm_file")?,
         linux_binprm_p: field("linux_binprm.p")?,
         linux_binprm_argc: field("linux_binprm.argc")?,
+        linux_binprm_envc: field("linux_binprm.envc")?,
         lockdown_dev_mem: enum_value(&btf, "lockdown_reason", "LOCKDOWN_DEV_MEM")?,
         lockdown_kcore: enum_value(&btf, "lockdown_reason", "LOCKDOWN_KCORE")?,
     };

@@ -57,11 +57,35 @@ impl Supervised {
         policy
     }
 
+    /// `policy` that also pins the allowed binary's environment.
+    fn environment_policy(&self, mode: &str) -> Value {
+        let mut policy = self.policy(mode);
+        policy["protected"][0]["rules"][0]["started_by"]["environment"] = serde_json::json!([
+            "PATH",
+            "PWD",
+            "A_LONG_ONE",
+            "LANG=C.UTF-8",
+            "GUARD_TEST_MODE=production",
+            "GUARD_TEST_MODE=staging",
+        ]);
+        policy
+    }
+
     /// `argv` started by the supervisor.
     fn supervised(&self, argv: &[String]) -> Output {
         let mut supervised = vec![path(&self.supervisor)];
         supervised.extend_from_slice(argv);
         run(&supervised).unwrap()
+    }
+
+    /// `cat` started by the supervisor with exactly `environment`.
+    fn supervised_with(&self, environment: &[(&str, &str)]) -> Output {
+        Command::new(&self.supervisor)
+            .args(self.cat())
+            .env_clear()
+            .envs(environment.iter().copied())
+            .output()
+            .unwrap()
     }
 
     /// The allowed busybox's `cat` of the secret, as argv.
@@ -268,6 +292,83 @@ fn a_supervised_binary_runs_only_with_its_pinned_arguments() {
     let alerts = alerts_of(
         message_id::WOULD_DENY,
         "unexpected-arguments",
+        &s.sb.allowed,
+    );
+    assert!(!alerts.is_empty(), "no would-deny alert");
+}
+
+#[test]
+#[ignore = "guest: run by cargo xtask vm-test"]
+fn a_supervised_binary_runs_only_with_its_pinned_environment() {
+    // Root setting a variable for the supervisor's next start (as
+    // `systemctl set-environment MYSQL_HOME=...` does for PID 1), so that the
+    // database reads a configuration of root's: the process dies before it
+    // runs. Variables listed by name take any value; pinned values only theirs.
+    let s = Supervised::new("supervised-environment");
+    let _guardd = Guardd::start();
+    apply(&s.environment_policy("enforce"));
+    // A value longer than the kernel reads to compare is still allowed by
+    // its name (and a misread of where the next entry starts would kill
+    // the allowed start).
+    let long = "x".repeat(3_000);
+    let pinned = [
+        ("A_LONG_ONE", long.as_str()),
+        ("GUARD_TEST_MODE", "production"),
+        ("LANG", "C.UTF-8"),
+        ("PATH", "/usr/bin:/bin"),
+    ];
+    let out = s.supervised_with(&pinned);
+    assert_ok(
+        &out,
+        "the supervisor starting it with the pinned environment",
+    );
+    assert!(stdout(&out).contains("patient record 4711"), "{out:?}");
+    let out = s.supervised_with(&[("GUARD_TEST_MODE", "staging"), ("PATH", "/sbin")]);
+    assert_ok(&out, "another pinned value and fewer variables");
+
+    let mut extra = pinned.to_vec();
+    extra.push(("MYSQL_HOME", "/root/evil"));
+    let out = s.supervised_with(&extra);
+    assert_killed(&out, "an extra variable");
+    assert!(!stdout(&out).contains("patient"), "{out:?}");
+    let mut other_value = pinned.to_vec();
+    other_value[1] = ("GUARD_TEST_MODE", "debug");
+    assert_killed(
+        &s.supervised_with(&other_value),
+        "another value of a pinned one",
+    );
+    let mut prefix = pinned.to_vec();
+    prefix.push(("PATHX", "/usr/bin"));
+    assert_killed(
+        &s.supervised_with(&prefix),
+        "a name that extends a listed one",
+    );
+
+    let mut too_long = pinned.to_vec();
+    let longer = "x".repeat(5_000);
+    too_long[0] = ("A_LONG_ONE", longer.as_str());
+    assert_killed(
+        &s.supervised_with(&too_long),
+        "a variable of more than 4 KiB",
+    );
+
+    let alerts = alerts_of(message_id::DENIED, "unexpected-environment", &s.sb.allowed);
+    assert!(alerts.len() >= 4, "expected 4 alerts: {alerts:?}");
+    assert!(
+        alerts
+            .iter()
+            .all(|e| e[field::HOOK] == "bprm_committed_creds"),
+        "{alerts:?}"
+    );
+
+    // Audit mode only reports.
+    apply(&s.environment_policy("audit"));
+    let out = s.supervised_with(&extra);
+    assert_ok(&out, "audit mode: an extra variable");
+    assert!(stdout(&out).contains("patient record 4711"), "{out:?}");
+    let alerts = alerts_of(
+        message_id::WOULD_DENY,
+        "unexpected-environment",
         &s.sb.allowed,
     );
     assert!(!alerts.is_empty(), "no would-deny alert");

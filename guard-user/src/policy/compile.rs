@@ -3,9 +3,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use guard_common::{
-    access, library, Arguments, DevKey, DirKey, ExeKey, LaunchKey, PolicyMeta, RuleKey, RuleValue,
-    ANY_ID, IMMUTABLE_POINT, MAX_ANCESTORS, MAX_ARGUMENT_BYTES, MAX_EXES, MAX_IMMUTABLE_LISTED,
-    MAX_LIBRARIES, MAX_POINTS, MAX_RULE_ENTRIES,
+    access, env_entry, library, Arguments, DevKey, DirKey, EnvKey, ExeKey, LaunchKey, PolicyMeta,
+    RuleKey, RuleValue, ANY_ID, IMMUTABLE_POINT, MAX_ANCESTORS, MAX_ARGUMENT_BYTES,
+    MAX_ENV_ENTRIES, MAX_ENV_ENTRY_BYTES, MAX_EXES, MAX_IMMUTABLE_LISTED, MAX_LIBRARIES,
+    MAX_POINTS, MAX_RULE_ENTRIES,
 };
 
 use super::{Effect, Pointer, PolicyError, ResolvedPolicy};
@@ -33,6 +34,9 @@ pub struct PolicyEntries {
     pub supervisors: Vec<(LaunchKey, ExeKey)>,
     /// `ARGUMENTS`: the argument lists binaries must run with.
     pub arguments: Vec<(LaunchKey, Arguments)>,
+    /// `ENVIRONMENT`: for each binary whose environment is pinned, a
+    /// `PINNED` marker and the variables it may run with (value always 1).
+    pub environment: Vec<(EnvKey, u32)>,
     /// `RELAYS`: programs a supervisor may start a binary through.
     pub relays: Vec<LaunchKey>,
     /// Supervisors and relays: immutable while the policy is active, like
@@ -50,6 +54,9 @@ pub struct PolicyEntries {
 
 /// Sort key of a rule entry, so the output order does not depend on hashing.
 type RuleOrder = (u32, u32, u64, u32, u32);
+
+/// Sort key of an `ENVIRONMENT` entry: binary, kind, bytes.
+type EnvOrder = ((u32, u64), u32, [u8; MAX_ENV_ENTRY_BYTES]);
 
 impl ResolvedPolicy {
     /// The map entries of this policy as generation `generation`, in a stable order.
@@ -159,6 +166,24 @@ impl ResolvedPolicy {
                 arguments.insert(exe_order(binary.key()), argument_bytes(pinned));
             }
         }
+        let mut environment: BTreeSet<EnvOrder> = BTreeSet::new();
+        for rule in &self.rules {
+            let Some(pinned) = rule
+                .started_by
+                .as_ref()
+                .and_then(|s| s.environment.as_ref())
+            else {
+                continue;
+            };
+            for binary in &rule.binaries {
+                let exe = exe_order(binary.key());
+                environment.insert((exe, env_entry::PINNED, [0; MAX_ENV_ENTRY_BYTES]));
+                environment.extend(pinned.iter().map(|entry| {
+                    let (kind, bytes) = environment_bytes(entry);
+                    (exe, kind, bytes)
+                }));
+            }
+        }
         let launchers: BTreeSet<(u32, u64)> = supervisors
             .values()
             .map(|k: &ExeKey| exe_order(*k))
@@ -177,6 +202,7 @@ impl ResolvedPolicy {
                 supervises: !supervisors.is_empty() as u32,
                 confines: self.libraries.is_some() as u32,
                 pins_arguments: !arguments.is_empty() as u32,
+                pins_environment: !environment.is_empty() as u32,
             },
             devs: devs
                 .into_iter()
@@ -228,6 +254,18 @@ impl ResolvedPolicy {
                 .into_iter()
                 .map(|(exe, pinned)| (launch_key(exe_key(exe)), pinned))
                 .collect(),
+            environment: environment
+                .into_iter()
+                .map(|(exe, kind, bytes)| {
+                    let key = EnvKey {
+                        launch: launch_key(exe_key(exe)),
+                        kind,
+                        _pad: 0,
+                        bytes,
+                    };
+                    (key, 1)
+                })
+                .collect(),
             launchers: launchers.into_iter().map(exe_key).collect(),
             libraries,
             library_files,
@@ -267,7 +305,6 @@ impl ResolvedPolicy {
     }
 }
 
-/// An `ExeKey` as a sortable pair, so the output order does not depend on hashing.
 /// `arguments` as the process holds them: NUL-terminated, zero-padded
 /// (the parser checked that they fit).
 fn argument_bytes(arguments: &[String]) -> Arguments {
@@ -285,6 +322,22 @@ fn argument_bytes(arguments: &[String]) -> Arguments {
     pinned
 }
 
+/// The kind and bytes of a pinned environment entry as the kernel compares
+/// them: `NAME=VALUE` whole (`EXACT`), or `NAME=` for a name with any value
+/// (`NAME`); the zero padding terminates them (the parser checked that
+/// they fit).
+fn environment_bytes(entry: &str) -> (u32, [u8; MAX_ENV_ENTRY_BYTES]) {
+    let mut bytes = [0; MAX_ENV_ENTRY_BYTES];
+    bytes[..entry.len()].copy_from_slice(entry.as_bytes());
+    if entry.contains('=') {
+        (env_entry::EXACT, bytes)
+    } else {
+        bytes[entry.len()] = b'=';
+        (env_entry::NAME, bytes)
+    }
+}
+
+/// An `ExeKey` as a sortable pair, so the output order does not depend on hashing.
 fn exe_order(key: ExeKey) -> (u32, u64) {
     (key.dev, key.ino)
 }
@@ -327,6 +380,12 @@ pub(super) fn check_capacity(policy: &ResolvedPolicy) -> Vec<PolicyError> {
             entries.immutable.len(),
             MAX_IMMUTABLE_LISTED,
         ),
+        // The map holds two generations of `MAX_ENV_ENTRIES`.
+        (
+            "pinned environment entries (a marker per binary and one per variable)",
+            entries.environment.len(),
+            2 * MAX_ENV_ENTRIES,
+        ),
     ];
     checks
         .into_iter()
@@ -344,6 +403,7 @@ pub(super) fn check_capacity(policy: &ResolvedPolicy) -> Vec<PolicyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::resolve::ResolvedStartedBy;
     use crate::policy::{
         resolve, Access, Mode, ResolvedBinary, ResolvedPoint, RuleInfo, Sha256Digest,
     };
@@ -735,6 +795,63 @@ mod tests {
     }
 
     #[test]
+    fn pinned_environment_compiles_to_a_marker_and_an_entry_per_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let (server, supervisor) = (dir.path().join("server"), dir.path().join("supervisor"));
+        std::fs::write(&server, "server").unwrap();
+        std::fs::write(&supervisor, "supervisor").unwrap();
+        let policy = |started_by: serde_json::Value| {
+            let text = serde_json::json!({"mode": "enforce", "protected": [{"path": data, "rules": [
+                {"binaries": [server], "access": ["read"], "effect": "allow",
+                 "started_by": started_by},
+            ]}]});
+            resolve(&crate::policy::parse(&text.to_string()).unwrap())
+                .unwrap()
+                .entries(3)
+        };
+        let e = policy(serde_json::json!({"supervisor": supervisor,
+            "environment": ["LANG=C", "TZ", "LANG=C.UTF-8"]}));
+        assert_eq!(e.meta.pins_environment, 1);
+        assert_eq!(e.meta.pins_arguments, 0);
+        let launch = LaunchKey {
+            generation: 3,
+            _pad: 0,
+            exe: e.exes[0],
+        };
+        let entry = |kind, text: &[u8]| {
+            let mut bytes = [0; MAX_ENV_ENTRY_BYTES];
+            bytes[..text.len()].copy_from_slice(text);
+            let key = EnvKey {
+                launch,
+                kind,
+                _pad: 0,
+                bytes,
+            };
+            (key, 1)
+        };
+        assert_eq!(
+            e.environment,
+            vec![
+                entry(env_entry::PINNED, b""),
+                entry(env_entry::EXACT, b"LANG=C"),
+                entry(env_entry::EXACT, b"LANG=C.UTF-8"),
+                entry(env_entry::NAME, b"TZ="),
+            ]
+        );
+
+        // An empty list pins the environment to nothing at all.
+        let e = policy(serde_json::json!({"supervisor": supervisor, "environment": []}));
+        assert_eq!(e.meta.pins_environment, 1);
+        assert_eq!(e.environment, vec![entry(env_entry::PINNED, b"")]);
+
+        let e = policy(serde_json::json!({"supervisor": supervisor}));
+        assert_eq!(e.meta.pins_environment, 0);
+        assert!(e.environment.is_empty());
+    }
+
+    #[test]
     fn immutable_entries_carry_their_kind_and_nothing_may_be_mounted_on_them() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
@@ -857,6 +974,43 @@ mod tests {
     }
 
     #[test]
+    fn rules_naming_a_binary_must_pin_the_same_environment_in_any_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let server = dir.path().join("server");
+        let supervisor = dir.path().join("supervisor");
+        std::fs::write(&server, "s").unwrap();
+        std::fs::write(&supervisor, "v").unwrap();
+        let policy = |first: serde_json::Value, second: serde_json::Value| {
+            let text = serde_json::json!({"mode": "enforce", "protected": [{"path": data, "rules": [
+                {"binaries": [server], "access": ["read"], "effect": "allow",
+                 "started_by": {"supervisor": supervisor, "environment": first}},
+                {"name": "writes", "binaries": [server], "access": ["write"], "effect": "allow",
+                 "started_by": {"supervisor": supervisor, "environment": second}},
+            ]}]});
+            resolve(&crate::policy::parse(&text.to_string()).unwrap())
+        };
+        let same = policy(
+            serde_json::json!(["TZ", "LANG=C"]),
+            serde_json::json!(["LANG=C", "TZ"]),
+        );
+        assert_eq!(same.unwrap().entries(1).environment.len(), 3);
+        let errors = policy(
+            serde_json::json!(["TZ"]),
+            serde_json::json!(["TZ", "LANG=C"]),
+        )
+        .unwrap_err();
+        assert!(
+            errors.contains(
+                "/protected",
+                r#"with environment ["TZ", "LANG=C"] in rule `writes`"#
+            ),
+            "{errors}"
+        );
+    }
+
+    #[test]
     fn refuses_policies_larger_than_the_maps() {
         let too_many = per_policy_capacity(MAX_POINTS) + 1;
         let policy = ResolvedPolicy {
@@ -878,5 +1032,42 @@ mod tests {
             ..policy
         };
         assert!(check_capacity(&fits).is_empty());
+    }
+
+    #[test]
+    fn refuses_more_pinned_environment_entries_than_the_map_holds() {
+        // Each binary takes a marker and an entry per variable.
+        let variables = MAX_ENV_ENTRIES as usize / 2 - 1;
+        let pinned = |binaries| {
+            let mut server = rule(0, 0, Effect::Allow, READ, None, None, binaries);
+            server.started_by = Some(ResolvedStartedBy {
+                supervisor: binary(9, 90),
+                through: vec![],
+                arguments: None,
+                environment: Some((0..variables).map(|i| format!("V{i}")).collect()),
+            });
+            ResolvedPolicy {
+                mode: Mode::Enforce,
+                hash: String::new(),
+                points: vec![point(5, 100)],
+                rules: vec![server],
+                libraries: None,
+                immutable: None,
+            }
+        };
+        let two = pinned(vec![binary(1, 10), binary(1, 11)]);
+        assert_eq!(two.entries(1).environment.len(), MAX_ENV_ENTRIES as usize);
+        assert!(check_capacity(&two).is_empty());
+        let three = pinned(vec![binary(1, 10), binary(1, 11), binary(1, 12)]);
+        let errors = check_capacity(&three);
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].message.contains(&format!(
+                "{} pinned environment entries",
+                3 * (variables + 1)
+            )),
+            "{}",
+            errors[0].message
+        );
     }
 }

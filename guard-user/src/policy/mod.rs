@@ -118,6 +118,11 @@ pub struct StartedBy {
     /// with; with any other the process is killed before it runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arguments: Option<Vec<String>>,
+    /// The only environment variables the binaries may run with: `NAME`
+    /// (any value) or `NAME=VALUE` (only that value); with any other the
+    /// process is killed before it runs. An empty list allows none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub environment: Option<Vec<String>>,
 }
 
 /// A binary by path, optionally pinned to the SHA-256 of its content.

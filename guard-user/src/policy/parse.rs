@@ -445,8 +445,8 @@ impl Parser {
         let object = self.object(
             value,
             at,
-            "an object with `supervisor` and optional `through` and `arguments`",
-            &["supervisor", "through", "arguments"],
+            "an object with `supervisor` and optional `through`, `arguments` and `environment`",
+            &["supervisor", "through", "arguments", "environment"],
             &["supervisor"],
         )?;
         let supervisor = self.required(object, at, "supervisor", Self::binary);
@@ -454,10 +454,12 @@ impl Parser {
             p.list(v, at, false, Self::binary)
         });
         let arguments = self.optional(object, at, "arguments", Self::arguments);
+        let environment = self.optional(object, at, "environment", Self::environment);
         Some(StartedBy {
             supervisor: supervisor?,
             through: through.ok()?.unwrap_or_default(),
             arguments: arguments.ok()?,
+            environment: environment.ok()?,
         })
     }
 
@@ -484,6 +486,65 @@ impl Parser {
             return None;
         }
         Some(arguments)
+    }
+
+    /// The variables a binary may run with, each listed once. An empty list
+    /// is meaningful: the binary must run with an empty environment.
+    fn environment(&mut self, value: &Json, at: &Place) -> Option<Vec<String>> {
+        let mut seen = HashSet::new();
+        self.list(value, at, false, |p, v, at| {
+            let entry = p.environment_entry(v, at)?;
+            if !seen.insert(entry.clone()) {
+                p.error(at, format!("{entry:?} is listed twice"));
+                return None;
+            }
+            Some(entry)
+        })
+    }
+
+    /// `NAME` or `NAME=VALUE`, as the kernel compares it: a NUL-terminated
+    /// string that fits its key (`NAME=` for a name with any value).
+    fn environment_entry(&mut self, value: &Json, at: &Place) -> Option<String> {
+        let entry = self.string(value, at)?;
+        if entry.contains('\0') {
+            self.error(at, "must not contain a NUL character");
+            return None;
+        }
+        // A value may contain `=`; the name ends at the first one.
+        let (name, exact) = match entry.split_once('=') {
+            Some((name, _)) => (name, true),
+            None => (entry, false),
+        };
+        if name.is_empty() {
+            self.error(
+                at,
+                "the variable name must not be empty (expected `NAME` or `NAME=VALUE`)",
+            );
+            return None;
+        }
+        // The kernel reads at most MAX_ENV_ENTRY_BYTES of an entry; one that
+        // fills them may have been cut short, so it never matches exactly.
+        let (bytes, limit, what) = if exact {
+            (
+                entry.len() + 1,
+                guard_common::MAX_ENV_ENTRY_BYTES - 1,
+                "with its terminating NUL",
+            )
+        } else {
+            (
+                name.len() + 2,
+                guard_common::MAX_ENV_NAME_BYTES,
+                "with `=` and a terminating NUL",
+            )
+        };
+        if bytes > limit {
+            self.error(
+                at,
+                format!("takes {bytes} bytes {what}; at most {limit} can be pinned"),
+            );
+            return None;
+        }
+        Some(entry.to_string())
     }
 
     fn rule_name(&mut self, value: &Json, at: &Place) -> Option<String> {
@@ -735,6 +796,53 @@ mod tests {
         assert!(e.0[0].message.contains("513 bytes"), "{e}");
         let e = errors(&policy(r#""--user=mysql""#));
         assert_eq!(e.0[0].location, at);
+    }
+
+    #[test]
+    fn pinned_environment_is_checked_where_it_is_written() {
+        let policy = |environment: &str| {
+            format!(
+                r#"{{"mode":"enforce","protected":[{{"path":"/srv","rules":[
+                {{"binaries":["/usr/sbin/mariadbd"],"access":["read"],"effect":"allow",
+                  "started_by":{{"supervisor":"/usr/lib/systemd/systemd","environment":{environment}}}}}]}}]}}"#
+            )
+        };
+        let pinned = |text: &str| {
+            let policy = parse(&policy(text)).unwrap();
+            let started_by = policy.protected[0].rules[0].started_by.clone().unwrap();
+            started_by.environment.unwrap()
+        };
+        assert_eq!(
+            pinned(r#"["LANG=C","LANG=C.UTF-8","TZ","OPTS=a=b","EMPTY="]"#),
+            ["LANG=C", "LANG=C.UTF-8", "TZ", "OPTS=a=b", "EMPTY="]
+        );
+        assert!(pinned("[]").is_empty(), "an empty environment only");
+        let longest_name = "N".repeat(guard_common::MAX_ENV_NAME_BYTES - 2);
+        let longest_entry = format!("V={}", "v".repeat(guard_common::MAX_ENV_ENTRY_BYTES - 4));
+        assert_eq!(
+            pinned(&format!(r#"["{longest_name}","{longest_entry}"]"#)),
+            [longest_name.clone(), longest_entry.clone()]
+        );
+
+        let at = "/protected/0/rules/0/started_by/environment";
+        let refused: &[(&str, &str, &str)] = &[
+            (r#"["TZ",""]"#, "/1", "name must not be empty"),
+            (r#"["=C"]"#, "/0", "name must not be empty"),
+            (r#"["LA\u0000NG"]"#, "/0", "must not contain a NUL"),
+            (r#"["LANG=C\u0000"]"#, "/0", "must not contain a NUL"),
+            (r#"["TZ",7]"#, "/1", "expected a string, found a number"),
+            (r#"["TZ","LANG=C","TZ"]"#, "/2", "\"TZ\" is listed twice"),
+            (r#""LANG=C""#, "", "expected a list, found a string"),
+        ];
+        for (list, item, message) in refused {
+            let e = errors(&policy(list));
+            assert_eq!(e.0.len(), 1, "{list}: {e}");
+            assert!(e.contains(&format!("{at}{item}"), message), "{list}: {e}");
+        }
+        let e = errors(&policy(&format!(r#"["{longest_name}N"]"#)));
+        assert!(e.contains(&format!("{at}/0"), "takes 65 bytes"), "{e}");
+        let e = errors(&policy(&format!(r#"["TZ","{longest_entry}v"]"#)));
+        assert!(e.contains(&format!("{at}/1"), "takes 256 bytes"), "{e}");
     }
 
     #[test]

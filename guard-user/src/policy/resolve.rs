@@ -84,20 +84,55 @@ pub struct ResolvedStartedBy {
     pub through: Vec<ResolvedBinary>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arguments: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<Vec<String>>,
 }
 
-/// How a binary may be started: its supervisor's identity, its relays'
-/// and its pinned arguments.
-type StartIdentity = (ExeKey, Vec<ExeKey>, Option<Vec<String>>);
+/// How a binary may be started: its supervisor's identity, its relays',
+/// its pinned arguments and its pinned environment.
+type StartIdentity = (
+    ExeKey,
+    Vec<ExeKey>,
+    Option<Vec<String>>,
+    Option<Vec<String>>,
+);
 
 impl ResolvedStartedBy {
     /// The supervisor's and relays' identities, which say the same thing
-    /// whatever paths named them, and the arguments.
+    /// whatever paths named them, the arguments, and the environment in
+    /// a fixed order (the kernel checks each variable on its own).
     fn identities(&self) -> StartIdentity {
         let mut through: Vec<ExeKey> = self.through.iter().map(ResolvedBinary::key).collect();
         through.sort_by_key(|k| (k.dev, k.ino));
         through.dedup();
-        (self.supervisor.key(), through, self.arguments.clone())
+        let environment = self.environment.clone().map(|mut entries| {
+            entries.sort_unstable();
+            entries.dedup();
+            entries
+        });
+        (
+            self.supervisor.key(),
+            through,
+            self.arguments.clone(),
+            environment,
+        )
+    }
+
+    /// How the binaries must be started, for error messages.
+    fn describe(&self) -> String {
+        let mut text = format!("started by {}", self.supervisor.path.display());
+        let pinned: Vec<String> = [
+            ("arguments", &self.arguments),
+            ("environment", &self.environment),
+        ]
+        .into_iter()
+        .filter_map(|(what, list)| list.as_ref().map(|list| format!("{what} {list:?}")))
+        .collect();
+        if !pinned.is_empty() {
+            text.push_str(" with ");
+            text.push_str(&pinned.join(" and "));
+        }
+        text
     }
 }
 
@@ -370,6 +405,7 @@ impl<'p> Resolver<'p> {
             supervisor: supervisor?,
             through: through.into_iter().collect::<Option<_>>()?,
             arguments: started_by.arguments.clone(),
+            environment: started_by.environment.clone(),
         })
     }
 
@@ -385,13 +421,7 @@ impl<'p> Resolver<'p> {
                     first.entry(binary.key()).or_insert((rule, launch.clone()));
                 if *other_launch != launch {
                     let describe = |r: &RuleInfo| match &r.started_by {
-                        Some(s) => match &s.arguments {
-                            Some(args) => format!(
-                                "started by {} with arguments {args:?}",
-                                s.supervisor.path.display()
-                            ),
-                            None => format!("started by {}", s.supervisor.path.display()),
-                        },
+                        Some(s) => s.describe(),
                         None => "started by anyone".to_string(),
                     };
                     self.errors

@@ -102,6 +102,12 @@ pub fn schema() -> Value {
                                 "type": "array",
                                 "minItems": 1,
                                 "items": { "type": "string" }
+                            },
+                            "environment": {
+                                "description": "The only environment variables the rule's binaries may run with, each `NAME` (any value; at most 62 bytes) or `NAME=VALUE` (only this value; list several for several values; at most 254 bytes). An empty list allows only an empty environment. Started with any other variable or value, the process is killed before it runs.",
+                                "type": "array",
+                                "uniqueItems": true,
+                                "items": { "type": "string", "pattern": "^[^=\\x00]+(=[^\\x00]*)?$" }
                             }
                         }
                     }
@@ -148,6 +154,11 @@ mod tests {
         r#"{"mode":"enforce","protected":[{"path":"/srv","rules":[
             {"binaries":["/b"],"access":["read"],"effect":"allow",
              "started_by":{"supervisor":"/usr/bin/mysqld_safe","through":["/usr/bin/nohup"]}}]}]}"#,
+        r#"{"mode":"enforce","protected":[{"path":"/srv","rules":[
+            {"binaries":["/b"],"access":["read"],"effect":"allow",
+             "started_by":{"supervisor":"/s","environment":["LANG=C","LANG=","TZ","O=a=b"]}},
+            {"binaries":["/c"],"access":["read"],"effect":"allow",
+             "started_by":{"supervisor":"/s","environment":[]}}]}]}"#,
         r#"{"mode":"enforce","protected":[{"path":"/srv","rules":[]}],
             "libraries":["/usr/lib/x86_64-linux-gnu","/usr/lib/mysql/plugin/ha_x.so"]}"#,
         r#"{"mode":"enforce","protected":[{"path":"/srv","rules":[]}],"libraries":[]}"#,
@@ -198,6 +209,18 @@ mod tests {
         r#"{"mode":"audit","protected":[{"path":"/srv","rules":[
             {"binaries":["/b"],"access":["read"],"effect":"allow",
              "started_by":{"supervisor":"relative"}}]}]}"#,
+        r#"{"mode":"audit","protected":[{"path":"/srv","rules":[
+            {"binaries":["/b"],"access":["read"],"effect":"allow",
+             "started_by":{"supervisor":"/s","environment":["=C"]}}]}]}"#,
+        r#"{"mode":"audit","protected":[{"path":"/srv","rules":[
+            {"binaries":["/b"],"access":["read"],"effect":"allow",
+             "started_by":{"supervisor":"/s","environment":["TZ","TZ"]}}]}]}"#,
+        r#"{"mode":"audit","protected":[{"path":"/srv","rules":[
+            {"binaries":["/b"],"access":["read"],"effect":"allow",
+             "started_by":{"supervisor":"/s","environment":["T\u0000Z"]}}]}]}"#,
+        r#"{"mode":"audit","protected":[{"path":"/srv","rules":[
+            {"binaries":["/b"],"access":["read"],"effect":"allow",
+             "started_by":{"supervisor":"/s","environment":"TZ"}}]}]}"#,
     ];
 
     #[test]
