@@ -201,7 +201,7 @@ fn bpf_object(e: &Event) -> String {
         ),
         hook::KERNEL_MEMORY => "kernel memory (/proc/kcore, /dev/mem or /dev/port)".into(),
         hook::RAW_DEVICE => format!(
-            "the block device of a filesystem holding protected directories ({})",
+            "a block device under a filesystem holding protected directories ({})",
             kernel_dev_string(e.dev)
         ),
         hook::ANCESTOR_MOUNT => format!(

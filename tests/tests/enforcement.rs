@@ -436,7 +436,7 @@ fn the_raw_device_under_a_plaintext_protected_directory_is_refused() {
     assert!(
         entries.iter().any(|e| e[field::PATH]
             .as_str()
-            .is_some_and(|p| p.starts_with("the block device"))
+            .is_some_and(|p| p.starts_with("a block device"))
             && e[field::ACCESS] == "write"),
         "no alert for writing {device}: {entries:?}"
     );

@@ -5,6 +5,7 @@
 //! guard-kms on loopback (no cargo in the guest).
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -153,4 +154,82 @@ fn dm_crypt_init_refuses_a_mounted_device() {
     let err = dmcrypt::init(store, kms.as_ref(), "m", device).unwrap_err();
     assert!(format!("{err:#}").contains("is mounted"), "{err:#}");
     assert!(store.list().unwrap().is_empty());
+}
+
+/// Below a protected directory on a dm-crypt volume: its device (the loop
+/// device here, a disk or partition on a server) holds only ciphertext, so
+/// root may read it, but writing it would destroy the files beneath the
+/// guard; the mapping itself shows them in the clear and stays closed.
+#[test]
+#[ignore = "guest: run by cargo xtask vm-test"]
+fn the_device_below_a_protected_dm_crypt_volume_cannot_be_written() {
+    use guard::journal::{field, message_id};
+    use guard_tests::guest::{apply, journal_entries, Guardd};
+    use std::time::Duration;
+
+    let _ = Command::new("modprobe").arg("dm_crypt").status();
+    let scratch = Scratch::new("below", 64 << 20);
+    let (device, mnt) = (&scratch.loop_device.device, &scratch.loop_device.mnt);
+    dmcrypt::init(&scratch.store, scratch.kms.as_ref(), "below", device).unwrap();
+    let mapper = dmcrypt::mapper_path("below");
+    sh(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&mapper));
+    sh(Command::new("mount").arg(&mapper).arg(mnt));
+    let data = mnt.join("data");
+    fs::create_dir(&data).unwrap();
+    fs::write(data.join("secret.txt"), MARKER.repeat(50)).unwrap();
+    sh(&mut Command::new("sync"));
+
+    // Dropped in reverse: guardd stops, the guard is disarmed (its pins
+    // would keep the volume mounted), then the volume goes.
+    let _disarm = Disarm;
+    let guardd = Guardd::start();
+    apply(&serde_json::json!({
+        "mode": "enforce",
+        "protected": [{"path": data, "rules": []}]
+    }));
+    let write = fs::OpenOptions::new().write(true).open(device).map(drop);
+    assert_eq!(
+        write.unwrap_err().raw_os_error(),
+        Some(libc::EPERM),
+        "root opened {} for writing",
+        device.display()
+    );
+    assert!(
+        !contains(device, MARKER.as_bytes()),
+        "the device below dm-crypt shows plaintext"
+    );
+    let plaintext = fs::File::open(&mapper).map(drop);
+    assert_eq!(
+        plaintext.unwrap_err().raw_os_error(),
+        Some(libc::EPERM),
+        "root read {}",
+        mapper.display()
+    );
+    let rdev = fs::metadata(device).unwrap().rdev();
+    let named = format!("({}:{})", libc::major(rdev), libc::minor(rdev));
+    let alerts = journal_entries(
+        message_id::DENIED,
+        field::HOOK,
+        "file_open",
+        Duration::from_secs(15),
+    );
+    assert!(
+        alerts.iter().any(|e| e[field::ACCESS] == "write"
+            && e[field::PATH].as_str().is_some_and(|p| p.ends_with(&named))),
+        "no alert for writing {}: {alerts:?}",
+        device.display()
+    );
+    drop(guardd);
+}
+
+/// Disarms the guard when dropped.
+struct Disarm;
+
+impl Drop for Disarm {
+    fn drop(&mut self) {
+        let pins = guard::loader::Pins::new(guard::loader::DEFAULT_PIN_DIR);
+        if let Err(e) = guard::loader::disarm(&pins) {
+            eprintln!("disarming: {e:#}");
+        }
+    }
 }

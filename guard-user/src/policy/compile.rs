@@ -88,6 +88,12 @@ impl ResolvedPolicy {
             if !point.fscrypt {
                 *denied |= access::READ;
             }
+            for device in &point.below {
+                let denied = raw_devices.entry(device.dev).or_insert(access::WRITE);
+                if !point.fscrypt && !device.ciphertext {
+                    *denied |= access::READ;
+                }
+            }
         }
         let mut ancestors: BTreeMap<(u32, u64), u32> = BTreeMap::new();
         for (index, point) in self.points.iter().enumerate() {
@@ -426,6 +432,7 @@ mod tests {
             ino,
             ancestors: vec![(dev, 2)],
             fscrypt: dev == 7,
+            below: Vec::new(),
         }
     }
 
@@ -1007,6 +1014,51 @@ mod tests {
                 r#"with environment ["TZ", "LANG=C"] in rule `writes`"#
             ),
             "{errors}"
+        );
+    }
+
+    #[test]
+    fn devices_below_a_point_are_closed_like_its_own_unless_they_hold_ciphertext() {
+        use crate::policy::devices::DeviceBelow;
+        let mut on_luks = point(9, 100);
+        on_luks.below = vec![
+            DeviceBelow {
+                dev: 11,
+                ciphertext: true,
+            },
+            DeviceBelow {
+                dev: 12,
+                ciphertext: false,
+            },
+        ];
+        let mut fscrypt = point(7, 200);
+        fscrypt.below = vec![DeviceBelow {
+            dev: 13,
+            ciphertext: false,
+        }];
+        let policy = ResolvedPolicy {
+            mode: Mode::Enforce,
+            hash: String::new(),
+            points: vec![on_luks, fscrypt],
+            rules: vec![],
+            libraries: None,
+            immutable: None,
+        };
+        let denied: Vec<(u32, u32)> = policy
+            .entries(1)
+            .raw_devices
+            .iter()
+            .map(|(key, bits)| (key.dev, *bits))
+            .collect();
+        assert_eq!(
+            denied,
+            [
+                (7, WRITE),
+                (9, READ | WRITE),
+                (11, WRITE),
+                (12, READ | WRITE),
+                (13, WRITE)
+            ]
         );
     }
 

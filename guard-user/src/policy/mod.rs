@@ -29,6 +29,7 @@
 //! - [`ResolvedPolicy::entries`] compiles it to the kernel's map entries.
 
 mod compile;
+mod devices;
 mod identity;
 mod immutable;
 mod libraries;

@@ -57,6 +57,11 @@ pub struct ResolvedPoint {
     /// fscrypt encrypts it: its filesystem's raw device shows only ciphertext of it.
     #[serde(default)]
     pub fscrypt: bool,
+    /// The block devices below its filesystem's (what a dm target sits on,
+    /// the disk of a partition): as closed to everyone as that one, except
+    /// that those below dm-crypt may be read.
+    #[serde(default)]
+    pub below: Vec<super::devices::DeviceBelow>,
 }
 
 /// A rule with its binaries resolved.
@@ -508,6 +513,12 @@ fn locate_directory(path: &Path, mounts: &Mounts) -> Result<LocatedPoint, String
         })
         .collect::<Result<Vec<_>, String>>()?;
     let fscrypt = crate::volume::is_encrypted_dir(&canonical);
+    let below = super::devices::devices_below(
+        Path::new("/sys"),
+        libc::major(m.dev()),
+        libc::minor(m.dev()),
+    )
+    .map_err(|e| format!("finding the block devices below its filesystem: {e}"))?;
     Ok(LocatedPoint {
         point: ResolvedPoint {
             path: canonical,
@@ -515,6 +526,7 @@ fn locate_directory(path: &Path, mounts: &Mounts) -> Result<LocatedPoint, String
             ino: m.ino(),
             fscrypt,
             ancestors: kernel_ancestors,
+            below,
         },
         own,
         ancestors,
@@ -908,6 +920,12 @@ mod tests {
                 ino: data_meta.ino(),
                 ancestors: resolved.points[0].ancestors.clone(),
                 fscrypt: false,
+                below: super::super::devices::devices_below(
+                    Path::new("/sys"),
+                    libc::major(data_meta.dev()),
+                    libc::minor(data_meta.dev()),
+                )
+                .unwrap(),
             }]
         );
         let ancestors = &resolved.points[0].ancestors;

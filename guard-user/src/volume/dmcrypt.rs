@@ -123,8 +123,17 @@ pub fn open(volume: &str, device: &Path, key: &SecretKey) -> Result<()> {
     let description = key_description(volume);
     let installed = keyring::add_logon_key(&description, key)?;
     let table = table(device, sectors, key.len(), &description);
-    let created =
-        run(Command::new("dmsetup").args(["create", &mapper_name(volume), "--table", &table]));
+    // A `CRYPT-` uuid, as cryptsetup gives its mappings, tells guard's
+    // policy (and other tools) that the device below holds ciphertext.
+    let uuid = format!("CRYPT-GUARD-{}", mapper_name(volume));
+    let created = run(Command::new("dmsetup").args([
+        "create",
+        &mapper_name(volume),
+        "--uuid",
+        &uuid,
+        "--table",
+        &table,
+    ]));
     // dm-crypt copied the key at table load; the keyring copy goes now.
     let invalidated = installed.invalidate();
     created.with_context(|| format!("mapping {} for volume {volume}", device.display()))?;

@@ -1,0 +1,218 @@
+//! The block devices below a protected filesystem's own: the devices a
+//! device-mapper target (dm-crypt, LVM) sits on, and the whole disk holding
+//! a partition. Writing any of them changes the protected files beneath the
+//! guard; reading one shows them in the clear unless a dm-crypt layer lies
+//! between it and the filesystem.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// How deep device stacks are followed (dm on dm on ...): far beyond real ones.
+const MAX_LAYERS: usize = 16;
+
+/// A block device holding (part of) a protected filesystem's device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DeviceBelow {
+    /// Kernel `dev_t` (`major << 20 | minor`).
+    pub dev: u32,
+    /// A dm-crypt device lies above it: it holds only ciphertext.
+    pub ciphertext: bool,
+}
+
+/// The devices below block device `major:minor`, read from `sysfs`
+/// (normally `/sys`). Empty for a filesystem without a block device
+/// (tmpfs, or major 0 in general). An error names the sysfs file that could
+/// not be read: a device guard cannot see below must not be left open.
+pub fn devices_below(sysfs: &Path, major: u32, minor: u32) -> Result<Vec<DeviceBelow>, String> {
+    let top = sysfs.join(format!("dev/block/{major}:{minor}"));
+    if major == 0 || !top.exists() {
+        return Ok(Vec::new());
+    }
+    let top = canonical(&top)?;
+    let mut found = Vec::new();
+    walk(&top, false, 0, &mut found)?;
+    found.sort();
+    found.dedup();
+    Ok(found)
+}
+
+/// Adds what lies below the device at sysfs folder `device` (which holds
+/// ciphertext only if `ciphertext`) to `found`.
+fn walk(
+    device: &Path,
+    ciphertext: bool,
+    depth: usize,
+    found: &mut Vec<DeviceBelow>,
+) -> Result<(), String> {
+    if depth > MAX_LAYERS {
+        return Err(format!(
+            "{}: more than {MAX_LAYERS} layers of block devices",
+            device.display()
+        ));
+    }
+    // The whole disk holds the partition's bytes, as they are.
+    if device.join("partition").exists() {
+        let disk = device
+            .parent()
+            .ok_or_else(|| format!("{}: a partition without a disk", device.display()))?;
+        found.push(DeviceBelow {
+            dev: dev_of(disk)?,
+            ciphertext,
+        });
+    }
+    let below_is_ciphertext = ciphertext || is_dm_crypt(device);
+    let slaves = device.join("slaves");
+    let Ok(entries) = fs::read_dir(&slaves) else {
+        return Ok(()); // not a stacked device
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("{}: {e}", slaves.display()))?;
+        let slave = canonical(&entry.path())?;
+        found.push(DeviceBelow {
+            dev: dev_of(&slave)?,
+            ciphertext: below_is_ciphertext,
+        });
+        walk(&slave, below_is_ciphertext, depth + 1, found)?;
+    }
+    Ok(())
+}
+
+/// cryptsetup names every dm-crypt mapping's uuid `CRYPT-...`.
+fn is_dm_crypt(device: &Path) -> bool {
+    fs::read_to_string(device.join("dm/uuid")).is_ok_and(|uuid| uuid.starts_with("CRYPT-"))
+}
+
+/// The kernel `dev_t` of the block device at sysfs folder `device`.
+fn dev_of(device: &Path) -> Result<u32, String> {
+    let file = device.join("dev");
+    let text = fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let parsed = text
+        .trim()
+        .split_once(':')
+        .and_then(|(major, minor)| Some((major.parse::<u32>().ok()?, minor.parse::<u32>().ok()?)));
+    let (major, minor) =
+        parsed.ok_or_else(|| format!("{}: not MAJOR:MINOR: {text:?}", file.display()))?;
+    Ok(super::resolve::kernel_dev(libc::makedev(major, minor)))
+}
+
+fn canonical(path: &Path) -> Result<PathBuf, String> {
+    fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// A fake sysfs: `devices/NAME` folders with a `dev` file, linked from
+    /// `dev/block/MAJ:MIN`.
+    struct FakeSysfs(tempfile::TempDir);
+
+    impl FakeSysfs {
+        fn new() -> FakeSysfs {
+            let fake = FakeSysfs(tempfile::tempdir().unwrap());
+            fs::create_dir_all(fake.root().join("dev/block")).unwrap();
+            fake
+        }
+
+        fn root(&self) -> &Path {
+            self.0.path()
+        }
+
+        /// Adds device `path` (relative to `devices/`) as `major:minor`.
+        fn device(&self, path: &str, major: u32, minor: u32) -> PathBuf {
+            let dir = self.root().join("devices").join(path);
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(dir.join("dev"), format!("{major}:{minor}\n")).unwrap();
+            symlink(&dir, self.root().join(format!("dev/block/{major}:{minor}"))).unwrap();
+            dir
+        }
+
+        fn partition(&self, path: &str, major: u32, minor: u32) -> PathBuf {
+            let dir = self.device(path, major, minor);
+            fs::write(dir.join("partition"), "1\n").unwrap();
+            dir
+        }
+
+        fn dm(&self, name: &str, minor: u32, uuid: &str, slaves: &[&Path]) -> PathBuf {
+            let dir = self.device(name, 253, minor);
+            fs::create_dir_all(dir.join("dm")).unwrap();
+            fs::write(dir.join("dm/uuid"), format!("{uuid}\n")).unwrap();
+            fs::create_dir_all(dir.join("slaves")).unwrap();
+            for slave in slaves {
+                symlink(slave, dir.join("slaves").join(slave.file_name().unwrap())).unwrap();
+            }
+            dir
+        }
+    }
+
+    fn dev(major: u32, minor: u32) -> u32 {
+        (major << 20) | minor
+    }
+
+    #[test]
+    fn lvm_on_luks_on_a_partition() {
+        let sys = FakeSysfs::new();
+        sys.device("sda", 8, 0);
+        let part = sys.partition("sda/sda2", 8, 2);
+        let luks = sys.dm("dm-0", 0, "CRYPT-LUKS2-abc-luks", &[&part]);
+        sys.dm("dm-1", 1, "LVM-xyz", &[&luks]);
+        let below = devices_below(sys.root(), 253, 1).unwrap();
+        assert_eq!(
+            below,
+            vec![
+                // dm-0 is dm-crypt's plaintext side; below it only ciphertext.
+                DeviceBelow {
+                    dev: dev(8, 0),
+                    ciphertext: true
+                },
+                DeviceBelow {
+                    dev: dev(8, 2),
+                    ciphertext: true
+                },
+                DeviceBelow {
+                    dev: dev(253, 0),
+                    ciphertext: false
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_plain_partition_exposes_its_disk() {
+        let sys = FakeSysfs::new();
+        sys.device("vdb", 254, 16);
+        sys.partition("vdb/vdb1", 254, 17);
+        let below = devices_below(sys.root(), 254, 17).unwrap();
+        assert_eq!(
+            below,
+            vec![DeviceBelow {
+                dev: dev(254, 16),
+                ciphertext: false
+            }]
+        );
+    }
+
+    #[test]
+    fn a_whole_disk_or_a_filesystem_without_a_device_has_nothing_below() {
+        let sys = FakeSysfs::new();
+        sys.device("vda", 254, 0);
+        assert_eq!(devices_below(sys.root(), 254, 0).unwrap(), vec![]);
+        assert_eq!(devices_below(sys.root(), 0, 42).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn an_unreadable_device_number_is_an_error_naming_the_file() {
+        let sys = FakeSysfs::new();
+        let slave = sys.device("loop0", 7, 0);
+        fs::write(slave.join("dev"), "garbage").unwrap();
+        sys.dm("dm-2", 2, "CRYPT-PLAIN-x", &[&slave]);
+        let err = devices_below(sys.root(), 253, 2).unwrap_err();
+        assert!(
+            err.contains("loop0/dev") && err.contains("MAJOR:MINOR"),
+            "{err}"
+        );
+    }
+}
