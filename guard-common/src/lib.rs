@@ -71,8 +71,12 @@ pub mod tamper {
     /// does not list, or with another value than the one it pins (the
     /// process is killed before its first instruction).
     pub const UNEXPECTED_ENVIRONMENT: u32 = 1 << 27;
+    /// Loading a device-mapper table: the kernel itself opens the devices it
+    /// names, so a mapping over a protected filesystem's device would show
+    /// its blocks past the raw-device check.
+    pub const DEVICE_MAPPER: u32 = 1 << 28;
 
-    pub const NAMES: [(&str, u32); 12] = [
+    pub const NAMES: [(&str, u32); 13] = [
         ("ptrace-read", PTRACE_READ),
         ("ptrace-attach", PTRACE_ATTACH),
         ("exec-traced", EXEC_TRACED),
@@ -85,7 +89,16 @@ pub mod tamper {
         ("unsupervised-start", UNSUPERVISED_START),
         ("unexpected-arguments", UNEXPECTED_ARGUMENTS),
         ("unexpected-environment", UNEXPECTED_ENVIRONMENT),
+        ("device-mapper", DEVICE_MAPPER),
     ];
+}
+
+/// Device-mapper's control ioctls (UAPI, include/uapi/linux/dm-ioctl.h).
+pub mod device_mapper {
+    /// `DM_TABLE_LOAD`: `_IOWR(0xfd, 9, struct dm_ioctl)`, 312 bytes.
+    pub const TABLE_LOAD: u32 = 0xc138_fd09;
+    /// `/dev/mapper/control`: misc major 10, minor 236, as a kernel `dev_t`.
+    pub const CONTROL_RDEV: u32 = (10 << 20) | 236;
 }
 
 /// `bpf(2)` commands and program types (UAPI, include/uapi/linux/bpf.h:
@@ -386,6 +399,8 @@ pub mod hook {
     pub const FILE_MPROTECT: u32 = 33;
     /// An exec that has replaced the process's program (arguments checked).
     pub const BPRM_COMMITTED_CREDS: u32 = 34;
+    /// An ioctl: loading a device-mapper table (also `file_ioctl_compat`).
+    pub const FILE_IOCTL: u32 = 35;
 
     /// Hooks whose object is a process, not a file.
     pub fn is_process(hook: u32) -> bool {
@@ -409,6 +424,7 @@ pub mod hook {
                 | PROTECTED_FS
                 | ANCESTOR_MOUNT
                 | RAW_DEVICE
+                | FILE_IOCTL
         )
     }
 
@@ -448,6 +464,7 @@ pub mod hook {
             RAW_DEVICE => "file_open",
             FILE_MPROTECT => "file_mprotect",
             BPRM_COMMITTED_CREDS => "bprm_committed_creds",
+            FILE_IOCTL => "file_ioctl",
             _ => "unknown",
         }
     }

@@ -32,7 +32,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use guard_common::{
-    access, bpf_uapi, flags, hook, Arguments, MAX_ARGUMENT_BYTES, env_entry, EnvKey, EnvScratch,
+    access, bpf_uapi, device_mapper, flags, hook, Arguments, MAX_ARGUMENT_BYTES, env_entry, EnvKey, EnvScratch,
     MAX_PINNED_STRING_BYTES, MAX_ENV_ENTRIES, MAX_ENV_ENTRY_BYTES, MAX_ENV_NAME_BYTES,
     MAX_PINNED_STRINGS, object, stat, tamper, verdict, DevKey, DirKey, Event, ExeKey,
     KernelOffsets, ObjectKey, PolicyMeta, RateState, RuleKey, RuleSlot, RuleValue, SelfProtect, Settings,
@@ -1177,6 +1177,42 @@ pub fn kernel_read_file(ctx: LsmContext) -> i32 {
         }
         ALLOW
     }
+}
+
+/// file_ioctl(file, cmd, arg): loading a device-mapper table. The kernel
+/// opens the devices a table names itself, past `file_open`, so a linear
+/// mapping over a protected filesystem's device would show its blocks;
+/// while guard is armed only guardd (unlocking dm-crypt volumes) may.
+#[lsm(hook = "file_ioctl")]
+#[inline(always)]
+pub fn file_ioctl(ctx: LsmContext) -> i32 {
+    unsafe { deny_dm_table_load(ctx.arg(0), ctx.arg::<u64>(1) as u32) }
+}
+
+/// file_ioctl_compat(file, cmd, arg): the same for 32-bit callers (Linux
+/// 6.8 on; before, their ioctls come through `file_ioctl`).
+#[lsm(hook = "file_ioctl_compat")]
+#[inline(always)]
+pub fn file_ioctl_compat(ctx: LsmContext) -> i32 {
+    unsafe { deny_dm_table_load(ctx.arg(0), ctx.arg::<u64>(1) as u32) }
+}
+
+#[inline(always)]
+unsafe fn deny_dm_table_load(file: u64, cmd: u32) -> i32 {
+    if cmd != device_mapper::TABLE_LOAD {
+        return ALLOW; // every other ioctl of the system: one compare
+    }
+    let o = offsets();
+    let Ok(inode) = read::<u64>(file, o.file_f_inode) else {
+        return EPERM;
+    };
+    let Ok(rdev) = read::<u32>(inode, o.inode_i_rdev) else {
+        return EPERM;
+    };
+    if rdev != device_mapper::CONTROL_RDEV {
+        return ALLOW;
+    }
+    deny_outsider(hook::FILE_IOCTL, tamper::DEVICE_MAPPER, 0)
 }
 
 /// kernel_load_data(id, contents): a module image handed to init_module, or

@@ -200,6 +200,7 @@ fn bpf_object(e: &Event) -> String {
             kernel_dev_string(e.dev)
         ),
         hook::KERNEL_MEMORY => "kernel memory (/proc/kcore, /dev/mem or /dev/port)".into(),
+        hook::FILE_IOCTL => "a device-mapper table (/dev/mapper/control)".into(),
         hook::RAW_DEVICE => format!(
             "a block device under a filesystem holding protected directories ({})",
             kernel_dev_string(e.dev)

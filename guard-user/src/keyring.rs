@@ -221,8 +221,8 @@ pub fn add_fscrypt_provisioning_key(
     )
 }
 
-/// Adds a `logon` key (dm-crypt volume key) to the session keyring, where a
-/// `dmsetup` child process can find it.
+/// Adds a `logon` key (dm-crypt volume key) to the session keyring, where
+/// dm-crypt finds it when guard loads the table.
 pub fn add_logon_key(description: &str, key: &SecretKey) -> Result<InstalledKey> {
     if !description.contains(':') {
         bail!("logon key description {description:?} needs a \"prefix:\" part");

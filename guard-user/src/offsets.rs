@@ -76,19 +76,21 @@ pub fn absent_hooks<'a>(btf_path: &Path, hooks: &[&'a str]) -> Result<Vec<&'a st
         .map_err(|e| anyhow!("reading kernel BTF {}: {e}", btf_path.display()))?;
     Ok(hooks
         .iter()
-        .filter(|hook| {
-            btf.resolve_types_by_name(&format!("bpf_lsm_{hook}"))
-                .map(|types| !types.iter().any(|t| matches!(t, Type::Func(_))))
-                .unwrap_or(true)
-        })
+        .filter(|hook| !has_hook(&btf, hook))
         .copied()
         .collect())
+}
+
+/// Whether the kernel has LSM hook `hook` (its `bpf_lsm_` function).
+fn has_hook(btf: &Btf, hook: &str) -> bool {
+    btf.resolve_types_by_name(&format!("bpf_lsm_{hook}"))
+        .is_ok_and(|types| types.iter().any(|t| matches!(t, Type::Func(_))))
 }
 
 /// Hook arguments the programs read at a fixed position. Their order has been
 /// stable for years; if a kernel changes it, refuse to load rather than read
 /// the wrong argument.
-const FIXED_HOOK_PARAMS: [(&str, &str, u32); 24] = [
+const FIXED_HOOK_PARAMS: [(&str, &str, u32); 26] = [
     ("ptrace_access_check", "child", 0),
     ("ptrace_access_check", "mode", 1),
     ("bprm_check_security", "bprm", 0),
@@ -113,10 +115,22 @@ const FIXED_HOOK_PARAMS: [(&str, &str, u32); 24] = [
     ("file_receive", "file", 0),
     ("locked_down", "what", 0),
     ("bprm_committed_creds", "bprm", 0),
+    ("file_ioctl", "file", 0),
+    ("file_ioctl", "cmd", 1),
+];
+
+/// Like `FIXED_HOOK_PARAMS`, for hooks only some kernels have: checked
+/// where the hook exists.
+const OPTIONAL_HOOK_PARAMS: [(&str, &str, u32); 2] = [
+    ("file_ioctl_compat", "file", 0),
+    ("file_ioctl_compat", "cmd", 1),
 ];
 
 fn check_hook_params(btf: &Btf) -> Result<()> {
-    for (hook, param, expected) in FIXED_HOOK_PARAMS {
+    let optional = OPTIONAL_HOOK_PARAMS
+        .into_iter()
+        .filter(|(hook, _, _)| has_hook(btf, hook));
+    for (hook, param, expected) in FIXED_HOOK_PARAMS.into_iter().chain(optional) {
         let found = hook_param_index(btf, hook, param)?;
         if found != expected {
             bail!(

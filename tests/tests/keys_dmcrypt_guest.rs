@@ -59,6 +59,10 @@ struct Scratch {
 impl Scratch {
     /// `size` bytes of loop device; `volume` is the name the mapping will have.
     fn new(volume: &str, size: u64) -> Scratch {
+        // These tests map volumes themselves, as an administrator does
+        // before arming guard: armed, guard refuses them (a test before
+        // may have left it armed).
+        drop(Disarm);
         let tmp = tempfile::tempdir().unwrap();
         let kms = start_embedded(&tmp.path().join("kms"))
             .unwrap()
@@ -159,10 +163,11 @@ fn dm_crypt_init_refuses_a_mounted_device() {
 /// Below a protected directory on a dm-crypt volume: its device (the loop
 /// device here, a disk or partition on a server) holds only ciphertext, so
 /// root may read it, but writing it would destroy the files beneath the
-/// guard; the mapping itself shows them in the clear and stays closed.
+/// guard; the mapping itself shows them in the clear and stays closed, and
+/// no new mapping (a linear one over the same blocks) can be made.
 #[test]
 #[ignore = "guest: run by cargo xtask vm-test"]
-fn the_device_below_a_protected_dm_crypt_volume_cannot_be_written() {
+fn the_device_below_a_protected_dm_crypt_volume_cannot_be_written_or_mapped() {
     use guard::journal::{field, message_id};
     use guard_tests::guest::{apply, journal_entries, Guardd};
     use std::time::Duration;
@@ -205,6 +210,32 @@ fn the_device_below_a_protected_dm_crypt_volume_cannot_be_written() {
         "root read {}",
         mapper.display()
     );
+    // Nor can root map the device again, past the raw-device check: the
+    // kernel opens what a table names itself.
+    let sectors = sh(Command::new("blockdev").arg("--getsz").arg(device));
+    let table = format!("0 {} linear {} 0", sectors.trim(), device.display());
+    let out = Command::new("dmsetup")
+        .args(["create", "guard-test-leak", "--table", &table])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"),
+        "dmsetup create over {}: {out:?}",
+        device.display()
+    );
+    assert!(!Path::new("/dev/mapper/guard-test-leak").exists());
+    let alerts = journal_entries(
+        message_id::DENIED,
+        field::ACCESS,
+        "device-mapper",
+        Duration::from_secs(15),
+    );
+    assert!(
+        alerts.iter().any(|e| e[field::HOOK] == "file_ioctl"),
+        "no alert for the table load: {alerts:?}"
+    );
+
     let rdev = fs::metadata(device).unwrap().rdev();
     let named = format!("({}:{})", libc::major(rdev), libc::minor(rdev));
     let alerts = journal_entries(

@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 
+use super::device_mapper;
 use super::{check_name, new_volume_key, VolumeKind, VolumeRecord, VolumeStore};
 use crate::keyring::{self, SecretKey};
 use crate::kms::Kms;
@@ -31,10 +32,10 @@ pub fn key_description(volume: &str) -> String {
     format!("guard:{volume}")
 }
 
-/// The device-mapper table line for a `sectors`-long mapping of `device`.
-pub fn table(device: &Path, sectors: u64, key_len: usize, description: &str) -> String {
+/// The dm-crypt parameters mapping `device` with the logon key `description`.
+pub fn crypt_params(device: &Path, key_len: usize, description: &str) -> String {
     format!(
-        "0 {sectors} crypt aes-xts-plain64 :{key_len}:logon:{description} 0 {} 0",
+        "aes-xts-plain64 :{key_len}:logon:{description} 0 {} 0",
         device.display()
     )
 }
@@ -114,7 +115,7 @@ pub fn init(store: &VolumeStore, kms: &dyn Kms, name: &str, device: &Path) -> Re
     Ok(record)
 }
 
-/// Maps `device` with `key`: logon key in, `dmsetup create`, logon key out.
+/// Maps `device` with `key`: logon key in, mapping made, logon key out.
 pub fn open(volume: &str, device: &Path, key: &SecretKey) -> Result<()> {
     if is_open(volume) {
         return Ok(());
@@ -122,25 +123,20 @@ pub fn open(volume: &str, device: &Path, key: &SecretKey) -> Result<()> {
     let sectors = sectors(device)?;
     let description = key_description(volume);
     let installed = keyring::add_logon_key(&description, key)?;
-    let table = table(device, sectors, key.len(), &description);
+    let params = crypt_params(device, key.len(), &description);
     // A `CRYPT-` uuid, as cryptsetup gives its mappings, tells guard's
     // policy (and other tools) that the device below holds ciphertext.
     let uuid = format!("CRYPT-GUARD-{}", mapper_name(volume));
-    let created = run(Command::new("dmsetup").args([
-        "create",
-        &mapper_name(volume),
-        "--uuid",
-        &uuid,
-        "--table",
-        &table,
-    ]));
+    let target = device_mapper::Target {
+        sectors,
+        target: "crypt",
+        params: &params,
+    };
+    let created = device_mapper::create(&mapper_name(volume), &uuid, &target);
     // dm-crypt copied the key at table load; the keyring copy goes now.
     let invalidated = installed.invalidate();
     created.with_context(|| format!("mapping {} for volume {volume}", device.display()))?;
     invalidated?;
-    // Without udev (minimal hosts, containers) nobody creates /dev/mapper/NAME.
-    run(Command::new("dmsetup").args(["mknodes", &mapper_name(volume)]))
-        .with_context(|| format!("creating the device node of volume {volume}"))?;
     Ok(())
 }
 
@@ -149,12 +145,8 @@ pub fn close(volume: &str) -> Result<()> {
     if !is_open(volume) {
         return Ok(());
     }
-    run(Command::new("dmsetup").args(["remove", &mapper_name(volume)]))
-        .with_context(|| format!("locking volume {volume} (is its filesystem still mounted?)"))?;
-    // Without udev the stale /dev/mapper node stays: make nodes match the mappings.
-    run(Command::new("dmsetup").arg("mknodes"))
-        .with_context(|| format!("removing the device node of volume {volume}"))?;
-    Ok(())
+    device_mapper::remove(&mapper_name(volume))
+        .with_context(|| format!("locking volume {volume} (is its filesystem still mounted?)"))
 }
 
 #[cfg(test)]
@@ -163,10 +155,7 @@ mod tests {
 
     #[test]
     fn table_references_the_logon_key_not_the_key() {
-        let line = table(Path::new("/dev/vdb"), 2048, 64, "guard:db");
-        assert_eq!(
-            line,
-            "0 2048 crypt aes-xts-plain64 :64:logon:guard:db 0 /dev/vdb 0"
-        );
+        let params = crypt_params(Path::new("/dev/vdb"), 64, "guard:db");
+        assert_eq!(params, "aes-xts-plain64 :64:logon:guard:db 0 /dev/vdb 0");
     }
 }
