@@ -20,7 +20,7 @@ use crate::kms::Kms;
 
 pub mod bench;
 pub mod cli;
-mod device_mapper;
+pub(crate) mod device_mapper;
 pub mod dmcrypt;
 pub mod migrate;
 pub mod startup;

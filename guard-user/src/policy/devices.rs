@@ -64,8 +64,10 @@ fn walk(
     }
     let below_is_ciphertext = ciphertext || is_dm_crypt(device);
     let slaves = device.join("slaves");
-    let Ok(entries) = fs::read_dir(&slaves) else {
-        return Ok(()); // not a stacked device
+    let entries = match fs::read_dir(&slaves) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()), // a partition
+        Err(e) => return Err(format!("{}: {e}", slaves.display())),
     };
     for entry in entries {
         let entry = entry.map_err(|e| format!("{}: {e}", slaves.display()))?;

@@ -4,7 +4,7 @@
 
 use std::io::Read;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 
 use anyhow::{Context, Result};
 
@@ -114,7 +114,56 @@ pub fn techniques() -> Vec<Technique> {
             alert: AlertRule::Denial,
             run: raw_device_write,
         },
+        Technique {
+            id: "device-mapper-remap",
+            name: "map the raw block device again (device-mapper linear table)",
+            expected: "EPERM",
+            needs: Needs {
+                device: true,
+                ..NOTHING
+            },
+            alert: AlertRule::Denial,
+            run: device_mapper_remap,
+        },
     ]
+}
+
+/// The kernel opens the devices a device-mapper table names itself: a new
+/// mapping over the raw device would read and write it past `file_open`.
+fn device_mapper_remap(t: &Target) -> Result<Attempt> {
+    use crate::volume::device_mapper;
+    let device = t.device.as_ref().context("needs --device")?;
+    let rdev = std::fs::metadata(device)
+        .with_context(|| format!("reading {}", device.display()))?
+        .rdev();
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    let size = format!("/sys/dev/block/{major}:{minor}/size");
+    let sectors: u64 = std::fs::read_to_string(&size)
+        .with_context(|| format!("reading {size}"))?
+        .trim()
+        .parse()
+        .with_context(|| format!("{size} is not a number of sectors"))?;
+    let name = format!("guard-selftest-remap-{}", std::process::id());
+    let params = format!("{major}:{minor} 0");
+    let target = device_mapper::Target {
+        sectors,
+        target: "linear",
+        params: &params,
+    };
+    let what = format!("load a linear table over {}", device.display());
+    match device_mapper::create(&name, "", &target) {
+        Ok(node) => {
+            let removed = device_mapper::remove(&name).is_ok();
+            Ok(Attempt::not_blocked(format!(
+                "{what}: mapped as {} (removed: {removed})",
+                node.display()
+            )))
+        }
+        Err(e) => match e.root_cause().downcast_ref::<std::io::Error>() {
+            Some(io) if refused_by_policy(io.raw_os_error().unwrap_or(0)) => Ok(refused(&what, io)),
+            _ => Err(e.context(what)),
+        },
+    }
 }
 
 /// Writing the device would change the protected files beneath the guard;
