@@ -415,12 +415,18 @@ unsafe fn decide(dentry: u64, access: u32, hook: u32) -> i32 {
     };
     let o = offsets();
     let dev = dentry_dev(o, dentry);
+    if let Ok(dev) = dev {
+        if !may_hold_protected(dev) {
+            return ALLOW; // nothing protected on this filesystem
+        }
+    }
     decide_on(o, generation, dentry, dev, true, access, hook)
 }
 
 /// `decide` for a caller that already read the active generation (not 0)
-/// and the device of the dentry's filesystem (`dentry_dev`), and knows
-/// whether the dentry may be a directory (`itself`, see `find_point`).
+/// and the device of the dentry's filesystem (`dentry_dev`), found that
+/// filesystem may hold protected directories, and knows whether the dentry
+/// may be a directory (`itself`, see `find_point`).
 #[inline(always)]
 unsafe fn decide_on(
     o: &KernelOffsets,
@@ -453,9 +459,6 @@ unsafe fn try_decide_on(
     access: u32,
     hook: u32,
 ) -> Result<i32, i32> {
-    if !may_hold_protected(dev) {
-        return Ok(ALLOW); // fast path: nothing protected on this filesystem
-    }
     let protection = match find_point(o, generation, dev, dentry, itself) {
         Ok(Lookup::NotProtected) => return Ok(ALLOW),
         Ok(Lookup::Protected(p)) => p,
@@ -741,12 +744,14 @@ pub fn file_open(ctx: LsmContext) -> i32 {
             Err(e) => return e,
         };
         let dev = dentry_dev(o, dentry);
+        let may_hold = match dev {
+            Ok(dev) => may_hold_protected(dev),
+            Err(_) => true, // decided (denied) below
+        };
         // Most opens are of files on filesystems without protected
         // directories: they end here, before the policy is even looked up.
-        if let (None, Ok(dev)) = (opened.block_device, dev) {
-            if !may_hold_protected(dev) {
-                return ALLOW;
-            }
+        if !may_hold && opened.block_device.is_none() {
+            return ALLOW;
         }
         let generation = ACTIVE.get(0).copied().unwrap_or(0);
         if generation == 0 {
@@ -764,7 +769,7 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         }
         if let Some(rdev) = opened.block_device {
             let ret = protect_raw_device(generation, rdev, want);
-            if ret != ALLOW {
+            if ret != ALLOW || !may_hold {
                 return ret;
             }
         }
