@@ -128,6 +128,10 @@ enum PolicyCommand {
     },
     /// Print the JSON Schema of the policy format.
     Schema,
+    /// Print the arguments and environment of a running server (its pid) as
+    /// `started_by` entries to pin; values that change at each start are
+    /// listed by name only.
+    PinStart { pid: u32 },
 }
 
 fn main() -> std::process::ExitCode {
@@ -247,6 +251,11 @@ fn run_policy(socket: &Path, cmd: PolicyCommand) -> Result<()> {
         }
         PolicyCommand::Schema => {
             println!("{}", serde_json::to_string_pretty(&policy::schema())?);
+            Ok(())
+        }
+        PolicyCommand::PinStart { pid } => {
+            let pinned = policy::pin_start(Path::new("/proc"), pid)?;
+            println!("{}", serde_json::to_string_pretty(&pinned)?);
             Ok(())
         }
     }

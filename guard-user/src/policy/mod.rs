@@ -35,6 +35,7 @@ mod immutable;
 mod libraries;
 mod links;
 mod parse;
+mod pin_start;
 mod resolve;
 mod schema;
 
@@ -50,6 +51,7 @@ pub use immutable::{ResolvedImmutable, ResolvedImmutables};
 pub use libraries::ResolvedLibrary;
 pub use links::check_hard_links;
 pub use parse::parse;
+pub use pin_start::pin_start;
 pub use resolve::{
     kernel_dev, resolve, sha256_file, ResolvedBinary, ResolvedPoint, ResolvedPolicy, RuleInfo,
 };
