@@ -60,6 +60,8 @@ fn mariadb_on_a_guard_volume_end_to_end() {
     );
     let db = MariaDb::configure(datadir).unwrap();
     db.install().unwrap();
+    // Before any policy: how the launcher starts the server, to pin.
+    let pins = pin_start(&db);
 
     // 3. guardd now trusts only the administrator's key; the policy (mariadbd
     //    started by mysqld_safe only) is signed and applied, an unsigned one is
@@ -92,6 +94,7 @@ fn mariadb_on_a_guard_volume_end_to_end() {
     root_is_refused();
     root_cannot_start_a_second_server();
     root_cannot_reconfigure_the_server();
+    root_cannot_start_the_server_with_its_own_options_or_environment(&db, &pins, &admin);
     assert_eq!(
         mariadb::raw_occurrences(Path::new(DEVICE), MARKER.as_bytes()).unwrap(),
         0,
@@ -119,7 +122,7 @@ fn mariadb_on_a_guard_volume_end_to_end() {
     let matches: Vec<&str> = matches.iter().map(String::as_str).collect();
     guard_tests::wait_for_journal_entries(&matches, unlocks_before + 1, WAIT)
         .unwrap_or_else(|e| panic!("the restarted guardd did not unlock {VOLUME}: {e:#}"));
-    applied_policy_is_signed_by(&admin, 1);
+    applied_policy_is_signed_by(&admin, 3);
     let before = denials_in_datadir().len();
     db.start().unwrap();
     assert_eq!(rows(&db), ROWS, "rows after lock, guardd restart, unlock");
@@ -518,6 +521,85 @@ fn root_cannot_reconfigure_the_server() {
         "no alert for the edit of {}: {alerts:#?}",
         mariadb::DROP_IN
     );
+}
+
+/// The arguments and environment the launcher starts the server with
+/// (`guardctl policy pin-start`, as an administrator runs it before arming:
+/// guard lets nobody read an allowed process's environment).
+fn pin_start(db: &MariaDb) -> Value {
+    db.start().unwrap();
+    let pids = MariaDb::server_pids();
+    let out = guest::guardctl(&["policy", "pin-start", &pids[0].to_string()]);
+    assert_ok(&out, "guardctl policy pin-start");
+    db.stop().unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The scenario's policy with the server's start pinned to `pins`.
+fn pinned_policy(datadir: &Path, pins: &Value) -> Value {
+    let mut policy = mariadb::policy(datadir);
+    let started_by = &mut policy["protected"][0]["rules"][0]["started_by"];
+    started_by["arguments"] = pins["arguments"].clone();
+    started_by["environment"] = pins["environment"].clone();
+    policy
+}
+
+/// Root's way past `immutable` and `started_by`: start the server through
+/// its own launcher with a variable it reads. Under the policy with its
+/// arguments and environment pinned (signed as serial 2), a start with
+/// MYSQL_HOME at root's my.cnf (mysqld_safe turns its options into
+/// arguments) or with root's LD_LIBRARY_PATH dies before it runs; the normal
+/// start still works. The unpinned policy comes back as serial 3: the
+/// scenario's later checks start the server with options of their own.
+fn root_cannot_start_the_server_with_its_own_options_or_environment(
+    db: &MariaDb,
+    pins: &Value,
+    admin: &SigningKeys,
+) {
+    let signing = |serial| PolicySigning {
+        keys: admin,
+        serial,
+    };
+    mariadb::apply_policy(&pinned_policy(&db.datadir, pins), Some(&signing(2))).unwrap();
+    db.stop().unwrap();
+    db.start().unwrap();
+    assert_eq!(rows(db), ROWS, "the pinned start");
+    db.stop().unwrap();
+    let root_cnf = Path::new("/tmp/root-mysql-home");
+    std::fs::create_dir_all(root_cnf).unwrap();
+    std::fs::write(root_cnf.join("my.cnf"), "[mysqld]\nskip-grant-tables\n").unwrap();
+    let attempts = [
+        (
+            "MYSQL_HOME",
+            root_cnf.to_str().unwrap(),
+            "unexpected-arguments",
+        ),
+        (
+            "LD_LIBRARY_PATH",
+            "/tmp/root-libs",
+            "unexpected-environment",
+        ),
+    ];
+    for (variable, value, access) in attempts {
+        let out = Command::new(mariadb::LAUNCHER)
+            .arg("start")
+            .env(variable, value)
+            .output()
+            .unwrap();
+        assert!(
+            MariaDb::server_pids().is_empty(),
+            "a server runs, started with {variable}={value}: {out:?}"
+        );
+        let alerts = journal_entries(message_id::DENIED, "GUARD_ACCESS", access, WAIT);
+        assert!(
+            alerts.iter().any(|entry| field_text(entry, "GUARD_PATH")
+                .is_some_and(|path| path.ends_with(&format!("({SERVER})")))),
+            "no {access} alert for {SERVER} started with {variable}={value}: {alerts:#?}"
+        );
+    }
+    db.start().unwrap();
+    assert_eq!(rows(db), ROWS, "the pinned start after the attempts");
+    mariadb::apply_policy(&mariadb::policy(&db.datadir), Some(&signing(3))).unwrap();
 }
 
 fn revocation_is_logged(kms: &LocalKms) {
