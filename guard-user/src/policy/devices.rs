@@ -22,14 +22,15 @@ pub struct DeviceBelow {
 }
 
 /// The devices below block device `major:minor`, read from `sysfs`
-/// (normally `/sys`). Empty for a filesystem without a block device
-/// (tmpfs, or major 0 in general). An error names the sysfs file that could
-/// not be read: a device guard cannot see below must not be left open.
+/// (normally `/sys`). Empty for a filesystem without a block device (major
+/// 0: tmpfs, NFS, btrfs's anonymous devices). An error names the sysfs file
+/// that could not be read, a missing one included: a device guard cannot
+/// see below must not be left open.
 pub fn devices_below(sysfs: &Path, major: u32, minor: u32) -> Result<Vec<DeviceBelow>, String> {
-    let top = sysfs.join(format!("dev/block/{major}:{minor}"));
-    if major == 0 || !top.exists() {
+    if major == 0 {
         return Ok(Vec::new());
     }
+    let top = sysfs.join(format!("dev/block/{major}:{minor}"));
     let top = canonical(&top)?;
     let mut found = Vec::new();
     walk(&top, false, 0, &mut found)?;
@@ -203,6 +204,13 @@ mod tests {
         sys.device("vda", 254, 0);
         assert_eq!(devices_below(sys.root(), 254, 0).unwrap(), vec![]);
         assert_eq!(devices_below(sys.root(), 0, 42).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn a_block_device_missing_from_sysfs_is_an_error_naming_it() {
+        let sys = FakeSysfs::new();
+        let err = devices_below(sys.root(), 8, 0).unwrap_err();
+        assert!(err.contains("dev/block/8:0"), "{err}");
     }
 
     #[test]
