@@ -141,6 +141,29 @@ pub const IMMUTABLE_POINT: u32 = u32::MAX - 2;
 /// `Event::point` of a denied executable mapping of a file the policy's
 /// `libraries` do not approve (`LIBRARIES`).
 pub const LIBRARY_POINT: u32 = u32::MAX - 3;
+/// `Event::point` of a denied write about crash dumps: an allowed program's
+/// core file outside its protected directories, or `kernel.core_pattern`
+/// (`CRASH_DUMPS`).
+pub const CRASH_DUMP_POINT: u32 = u32::MAX - 4;
+
+/// Crash dumps (include/linux/sched.h, include/uapi/linux/magic.h: values
+/// that have not changed in decades).
+pub mod crash_dump {
+    /// `task_struct.flags`: the task is writing its core dump.
+    pub const PF_DUMPCORE: u32 = 0x0000_0200;
+    /// `super_block.s_magic` of procfs, where `kernel.core_pattern` lives.
+    pub const PROC_SUPER_MAGIC: u64 = 0x9fa0;
+    /// "core_pattern\0" as two little-endian words, and the mask of the
+    /// second word's bytes that belong to the name.
+    pub const CORE_PATTERN_NAME: [u64; 2] = [
+        u64::from_le_bytes(*b"core_pat"),
+        u64::from_le_bytes(*b"tern\0\0\0\0"),
+    ];
+    pub const CORE_PATTERN_MASK: u64 = 0x00ff_ffff_ffff;
+    /// "kernel\0", the name of its folder, and the mask of its bytes.
+    pub const KERNEL_NAME: u64 = u64::from_le_bytes(*b"kernel\0\0");
+    pub const KERNEL_MASK: u64 = 0x00ff_ffff_ffff_ffff;
+}
 
 /// `LIBRARIES` values, keyed by `LaunchKey` (generation and a file's
 /// identity): which binaries are confined to approved libraries, and which
@@ -923,6 +946,7 @@ pub struct KernelOffsets {
     /// /dev/port or /proc/kcore.
     pub lockdown_dev_mem: u32,
     pub lockdown_kcore: u32,
+    pub super_block_s_magic: u32,
 }
 
 /// `fmode_t` bits read from `struct file`.

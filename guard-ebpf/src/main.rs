@@ -24,7 +24,7 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
         bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_send_signal,
-        bpf_probe_read_kernel_str_bytes,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
     },
     macros::{lsm, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -32,7 +32,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use guard_common::{
-    access, bpf_uapi, device_mapper, flags, hook, Arguments, MAX_ARGUMENT_BYTES, env_entry, EnvKey, EnvScratch,
+    access, bpf_uapi, crash_dump, device_mapper, flags, CRASH_DUMP_POINT, hook, Arguments, MAX_ARGUMENT_BYTES, env_entry, EnvKey, EnvScratch,
     MAX_PINNED_STRING_BYTES, MAX_ENV_ENTRIES, MAX_ENV_ENTRY_BYTES, MAX_ENV_NAME_BYTES,
     MAX_PINNED_STRINGS, object, stat, tamper, verdict, DevKey, DirKey, Event, ExeKey,
     KernelOffsets, ObjectKey, PolicyMeta, RateState, RuleKey, RuleSlot, RuleValue, SelfProtect, Settings,
@@ -93,6 +93,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     linux_binprm_envc: 0,
     lockdown_dev_mem: 0,
     lockdown_kcore: 0,
+    super_block_s_magic: 0,
 };
 
 /// Index 0: the active policy generation (0 = no policy).
@@ -738,6 +739,10 @@ pub fn file_open(ctx: LsmContext) -> i32 {
             if let Ok(inode) = read::<u64>(file, o.file_f_inode) {
                 taint_if_allowed_exe(o, inode);
             }
+            let ret = protect_crash_dumps(o, dentry);
+            if ret != ALLOW {
+                return ret;
+            }
         }
         let opened = match opened(o, file) {
             Ok(opened) => opened,
@@ -775,6 +780,94 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         }
         decide_on(o, generation, dentry, dev, opened.is_dir, want, hook::FILE_OPEN)
     }
+}
+
+/// Crash dumps, checked on every open for writing while a policy is
+/// active: an allowed program's core holds its memory (the data it read),
+/// so the kernel may write it only inside a protected directory; and
+/// nobody but guardd may change `kernel.core_pattern` (where cores go, a
+/// pipe to a program of root's included).
+#[inline(always)]
+unsafe fn protect_crash_dumps(o: &KernelOffsets, dentry: u64) -> i32 {
+    let generation = ACTIVE.get(0).copied().unwrap_or(0);
+    if generation == 0 {
+        return ALLOW;
+    }
+    match try_protect_crash_dumps(o, generation, dentry) {
+        Ok(ret) => ret,
+        Err(_) => {
+            count(stat::FAIL_CLOSED);
+            count(stat::DENIED);
+            emit_failure(dentry, access::WRITE, hook::FILE_OPEN);
+            EPERM
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn try_protect_crash_dumps(o: &KernelOffsets, generation: u32, dentry: u64) -> Result<i32, i32> {
+    let task_flags: u32 = read(current_task(), o.task_struct_flags)?;
+    let dumping = task_flags & crash_dump::PF_DUMPCORE != 0;
+    if !dumping && !is_core_pattern(o, dentry)? {
+        return Ok(ALLOW);
+    }
+    let Some(caller) = caller(o)? else {
+        return Ok(ALLOW);
+    };
+    if is_guardd(&caller.exe) {
+        return Ok(ALLOW);
+    }
+    let dev = dentry_dev(o, dentry)?;
+    if dumping {
+        if EXES.get_ptr(&caller.exe).is_none() {
+            return Ok(ALLOW); // not an allowed program: its memory holds no protected data
+        }
+        // Inside a protected directory the policy decides the core file like any other.
+        if let Lookup::Protected(_) = find_point(o, generation, dev, dentry, false)? {
+            return Ok(ALLOW);
+        }
+    }
+    let ino = dentry_ino(o, dentry)?;
+    let report = Report {
+        verdict: verdict::DENIED,
+        access: access::WRITE,
+        hook: hook::FILE_OPEN,
+        flags: 0,
+        point: CRASH_DUMP_POINT,
+        rule: NO_RULE,
+        generation,
+        exe: caller.exe,
+    };
+    let audit_mode = META.get(&generation).map(|m| m.mode).unwrap_or(0) == MODE_AUDIT;
+    Ok(deny_or_report(o, &Object { dentry, dev, ino }, report, audit_mode))
+}
+
+/// Whether `dentry` is procfs's `sys/kernel/core_pattern` (any procfs
+/// instance, any path to it).
+#[inline(always)]
+unsafe fn is_core_pattern(o: &KernelOffsets, dentry: u64) -> Result<bool, i32> {
+    let sb: u64 = read(dentry, o.dentry_d_sb)?;
+    let magic: u64 = read(sb, o.super_block_s_magic)?;
+    if magic != crash_dump::PROC_SUPER_MAGIC {
+        return Ok(false); // every other filesystem: two loads
+    }
+    let [first, second] = name_words(o, dentry)?;
+    let [want_first, want_second] = crash_dump::CORE_PATTERN_NAME;
+    if first != want_first || second & crash_dump::CORE_PATTERN_MASK != want_second {
+        return Ok(false);
+    }
+    let parent: u64 = read(dentry, o.dentry_d_parent)?;
+    let [folder, _] = name_words(o, parent)?;
+    Ok(folder & crash_dump::KERNEL_MASK == crash_dump::KERNEL_NAME)
+}
+
+/// The first 16 bytes of a dentry's name. Names are NUL-terminated and
+/// stored in at least 32 bytes (short ones inline in the dentry), so the
+/// read never runs past them.
+#[inline(always)]
+unsafe fn name_words(o: &KernelOffsets, dentry: u64) -> Result<[u64; 2], i32> {
+    let name: u64 = read(dentry, o.dentry_d_name_name)?;
+    bpf_probe_read_kernel(name as *const [u64; 2]).map_err(|_| EPERM)
 }
 
 const S_IFMT: u16 = 0o170000;

@@ -451,11 +451,13 @@ impl Daemon {
         store_applied(&self.config.state_dir, &applied)?;
         *self.names.write().unwrap() = applied.resolved.names();
         let (hash, mode) = (&applied.resolved.hash, applied.resolved.mode.name());
+        let warnings: Vec<String> = piped_crash_dumps().into_iter().collect();
         let summary = serde_json::json!({
             "hash": hash, "generation": generation, "applied_at": applied.applied_at, "mode": mode,
             "in_force_ms": in_force_ms,
             "phases_ms": phases_ms,
             "signed": applied.signed,
+            "warnings": warnings,
         });
         let generation_text = generation.to_string();
         let mut fields = vec![
@@ -473,10 +475,19 @@ impl Daemon {
         if let Some(serial) = &serial {
             fields.push((journal::field::SERIAL, serial));
         }
+        let warnings_text = warnings.join("; ");
+        if !warnings.is_empty() {
+            fields.push(("GUARD_WARNINGS", warnings_text.as_str()));
+        }
+        let warned = if warnings.is_empty() {
+            String::new()
+        } else {
+            format!("; warning: {warnings_text}")
+        };
         self.admin_entry(
             message_id::POLICY_APPLIED,
             &format!(
-                "guard policy {hash} applied (generation {generation}, mode {mode}{signed_text})"
+                "guard policy {hash} applied (generation {generation}, mode {mode}{signed_text}){warned}"
             ),
             &fields,
         );
@@ -1081,4 +1092,18 @@ fn store_applied(state_dir: &Path, applied: &AppliedPolicy) -> Result<()> {
     f.sync_all()?;
     std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(())
+}
+
+/// A warning when `kernel.core_pattern` pipes crash dumps to a program: the
+/// kernel writes a core into the pipe without any hook guard could refuse,
+/// so an allowed program's crash would hand its memory to that program.
+/// (guard refuses cores written to files outside protected directories, and
+/// changes to the pattern while a policy is active.)
+fn piped_crash_dumps() -> Option<String> {
+    let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").ok()?;
+    let program = pattern.trim_end().strip_prefix('|')?;
+    Some(format!(
+        "kernel.core_pattern pipes crash dumps to `{program}`: a crash of an allowed program \
+         hands its memory to that program; set a file pattern or disable core dumps"
+    ))
 }

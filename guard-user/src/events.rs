@@ -2,8 +2,8 @@
 
 use crate::journal::{field, message_id, Journal};
 use guard_common::{
-    access, bpf_uapi, flags, hook, tamper, verdict, Event, ExeKey, IMMUTABLE_POINT, LIBRARY_POINT,
-    NO_RULE, PINS_POINT,
+    access, bpf_uapi, flags, hook, tamper, verdict, Event, ExeKey, CRASH_DUMP_POINT,
+    IMMUTABLE_POINT, LIBRARY_POINT, NO_RULE, PINS_POINT,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -99,6 +99,8 @@ impl Decision {
             "immutable".into()
         } else if e.point == LIBRARY_POINT {
             "approved-libraries".into()
+        } else if e.point == CRASH_DUMP_POINT {
+            "crash-dumps".into()
         } else {
             rule_label(e.rule, names)
         };
@@ -292,11 +294,14 @@ fn object_path(point: Option<&Path>, e: &Event) -> String {
     let mut path = match point {
         Some(p) => p.display().to_string(),
         None if e.point == PINS_POINT => "<guard pins>".into(),
-        // A file anywhere (immutable, or mapped executable): the components
-        // up to its filesystem's root, under that filesystem's mount point.
-        None if e.point == IMMUTABLE_POINT || e.point == LIBRARY_POINT => mount_point(e.dev)
-            .map(|m| m.trim_end_matches('/').to_string())
-            .unwrap_or_default(),
+        // A file anywhere (immutable, mapped executable, a crash dump): the
+        // components up to its filesystem's root, under that filesystem's
+        // mount point.
+        None if [IMMUTABLE_POINT, LIBRARY_POINT, CRASH_DUMP_POINT].contains(&e.point) => {
+            mount_point(e.dev)
+                .map(|m| m.trim_end_matches('/').to_string())
+                .unwrap_or_default()
+        }
         None => "<unknown>".into(),
     };
     if e.flags & flags::PATH_TRUNCATED != 0 {

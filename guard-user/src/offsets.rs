@@ -65,6 +65,7 @@ pub fn resolve(btf_path: &Path) -> Result<KernelOffsets> {
         linux_binprm_envc: field("linux_binprm.envc")?,
         lockdown_dev_mem: enum_value(&btf, "lockdown_reason", "LOCKDOWN_DEV_MEM")?,
         lockdown_kcore: enum_value(&btf, "lockdown_reason", "LOCKDOWN_KCORE")?,
+        super_block_s_magic: field("super_block.s_magic")?,
     };
     check_hook_params(&btf)?;
     Ok(offsets)

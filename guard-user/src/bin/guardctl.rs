@@ -236,6 +236,9 @@ fn run_policy(socket: &Path, cmd: PolicyCommand) -> Result<()> {
                 applied["generation"],
                 applied["mode"].as_str().unwrap_or("?"),
             );
+            for warning in applied["warnings"].as_array().into_iter().flatten() {
+                eprintln!("warning: {}", warning.as_str().unwrap_or("?"));
+            }
             Ok(())
         }
         PolicyCommand::Sign {

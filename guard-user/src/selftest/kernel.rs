@@ -5,6 +5,7 @@
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
@@ -125,8 +126,80 @@ pub fn techniques() -> Vec<Technique> {
             alert: AlertRule::Denial,
             run: device_mapper_remap,
         },
+        Technique {
+            id: "md-remap",
+            name: "add the raw block device to a new md array (sysfs new_dev)",
+            expected: "EBUSY (the kernel: the device is in use)",
+            needs: Needs {
+                device: true,
+                ..NOTHING
+            },
+            alert: AlertRule::NotApplicable(
+                "the kernel refuses: a mounted device is claimed by its filesystem",
+            ),
+            run: md_remap,
+        },
     ]
 }
+
+/// md, like device-mapper, opens the devices of an array itself. Unlike
+/// device-mapper (whose tables all share one holder), it claims each device
+/// exclusively, so a device something has mounted must be refused.
+fn md_remap(t: &Target) -> Result<Attempt> {
+    let device = t.device.as_ref().context("needs --device")?;
+    let rdev = std::fs::metadata(device)
+        .with_context(|| format!("reading {}", device.display()))?
+        .rdev();
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    let array = (100..200)
+        .find(|n| !Path::new(&format!("/sys/block/md{n}")).exists())
+        .context("no free md number between 100 and 199")?;
+    let node = t.scratch.join(format!("guard-selftest-md{array}"));
+    let _ = std::fs::remove_file(&node);
+    let path = sys::cstring(&node)?;
+    // SAFETY: valid C string.
+    let rc = unsafe {
+        libc::mknod(
+            path.as_ptr(),
+            libc::S_IFBLK | 0o600,
+            libc::makedev(MD_MAJOR, array),
+        )
+    };
+    sys::check(rc as libc::c_long).with_context(|| format!("mknod {}", node.display()))?;
+    // Opening an md node makes its array (the kernel loads md itself).
+    let held = std::fs::OpenOptions::new().read(true).open(&node);
+    let _ = std::fs::remove_file(&node);
+    let _held = held.with_context(|| format!("opening {}", node.display()))?;
+    let md = PathBuf::from(format!("/sys/block/md{array}/md"));
+    for (attribute, value) in [
+        ("metadata_version", "none"),
+        ("level", "raid1"),
+        ("raid_disks", "1"),
+    ] {
+        std::fs::write(md.join(attribute), value)
+            .with_context(|| format!("setting up md{array}: {attribute} = {value}"))?;
+    }
+    let what = format!(
+        "new_dev {major}:{minor} ({}) in md{array}",
+        device.display()
+    );
+    let attempt = match std::fs::write(md.join("new_dev"), format!("{major}:{minor}")) {
+        Ok(()) => Attempt::not_blocked(format!("{what}: accepted")),
+        Err(e)
+            if e.raw_os_error() == Some(libc::EBUSY)
+                || refused_by_policy(e.raw_os_error().unwrap_or(0)) =>
+        {
+            refused(&what, &e)
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(what)),
+    };
+    // The array goes away with its last device and opener.
+    let _ = std::fs::write(md.join("array_state"), "clear");
+    Ok(attempt)
+}
+
+/// Block major of md arrays (include/uapi/linux/major.h).
+const MD_MAJOR: u32 = 9;
 
 /// The kernel opens the devices a device-mapper table names itself: a new
 /// mapping over the raw device would read and write it past `file_open`.

@@ -17,6 +17,7 @@
 pub mod accomplice;
 mod alerts;
 mod config;
+mod crash;
 mod fds;
 mod files;
 mod kernel;
@@ -96,6 +97,13 @@ enum Helper {
     /// (internal) Print a file (used to run an allowed copy through ld.so).
     #[command(hide = true)]
     Dump { file: PathBuf },
+    /// (internal) Abort in a folder with the core limit raised (run as the
+    /// allowed program: where does its core go?).
+    #[command(hide = true)]
+    Crash {
+        #[arg(long = "in")]
+        dir: PathBuf,
+    },
 }
 
 /// Runs `guardctl selftest`; the exit code says whether every row passed.
@@ -108,6 +116,7 @@ pub fn run(args: SelftestArgs) -> Result<ExitCode> {
             std::io::Write::write_all(&mut std::io::stdout(), &data)?;
             Ok(ExitCode::SUCCESS)
         }
+        Some(Helper::Crash { dir }) => match crash::crash_in(&dir)? {},
         None if args.attack.attack => run_attack(&args.attack),
         None => bail!("say what to test: --attack (see guardctl selftest --help)"),
     }
@@ -258,6 +267,7 @@ pub fn catalog() -> Vec<Technique> {
     all.extend(fds::techniques());
     all.extend(mounts::techniques());
     all.extend(kernel::techniques());
+    all.extend(crash::techniques());
     all.extend(config::techniques());
     all
 }
