@@ -75,8 +75,11 @@ pub mod tamper {
     /// names, so a mapping over a protected filesystem's device would show
     /// its blocks past the raw-device check.
     pub const DEVICE_MAPPER: u32 = 1 << 28;
+    /// Opening a perf event whose samples copy process memory or registers
+    /// (user stacks), of every process on a CPU, the database included.
+    pub const PERF_SAMPLING: u32 = 1 << 29;
 
-    pub const NAMES: [(&str, u32); 13] = [
+    pub const NAMES: [(&str, u32); 14] = [
         ("ptrace-read", PTRACE_READ),
         ("ptrace-attach", PTRACE_ATTACH),
         ("exec-traced", EXEC_TRACED),
@@ -90,7 +93,61 @@ pub mod tamper {
         ("unexpected-arguments", UNEXPECTED_ARGUMENTS),
         ("unexpected-environment", UNEXPECTED_ENVIRONMENT),
         ("device-mapper", DEVICE_MAPPER),
+        ("perf-sampling", PERF_SAMPLING),
     ];
+}
+
+/// What the `locked_down` hook refuses while guard is armed: the kernel's
+/// lockdown reasons for ways to read kernel memory (where the volume keys
+/// live) or a process's. `Event::ino` of a `hook::KERNEL_MEMORY` event.
+pub mod lockdown {
+    /// /dev/mem, /dev/port (LOCKDOWN_DEV_MEM).
+    pub const DEV_MEM: u32 = 1;
+    /// /proc/kcore (LOCKDOWN_KCORE).
+    pub const KCORE: u32 = 2;
+    /// A hibernation image: /dev/snapshot, /sys/power/state (LOCKDOWN_HIBERNATION).
+    pub const HIBERNATION: u32 = 3;
+    /// kprobe trace events, which fetch kernel memory (LOCKDOWN_KPROBES).
+    pub const KPROBES: u32 = 4;
+    /// Any tracefs file: uprobe events fetch process memory (LOCKDOWN_TRACEFS).
+    pub const TRACEFS: u32 = 5;
+    /// perf samples of kernel registers (LOCKDOWN_PERF).
+    pub const PERF: u32 = 6;
+    /// Kernel debuggers reading memory (LOCKDOWN_DBG_READ_KERNEL).
+    pub const DBG_READ_KERNEL: u32 = 7;
+
+    /// What a code stands for, for alerts.
+    pub fn describe(code: u64) -> &'static str {
+        match code {
+            DEV_MEM_U64 => "/dev/mem or /dev/port",
+            KCORE_U64 => "/proc/kcore",
+            HIBERNATION_U64 => "a hibernation image (/dev/snapshot, /sys/power/state)",
+            KPROBES_U64 => "kprobe trace events",
+            TRACEFS_U64 => "tracefs (uprobe and kprobe events, trace buffers)",
+            PERF_U64 => "perf samples of kernel registers",
+            DBG_READ_KERNEL_U64 => "a kernel debugger",
+            _ => "unknown",
+        }
+    }
+    const DEV_MEM_U64: u64 = DEV_MEM as u64;
+    const KCORE_U64: u64 = KCORE as u64;
+    const HIBERNATION_U64: u64 = HIBERNATION as u64;
+    const KPROBES_U64: u64 = KPROBES as u64;
+    const TRACEFS_U64: u64 = TRACEFS as u64;
+    const PERF_U64: u64 = PERF as u64;
+    const DBG_READ_KERNEL_U64: u64 = DBG_READ_KERNEL as u64;
+}
+
+/// perf_event_attr `sample_type` bits (UAPI, include/uapi/linux/perf_event.h).
+pub mod perf {
+    pub const SAMPLE_REGS_USER: u64 = 1 << 12;
+    pub const SAMPLE_STACK_USER: u64 = 1 << 13;
+    pub const SAMPLE_REGS_INTR: u64 = 1 << 18;
+    pub const SAMPLE_AUX: u64 = 1 << 20;
+    /// Samples that copy memory or registers of whatever process runs:
+    /// refused to all but guardd while guard is armed.
+    pub const MEMORY_SAMPLES: u64 =
+        SAMPLE_REGS_USER | SAMPLE_STACK_USER | SAMPLE_REGS_INTR | SAMPLE_AUX;
 }
 
 /// Device-mapper's control ioctls (UAPI, include/uapi/linux/dm-ioctl.h).
@@ -141,28 +198,56 @@ pub const IMMUTABLE_POINT: u32 = u32::MAX - 2;
 /// `Event::point` of a denied executable mapping of a file the policy's
 /// `libraries` do not approve (`LIBRARIES`).
 pub const LIBRARY_POINT: u32 = u32::MAX - 3;
-/// `Event::point` of a denied write about crash dumps: an allowed program's
-/// core file outside its protected directories, or `kernel.core_pattern`
-/// (`CRASH_DUMPS`).
+/// `Event::point` of a denied core dump: an allowed program's core file
+/// outside its protected directories.
 pub const CRASH_DUMP_POINT: u32 = u32::MAX - 4;
+/// `Event::point` of a denied write to a kernel setting guard keeps
+/// (`kernel_setting`).
+pub const KERNEL_SETTING_POINT: u32 = u32::MAX - 5;
 
-/// Crash dumps (include/linux/sched.h, include/uapi/linux/magic.h: values
-/// that have not changed in decades).
-pub mod crash_dump {
-    /// `task_struct.flags`: the task is writing its core dump.
-    pub const PF_DUMPCORE: u32 = 0x0000_0200;
-    /// `super_block.s_magic` of procfs, where `kernel.core_pattern` lives.
+/// `task_struct.flags`: the task is writing its core dump
+/// (include/linux/sched.h, unchanged for decades).
+pub const PF_DUMPCORE: u32 = 0x0000_0200;
+
+/// Kernel settings nobody but guardd may change while a policy is active:
+/// where crash dumps go (a file or a program of root's would receive the
+/// memory of a crashing allowed program).
+pub mod kernel_setting {
+    /// `super_block.s_magic` of procfs (include/uapi/linux/magic.h).
     pub const PROC_SUPER_MAGIC: u64 = 0x9fa0;
-    /// "core_pattern\0" as two little-endian words, and the mask of the
-    /// second word's bytes that belong to the name.
-    pub const CORE_PATTERN_NAME: [u64; 2] = [
-        u64::from_le_bytes(*b"core_pat"),
-        u64::from_le_bytes(*b"tern\0\0\0\0"),
-    ];
-    pub const CORE_PATTERN_MASK: u64 = 0x00ff_ffff_ffff;
-    /// "kernel\0", the name of its folder, and the mask of its bytes.
-    pub const KERNEL_NAME: u64 = u64::from_le_bytes(*b"kernel\0\0");
-    pub const KERNEL_MASK: u64 = 0x00ff_ffff_ffff_ffff;
+
+    /// A name of at most 15 bytes as the first two little-endian words of
+    /// its NUL-terminated bytes, and masks of the bytes that belong to it
+    /// (the NUL included: what follows it in a dentry is whatever was there).
+    #[derive(Clone, Copy)]
+    pub struct Name {
+        pub words: [u64; 2],
+        pub masks: [u64; 2],
+    }
+
+    pub const fn name(text: &[u8]) -> Name {
+        assert!(text.len() < 16);
+        let mut words = [0u64; 2];
+        let mut masks = [0u64; 2];
+        let mut b = 0;
+        while b <= text.len() {
+            let byte = if b < text.len() { text[b] } else { 0 };
+            words[b / 8] |= (byte as u64) << ((b % 8) * 8);
+            masks[b / 8] |= 0xff << ((b % 8) * 8);
+            b += 1;
+        }
+        Name { words, masks }
+    }
+
+    /// The folder they are in: /proc/sys/kernel.
+    pub const FOLDER: Name = name(b"kernel");
+    /// /proc/sys/kernel/core_pattern.
+    pub const NAMES: [Name; 1] = [name(b"core_pattern")];
+
+    /// Whether `words` (a name's first 16 bytes) are `name`'s.
+    pub fn matches(name: &Name, words: [u64; 2]) -> bool {
+        words[0] & name.masks[0] == name.words[0] && words[1] & name.masks[1] == name.words[1]
+    }
 }
 
 /// `LIBRARIES` values, keyed by `LaunchKey` (generation and a file's
@@ -424,6 +509,8 @@ pub mod hook {
     pub const BPRM_COMMITTED_CREDS: u32 = 34;
     /// An ioctl: loading a device-mapper table (also `file_ioctl_compat`).
     pub const FILE_IOCTL: u32 = 35;
+    /// Opening a perf event that samples memory or registers.
+    pub const PERF_EVENT_OPEN: u32 = 36;
 
     /// Hooks whose object is a process, not a file.
     pub fn is_process(hook: u32) -> bool {
@@ -448,6 +535,7 @@ pub mod hook {
                 | ANCESTOR_MOUNT
                 | RAW_DEVICE
                 | FILE_IOCTL
+                | PERF_EVENT_OPEN
         )
     }
 
@@ -488,6 +576,7 @@ pub mod hook {
             FILE_MPROTECT => "file_mprotect",
             BPRM_COMMITTED_CREDS => "bprm_committed_creds",
             FILE_IOCTL => "file_ioctl",
+            PERF_EVENT_OPEN => "perf_event_open",
             _ => "unknown",
         }
     }
@@ -947,6 +1036,13 @@ pub struct KernelOffsets {
     pub lockdown_dev_mem: u32,
     pub lockdown_kcore: u32,
     pub super_block_s_magic: u32,
+    /// More `lockdown_reason` values (see `lockdown`).
+    pub lockdown_hibernation: u32,
+    pub lockdown_kprobes: u32,
+    pub lockdown_tracefs: u32,
+    pub lockdown_perf: u32,
+    pub lockdown_dbg_read_kernel: u32,
+    pub perf_event_attr_sample_type: u32,
 }
 
 /// `fmode_t` bits read from `struct file`.
@@ -976,4 +1072,53 @@ mod pod {
     unsafe impl aya::Pod for SelfProtect {}
     unsafe impl aya::Pod for ObjectKey {}
     unsafe impl aya::Pod for KernelOffsets {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kernel_setting::{matches, name, FOLDER, NAMES};
+
+    fn words(text: &[u8], garbage: u8) -> [u64; 2] {
+        let mut bytes = [garbage; 16];
+        bytes[..text.len()].copy_from_slice(text);
+        bytes[text.len()] = 0;
+        [
+            u64::from_le_bytes(bytes[..8].try_into().unwrap()),
+            u64::from_le_bytes(bytes[8..].try_into().unwrap()),
+        ]
+    }
+
+    #[test]
+    fn a_setting_name_matches_whatever_follows_its_nul() {
+        for text in [
+            &b"core_pattern"[..],
+            b"modprobe",
+            b"hotplug",
+            b"uevent_helper",
+            b"kernel",
+        ] {
+            for garbage in [0u8, 0xa5, b'x'] {
+                let n = name(text);
+                assert!(matches(&n, words(text, garbage)), "{text:?} {garbage}");
+            }
+        }
+        assert!(matches(&FOLDER, words(b"kernel", 0x7f)));
+        assert!(matches(&NAMES[0], words(b"core_pattern", 0x7f)));
+    }
+
+    #[test]
+    fn other_names_do_not_match() {
+        let modprobe = name(b"modprobe");
+        for other in [
+            &b"modprobe2"[..],
+            b"modprob",
+            b"core_patter",
+            b"kernel_",
+            b"Modprobe",
+        ] {
+            assert!(!matches(&modprobe, words(other, 0)), "{other:?}");
+        }
+        assert!(!matches(&FOLDER, words(b"kernels", 0)));
+        assert!(!matches(&name(b"core_pattern"), words(b"core_pattern_", 0)));
+    }
 }

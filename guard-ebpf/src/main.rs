@@ -32,7 +32,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use guard_common::{
-    access, bpf_uapi, crash_dump, device_mapper, flags, CRASH_DUMP_POINT, hook, Arguments, MAX_ARGUMENT_BYTES, env_entry, EnvKey, EnvScratch,
+    access, bpf_uapi, device_mapper, flags, kernel_setting, lockdown, perf, CRASH_DUMP_POINT, KERNEL_SETTING_POINT, PF_DUMPCORE, hook, Arguments, MAX_ARGUMENT_BYTES, env_entry, EnvKey, EnvScratch,
     MAX_PINNED_STRING_BYTES, MAX_ENV_ENTRIES, MAX_ENV_ENTRY_BYTES, MAX_ENV_NAME_BYTES,
     MAX_PINNED_STRINGS, object, stat, tamper, verdict, DevKey, DirKey, Event, ExeKey,
     KernelOffsets, ObjectKey, PolicyMeta, RateState, RuleKey, RuleSlot, RuleValue, SelfProtect, Settings,
@@ -94,6 +94,12 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     lockdown_dev_mem: 0,
     lockdown_kcore: 0,
     super_block_s_magic: 0,
+    lockdown_hibernation: 0,
+    lockdown_kprobes: 0,
+    lockdown_tracefs: 0,
+    lockdown_perf: 0,
+    lockdown_dbg_read_kernel: 0,
+    perf_event_attr_sample_type: 0,
 };
 
 /// Index 0: the active policy generation (0 = no policy).
@@ -739,7 +745,7 @@ pub fn file_open(ctx: LsmContext) -> i32 {
             if let Ok(inode) = read::<u64>(file, o.file_f_inode) {
                 taint_if_allowed_exe(o, inode);
             }
-            let ret = protect_crash_dumps(o, dentry);
+            let ret = protect_kernel_writes(o, dentry);
             if ret != ALLOW {
                 return ret;
             }
@@ -782,18 +788,17 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     }
 }
 
-/// Crash dumps, checked on every open for writing while a policy is
-/// active: an allowed program's core holds its memory (the data it read),
-/// so the kernel may write it only inside a protected directory; and
-/// nobody but guardd may change `kernel.core_pattern` (where cores go, a
-/// pipe to a program of root's included).
+/// Checked on every open for writing while a policy is active. An allowed
+/// program's core holds its memory (the data it read), so the kernel may
+/// write it only inside a protected directory; and nobody but guardd may
+/// change where cores go (`kernel_setting`).
 #[inline(always)]
-unsafe fn protect_crash_dumps(o: &KernelOffsets, dentry: u64) -> i32 {
+unsafe fn protect_kernel_writes(o: &KernelOffsets, dentry: u64) -> i32 {
     let generation = ACTIVE.get(0).copied().unwrap_or(0);
     if generation == 0 {
         return ALLOW;
     }
-    match try_protect_crash_dumps(o, generation, dentry) {
+    match try_protect_kernel_writes(o, generation, dentry) {
         Ok(ret) => ret,
         Err(_) => {
             count(stat::FAIL_CLOSED);
@@ -805,10 +810,10 @@ unsafe fn protect_crash_dumps(o: &KernelOffsets, dentry: u64) -> i32 {
 }
 
 #[inline(always)]
-unsafe fn try_protect_crash_dumps(o: &KernelOffsets, generation: u32, dentry: u64) -> Result<i32, i32> {
+unsafe fn try_protect_kernel_writes(o: &KernelOffsets, generation: u32, dentry: u64) -> Result<i32, i32> {
     let task_flags: u32 = read(current_task(), o.task_struct_flags)?;
-    let dumping = task_flags & crash_dump::PF_DUMPCORE != 0;
-    if !dumping && !is_core_pattern(o, dentry)? {
+    let dumping = task_flags & PF_DUMPCORE != 0;
+    if !dumping && !is_kernel_setting(o, dentry)? {
         return Ok(ALLOW);
     }
     let Some(caller) = caller(o)? else {
@@ -818,7 +823,7 @@ unsafe fn try_protect_crash_dumps(o: &KernelOffsets, generation: u32, dentry: u6
         return Ok(ALLOW);
     }
     let dev = dentry_dev(o, dentry)?;
-    if dumping {
+    let point = if dumping {
         if EXES.get_ptr(&caller.exe).is_none() {
             return Ok(ALLOW); // not an allowed program: its memory holds no protected data
         }
@@ -826,14 +831,17 @@ unsafe fn try_protect_crash_dumps(o: &KernelOffsets, generation: u32, dentry: u6
         if let Lookup::Protected(_) = find_point(o, generation, dev, dentry, false)? {
             return Ok(ALLOW);
         }
-    }
+        CRASH_DUMP_POINT
+    } else {
+        KERNEL_SETTING_POINT
+    };
     let ino = dentry_ino(o, dentry)?;
     let report = Report {
         verdict: verdict::DENIED,
         access: access::WRITE,
         hook: hook::FILE_OPEN,
         flags: 0,
-        point: CRASH_DUMP_POINT,
+        point,
         rule: NO_RULE,
         generation,
         exe: caller.exe,
@@ -842,23 +850,25 @@ unsafe fn try_protect_crash_dumps(o: &KernelOffsets, generation: u32, dentry: u6
     Ok(deny_or_report(o, &Object { dentry, dev, ino }, report, audit_mode))
 }
 
-/// Whether `dentry` is procfs's `sys/kernel/core_pattern` (any procfs
-/// instance, any path to it).
+/// Whether `dentry` is one of `kernel_setting::NAMES` in procfs's
+/// `sys/kernel` (any procfs instance, any path to it).
 #[inline(always)]
-unsafe fn is_core_pattern(o: &KernelOffsets, dentry: u64) -> Result<bool, i32> {
+unsafe fn is_kernel_setting(o: &KernelOffsets, dentry: u64) -> Result<bool, i32> {
     let sb: u64 = read(dentry, o.dentry_d_sb)?;
     let magic: u64 = read(sb, o.super_block_s_magic)?;
-    if magic != crash_dump::PROC_SUPER_MAGIC {
+    if magic != kernel_setting::PROC_SUPER_MAGIC {
         return Ok(false); // every other filesystem: two loads
     }
-    let [first, second] = name_words(o, dentry)?;
-    let [want_first, want_second] = crash_dump::CORE_PATTERN_NAME;
-    if first != want_first || second & crash_dump::CORE_PATTERN_MASK != want_second {
+    let words = name_words(o, dentry)?;
+    let mut listed = false;
+    for name in kernel_setting::NAMES.iter() {
+        listed |= kernel_setting::matches(name, words);
+    }
+    if !listed {
         return Ok(false);
     }
     let parent: u64 = read(dentry, o.dentry_d_parent)?;
-    let [folder, _] = name_words(o, parent)?;
-    Ok(folder & crash_dump::KERNEL_MASK == crash_dump::KERNEL_NAME)
+    Ok(kernel_setting::matches(&kernel_setting::FOLDER, name_words(o, parent)?))
 }
 
 /// The first 16 bytes of a dentry's name. Names are NUL-terminated and
@@ -1258,9 +1268,8 @@ pub fn file_receive(ctx: LsmContext) -> i32 {
 }
 
 /// kernel_read_file(file, id, contents): a module file read for finit_module,
-/// or a kernel image for kexec_file_load.
-/// Module loads the kernel itself asks for (request_module runs modprobe as
-/// a child of a kernel thread) still work; root's own do not.
+/// or a kernel image for kexec_file_load. Also the modules the kernel asks
+/// for: the modprobe it runs is whatever root put at its path.
 #[lsm(hook = "kernel_read_file")]
 #[inline(always)]
 pub fn kernel_read_file(ctx: LsmContext) -> i32 {
@@ -1268,7 +1277,7 @@ pub fn kernel_read_file(ctx: LsmContext) -> i32 {
         let id = ctx.arg::<u64>(1) as u32;
         let o = offsets();
         if id == o.reading_module {
-            return deny_module_load(hook::KERNEL_READ_FILE);
+            return deny_outsider(hook::KERNEL_READ_FILE, tamper::MODULE, 0);
         }
         if id == o.reading_kexec_image || id == o.reading_kexec_initramfs {
             return deny_outsider(hook::KERNEL_READ_FILE, tamper::KEXEC, 0);
@@ -1322,7 +1331,7 @@ pub fn kernel_load_data(ctx: LsmContext) -> i32 {
         let id = ctx.arg::<u64>(0) as u32;
         let o = offsets();
         if id == o.loading_module {
-            return deny_module_load(hook::KERNEL_LOAD_DATA);
+            return deny_outsider(hook::KERNEL_LOAD_DATA, tamper::MODULE, 0);
         }
         if id == o.loading_kexec_image {
             return deny_outsider(hook::KERNEL_LOAD_DATA, tamper::KEXEC, 0);
@@ -1332,36 +1341,57 @@ pub fn kernel_load_data(ctx: LsmContext) -> i32 {
 }
 
 /// locked_down(what): the kernel asks before it opens kernel memory, where
-/// the volume keys live: /dev/mem and /dev/port (LOCKDOWN_DEV_MEM) and
-/// /proc/kcore (LOCKDOWN_KCORE), whatever node or procfs instance they are
-/// reached through.
+/// the volume keys live: /dev/mem and /dev/port, /proc/kcore (whatever node
+/// or procfs instance they are reached through), a hibernation image, kprobe
+/// events; and before tracefs opens a file (uprobe events fetch a process's
+/// memory) or perf samples kernel registers. Kernel threads are let through.
 #[lsm(hook = "locked_down")]
 #[inline(always)]
 pub fn locked_down(ctx: LsmContext) -> i32 {
     unsafe {
         let what = ctx.arg::<u64>(0) as u32;
         let o = offsets();
-        if what != o.lockdown_dev_mem && what != o.lockdown_kcore {
+        let code = if what == o.lockdown_dev_mem {
+            lockdown::DEV_MEM
+        } else if what == o.lockdown_kcore {
+            lockdown::KCORE
+        } else if what == o.lockdown_hibernation {
+            lockdown::HIBERNATION
+        } else if what == o.lockdown_kprobes {
+            lockdown::KPROBES
+        } else if what == o.lockdown_tracefs {
+            lockdown::TRACEFS
+        } else if what == o.lockdown_perf {
+            lockdown::PERF
+        } else if what == o.lockdown_dbg_read_kernel {
+            lockdown::DBG_READ_KERNEL
+        } else {
+            return ALLOW;
+        };
+        deny_outsider(hook::KERNEL_MEMORY, tamper::KERNEL_MEMORY, code as u64)
+    }
+}
+
+/// perf_event_open(attr, type): samples that copy the memory or registers
+/// of whatever runs (`perf record -a --call-graph dwarf` snapshots user
+/// stacks, the database's included). Following one process needs ptrace
+/// rights, which `ptrace_access_check` refuses for allowed processes; a
+/// whole CPU does not.
+#[lsm(hook = "perf_event_open")]
+#[inline(always)]
+pub fn perf_event_open(ctx: LsmContext) -> i32 {
+    unsafe {
+        let attr: u64 = ctx.arg(0);
+        let Ok(sample_type) = read::<u64>(attr, offsets().perf_event_attr_sample_type) else {
+            return EPERM;
+        };
+        if sample_type & perf::MEMORY_SAMPLES == 0 {
             return ALLOW;
         }
-        deny_outsider(hook::KERNEL_MEMORY, tamper::KERNEL_MEMORY, 0)
+        deny_outsider(hook::PERF_EVENT_OPEN, tamper::PERF_SAMPLING, sample_type)
     }
 }
 
-const PF_KTHREAD: u32 = 0x0020_0000;
-
-#[inline(always)]
-unsafe fn deny_module_load(hook: u32) -> i32 {
-    let o = offsets();
-    let task = current_task();
-    let parent_flags = read::<u64>(task, o.task_struct_real_parent)
-        .and_then(|parent| read::<u32>(parent, o.task_struct_flags));
-    match parent_flags {
-        Ok(flags) if flags & PF_KTHREAD != 0 => ALLOW, // modprobe run by the kernel
-        Ok(_) => deny_outsider(hook, tamper::MODULE, 0),
-        Err(_) => EPERM,
-    }
-}
 
 #[lsm(hook = "inode_create")]
 #[inline(always)]
@@ -1766,13 +1796,11 @@ unsafe fn arguments_are(o: &KernelOffsets, bprm: u64, pinned: &Arguments) -> Res
         return Ok(false);
     }
     let copy = &mut *ARGV_SCRATCH.get_ptr_mut(0).ok_or(EPERM)?;
-    // Word by word, volatile: the compiler would otherwise call memset and
-    // memcmp, byte loops the verifier follows 512 times.
+    // Word by word, volatile: the compiler would otherwise call memcmp, a
+    // byte loop the verifier follows 512 times.
+    zero_words(copy.bytes.as_mut_ptr(), MAX_ARGUMENT_BYTES);
     let words = MAX_ARGUMENT_BYTES / 8;
     let mine = copy.bytes.as_mut_ptr() as *mut u64;
-    for i in 0..words {
-        core::ptr::write_volatile(mine.add(i), 0);
-    }
     let read = aya_ebpf::helpers::generated::bpf_probe_read_user(
         mine as *mut c_void,
         len as u32,

@@ -38,6 +38,8 @@ pub struct Config {
     /// Public key file of the off-host key that must sign policies and
     /// orders (`--trust-key`); pinned with the armed guard.
     pub trust_key: Option<PathBuf>,
+    /// Kernel modules to load before arming, besides `GUARD_MODULES`.
+    pub preload_modules: Vec<String>,
 }
 
 impl Config {
@@ -120,6 +122,9 @@ enum Ending {
 
 pub async fn run(config: Config) -> Result<()> {
     let pins = Pins::new(&config.pin_dir);
+    if !pins.complete() {
+        preload_modules(&config.preload_modules);
+    }
     let armed = loader::arm(&pins, crate::EBPF_OBJECT, &config.btf)?;
     let mut maps = KernelMaps::open(&pins)?;
     maps.remove_inactive_generations()
@@ -273,6 +278,36 @@ async fn serve(daemon: Arc<Daemon>, stream: UnixStream) {
         *daemon.ending.lock().unwrap() = Some(ending);
         // Only once answered: the main loop ends the process.
         daemon.stop.notify_one();
+    }
+}
+
+/// Modules guard's own volumes need: device-mapper and dm-crypt, loop
+/// devices, and the ciphers fscrypt and dm-crypt use that Debian builds as
+/// modules (by their crypto API aliases).
+const GUARD_MODULES: [&str; 6] = [
+    "dm_mod",
+    "dm_crypt",
+    "loop",
+    "crypto-xts",
+    "crypto-cts",
+    "crypto-aes",
+];
+
+/// Loads `GUARD_MODULES` and `extra` while nothing is armed yet: once guard
+/// is, no module loads (a modprobe the kernel runs is whatever root put at
+/// its path). Best effort: a module this kernel does not have, or has built
+/// in, is no error.
+fn preload_modules(extra: &[String]) {
+    let status = std::process::Command::new("modprobe")
+        .args(["-a", "-q", "--"])
+        .args(GUARD_MODULES)
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .status();
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => eprintln!("guardd: modprobe of modules to load before arming: {s}"),
+        Err(e) => eprintln!("guardd: running modprobe: {e}"),
     }
 }
 
@@ -451,7 +486,7 @@ impl Daemon {
         store_applied(&self.config.state_dir, &applied)?;
         *self.names.write().unwrap() = applied.resolved.names();
         let (hash, mode) = (&applied.resolved.hash, applied.resolved.mode.name());
-        let warnings: Vec<String> = piped_crash_dumps().into_iter().collect();
+        let warnings = kernel_setting_warnings();
         let summary = serde_json::json!({
             "hash": hash, "generation": generation, "applied_at": applied.applied_at, "mode": mode,
             "in_force_ms": in_force_ms,
@@ -1094,16 +1129,18 @@ fn store_applied(state_dir: &Path, applied: &AppliedPolicy) -> Result<()> {
     Ok(())
 }
 
-/// A warning when `kernel.core_pattern` pipes crash dumps to a program: the
-/// kernel writes a core into the pipe without any hook guard could refuse,
-/// so an allowed program's crash would hand its memory to that program.
-/// (guard refuses cores written to files outside protected directories, and
-/// changes to the pattern while a policy is active.)
-fn piped_crash_dumps() -> Option<String> {
-    let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").ok()?;
-    let program = pattern.trim_end().strip_prefix('|')?;
-    Some(format!(
+/// Warnings about kernel settings guard keeps as they were when the policy
+/// was applied (it refuses changes to them while a policy is active):
+/// `kernel.core_pattern` piping crash dumps to a program. The kernel writes
+/// a core into the pipe without any hook guard could refuse, so an allowed
+/// program's crash would hand its memory to that program.
+fn kernel_setting_warnings() -> Vec<String> {
+    let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
+    let Some(program) = pattern.trim_end().strip_prefix('|') else {
+        return Vec::new();
+    };
+    vec![format!(
         "kernel.core_pattern pipes crash dumps to `{program}`: a crash of an allowed program \
          hands its memory to that program; set a file pattern or disable core dumps"
-    ))
+    )]
 }

@@ -2,8 +2,8 @@
 
 use crate::journal::{field, message_id, Journal};
 use guard_common::{
-    access, bpf_uapi, flags, hook, tamper, verdict, Event, ExeKey, CRASH_DUMP_POINT,
-    IMMUTABLE_POINT, LIBRARY_POINT, NO_RULE, PINS_POINT,
+    access, bpf_uapi, flags, hook, lockdown, tamper, verdict, Event, ExeKey, CRASH_DUMP_POINT,
+    IMMUTABLE_POINT, KERNEL_SETTING_POINT, LIBRARY_POINT, NO_RULE, PINS_POINT,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -101,6 +101,8 @@ impl Decision {
             "approved-libraries".into()
         } else if e.point == CRASH_DUMP_POINT {
             "crash-dumps".into()
+        } else if e.point == KERNEL_SETTING_POINT {
+            "kernel-settings".into()
         } else {
             rule_label(e.rule, names)
         };
@@ -201,7 +203,11 @@ fn bpf_object(e: &Event) -> String {
             "filesystem holding protected directories ({})",
             kernel_dev_string(e.dev)
         ),
-        hook::KERNEL_MEMORY => "kernel memory (/proc/kcore, /dev/mem or /dev/port)".into(),
+        hook::KERNEL_MEMORY => format!("kernel memory ({})", lockdown::describe(e.ino)),
+        hook::PERF_EVENT_OPEN => format!(
+            "perf samples of process memory or registers (sample_type {:#x})",
+            e.ino
+        ),
         hook::FILE_IOCTL => "a device-mapper table (/dev/mapper/control)".into(),
         hook::RAW_DEVICE => format!(
             "a block device under a filesystem holding protected directories ({})",
@@ -297,7 +303,14 @@ fn object_path(point: Option<&Path>, e: &Event) -> String {
         // A file anywhere (immutable, mapped executable, a crash dump): the
         // components up to its filesystem's root, under that filesystem's
         // mount point.
-        None if [IMMUTABLE_POINT, LIBRARY_POINT, CRASH_DUMP_POINT].contains(&e.point) => {
+        None if [
+            IMMUTABLE_POINT,
+            LIBRARY_POINT,
+            CRASH_DUMP_POINT,
+            KERNEL_SETTING_POINT,
+        ]
+        .contains(&e.point) =>
+        {
             mount_point(e.dev)
                 .map(|m| m.trim_end_matches('/').to_string())
                 .unwrap_or_default()

@@ -23,7 +23,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 const SECURITYFS_MAGIC: i64 = 0x73636673;
 
 /// The LSM hooks guard attaches to; each program is named after its hook.
-pub const HOOKS: [&str; 33] = [
+pub const HOOKS: [&str; 34] = [
     "file_open",
     "inode_create",
     "inode_mkdir",
@@ -57,6 +57,7 @@ pub const HOOKS: [&str; 33] = [
     "bprm_committed_creds",
     "file_ioctl",
     "file_ioctl_compat",
+    "perf_event_open",
 ];
 
 /// Hooks only newer kernels have (POSIX ACLs got their own in Linux 6.2;

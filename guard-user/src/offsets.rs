@@ -66,6 +66,12 @@ pub fn resolve(btf_path: &Path) -> Result<KernelOffsets> {
         lockdown_dev_mem: enum_value(&btf, "lockdown_reason", "LOCKDOWN_DEV_MEM")?,
         lockdown_kcore: enum_value(&btf, "lockdown_reason", "LOCKDOWN_KCORE")?,
         super_block_s_magic: field("super_block.s_magic")?,
+        lockdown_hibernation: enum_value(&btf, "lockdown_reason", "LOCKDOWN_HIBERNATION")?,
+        lockdown_kprobes: enum_value(&btf, "lockdown_reason", "LOCKDOWN_KPROBES")?,
+        lockdown_tracefs: enum_value(&btf, "lockdown_reason", "LOCKDOWN_TRACEFS")?,
+        lockdown_perf: enum_value(&btf, "lockdown_reason", "LOCKDOWN_PERF")?,
+        lockdown_dbg_read_kernel: enum_value(&btf, "lockdown_reason", "LOCKDOWN_DBG_READ_KERNEL")?,
+        perf_event_attr_sample_type: field("perf_event_attr.sample_type")?,
     };
     check_hook_params(&btf)?;
     Ok(offsets)
@@ -91,7 +97,7 @@ fn has_hook(btf: &Btf, hook: &str) -> bool {
 /// Hook arguments the programs read at a fixed position. Their order has been
 /// stable for years; if a kernel changes it, refuse to load rather than read
 /// the wrong argument.
-const FIXED_HOOK_PARAMS: [(&str, &str, u32); 26] = [
+const FIXED_HOOK_PARAMS: [(&str, &str, u32); 27] = [
     ("ptrace_access_check", "child", 0),
     ("ptrace_access_check", "mode", 1),
     ("bprm_check_security", "bprm", 0),
@@ -118,6 +124,7 @@ const FIXED_HOOK_PARAMS: [(&str, &str, u32); 26] = [
     ("bprm_committed_creds", "bprm", 0),
     ("file_ioctl", "file", 0),
     ("file_ioctl", "cmd", 1),
+    ("perf_event_open", "attr", 0),
 ];
 
 /// Like `FIXED_HOOK_PARAMS`, for hooks only some kernels have: checked

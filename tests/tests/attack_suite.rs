@@ -121,7 +121,8 @@ fn run_suite() -> SuiteRun {
     std::fs::write(&config, "[mysqld]\nbind-address = 127.0.0.1\n").unwrap();
 
     let keys = SigningKeys::new("attack");
-    let guardd = SignedGuardd::start(&keys, &[]);
+    // md for row `md-remap`: nothing loads modules once guard is armed.
+    let guardd = SignedGuardd::start(&keys, &["--preload-module", "md_mod"]);
     let policy = json!({
         "mode": "enforce",
         "protected": [{

@@ -44,6 +44,12 @@ struct Args {
     /// Turns self-protection on. Without it, and nothing pinned, policy signing is off.
     #[arg(long)]
     trust_key: Option<PathBuf>,
+    /// A kernel module to load before guard arms (repeatable): while it is
+    /// armed nothing loads modules, not even the kernel's own modprobe.
+    /// Those guard's volumes need (device-mapper, dm-crypt, loop, the XTS
+    /// and CTS ciphers) are always loaded.
+    #[arg(long = "preload-module", value_name = "NAME")]
+    preload_modules: Vec<String>,
 }
 
 #[tokio::main]
@@ -70,6 +76,7 @@ async fn main() -> std::process::ExitCode {
         volume_dir: args.volume_dir,
         kms_config: args.kms_config,
         trust_key: args.trust_key,
+        preload_modules: args.preload_modules,
     };
     match daemon::run(config).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -45,6 +45,27 @@ pub fn techniques() -> Vec<Technique> {
             kcore_new_procfs,
         ),
         t(
+            "hibernation-image",
+            "open /dev/snapshot (a hibernation image: all of memory)",
+            "EPERM",
+            NOTHING,
+            hibernation_image,
+        ),
+        t(
+            "tracefs-uprobe",
+            "open tracefs uprobe_events (uprobes fetch the allowed program's memory)",
+            "EPERM",
+            NOTHING,
+            tracefs_uprobe,
+        ),
+        t(
+            "perf-user-stack",
+            "perf_event_open sampling user stacks on a whole CPU",
+            "EPERM",
+            NOTHING,
+            perf_user_stack,
+        ),
+        t(
             "finit-module",
             "finit_module of a file (garbage)",
             "EPERM from guard, not ENOEXEC",
@@ -166,19 +187,25 @@ fn md_remap(t: &Target) -> Result<Attempt> {
         )
     };
     sys::check(rc as libc::c_long).with_context(|| format!("mknod {}", node.display()))?;
-    // Opening an md node makes its array (the kernel loads md itself).
+    // Opening an md node makes its array.
     let held = std::fs::OpenOptions::new().read(true).open(&node);
     let _ = std::fs::remove_file(&node);
-    let _held = held.with_context(|| format!("opening {}", node.display()))?;
+    let _held = match held {
+        Ok(file) => file,
+        Err(e) if !Path::new("/sys/module/md_mod").exists() => {
+            return Ok(refused(
+                "open an md array (md is not loaded, and no module loads while guard is armed)",
+                &e,
+            ))
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("opening {}", node.display()))),
+    };
     let md = PathBuf::from(format!("/sys/block/md{array}/md"));
-    for (attribute, value) in [
-        ("metadata_version", "none"),
-        ("level", "raid1"),
-        ("raid_disks", "1"),
-    ] {
-        std::fs::write(md.join(attribute), value)
-            .with_context(|| format!("setting up md{array}: {attribute} = {value}"))?;
-    }
+    // An array without metadata; its level needs the raid1 module, which
+    // adding a device does not.
+    let _ = std::fs::write(md.join("metadata_version"), "none");
+    let _ = std::fs::write(md.join("level"), "raid1");
+    let _ = std::fs::write(md.join("raid_disks"), "1");
     let what = format!(
         "new_dev {major}:{minor} ({}) in md{array}",
         device.display()
@@ -311,6 +338,103 @@ fn kcore_new_procfs(t: &Target) -> Result<Attempt> {
     unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
     let _ = std::fs::remove_dir(&dir);
     Ok(attempt)
+}
+
+/// uswsusp's device hands out the hibernation image: all of memory, the
+/// volume keys and the database's buffers included. Opening it is enough.
+fn hibernation_image(t: &Target) -> Result<Attempt> {
+    let node = t.scratch.join("guard-selftest-snapshot");
+    let _ = std::fs::remove_file(&node);
+    let path = sys::cstring(&node)?;
+    // SAFETY: valid C string. misc 10:231 is /dev/snapshot.
+    let rc = unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(10, 231)) };
+    sys::check(rc as libc::c_long).with_context(|| format!("mknod {}", node.display()))?;
+    let attempt = match std::fs::File::open(&node) {
+        Ok(_) => Attempt::not_blocked("/dev/snapshot (10:231) opened for reading"),
+        Err(e) => refused("open /dev/snapshot (10:231)", &e),
+    };
+    let _ = std::fs::remove_file(&node);
+    Ok(attempt)
+}
+
+/// A uprobe event with fetch arguments copies the probed program's memory
+/// into the trace buffer. tracefs is mounted anew in this row's own mount
+/// namespace (there is one tracefs: the same files).
+fn tracefs_uprobe(t: &Target) -> Result<Attempt> {
+    // SAFETY: plain system calls on this process only.
+    sys::check(unsafe { libc::unshare(libc::CLONE_NEWNS) } as libc::c_long)
+        .context("unshare(CLONE_NEWNS)")?;
+    let root = c"/";
+    // SAFETY: valid C string; no data.
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    };
+    sys::check(rc as libc::c_long).context("making the mount namespace private")?;
+    let dir = t.scratch.join("guard-selftest-tracefs");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let target = sys::cstring(&dir)?;
+    // SAFETY: valid C strings; no data.
+    let rc = unsafe {
+        libc::mount(
+            c"tracefs".as_ptr(),
+            target.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    sys::check(rc as libc::c_long)
+        .with_context(|| format!("mounting tracefs on {}", dir.display()))?;
+    let events = dir.join("uprobe_events");
+    let attempt = match std::fs::OpenOptions::new().append(true).open(&events) {
+        Ok(_) => Attempt::not_blocked("tracefs uprobe_events opened for writing"),
+        Err(e) => refused("open tracefs uprobe_events for writing", &e),
+    };
+    Ok(attempt)
+}
+
+/// `perf record -a --call-graph dwarf`: every sample copies the user stack
+/// of whatever runs on the CPU.
+fn perf_user_stack(_: &Target) -> Result<Attempt> {
+    const PERF_TYPE_SOFTWARE: u32 = 1;
+    const PERF_SAMPLE_IP: u64 = 1;
+    const PERF_ATTR_SIZE_VER5: u32 = 112;
+    const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
+    // struct perf_event_attr (UAPI), as bytes: type, size, config
+    // (PERF_COUNT_SW_CPU_CLOCK = 0), sample_period, sample_type, read_format,
+    // flags (disabled), ..., sample_stack_user at 88.
+    let mut attr = [0u8; PERF_ATTR_SIZE_VER5 as usize];
+    attr[0..4].copy_from_slice(&PERF_TYPE_SOFTWARE.to_ne_bytes());
+    attr[4..8].copy_from_slice(&PERF_ATTR_SIZE_VER5.to_ne_bytes());
+    attr[16..24].copy_from_slice(&100_000u64.to_ne_bytes());
+    let sample_type = PERF_SAMPLE_IP | guard_common::perf::SAMPLE_STACK_USER;
+    attr[24..32].copy_from_slice(&sample_type.to_ne_bytes());
+    attr[40..48].copy_from_slice(&1u64.to_ne_bytes());
+    attr[88..92].copy_from_slice(&4096u32.to_ne_bytes());
+    // SAFETY: a valid attr buffer of the size it states; pid -1, cpu 0.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            attr.as_ptr(),
+            -1 as libc::c_int,
+            0 as libc::c_int,
+            -1 as libc::c_int,
+            PERF_FLAG_FD_CLOEXEC,
+        )
+    };
+    if rc >= 0 {
+        drop(sys::owned_fd(rc)?);
+        return Ok(Attempt::not_blocked(
+            "perf event sampling user stacks on CPU 0 opened",
+        ));
+    }
+    Ok(code_load("perf_event_open", rc))
 }
 
 /// A refusal must be a policy refusal: any other error means the kernel

@@ -1,10 +1,14 @@
-//! Guest test: crash dumps. An allowed program's core file holds its memory,
-//! the protected data it read included, so while a policy is active the
-//! kernel may write it only inside a protected directory, and nobody but
-//! guardd may change where cores go (`kernel.core_pattern`). A pattern that
-//! pipes cores to a program cannot be checked: applying a policy warns.
+//! Guest tests: what root could change in the kernel to get around guard
+//! while a policy is active.
+//! - Crash dumps: an allowed program's core file holds its memory, the
+//!   protected data it read included, so the kernel may write it only
+//!   inside a protected directory. A pattern that pipes cores to a program
+//!   cannot be checked: applying a policy warns.
+//!   Nobody but guardd may change where cores go (`kernel.core_pattern`).
+//! - Modules: none loads while guard is armed, not even one the kernel asks
+//!   for (its modprobe is whatever root put at that path).
 
-use guard::journal::message_id;
+use guard::journal::{field, message_id};
 use guard_tests::guest::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -136,21 +140,32 @@ fn an_allowed_programs_core_is_written_only_in_its_protected_directory() {
     assert!(core_size(&outside) > 0);
 
     // Nobody but guardd may change where cores go.
-    let out = sh(&format!("echo '|/bin/cat' > {CORE_PATTERN}"));
-    assert!(!out.status.success(), "root changed {CORE_PATTERN}");
-    assert_eq!(
-        std::fs::read_to_string(CORE_PATTERN).unwrap().trim(),
-        "core"
+    assert_setting_locked(CORE_PATTERN);
+}
+
+/// Root's attempt to write `path` (its own value) is refused, changes
+/// nothing, and is journaled as a kernel setting guard keeps.
+fn assert_setting_locked(path: &str) {
+    let before = std::fs::read_to_string(path).unwrap();
+    let out = sh(&format!(
+        "cat {path} > /tmp/guard-setting && cat /tmp/guard-setting > {path}"
+    ));
+    assert!(!out.status.success(), "root wrote {path}");
+    assert!(
+        stderr(&out).contains("not permitted"),
+        "{path}: expected EPERM, got {}",
+        stderr(&out)
     );
+    assert_eq!(std::fs::read_to_string(path).unwrap(), before);
     let entries = journal_entries(
         message_id::DENIED,
         "GUARD_PATH",
-        CORE_PATTERN,
+        path,
         Duration::from_secs(15),
     );
     assert!(
-        entries.iter().any(|e| e["GUARD_RULE"] == "crash-dumps"),
-        "no crash-dumps alert for {CORE_PATTERN}: {entries:?}"
+        entries.iter().any(|e| e["GUARD_RULE"] == "kernel-settings"),
+        "no kernel-settings alert for {path}: {entries:?}"
     );
 }
 
@@ -181,4 +196,46 @@ fn applying_a_policy_warns_when_cores_are_piped_to_a_program() {
         Duration::from_secs(15),
     );
     assert!(!entries.is_empty());
+}
+
+#[test]
+#[ignore = "guest: run by cargo xtask vm-test"]
+fn no_module_loads_while_guard_is_armed_not_even_one_the_kernel_asks_for() {
+    disarm();
+    assert!(
+        !Path::new("/sys/module/dummy").exists(),
+        "module dummy is loaded already: nothing to show"
+    );
+    let sb = Sandbox::new("module-loads");
+    let guardd = Guardd::start();
+    apply(&sb.policy("enforce"));
+    // A dummy link needs module dummy: the kernel runs modprobe for it.
+    let out = sh("ip link add guard-dummy0 type dummy");
+    assert!(!out.status.success(), "a dummy link was added while armed");
+    assert!(
+        !Path::new("/sys/module/dummy").exists(),
+        "module dummy loaded"
+    );
+    let entries = journal_entries(
+        message_id::DENIED,
+        field::ACCESS,
+        "module-load",
+        Duration::from_secs(15),
+    );
+    assert!(
+        entries.iter().any(|e| e[field::COMM] == "modprobe"),
+        "no module-load alert from the kernel's modprobe: {entries:?}"
+    );
+    drop(guardd);
+    disarm();
+    // Disarmed, the same request loads the module: guard refused it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !sh("ip link add guard-dummy0 type dummy").status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no dummy link once disarmed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_ok(&sh("ip link del guard-dummy0"), "removing the dummy link");
 }
