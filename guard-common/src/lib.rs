@@ -1043,6 +1043,9 @@ pub struct KernelOffsets {
     pub lockdown_perf: u32,
     pub lockdown_dbg_read_kernel: u32,
     pub perf_event_attr_sample_type: u32,
+    /// 1 when the `perf_event_open` hook is handed the event's attributes
+    /// (its first argument); 0 on kernels whose hook no longer is (6.18 on).
+    pub perf_event_open_has_attr: u32,
 }
 
 /// `fmode_t` bits read from `struct file`.

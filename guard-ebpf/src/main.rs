@@ -100,6 +100,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     lockdown_perf: 0,
     lockdown_dbg_read_kernel: 0,
     perf_event_attr_sample_type: 0,
+    perf_event_open_has_attr: 0,
 };
 
 /// Index 0: the active policy generation (0 = no policy).
@@ -1376,13 +1377,19 @@ pub fn locked_down(ctx: LsmContext) -> i32 {
 /// of whatever runs (`perf record -a --call-graph dwarf` snapshots user
 /// stacks, the database's included). Following one process needs ptrace
 /// rights, which `ptrace_access_check` refuses for allowed processes; a
-/// whole CPU does not.
+/// whole CPU does not. Where the kernel no longer hands the hook the
+/// attributes (`perf_event_open(type)`), no event can be told safe: all are
+/// refused while armed.
 #[lsm(hook = "perf_event_open")]
 #[inline(always)]
 pub fn perf_event_open(ctx: LsmContext) -> i32 {
     unsafe {
+        let o = offsets();
+        if o.perf_event_open_has_attr == 0 {
+            return deny_outsider(hook::PERF_EVENT_OPEN, tamper::PERF_SAMPLING, 0);
+        }
         let attr: u64 = ctx.arg(0);
-        let Ok(sample_type) = read::<u64>(attr, offsets().perf_event_attr_sample_type) else {
+        let Ok(sample_type) = read::<u64>(attr, o.perf_event_attr_sample_type) else {
             return EPERM;
         };
         if sample_type & perf::MEMORY_SAMPLES == 0 {

@@ -486,7 +486,7 @@ impl Daemon {
         store_applied(&self.config.state_dir, &applied)?;
         *self.names.write().unwrap() = applied.resolved.names();
         let (hash, mode) = (&applied.resolved.hash, applied.resolved.mode.name());
-        let warnings = kernel_setting_warnings();
+        let warnings = apply_warnings();
         let summary = serde_json::json!({
             "hash": hash, "generation": generation, "applied_at": applied.applied_at, "mode": mode,
             "in_force_ms": in_force_ms,
@@ -1129,18 +1129,28 @@ fn store_applied(state_dir: &Path, applied: &AppliedPolicy) -> Result<()> {
     Ok(())
 }
 
-/// Warnings about kernel settings guard keeps as they were when the policy
-/// was applied (it refuses changes to them while a policy is active):
-/// `kernel.core_pattern` piping crash dumps to a program. The kernel writes
-/// a core into the pipe without any hook guard could refuse, so an allowed
-/// program's crash would hand its memory to that program.
-fn kernel_setting_warnings() -> Vec<String> {
+/// What guard cannot keep from root, said when a policy is applied:
+/// - `kernel.core_pattern` piping crash dumps to a program (guard keeps the
+///   pattern as it was): the kernel writes a core into the pipe without any
+///   hook guard could refuse, so an allowed program's crash would hand its
+///   memory to that program;
+/// - swap files: the pages of the database swapped out to them can be read
+///   like any file (swap devices guard keeps like a protected filesystem's).
+fn apply_warnings() -> Vec<String> {
+    let mut warnings = Vec::new();
     let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
-    let Some(program) = pattern.trim_end().strip_prefix('|') else {
-        return Vec::new();
-    };
-    vec![format!(
-        "kernel.core_pattern pipes crash dumps to `{program}`: a crash of an allowed program \
-         hands its memory to that program; set a file pattern or disable core dumps"
-    )]
+    if let Some(program) = pattern.trim_end().strip_prefix('|') {
+        warnings.push(format!(
+            "kernel.core_pattern pipes crash dumps to `{program}`: a crash of an allowed program \
+             hands its memory to that program; set a file pattern or disable core dumps"
+        ));
+    }
+    let swaps = std::fs::read_to_string(policy::PROC_SWAPS).unwrap_or_default();
+    for file in policy::swap_files(&swaps) {
+        warnings.push(format!(
+            "swap file {file}: memory of allowed programs swapped out there can be read; \
+             swap to a dm-crypt device instead"
+        ));
+    }
+    warnings
 }

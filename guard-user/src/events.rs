@@ -210,7 +210,7 @@ fn bpf_object(e: &Event) -> String {
         ),
         hook::FILE_IOCTL => "a device-mapper table (/dev/mapper/control)".into(),
         hook::RAW_DEVICE => format!(
-            "a block device under a filesystem holding protected directories ({})",
+            "a block device guard keeps (under a filesystem holding protected directories, or swap) ({})",
             kernel_dev_string(e.dev)
         ),
         hook::ANCESTOR_MOUNT => format!(

@@ -72,6 +72,7 @@ pub fn resolve(btf_path: &Path) -> Result<KernelOffsets> {
         lockdown_perf: enum_value(&btf, "lockdown_reason", "LOCKDOWN_PERF")?,
         lockdown_dbg_read_kernel: enum_value(&btf, "lockdown_reason", "LOCKDOWN_DBG_READ_KERNEL")?,
         perf_event_attr_sample_type: field("perf_event_attr.sample_type")?,
+        perf_event_open_has_attr: perf_event_open_has_attr(&btf)?,
     };
     check_hook_params(&btf)?;
     Ok(offsets)
@@ -97,7 +98,7 @@ fn has_hook(btf: &Btf, hook: &str) -> bool {
 /// Hook arguments the programs read at a fixed position. Their order has been
 /// stable for years; if a kernel changes it, refuse to load rather than read
 /// the wrong argument.
-const FIXED_HOOK_PARAMS: [(&str, &str, u32); 27] = [
+const FIXED_HOOK_PARAMS: [(&str, &str, u32); 26] = [
     ("ptrace_access_check", "child", 0),
     ("ptrace_access_check", "mode", 1),
     ("bprm_check_security", "bprm", 0),
@@ -124,7 +125,6 @@ const FIXED_HOOK_PARAMS: [(&str, &str, u32); 27] = [
     ("bprm_committed_creds", "bprm", 0),
     ("file_ioctl", "file", 0),
     ("file_ioctl", "cmd", 1),
-    ("perf_event_open", "attr", 0),
 ];
 
 /// Like `FIXED_HOOK_PARAMS`, for hooks only some kernels have: checked
@@ -148,6 +148,23 @@ fn check_hook_params(btf: &Btf) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether the `perf_event_open` hook gets the event's attributes as its
+/// first argument (1) or, on kernels that dropped them, only the kind of
+/// check (0: then guard cannot tell what a perf event samples).
+fn perf_event_open_has_attr(btf: &Btf) -> Result<u32> {
+    match hook_param_index(btf, "perf_event_open", "attr") {
+        Ok(0) => Ok(1),
+        Ok(i) => bail!(
+            "LSM hook perf_event_open takes attr as argument {i}, not 0: \
+             this guard build does not know this kernel; refusing to load"
+        ),
+        Err(_) => {
+            hook_param_index(btf, "perf_event_open", "type")?;
+            Ok(0)
+        }
+    }
 }
 
 /// Value of enumerator `member` of `enum name`.

@@ -95,6 +95,13 @@ impl ResolvedPolicy {
                 }
             }
         }
+        // Swapped-out pages of the database: in the clear unless below dm-crypt.
+        for device in &self.swap {
+            let denied = raw_devices.entry(device.dev).or_insert(access::WRITE);
+            if !device.ciphertext {
+                *denied |= access::READ;
+            }
+        }
         let mut ancestors: BTreeMap<(u32, u64), u32> = BTreeMap::new();
         for (index, point) in self.points.iter().enumerate() {
             for ancestor in &point.ancestors {
@@ -508,6 +515,7 @@ mod tests {
             ],
             libraries: None,
             immutable: None,
+            swap: Vec::new(),
         };
         let e = policy.entries(9);
         assert_eq!(e.meta.mode, MODE_ENFORCE);
@@ -654,6 +662,7 @@ mod tests {
             ],
             libraries: None,
             immutable: None,
+            swap: Vec::new(),
         };
         let e = policy.entries(1);
         assert_eq!(e.meta.mode, MODE_AUDIT);
@@ -1043,6 +1052,17 @@ mod tests {
             rules: vec![],
             libraries: None,
             immutable: None,
+            // A swap partition on dm-crypt (20) and the disk below it (21).
+            swap: vec![
+                DeviceBelow {
+                    dev: 20,
+                    ciphertext: false,
+                },
+                DeviceBelow {
+                    dev: 21,
+                    ciphertext: true,
+                },
+            ],
         };
         let denied: Vec<(u32, u32)> = policy
             .entries(1)
@@ -1057,7 +1077,9 @@ mod tests {
                 (9, READ | WRITE),
                 (11, WRITE),
                 (12, READ | WRITE),
-                (13, WRITE)
+                (13, WRITE),
+                (20, READ | WRITE),
+                (21, WRITE)
             ]
         );
     }
@@ -1072,6 +1094,7 @@ mod tests {
             rules: vec![],
             libraries: None,
             immutable: None,
+            swap: Vec::new(),
         };
         let errors = check_capacity(&policy);
         assert_eq!(errors.len(), 1);
@@ -1105,6 +1128,7 @@ mod tests {
                 rules: vec![server],
                 libraries: None,
                 immutable: None,
+                swap: Vec::new(),
             }
         };
         let two = pinned(vec![binary(1, 10), binary(1, 11)]);

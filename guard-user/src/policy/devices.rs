@@ -5,6 +5,7 @@
 //! between it and the filesystem.
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -82,6 +83,57 @@ fn walk(
     Ok(())
 }
 
+/// Where the kernel lists its swap areas.
+pub const PROC_SWAPS: &str = "/proc/swaps";
+
+/// The block devices the kernel swaps to, and those below them, from
+/// `/proc/swaps` (`swaps`, its text) and `sysfs`. A swap device holds pages
+/// of every process, the database's included: reading it shows them,
+/// writing it changes them before they come back. Swap files are not
+/// block devices: they are left to `swap_files`.
+pub fn swap_devices(swaps: &str, sysfs: &Path) -> Result<Vec<DeviceBelow>, String> {
+    let mut found = Vec::new();
+    for (path, kind) in swap_areas(swaps) {
+        if kind != "partition" {
+            continue;
+        }
+        let meta = fs::metadata(&path).map_err(|e| format!("swap device {path}: {e}"))?;
+        let rdev = meta.rdev();
+        let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+        // Its own bytes are the pages in the clear, dm-crypt or not.
+        found.push(DeviceBelow {
+            dev: super::resolve::kernel_dev(rdev),
+            ciphertext: false,
+        });
+        found.extend(
+            devices_below(sysfs, major, minor)
+                .map_err(|e| format!("the block devices below swap device {path}: {e}"))?,
+        );
+    }
+    found.sort();
+    found.dedup();
+    Ok(found)
+}
+
+/// The swap files in `/proc/swaps` (`swaps`, its text).
+pub fn swap_files(swaps: &str) -> Vec<String> {
+    swap_areas(swaps)
+        .filter(|(_, kind)| *kind == "file")
+        .map(|(path, _)| path)
+        .collect()
+}
+
+/// (path, type) of each line of `/proc/swaps` after its header. The kernel
+/// escapes blanks in paths as `\040` and so on, as in mountinfo.
+fn swap_areas(swaps: &str) -> impl Iterator<Item = (String, &str)> {
+    swaps.lines().skip(1).filter_map(|line| {
+        let mut fields = line.split_whitespace();
+        let path = fields.next()?;
+        let kind = fields.next()?;
+        Some((super::resolve::unescape_octal(path), kind))
+    })
+}
+
 /// cryptsetup names every dm-crypt mapping's uuid `CRYPT-...`.
 fn is_dm_crypt(device: &Path) -> bool {
     fs::read_to_string(device.join("dm/uuid")).is_ok_and(|uuid| uuid.starts_with("CRYPT-"))
@@ -153,6 +205,43 @@ mod tests {
 
     fn dev(major: u32, minor: u32) -> u32 {
         (major << 20) | minor
+    }
+
+    #[test]
+    fn swap_partitions_and_what_they_sit_on_but_not_swap_files() {
+        let sys = FakeSysfs::new();
+        sys.device("vda", 254, 0);
+        // /dev/null stands in for the swap partition's node: its rdev is 1:3.
+        sys.partition("vda/vda3", 1, 3);
+        let swaps = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n\
+                     /dev/null                               partition\t1048572\t\t0\t\t-2\n\
+                     /var/swap\\040file                       file\t\t1048572\t\t0\t\t-3\n";
+        assert_eq!(
+            swap_devices(swaps, sys.root()).unwrap(),
+            vec![
+                DeviceBelow {
+                    dev: dev(1, 3),
+                    ciphertext: false
+                },
+                DeviceBelow {
+                    dev: dev(254, 0),
+                    ciphertext: false
+                },
+            ]
+        );
+        assert_eq!(swap_files(swaps), vec!["/var/swap file".to_string()]);
+        assert_eq!(
+            swap_devices("Filename Type Size Used Priority\n", sys.root()).unwrap(),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn a_swap_device_that_cannot_be_found_is_an_error() {
+        let sys = FakeSysfs::new();
+        let swaps = "Filename Type Size Used Priority\n/dev/guard-no-such-swap partition 1 0 -2\n";
+        let e = swap_devices(swaps, sys.root()).unwrap_err();
+        assert!(e.contains("/dev/guard-no-such-swap"), "{e}");
     }
 
     #[test]

@@ -46,6 +46,7 @@ use guard_common::access as access_bits;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use compile::PolicyEntries;
+pub use devices::{swap_files, PROC_SWAPS};
 pub use identity::kernel_identity;
 pub use immutable::{ResolvedImmutable, ResolvedImmutables};
 pub use libraries::ResolvedLibrary;

@@ -39,6 +39,9 @@ pub struct ResolvedPolicy {
     /// What nobody may change (`immutable`), when the policy lists it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub immutable: Option<ResolvedImmutables>,
+    /// The swap devices when the policy was applied, and those below them.
+    #[serde(default)]
+    pub swap: Vec<super::devices::DeviceBelow>,
 }
 
 /// A protected directory as the kernel sees it.
@@ -233,6 +236,10 @@ pub fn resolve(policy: &Policy) -> Result<ResolvedPolicy, PolicyErrors> {
         .immutable
         .as_ref()
         .map(|listed| resolve_immutable(listed, &mut resolver.errors));
+    let swap = resolve_swap().unwrap_or_else(|message| {
+        resolver.errors.push(Pointer::root().error(message));
+        Vec::new()
+    });
     if !resolver.errors.is_empty() {
         return Err(PolicyErrors(resolver.errors));
     }
@@ -246,12 +253,25 @@ pub fn resolve(policy: &Policy) -> Result<ResolvedPolicy, PolicyErrors> {
         rules,
         libraries,
         immutable,
+        swap,
     };
     let capacity_errors = super::compile::check_capacity(&resolved);
     if !capacity_errors.is_empty() {
         return Err(PolicyErrors(capacity_errors));
     }
     Ok(resolved)
+}
+
+/// The swap devices, which guard keeps like a protected filesystem's own
+/// device. A kernel without swap has no `/proc/swaps`; any other failure
+/// refuses the policy (a swap device guard cannot see must not be left open).
+fn resolve_swap() -> Result<Vec<super::devices::DeviceBelow>, String> {
+    let swaps = match fs::read_to_string(super::devices::PROC_SWAPS) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("reading {}: {e}", super::devices::PROC_SWAPS)),
+    };
+    super::devices::swap_devices(&swaps, Path::new("/sys"))
 }
 
 /// What makes two directories the same one.
@@ -556,8 +576,8 @@ impl Mounts {
                 match fields.as_slice() {
                     [_, _, dev, root, mountpoint, ..] => Ok(Mount {
                         dev: dev.to_string(),
-                        root: PathBuf::from(unescape_mountinfo(root)),
-                        mountpoint: PathBuf::from(unescape_mountinfo(mountpoint)),
+                        root: PathBuf::from(unescape_octal(root)),
+                        mountpoint: PathBuf::from(unescape_octal(mountpoint)),
                     }),
                     _ => Err(io::Error::new(
                         io::ErrorKind::InvalidData,
@@ -584,8 +604,9 @@ impl Mounts {
     }
 }
 
-/// mountinfo writes space, tab, newline and backslash as `\ooo` octal escapes.
-fn unescape_mountinfo(field: &str) -> String {
+/// mountinfo and /proc/swaps write space, tab, newline and backslash in
+/// paths as `\ooo` octal escapes.
+pub(super) fn unescape_octal(field: &str) -> String {
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -815,12 +836,9 @@ mod tests {
 
     #[test]
     fn mountinfo_escapes_are_decoded() {
-        assert_eq!(
-            unescape_mountinfo(r"/mnt/my\040disk\134x"),
-            "/mnt/my disk\\x"
-        );
-        assert_eq!(unescape_mountinfo(r"/a\b"), r"/a\b");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(unescape_octal(r"/mnt/my\040disk\134x"), "/mnt/my disk\\x");
+        assert_eq!(unescape_octal(r"/a\b"), r"/a\b");
+        assert_eq!(unescape_octal("/plain"), "/plain");
     }
 
     #[test]

@@ -1,0 +1,105 @@
+//! Guest test: swap. The kernel swaps out pages of every process, the
+//! database's included. guard keeps each swap device (and what it sits on)
+//! like a protected filesystem's own device: nobody but guardd reads or
+//! writes it, since reading shows the pages and writing changes them before
+//! they come back. A swap file is an ordinary file guard cannot keep from
+//! root's reads: applying a policy warns about it.
+
+use guard::journal::message_id;
+use guard_tests::guest::*;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const ROOT: &str = "/scratch/swap";
+
+/// Swap areas made for the test, turned off (after disarming) when dropped.
+struct SwapAreas {
+    device: String,
+    file: PathBuf,
+}
+
+impl SwapAreas {
+    fn new(root: &Path) -> SwapAreas {
+        let image = root.join("swap-device.img");
+        let file = root.join("swapfile");
+        for path in [&image, &file] {
+            assert_ok(
+                &sh(&format!(
+                    "dd if=/dev/zero of={0} bs=1M count=16 status=none && chmod 600 {0}",
+                    path.display()
+                )),
+                "making a swap area",
+            );
+        }
+        let out = sh(&format!("losetup -f --show {}", image.display()));
+        assert_ok(&out, "losetup");
+        let device = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let areas = SwapAreas { device, file };
+        for area in [areas.device.clone(), areas.file.display().to_string()] {
+            assert_ok(&sh(&format!("mkswap -q {area} && swapon {area}")), "swapon");
+        }
+        areas
+    }
+}
+
+impl Drop for SwapAreas {
+    fn drop(&mut self) {
+        disarm();
+        let _ = sh(&format!("swapoff {}", self.file.display()));
+        let _ = sh(&format!("swapoff {} && losetup -d {0}", self.device));
+    }
+}
+
+fn disarm() {
+    let pins = guard::loader::Pins::new(guard::loader::DEFAULT_PIN_DIR);
+    if let Err(e) = guard::loader::disarm(&pins) {
+        eprintln!("disarming: {e:#}");
+    }
+}
+
+#[test]
+#[ignore = "guest: run by cargo xtask vm-test"]
+fn a_swap_device_cannot_be_read_or_written_and_a_swap_file_is_warned_about() {
+    disarm();
+    let root = Path::new(ROOT);
+    let _ = std::fs::remove_dir_all(root);
+    std::fs::create_dir_all(root).unwrap();
+    let swap = SwapAreas::new(root);
+    let sb = Sandbox::new("swap-policy");
+    let guardd = Guardd::start();
+    let out = apply(&sb.policy("enforce"));
+    let warning = format!(
+        "swap file {}: memory of allowed programs swapped out there can be read",
+        swap.file.display()
+    );
+    assert!(
+        stderr(&out).contains(&warning),
+        "no warning: {}",
+        stderr(&out)
+    );
+
+    let device = Path::new(&swap.device);
+    assert_open_eperm(device);
+    let written = std::fs::OpenOptions::new().write(true).open(device);
+    assert_eq!(
+        written.err().and_then(|e| e.raw_os_error()),
+        Some(EPERM),
+        "{} opened for writing",
+        swap.device
+    );
+    let rdev = std::fs::metadata(device).unwrap().rdev();
+    let what = format!(
+        "a block device guard keeps (under a filesystem holding protected directories, or swap) ({}:{})",
+        libc::major(rdev),
+        libc::minor(rdev)
+    );
+    let entries = journal_entries(
+        message_id::DENIED,
+        "GUARD_PATH",
+        &what,
+        Duration::from_secs(15),
+    );
+    assert!(!entries.is_empty());
+    drop(guardd);
+}
