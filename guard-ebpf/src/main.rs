@@ -1399,7 +1399,6 @@ pub fn perf_event_open(ctx: LsmContext) -> i32 {
     }
 }
 
-
 #[lsm(hook = "inode_create")]
 #[inline(always)]
 pub fn inode_create(ctx: LsmContext) -> i32 {

@@ -282,15 +282,19 @@ async fn serve(daemon: Arc<Daemon>, stream: UnixStream) {
 }
 
 /// Modules guard's own volumes need: device-mapper and dm-crypt, loop
-/// devices, and the ciphers fscrypt and dm-crypt use that Debian builds as
-/// modules (by their crypto API aliases).
-const GUARD_MODULES: [&str; 6] = [
+/// devices, and the crypto fscrypt and dm-crypt use that Debian builds as
+/// modules on some kernels (by their crypto API aliases): XTS over ECB for
+/// contents, CTS for names, HKDF's HMAC-SHA512 for fscrypt's key derivation.
+const GUARD_MODULES: [&str; 9] = [
     "dm_mod",
     "dm_crypt",
     "loop",
     "crypto-xts",
+    "crypto-ecb",
     "crypto-cts",
     "crypto-aes",
+    "crypto-hmac",
+    "crypto-sha512",
 ];
 
 /// Loads `GUARD_MODULES` and `extra` while nothing is armed yet: once guard

@@ -46,8 +46,8 @@ struct Args {
     trust_key: Option<PathBuf>,
     /// A kernel module to load before guard arms (repeatable): while it is
     /// armed nothing loads modules, not even the kernel's own modprobe.
-    /// Those guard's volumes need (device-mapper, dm-crypt, loop, the XTS
-    /// and CTS ciphers) are always loaded.
+    /// Those guard's volumes need (device-mapper, dm-crypt, loop, their
+    /// ciphers and fscrypt's SHA-512) are always loaded.
     #[arg(long = "preload-module", value_name = "NAME")]
     preload_modules: Vec<String>,
 }
