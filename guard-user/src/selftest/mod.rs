@@ -17,13 +17,13 @@
 pub mod accomplice;
 mod alerts;
 mod config;
+mod crash_dumps;
 mod fds;
 mod files;
 mod kernel;
 mod mounts;
 mod procfs;
 mod report;
-mod settings;
 mod sys;
 
 use std::path::{Path, PathBuf};
@@ -116,7 +116,7 @@ pub fn run(args: SelftestArgs) -> Result<ExitCode> {
             std::io::Write::write_all(&mut std::io::stdout(), &data)?;
             Ok(ExitCode::SUCCESS)
         }
-        Some(Helper::Crash { dir }) => match settings::crash_in(&dir)? {},
+        Some(Helper::Crash { dir }) => match crash_dumps::crash_in(&dir)? {},
         None if args.attack.attack => run_attack(&args.attack),
         None => bail!("say what to test: --attack (see guardctl selftest --help)"),
     }
@@ -267,7 +267,7 @@ pub fn catalog() -> Vec<Technique> {
     all.extend(fds::techniques());
     all.extend(mounts::techniques());
     all.extend(kernel::techniques());
-    all.extend(settings::techniques());
+    all.extend(crash_dumps::techniques());
     all.extend(config::techniques());
     all
 }

@@ -1,4 +1,4 @@
-//! Techniques on kernel settings and crash dumps. An allowed program's core
+//! Techniques on crash dumps. An allowed program's core
 //! file holds its memory, the data it read included: root may change where
 //! cores go (`kernel.core_pattern`, a pipe to a program of its own
 //! included) and wait for, or provoke, a genuine crash.
@@ -39,23 +39,19 @@ pub fn techniques() -> Vec<Technique> {
     ]
 }
 
-fn core_pattern(_: &Target) -> Result<Attempt> {
-    write_back(CORE_PATTERN)
-}
-
 /// Writes the value that is already there: if guard lets it through,
 /// nothing changed.
-fn write_back(path: &str) -> Result<Attempt> {
-    let current = std::fs::read(path).with_context(|| format!("reading {path}"))?;
-    let mut file = match std::fs::OpenOptions::new().write(true).open(path) {
+fn core_pattern(_: &Target) -> Result<Attempt> {
+    let current = std::fs::read(CORE_PATTERN).with_context(|| format!("reading {CORE_PATTERN}"))?;
+    let mut file = match std::fs::OpenOptions::new().write(true).open(CORE_PATTERN) {
         Ok(file) => file,
-        Err(e) => return Ok(refused(&format!("open {path} for writing"), &e)),
+        Err(e) => return Ok(refused(&format!("open {CORE_PATTERN} for writing"), &e)),
     };
     match file.write_all(&current) {
         Ok(()) => Ok(Attempt::not_blocked(format!(
-            "{path} opened and written (its own value)"
+            "{CORE_PATTERN} opened and written (its own value)"
         ))),
-        Err(e) => Ok(refused(&format!("write {path}"), &e)),
+        Err(e) => Ok(refused(&format!("write {CORE_PATTERN}"), &e)),
     }
 }
 
