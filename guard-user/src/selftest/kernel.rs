@@ -320,20 +320,10 @@ fn dev_mem_node(t: &Target) -> Result<Attempt> {
 fn kcore_new_procfs(t: &Target) -> Result<Attempt> {
     let dir = t.scratch.join("guard-selftest-proc");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let target = sys::cstring(&dir)?;
-    // SAFETY: valid C strings; no data.
-    let rc = unsafe {
-        libc::mount(
-            c"proc".as_ptr(),
-            target.as_ptr(),
-            c"proc".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    sys::check(rc as libc::c_long)
+    sys::mount(Some(Path::new("proc")), &dir, Some("proc"), 0)
         .with_context(|| format!("mounting procfs on {}", dir.display()))?;
     let attempt = read_kernel_file(&dir.join("kcore").to_string_lossy());
+    let target = sys::cstring(&dir)?;
     // SAFETY: valid C string.
     unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
     let _ = std::fs::remove_dir(&dir);
@@ -361,35 +351,10 @@ fn hibernation_image(t: &Target) -> Result<Attempt> {
 /// into the trace buffer. tracefs is mounted anew in this row's own mount
 /// namespace (there is one tracefs: the same files).
 fn tracefs_uprobe(t: &Target) -> Result<Attempt> {
-    // SAFETY: plain system calls on this process only.
-    sys::check(unsafe { libc::unshare(libc::CLONE_NEWNS) } as libc::c_long)
-        .context("unshare(CLONE_NEWNS)")?;
-    let root = c"/";
-    // SAFETY: valid C string; no data.
-    let rc = unsafe {
-        libc::mount(
-            std::ptr::null(),
-            root.as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        )
-    };
-    sys::check(rc as libc::c_long).context("making the mount namespace private")?;
+    sys::private_mount_namespace()?;
     let dir = t.scratch.join("guard-selftest-tracefs");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let target = sys::cstring(&dir)?;
-    // SAFETY: valid C strings; no data.
-    let rc = unsafe {
-        libc::mount(
-            c"tracefs".as_ptr(),
-            target.as_ptr(),
-            c"tracefs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    sys::check(rc as libc::c_long)
+    sys::mount(Some(Path::new("tracefs")), &dir, Some("tracefs"), 0)
         .with_context(|| format!("mounting tracefs on {}", dir.display()))?;
     let events = dir.join("uprobe_events");
     let attempt = match std::fs::OpenOptions::new().append(true).open(&events) {

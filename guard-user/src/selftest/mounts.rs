@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use super::sys::{self, check, cstring, errno_name, last_errno, open_and_read, refused};
+use super::sys::{self, check, cstring, errno_name, last_errno, mount, open_and_read, refused};
 use super::{AlertRule, Attempt, Target, Technique, NOTHING};
 
 pub fn techniques() -> Vec<Technique> {
@@ -147,31 +147,6 @@ fn mkdir(t: &Target, name: &str) -> Result<PathBuf> {
     let path = t.scratch.join(format!("{name}-{}", std::process::id()));
     std::fs::create_dir_all(&path)?;
     Ok(path)
-}
-
-fn mount(
-    source: Option<&Path>,
-    target: &Path,
-    fs_type: Option<&str>,
-    flags: libc::c_ulong,
-) -> std::io::Result<()> {
-    let source = source
-        .map(cstring)
-        .transpose()
-        .map_err(std::io::Error::other)?;
-    let target = cstring(target).map_err(std::io::Error::other)?;
-    let fs_type = fs_type.map(std::ffi::CString::new).transpose()?;
-    // SAFETY: valid C strings or null.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
-            target.as_ptr(),
-            fs_type.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
-            flags,
-            std::ptr::null(),
-        )
-    };
-    check(rc as libc::c_long).map(drop)
 }
 
 fn unshare_read(t: &Target) -> Result<Attempt> {

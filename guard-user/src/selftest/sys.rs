@@ -142,3 +142,29 @@ pub fn private_mount_namespace() -> Result<()> {
     }
     Ok(())
 }
+
+/// mount(2) with no data: `source` and `fs_type` may be absent.
+pub fn mount(
+    source: Option<&Path>,
+    target: &Path,
+    fs_type: Option<&str>,
+    flags: libc::c_ulong,
+) -> std::io::Result<()> {
+    let source = source
+        .map(cstring)
+        .transpose()
+        .map_err(std::io::Error::other)?;
+    let target = cstring(target).map_err(std::io::Error::other)?;
+    let fs_type = fs_type.map(std::ffi::CString::new).transpose()?;
+    // SAFETY: valid C strings or null.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
+            target.as_ptr(),
+            fs_type.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
+            flags,
+            std::ptr::null(),
+        )
+    };
+    check(rc as libc::c_long).map(drop)
+}
