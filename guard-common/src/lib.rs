@@ -115,6 +115,23 @@ pub mod lockdown {
     pub const PERF: u32 = 6;
     /// Kernel debuggers reading memory (LOCKDOWN_DBG_READ_KERNEL).
     pub const DBG_READ_KERNEL: u32 = 7;
+    /// Every other reason the kernel's own lockdown refuses in its
+    /// "integrity" mode (below LOCKDOWN_INTEGRITY_MAX): changing the running
+    /// kernel, or driving hardware that reaches all of memory (PCI
+    /// configuration and BARs, I/O ports, MSRs, ACPI tables...). The
+    /// kernel's reason number is in the high 32 bits of `Event::ino`.
+    pub const KERNEL_INTEGRITY: u32 = 8;
+
+    /// `Event::ino` of a refusal: guard's code, and for `KERNEL_INTEGRITY`
+    /// the kernel's `lockdown_reason` value.
+    pub const fn event_id(code: u32, reason: u32) -> u64 {
+        code as u64 | (reason as u64) << 32
+    }
+
+    /// (guard's code, the kernel's reason) of `Event::ino`.
+    pub const fn split_event_id(id: u64) -> (u32, u32) {
+        (id as u32, (id >> 32) as u32)
+    }
 
     /// What a code stands for, for alerts.
     pub fn describe(code: u64) -> &'static str {
@@ -126,6 +143,7 @@ pub mod lockdown {
             TRACEFS_U64 => "tracefs (uprobe and kprobe events, trace buffers)",
             PERF_U64 => "perf samples of kernel registers",
             DBG_READ_KERNEL_U64 => "a kernel debugger",
+            KERNEL_INTEGRITY_U64 => "the running kernel or hardware that reaches memory",
             _ => "unknown",
         }
     }
@@ -136,6 +154,7 @@ pub mod lockdown {
     const TRACEFS_U64: u64 = TRACEFS as u64;
     const PERF_U64: u64 = PERF as u64;
     const DBG_READ_KERNEL_U64: u64 = DBG_READ_KERNEL as u64;
+    const KERNEL_INTEGRITY_U64: u64 = KERNEL_INTEGRITY as u64;
 }
 
 /// perf_event_attr `sample_type` bits (UAPI, include/uapi/linux/perf_event.h).
@@ -204,6 +223,26 @@ pub const CRASH_DUMP_POINT: u32 = u32::MAX - 4;
 /// `Event::point` of a denied write to a kernel setting guard keeps
 /// (`kernel_setting`).
 pub const KERNEL_SETTING_POINT: u32 = u32::MAX - 5;
+/// `Event::point` of a denied `swapon`: a swap area turned on while a
+/// policy is active would hold the database's pages where guard does not
+/// keep them.
+pub const SWAPON_POINT: u32 = u32::MAX - 6;
+
+/// System call numbers guard recognises in `pt_regs.orig_ax` (x86).
+pub mod syscall {
+    /// swapon(2) on x86_64 (and x32, once `X32_BIT` is masked off).
+    pub const SWAPON: u64 = 167;
+    /// swapon(2) from a 32-bit program (i386). As an x86_64 number, 87 is
+    /// unlink(2), which opens no file, so matching it too is exact.
+    pub const SWAPON_I386: u64 = 87;
+    /// `__X32_SYSCALL_BIT`.
+    pub const X32_BIT: u64 = 0x4000_0000;
+
+    pub const fn is_swapon(nr: u64) -> bool {
+        let nr = nr & !X32_BIT;
+        nr == SWAPON || nr == SWAPON_I386
+    }
+}
 
 /// `task_struct.flags`: the task is writing its core dump
 /// (include/linux/sched.h, unchanged for decades).
@@ -1046,6 +1085,11 @@ pub struct KernelOffsets {
     /// 1 when the `perf_event_open` hook is handed the event's attributes
     /// (its first argument); 0 on kernels whose hook no longer is (6.18 on).
     pub perf_event_open_has_attr: u32,
+    /// `pt_regs.orig_ax`: the number of the system call a task is in.
+    pub pt_regs_orig_ax: u32,
+    /// `lockdown_reason` LOCKDOWN_INTEGRITY_MAX: the reasons below it are
+    /// those the kernel's own lockdown refuses in integrity mode.
+    pub lockdown_integrity_max: u32,
 }
 
 /// `fmode_t` bits read from `struct file`.
@@ -1123,5 +1167,17 @@ mod tests {
         }
         assert!(!matches(&FOLDER, words(b"kernels", 0)));
         assert!(!matches(&name(b"core_pattern"), words(b"core_pattern_", 0)));
+    }
+
+    #[test]
+    fn swapon_is_recognised_from_64_bit_x32_and_32_bit_programs_only() {
+        use super::syscall::{is_swapon, X32_BIT};
+        assert!(is_swapon(167));
+        assert!(is_swapon(167 | X32_BIT));
+        assert!(is_swapon(87));
+        // openat, open, swapoff (x86_64 and i386), no system call.
+        for other in [257, 2, 168, 115, u64::MAX, 0] {
+            assert!(!is_swapon(other), "{other}");
+        }
     }
 }

@@ -32,7 +32,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use guard_common::{
-    access, bpf_uapi, device_mapper, flags, kernel_setting, lockdown, perf, CRASH_DUMP_POINT, KERNEL_SETTING_POINT, PF_DUMPCORE, hook, Arguments, MAX_ARGUMENT_BYTES, env_entry, EnvKey, EnvScratch,
+    access, bpf_uapi, device_mapper, flags, kernel_setting, lockdown, perf, CRASH_DUMP_POINT, KERNEL_SETTING_POINT, PF_DUMPCORE, SWAPON_POINT, syscall, hook, Arguments, MAX_ARGUMENT_BYTES, env_entry, EnvKey, EnvScratch,
     MAX_PINNED_STRING_BYTES, MAX_ENV_ENTRIES, MAX_ENV_ENTRY_BYTES, MAX_ENV_NAME_BYTES,
     MAX_PINNED_STRINGS, object, stat, tamper, verdict, DevKey, DirKey, Event, ExeKey,
     KernelOffsets, ObjectKey, PolicyMeta, RateState, RuleKey, RuleSlot, RuleValue, SelfProtect, Settings,
@@ -101,6 +101,8 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     lockdown_dbg_read_kernel: 0,
     perf_event_attr_sample_type: 0,
     perf_event_open_has_attr: 0,
+    pt_regs_orig_ax: 0,
+    lockdown_integrity_max: 0,
 };
 
 /// Index 0: the active policy generation (0 = no policy).
@@ -447,12 +449,7 @@ unsafe fn decide_on(
 ) -> i32 {
     match dev.and_then(|dev| try_decide_on(o, generation, dentry, dev, itself, access, hook)) {
         Ok(ret) => ret,
-        Err(_) => {
-            count(stat::FAIL_CLOSED);
-            count(stat::DENIED);
-            emit_failure(dentry, access, hook);
-            EPERM
-        }
+        Err(_) => fail_closed(dentry, access, hook),
     }
 }
 
@@ -670,9 +667,12 @@ unsafe fn fill_path(o: &KernelOffsets, obj: &Object, e: &mut Event, is_top: impl
     e.flags |= flags::PATH_TRUNCATED;
 }
 
-/// Reports a fail-closed denial, with what could be read.
+/// Denies after a kernel read about `dentry` failed (fail closed): counted,
+/// and reported with what could be read.
 #[inline(always)]
-unsafe fn emit_failure(dentry: u64, access: u32, hook: u32) {
+unsafe fn fail_closed(dentry: u64, access: u32, hook: u32) -> i32 {
+    count(stat::FAIL_CLOSED);
+    count(stat::DENIED);
     let o = offsets();
     let obj = object(&o, dentry).unwrap_or(Object { dentry, dev: 0, ino: 0 });
     let report = Report {
@@ -686,6 +686,7 @@ unsafe fn emit_failure(dentry: u64, access: u32, hook: u32) {
         exe: ExeKey { dev: 0, _pad: 0, ino: 0 },
     };
     emit(&o, &obj, &report);
+    EPERM
 }
 
 /// A binary some policy allows lost its rules once opened for writing.
@@ -791,8 +792,9 @@ pub fn file_open(ctx: LsmContext) -> i32 {
 
 /// Checked on every open for writing while a policy is active. An allowed
 /// program's core holds its memory (the data it read), so the kernel may
-/// write it only inside a protected directory; and nobody but guardd may
-/// change where cores go (`kernel_setting`).
+/// write it only inside a protected directory; nobody but guardd may
+/// change where cores go (`kernel_setting`) or turn on swap (it would hold
+/// the database's pages where guard does not keep them).
 #[inline(always)]
 unsafe fn protect_kernel_writes(o: &KernelOffsets, dentry: u64) -> i32 {
     let generation = ACTIVE.get(0).copied().unwrap_or(0);
@@ -801,12 +803,7 @@ unsafe fn protect_kernel_writes(o: &KernelOffsets, dentry: u64) -> i32 {
     }
     match try_protect_kernel_writes(o, generation, dentry) {
         Ok(ret) => ret,
-        Err(_) => {
-            count(stat::FAIL_CLOSED);
-            count(stat::DENIED);
-            emit_failure(dentry, access::WRITE, hook::FILE_OPEN);
-            EPERM
-        }
+        Err(_) => fail_closed(dentry, access::WRITE, hook::FILE_OPEN),
     }
 }
 
@@ -814,7 +811,8 @@ unsafe fn protect_kernel_writes(o: &KernelOffsets, dentry: u64) -> i32 {
 unsafe fn try_protect_kernel_writes(o: &KernelOffsets, generation: u32, dentry: u64) -> Result<i32, i32> {
     let task_flags: u32 = read(current_task(), o.task_struct_flags)?;
     let dumping = task_flags & PF_DUMPCORE != 0;
-    if !dumping && !is_kernel_setting(o, dentry)? {
+    let swapping_on = !dumping && in_swapon(o)?;
+    if !dumping && !swapping_on && !is_kernel_setting(o, dentry)? {
         return Ok(ALLOW);
     }
     let Some(caller) = caller(o)? else {
@@ -833,6 +831,8 @@ unsafe fn try_protect_kernel_writes(o: &KernelOffsets, generation: u32, dentry: 
             return Ok(ALLOW);
         }
         CRASH_DUMP_POINT
+    } else if swapping_on {
+        SWAPON_POINT
     } else {
         KERNEL_SETTING_POINT
     };
@@ -849,6 +849,15 @@ unsafe fn try_protect_kernel_writes(o: &KernelOffsets, generation: u32, dentry: 
     };
     let audit_mode = META.get(&generation).map(|m| m.mode).unwrap_or(0) == MODE_AUDIT;
     Ok(deny_or_report(o, &Object { dentry, dev, ino }, report, audit_mode))
+}
+
+/// Whether the current task is in swapon(2): its open of the swap area is
+/// the only hook on the way (the kernel then writes pages there itself).
+#[inline(always)]
+unsafe fn in_swapon(o: &KernelOffsets) -> Result<bool, i32> {
+    let regs = aya_ebpf::helpers::generated::bpf_task_pt_regs(current_task() as *mut _) as u64;
+    let nr: u64 = read(regs, o.pt_regs_orig_ax)?;
+    Ok(syscall::is_swapon(nr))
 }
 
 /// Whether `dentry` is one of `kernel_setting::NAMES` in procfs's
@@ -1055,12 +1064,7 @@ unsafe fn exec_mapping(file: u64, dentry: u64, hook: u32) -> i32 {
     };
     match try_exec_mapping(file, dentry, hook, generation, &meta) {
         Ok(ret) => ret,
-        Err(_) => {
-            count(stat::FAIL_CLOSED);
-            count(stat::DENIED);
-            emit_failure(dentry, access::EXEC, hook);
-            EPERM
-        }
+        Err(_) => fail_closed(dentry, access::EXEC, hook),
     }
 }
 
@@ -1345,7 +1349,10 @@ pub fn kernel_load_data(ctx: LsmContext) -> i32 {
 /// the volume keys live: /dev/mem and /dev/port, /proc/kcore (whatever node
 /// or procfs instance they are reached through), a hibernation image, kprobe
 /// events; and before tracefs opens a file (uprobe events fetch a process's
-/// memory) or perf samples kernel registers. Kernel threads are let through.
+/// memory) or perf samples kernel registers. Also everything the kernel's
+/// own lockdown refuses in integrity mode: the ways to change the running
+/// kernel or drive hardware that reaches all memory (the attacker is root
+/// who cannot run code in the kernel). Kernel threads are let through.
 #[lsm(hook = "locked_down")]
 #[inline(always)]
 pub fn locked_down(ctx: LsmContext) -> i32 {
@@ -1366,10 +1373,12 @@ pub fn locked_down(ctx: LsmContext) -> i32 {
             lockdown::PERF
         } else if what == o.lockdown_dbg_read_kernel {
             lockdown::DBG_READ_KERNEL
+        } else if what != 0 && what < o.lockdown_integrity_max {
+            lockdown::KERNEL_INTEGRITY
         } else {
             return ALLOW;
         };
-        deny_outsider(hook::KERNEL_MEMORY, tamper::KERNEL_MEMORY, code as u64)
+        deny_outsider(hook::KERNEL_MEMORY, tamper::KERNEL_MEMORY, lockdown::event_id(code, what))
     }
 }
 
@@ -2217,12 +2226,7 @@ unsafe fn protect_immutable(dentry: u64, access: u32, hook: u32) -> i32 {
     }
     match try_protect_immutable(dentry, access, hook) {
         Ok(ret) => ret,
-        Err(_) => {
-            count(stat::FAIL_CLOSED);
-            count(stat::DENIED);
-            emit_failure(dentry, access, hook);
-            EPERM
-        }
+        Err(_) => fail_closed(dentry, access, hook),
     }
 }
 
@@ -2290,12 +2294,7 @@ unsafe fn protect_pins(dentry: u64, access: u32, hook: u32) -> i32 {
     }
     match try_protect_pins(&me, dentry, access, hook) {
         Ok(ret) => ret,
-        Err(_) => {
-            count(stat::FAIL_CLOSED);
-            count(stat::DENIED);
-            emit_failure(dentry, access, hook);
-            EPERM
-        }
+        Err(_) => fail_closed(dentry, access, hook),
     }
 }
 

@@ -3,7 +3,7 @@
 use crate::journal::{field, message_id, Journal};
 use guard_common::{
     access, bpf_uapi, flags, hook, lockdown, tamper, verdict, Event, ExeKey, CRASH_DUMP_POINT,
-    IMMUTABLE_POINT, KERNEL_SETTING_POINT, LIBRARY_POINT, NO_RULE, PINS_POINT,
+    IMMUTABLE_POINT, KERNEL_SETTING_POINT, LIBRARY_POINT, NO_RULE, PINS_POINT, SWAPON_POINT,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -103,6 +103,8 @@ impl Decision {
             "crash-dumps".into()
         } else if e.point == KERNEL_SETTING_POINT {
             "kernel-settings".into()
+        } else if e.point == SWAPON_POINT {
+            "swap".into()
         } else {
             rule_label(e.rule, names)
         };
@@ -193,6 +195,18 @@ pub fn access_names(bits: u32) -> String {
         .join(",")
 }
 
+/// What a refused lockdown question was about: kernel memory, or (integrity)
+/// the kernel's own name of what was tried.
+fn kernel_lockdown(id: u64) -> String {
+    let (code, reason) = lockdown::split_event_id(id);
+    if code == lockdown::KERNEL_INTEGRITY {
+        let name = crate::offsets::lockdown_reason_name(reason)
+            .unwrap_or_else(|| format!("lockdown reason {reason}"));
+        return format!("{} ({name})", lockdown::describe(code.into()));
+    }
+    format!("kernel memory ({})", lockdown::describe(code.into()))
+}
+
 /// Which of guard's BPF objects, or what kind of program, an attempt was about.
 fn bpf_object(e: &Event) -> String {
     match e.hook {
@@ -203,7 +217,7 @@ fn bpf_object(e: &Event) -> String {
             "filesystem holding protected directories ({})",
             kernel_dev_string(e.dev)
         ),
-        hook::KERNEL_MEMORY => format!("kernel memory ({})", lockdown::describe(e.ino)),
+        hook::KERNEL_MEMORY => kernel_lockdown(e.ino),
         hook::PERF_EVENT_OPEN => format!(
             "perf samples of process memory or registers (sample_type {:#x})",
             e.ino
@@ -308,6 +322,7 @@ fn object_path(point: Option<&Path>, e: &Event) -> String {
             LIBRARY_POINT,
             CRASH_DUMP_POINT,
             KERNEL_SETTING_POINT,
+            SWAPON_POINT,
         ]
         .contains(&e.point) =>
         {

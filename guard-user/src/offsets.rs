@@ -73,6 +73,8 @@ pub fn resolve(btf_path: &Path) -> Result<KernelOffsets> {
         lockdown_dbg_read_kernel: enum_value(&btf, "lockdown_reason", "LOCKDOWN_DBG_READ_KERNEL")?,
         perf_event_attr_sample_type: field("perf_event_attr.sample_type")?,
         perf_event_open_has_attr: perf_event_open_has_attr(&btf)?,
+        pt_regs_orig_ax: field("pt_regs.orig_ax")?,
+        lockdown_integrity_max: enum_value(&btf, "lockdown_reason", "LOCKDOWN_INTEGRITY_MAX")?,
     };
     check_hook_params(&btf)?;
     Ok(offsets)
@@ -189,6 +191,42 @@ fn enum_value(btf: &Btf, name: &str, member: &str) -> Result<u32> {
         .with_context(context)
 }
 
+/// The name of the running kernel's `lockdown_reason` value `value`,
+/// without its `LOCKDOWN_` prefix (`PCI_ACCESS`), for alerts. Read from BTF
+/// once.
+pub fn lockdown_reason_name(value: u32) -> Option<String> {
+    static NAMES: std::sync::OnceLock<Vec<(u32, String)>> = std::sync::OnceLock::new();
+    let names = NAMES.get_or_init(|| enum_members(Path::new(VMLINUX_BTF), "lockdown_reason"));
+    names
+        .iter()
+        .find(|(v, _)| *v == value)
+        .map(|(_, name)| name.trim_start_matches("LOCKDOWN_").to_string())
+}
+
+/// The (value, name) members of enum `name` in the BTF at `btf_path`; none
+/// when it cannot be read.
+fn enum_members(btf_path: &Path, name: &str) -> Vec<(u32, String)> {
+    let Ok(btf) = Btf::from_file(btf_path) else {
+        return Vec::new();
+    };
+    let Ok(types) = btf.resolve_types_by_name(name) else {
+        return Vec::new();
+    };
+    types
+        .into_iter()
+        .filter_map(|t| match t {
+            Type::Enum(e) => Some(e),
+            _ => None,
+        })
+        .flat_map(|e| {
+            e.members
+                .iter()
+                .filter_map(|m| Some((m.val(), btf.resolve_name(m).ok()?)))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// Byte offset of `struct.member`, looking through anonymous structs and
 /// unions. Bitfields are refused: the programs read whole bytes.
 fn field_offset(btf: &Btf, path: &str) -> Result<u32> {
@@ -291,6 +329,18 @@ mod tests {
         assert_eq!(o.linux_binprm_file % 8, 0, "{o:?}");
         // UAPI: bpf_attr's first member of the PROG_LOAD and GET_FD_BY_ID structs.
         assert_eq!((o.bpf_attr_prog_type, o.bpf_attr_link_id), (0, 0));
+        // The integrity reasons guard refuses include those it names.
+        assert!(o.lockdown_dev_mem < o.lockdown_integrity_max);
+        assert!(o.lockdown_kcore > o.lockdown_integrity_max);
+    }
+
+    /// Alerts name a refused integrity reason as the kernel does.
+    #[test]
+    fn lockdown_reasons_are_named_from_the_running_kernel() {
+        let btf = Btf::from_file(VMLINUX_BTF).unwrap();
+        let pci = enum_value(&btf, "lockdown_reason", "LOCKDOWN_PCI_ACCESS").unwrap();
+        assert_eq!(lockdown_reason_name(pci).as_deref(), Some("PCI_ACCESS"));
+        assert_eq!(lockdown_reason_name(u32::MAX), None);
     }
 
     /// The UAPI numbers guard-common spells out are the running kernel's.

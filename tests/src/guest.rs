@@ -235,6 +235,15 @@ pub fn assert_open_eperm(path: &Path) {
 
 /// Journal entries with MESSAGE_ID `id` and `field=value`, waiting up to
 /// `wait` for the first; panics naming what is missing.
+/// Takes guard's programs and pins away, whatever a previous test left
+/// armed (guardd then preloads its modules again; nothing loads while armed).
+pub fn disarm() {
+    let pins = guard::loader::Pins::new(guard::loader::DEFAULT_PIN_DIR);
+    if let Err(e) = guard::loader::disarm(&pins) {
+        eprintln!("disarming: {e:#}");
+    }
+}
+
 pub fn journal_entries(id: &str, field: &str, value: &str, wait: Duration) -> Vec<Value> {
     let matches = [format!("MESSAGE_ID={id}"), format!("{field}={value}")];
     let matches: Vec<&str> = matches.iter().map(String::as_str).collect();

@@ -102,6 +102,9 @@ impl Drop for Volume {
 }
 
 fn run_suite() -> SuiteRun {
+    // A fresh guardd preloads the modules rows `md-remap` and `scsi-target-*`
+    // need; one adopting a previous test's armed guard could not.
+    disarm();
     let root = Path::new(ROOT);
     let _ = sh(&format!("umount -l {ROOT}/vol"));
     let _ = std::fs::remove_dir_all(root);
@@ -121,8 +124,19 @@ fn run_suite() -> SuiteRun {
     std::fs::write(&config, "[mysqld]\nbind-address = 127.0.0.1\n").unwrap();
 
     let keys = SigningKeys::new("attack");
-    // md for row `md-remap`: nothing loads modules once guard is armed.
-    let guardd = SignedGuardd::start(&keys, &["--preload-module", "md_mod"]);
+    // md for row `md-remap`, the SCSI target for rows `scsi-target-*`:
+    // nothing loads modules once guard is armed.
+    let guardd = SignedGuardd::start(
+        &keys,
+        &[
+            "--preload-module",
+            "md_mod",
+            "--preload-module",
+            "target_core_file",
+            "--preload-module",
+            "target_core_iblock",
+        ],
+    );
     let policy = json!({
         "mode": "enforce",
         "protected": [{

@@ -47,13 +47,6 @@ fn set_core_pattern(pattern: &str) -> std::io::Result<()> {
     }
 }
 
-fn disarm() {
-    let pins = guard::loader::Pins::new(guard::loader::DEFAULT_PIN_DIR);
-    if let Err(e) = guard::loader::disarm(&pins) {
-        eprintln!("disarming: {e:#}");
-    }
-}
-
 /// `busybox` aborts itself in `dir` with its core limit raised; returns
 /// whether the kernel says a core was dumped.
 fn crash(busybox: &Path, dir: &Path) -> bool {

@@ -3,7 +3,8 @@
 //! like a protected filesystem's own device: nobody but guardd reads or
 //! writes it, since reading shows the pages and writing changes them before
 //! they come back. A swap file is an ordinary file guard cannot keep from
-//! root's reads: applying a policy warns about it.
+//! root's reads: applying a policy warns about it. Nobody but guardd may
+//! turn on a swap area while a policy is active.
 
 use guard::journal::message_id;
 use guard_tests::guest::*;
@@ -20,7 +21,17 @@ struct SwapAreas {
 }
 
 impl SwapAreas {
+    /// Made and turned on.
     fn new(root: &Path) -> SwapAreas {
+        let areas = SwapAreas::made(root);
+        for area in areas.names() {
+            assert_ok(&sh(&format!("swapon {area}")), "swapon");
+        }
+        areas
+    }
+
+    /// Made, not turned on.
+    fn made(root: &Path) -> SwapAreas {
         let image = root.join("swap-device.img");
         let file = root.join("swapfile");
         for path in [&image, &file] {
@@ -36,10 +47,14 @@ impl SwapAreas {
         assert_ok(&out, "losetup");
         let device = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let areas = SwapAreas { device, file };
-        for area in [areas.device.clone(), areas.file.display().to_string()] {
-            assert_ok(&sh(&format!("mkswap -q {area} && swapon {area}")), "swapon");
+        for area in areas.names() {
+            assert_ok(&sh(&format!("mkswap -q {area}")), "mkswap");
         }
         areas
+    }
+
+    fn names(&self) -> [String; 2] {
+        [self.device.clone(), self.file.display().to_string()]
     }
 }
 
@@ -48,13 +63,6 @@ impl Drop for SwapAreas {
         disarm();
         let _ = sh(&format!("swapoff {}", self.file.display()));
         let _ = sh(&format!("swapoff {} && losetup -d {0}", self.device));
-    }
-}
-
-fn disarm() {
-    let pins = guard::loader::Pins::new(guard::loader::DEFAULT_PIN_DIR);
-    if let Err(e) = guard::loader::disarm(&pins) {
-        eprintln!("disarming: {e:#}");
     }
 }
 
@@ -102,4 +110,54 @@ fn a_swap_device_cannot_be_read_or_written_and_a_swap_file_is_warned_about() {
     );
     assert!(!entries.is_empty());
     drop(guardd);
+}
+
+#[test]
+#[ignore = "guest: run by cargo xtask vm-test"]
+fn no_swap_area_can_be_turned_on_while_a_policy_is_active() {
+    disarm();
+    let root = Path::new("/scratch/swap-later");
+    let _ = std::fs::remove_dir_all(root);
+    std::fs::create_dir_all(root).unwrap();
+    let swap = SwapAreas::made(root);
+    let sb = Sandbox::new("swapon-policy");
+    let guardd = Guardd::start();
+    apply(&sb.policy("enforce"));
+
+    for area in swap.names() {
+        assert_eperm(&sh(&format!("swapon {area}")), &format!("swapon {area}"));
+        let entries = journal_entries(
+            message_id::DENIED,
+            "GUARD_PATH",
+            &area,
+            Duration::from_secs(15),
+        );
+        assert!(
+            entries.iter().any(|e| e["GUARD_RULE"] == "swap"),
+            "no swap alert for {area}: {entries:?}"
+        );
+    }
+    let swaps = std::fs::read_to_string("/proc/swaps").unwrap();
+    for area in swap.names() {
+        assert!(!swaps.contains(&area), "{area} is on: {swaps}");
+    }
+
+    // Without a policy the same areas turn on (the refusal was guard's).
+    drop(guardd);
+    disarm();
+    let file = swap.file.display().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = sh(&format!("swapon {file}"));
+        if out.status.success() {
+            break;
+        }
+        // The kernel detaches guard's programs a moment after the disarm.
+        assert!(
+            std::time::Instant::now() < deadline,
+            "swapon {file} without guard: {}",
+            stderr(&out)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -20,10 +20,13 @@ mod config;
 mod crash_dumps;
 mod fds;
 mod files;
+mod hardware;
 mod kernel;
 mod mounts;
 mod procfs;
 mod report;
+mod scsi_target;
+mod swap;
 mod sys;
 
 use std::path::{Path, PathBuf};
@@ -267,7 +270,10 @@ pub fn catalog() -> Vec<Technique> {
     all.extend(fds::techniques());
     all.extend(mounts::techniques());
     all.extend(kernel::techniques());
+    all.extend(hardware::techniques());
     all.extend(crash_dumps::techniques());
+    all.extend(swap::techniques());
+    all.extend(scsi_target::techniques());
     all.extend(config::techniques());
     all
 }
