@@ -371,13 +371,14 @@ pub mod maps {
     pub const LAUNCHES: &str = "GUARD_LAUNCHES";
     pub const ANCESTORS: &str = "GUARD_ANCESTORS";
     pub const RAW_DEVICES: &str = "GUARD_RAW_DEVICES";
+    pub const PASSTHROUGH: &str = "GUARD_PASSTHROUGH";
     pub const TAINT_SEQ: &str = "GUARD_TAINT_SEQ";
     pub const LIBRARIES: &str = "GUARD_LIBRARIES";
     pub const ARGUMENTS: &str = "GUARD_ARGUMENTS";
     pub const ARGV_SCRATCH: &str = "GUARD_ARGV_SCRATCH";
     pub const ENVIRONMENT: &str = "GUARD_ENVIRONMENT";
     pub const ENV_SCRATCH: &str = "GUARD_ENV_SCRATCH";
-    pub const ALL: [&str; 26] = [
+    pub const ALL: [&str; 27] = [
         ACTIVE,
         META,
         DEVS,
@@ -398,6 +399,7 @@ pub mod maps {
         LAUNCHES,
         ANCESTORS,
         RAW_DEVICES,
+        PASSTHROUGH,
         TAINT_SEQ,
         LIBRARIES,
         ARGUMENTS,
@@ -550,6 +552,9 @@ pub mod hook {
     pub const FILE_IOCTL: u32 = 35;
     /// Opening a perf event that samples memory or registers.
     pub const PERF_EVENT_OPEN: u32 = 36;
+    /// Opening a character device that passes commands to a disk guard
+    /// keeps (NVMe controller and generic nodes, SCSI generic, bsg).
+    pub const PASSTHROUGH_DEVICE: u32 = 37;
 
     /// Hooks whose object is a process, not a file.
     pub fn is_process(hook: u32) -> bool {
@@ -575,6 +580,7 @@ pub mod hook {
                 | RAW_DEVICE
                 | FILE_IOCTL
                 | PERF_EVENT_OPEN
+                | PASSTHROUGH_DEVICE
         )
     }
 
@@ -616,6 +622,7 @@ pub mod hook {
             BPRM_COMMITTED_CREDS => "bprm_committed_creds",
             FILE_IOCTL => "file_ioctl",
             PERF_EVENT_OPEN => "perf_event_open",
+            PASSTHROUGH_DEVICE => "file_open",
             _ => "unknown",
         }
     }

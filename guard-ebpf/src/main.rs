@@ -147,6 +147,10 @@ static ANCESTORS: HashMap<DirKey, u32> = HashMap::pinned(MAX_ANCESTORS, 0);
 /// unless every protected directory there is fscrypt-encrypted).
 #[map(name = "GUARD_RAW_DEVICES")]
 static RAW_DEVICES: HashMap<DevKey, u32> = HashMap::pinned(2 * MAX_POINTS, 0);
+/// Character devices passing commands to a disk in `RAW_DEVICES`, with
+/// what nobody but guardd gets on them (that disk's bits).
+#[map(name = "GUARD_PASSTHROUGH")]
+static PASSTHROUGH: HashMap<DevKey, u32> = HashMap::pinned(2 * MAX_POINTS, 0);
 /// Binaries confined to approved libraries, and the approved files
 /// (`guard_common::library` bits), per generation.
 #[map(name = "GUARD_LIBRARIES")]
@@ -763,7 +767,7 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         };
         // Most opens are of files on filesystems without protected
         // directories: they end here, before the policy is even looked up.
-        if !may_hold && opened.block_device.is_none() {
+        if !may_hold && opened.device.is_none() {
             return ALLOW;
         }
         let generation = ACTIVE.get(0).copied().unwrap_or(0);
@@ -780,8 +784,8 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         if mode & FMODE_EXEC != 0 {
             want |= access::EXEC;
         }
-        if let Some(rdev) = opened.block_device {
-            let ret = protect_raw_device(generation, rdev, want);
+        if let Some(node) = opened.device {
+            let ret = protect_device(generation, node, want);
             if ret != ALLOW || !may_hold {
                 return ret;
             }
@@ -893,36 +897,54 @@ unsafe fn name_words(o: &KernelOffsets, dentry: u64) -> Result<[u64; 2], i32> {
 const S_IFMT: u16 = 0o170000;
 const S_IFDIR: u16 = 0o040000;
 const S_IFBLK: u16 = 0o060000;
+const S_IFCHR: u16 = 0o020000;
 
 /// What `file_open` needs to know of the opened inode.
 struct Opened {
     is_dir: bool,
-    /// The kernel dev_t of a block device node (wherever root made it).
-    /// Kernel memory (/dev/mem, /proc/kcore) is refused in `locked_down`.
-    block_device: Option<u32>,
+    /// A device node (wherever root made it). Kernel memory (/dev/mem,
+    /// /proc/kcore) is refused in `locked_down`.
+    device: Option<DeviceNode>,
+}
+
+/// A device node's kind and kernel dev_t.
+#[derive(Clone, Copy)]
+struct DeviceNode {
+    block: bool,
+    rdev: u32,
 }
 
 #[inline(always)]
 unsafe fn opened(o: &KernelOffsets, file: u64) -> Result<Opened, i32> {
     let inode: u64 = read(file, o.file_f_inode)?;
     let kind = read::<u16>(inode, o.inode_i_mode)? & S_IFMT;
-    let block_device = if kind == S_IFBLK {
-        Some(read(inode, o.inode_i_rdev)?)
+    let device = if kind == S_IFBLK || kind == S_IFCHR {
+        Some(DeviceNode {
+            block: kind == S_IFBLK,
+            rdev: read(inode, o.inode_i_rdev)?,
+        })
     } else {
         None
     };
     Ok(Opened {
         is_dir: kind == S_IFDIR,
-        block_device,
+        device,
     })
 }
 
 /// The block device under protected directories: writing it would change
 /// their data beneath the guard, reading it shows their data unless fscrypt
-/// encrypts it.
+/// encrypts it. The same for a character device passing commands to it
+/// (an NVMe read command returns the same blocks).
 #[inline(always)]
-unsafe fn protect_raw_device(generation: u32, rdev: u32, want: u32) -> i32 {
-    let denied = match RAW_DEVICES.get(&DevKey { generation, dev: rdev }) {
+unsafe fn protect_device(generation: u32, node: DeviceNode, want: u32) -> i32 {
+    let key = DevKey { generation, dev: node.rdev };
+    let (kept, hook) = if node.block {
+        (RAW_DEVICES.get(&key), hook::RAW_DEVICE)
+    } else {
+        (PASSTHROUGH.get(&key), hook::PASSTHROUGH_DEVICE)
+    };
+    let denied = match kept {
         Some(bits) => *bits & want,
         None => 0,
     };
@@ -930,7 +952,7 @@ unsafe fn protect_raw_device(generation: u32, rdev: u32, want: u32) -> i32 {
         return ALLOW;
     }
     match armed_outsider() {
-        Ok(Some(exe)) => deny_bpf(exe, hook::RAW_DEVICE, denied, 0, 0, rdev),
+        Ok(Some(exe)) => deny_bpf(exe, hook, denied, 0, 0, node.rdev),
         Ok(None) => ALLOW,
         Err(_) => EPERM,
     }

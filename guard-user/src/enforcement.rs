@@ -57,6 +57,7 @@ pub struct KernelMaps {
     supervisors: HashMap<MapData, LaunchKey, ExeKey>,
     ancestors: HashMap<MapData, DirKey, u32>,
     raw_devices: HashMap<MapData, DevKey, u32>,
+    passthrough: HashMap<MapData, DevKey, u32>,
     relays: HashMap<MapData, LaunchKey, u32>,
     libraries: HashMap<MapData, LaunchKey, u32>,
     arguments: HashMap<MapData, LaunchKey, Arguments>,
@@ -101,6 +102,7 @@ impl KernelMaps {
             supervisors: typed(maps::SUPERVISORS, Map::HashMap)?.try_into()?,
             ancestors: typed(maps::ANCESTORS, Map::HashMap)?.try_into()?,
             raw_devices: typed(maps::RAW_DEVICES, Map::HashMap)?.try_into()?,
+            passthrough: typed(maps::PASSTHROUGH, Map::HashMap)?.try_into()?,
             relays: typed(maps::RELAYS, Map::HashMap)?.try_into()?,
             libraries: typed(maps::LIBRARIES, Map::HashMap)?.try_into()?,
             arguments: typed(maps::ARGUMENTS, Map::HashMap)?.try_into()?,
@@ -197,6 +199,7 @@ impl KernelMaps {
         remove_where(&mut self.environment, |k| k.launch.generation != active);
         remove_where(&mut self.ancestors, |k| k.generation != active);
         remove_where(&mut self.raw_devices, |k| k.generation != active);
+        remove_where(&mut self.passthrough, |k| k.generation != active);
         self.rebuild_dir_filter()
     }
 
@@ -304,6 +307,8 @@ impl KernelMaps {
             .context("writing GUARD_SUPERVISORS (is it full?)")?;
         batch::update(&self.raw_devices, &e.raw_devices)
             .context("writing GUARD_RAW_DEVICES (is it full?)")?;
+        batch::update(&self.passthrough, &e.passthrough)
+            .context("writing GUARD_PASSTHROUGH (is it full?)")?;
         batch::update(&self.ancestors, &e.ancestors)
             .context("writing GUARD_ANCESTORS (is it full?)")?;
         let relays: Vec<(LaunchKey, u32)> = e.relays.iter().map(|key| (*key, 1)).collect();
@@ -347,6 +352,7 @@ impl KernelMaps {
         remove_where(&mut self.environment, |k| k.launch.generation == generation);
         remove_where(&mut self.ancestors, |k| k.generation == generation);
         remove_where(&mut self.raw_devices, |k| k.generation == generation);
+        remove_where(&mut self.passthrough, |k| k.generation == generation);
     }
 
     fn drop_stale_exes(&mut self, keep: &[ExeKey]) {

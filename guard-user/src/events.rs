@@ -223,6 +223,10 @@ fn bpf_object(e: &Event) -> String {
             e.ino
         ),
         hook::FILE_IOCTL => "a device-mapper table (/dev/mapper/control)".into(),
+        hook::PASSTHROUGH_DEVICE => format!(
+            "a device passing commands to a disk guard keeps ({})",
+            kernel_dev_string(e.dev)
+        ),
         hook::RAW_DEVICE => format!(
             "a block device guard keeps (under a filesystem holding protected directories, or swap) ({})",
             kernel_dev_string(e.dev)

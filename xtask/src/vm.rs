@@ -33,6 +33,9 @@
 //!   per-boot random nonce tell when the guest is ready and the script's exit code.
 //! - A fresh 1 GiB raw disk per boot (`target/vm/<kernel>/scratch.img`), formatted in
 //!   the guest as ext4 with `-O encrypt` and mounted at /scratch.
+//! - A fresh, blank 64 MiB NVMe disk per boot (`target/vm/<kernel>/nvme.img`,
+//!   serial `guard-nvme`): NVMe has command passthrough nodes besides its block
+//!   device, which the tests of raw-device protection need.
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -57,6 +60,7 @@ const STAGE2_INIT: &str = include_str!("../guest/init.sh");
 const ROOT_MODULES: &[&str] = &["virtio_pci", "virtiofs"];
 const MEMORY: &str = "2G";
 const SCRATCH_BYTES: u64 = 1 << 30;
+const NVME_BYTES: u64 = 64 << 20;
 const VIRTIOFS_TAG: &str = "hostroot";
 
 /// How to run a guest.
@@ -168,6 +172,7 @@ struct GuestFiles {
     initramfs: PathBuf,
     script: PathBuf,
     scratch: PathBuf,
+    nvme: PathBuf,
     console_log: PathBuf,
     output_log: PathBuf,
     virtiofsd_log: PathBuf,
@@ -183,6 +188,7 @@ impl GuestFiles {
             initramfs: dir.join("initramfs.cpio"),
             script: dir.join("run.sh"),
             scratch: dir.join("scratch.img"),
+            nvme: dir.join("nvme.img"),
             console_log: dir.join("console.log"),
             output_log: dir.join("output.log"),
             virtiofsd_log: dir.join("virtiofsd.log"),
@@ -225,8 +231,8 @@ fn boot_and_wait(
     Ok(code)
 }
 
-/// Writes everything the guest reads: stage 2, the script, the initramfs, a fresh
-/// scratch disk, and empties the logs.
+/// Writes everything the guest reads: stage 2, the script, the initramfs, fresh
+/// scratch and NVMe disks, and empties the logs.
 fn prepare(kernel: &Kernel, files: &GuestFiles, script: &str, options: &Options) -> Result<()> {
     fs::create_dir_all(&files.dir)
         .with_context(|| format!("cannot create {}", files.dir.display()))?;
@@ -237,10 +243,12 @@ fn prepare(kernel: &Kernel, files: &GuestFiles, script: &str, options: &Options)
         0o755,
     )?;
     build_initramfs(kernel, files)?;
-    let _ = fs::remove_file(&files.scratch);
-    File::create(&files.scratch)
-        .and_then(|file| file.set_len(SCRATCH_BYTES))
-        .with_context(|| format!("cannot create {}", files.scratch.display()))?;
+    for (disk, bytes) in [(&files.scratch, SCRATCH_BYTES), (&files.nvme, NVME_BYTES)] {
+        let _ = fs::remove_file(disk);
+        File::create(disk)
+            .and_then(|file| file.set_len(bytes))
+            .with_context(|| format!("cannot create {}", disk.display()))?;
+    }
     for log in [
         &files.console_log,
         &files.output_log,
@@ -533,6 +541,14 @@ fn start_qemu(
                 qemu_path(&files.scratch)?
             ),
         ])
+        .args([
+            "-drive",
+            &format!(
+                "file={},format=raw,if=none,id=nvme,cache=unsafe",
+                qemu_path(&files.nvme)?
+            ),
+        ])
+        .args(["-device", "nvme,serial=guard-nvme,drive=nvme"])
         .args([
             "-serial",
             &format!("file:{}", qemu_path(&files.console_log)?),

@@ -24,6 +24,9 @@ pub struct PolicyEntries {
     /// holding protected directories: write, and read unless fscrypt
     /// encrypts every protected directory there.
     pub raw_devices: Vec<(DevKey, u32)>,
+    /// `PASSTHROUGH`: the same for character devices passing commands to
+    /// those devices' disks.
+    pub passthrough: Vec<(DevKey, u32)>,
     /// `ANCESTORS`: directories above protected ones, and a point below each.
     pub ancestors: Vec<(DirKey, u32)>,
     /// `RULE_SLOTS`: one entry per (point, binary, uid or ANY, gid or ANY).
@@ -100,6 +103,12 @@ impl ResolvedPolicy {
             let denied = raw_devices.entry(device.dev).or_insert(access::WRITE);
             if !device.ciphertext {
                 *denied |= access::READ;
+            }
+        }
+        let mut passthrough: BTreeMap<u32, u32> = BTreeMap::new();
+        for node in &self.passthrough {
+            if let Some(denied) = raw_devices.get(&node.block_dev) {
+                *passthrough.entry(node.char_dev).or_insert(0) |= denied;
             }
         }
         let mut ancestors: BTreeMap<(u32, u64), u32> = BTreeMap::new();
@@ -223,6 +232,10 @@ impl ResolvedPolicy {
                 .collect(),
             dirs,
             raw_devices: raw_devices
+                .into_iter()
+                .map(|(dev, denied)| (DevKey { generation, dev }, denied))
+                .collect(),
+            passthrough: passthrough
                 .into_iter()
                 .map(|(dev, denied)| (DevKey { generation, dev }, denied))
                 .collect(),
@@ -370,6 +383,17 @@ pub(super) fn check_capacity(policy: &ResolvedPolicy) -> Vec<PolicyError> {
     let at = Pointer::root().key("protected");
     let checks = [
         ("protected directories", entries.dirs.len(), MAX_POINTS),
+        // The device maps hold two generations of `MAX_POINTS`.
+        (
+            "block devices kept (filesystems, what they sit on, swap)",
+            entries.raw_devices.len(),
+            MAX_POINTS,
+        ),
+        (
+            "command passthrough devices of those",
+            entries.passthrough.len(),
+            MAX_POINTS,
+        ),
         (
             "directories above protected ones",
             entries.ancestors.len(),
@@ -416,7 +440,7 @@ pub(super) fn check_capacity(policy: &ResolvedPolicy) -> Vec<PolicyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::resolve::ResolvedStartedBy;
+    use crate::policy::resolve::{Passthrough, ResolvedStartedBy};
     use crate::policy::{
         resolve, Access, Mode, ResolvedBinary, ResolvedPoint, RuleInfo, Sha256Digest,
     };
@@ -516,6 +540,7 @@ mod tests {
             libraries: None,
             immutable: None,
             swap: Vec::new(),
+            passthrough: Vec::new(),
         };
         let e = policy.entries(9);
         assert_eq!(e.meta.mode, MODE_ENFORCE);
@@ -663,6 +688,7 @@ mod tests {
             libraries: None,
             immutable: None,
             swap: Vec::new(),
+            passthrough: Vec::new(),
         };
         let e = policy.entries(1);
         assert_eq!(e.meta.mode, MODE_AUDIT);
@@ -1063,13 +1089,27 @@ mod tests {
                     ciphertext: true,
                 },
             ],
+            // Passthrough nodes of disks 9 and 21; 99 is no device of the policy's.
+            passthrough: [(30, 9), (31, 21), (32, 99)]
+                .map(|(char_dev, block_dev)| Passthrough {
+                    char_dev,
+                    block_dev,
+                })
+                .to_vec(),
         };
-        let denied: Vec<(u32, u32)> = policy
-            .entries(1)
+        let entries = policy.entries(1);
+        let denied: Vec<(u32, u32)> = entries
             .raw_devices
             .iter()
             .map(|(key, bits)| (key.dev, *bits))
             .collect();
+        let passthrough: Vec<(u32, u32)> = entries
+            .passthrough
+            .iter()
+            .map(|(key, bits)| (key.dev, *bits))
+            .collect();
+        // A passthrough node is closed as its disk is.
+        assert_eq!(passthrough, [(30, READ | WRITE), (31, WRITE)]);
         assert_eq!(
             denied,
             [
@@ -1095,6 +1135,7 @@ mod tests {
             libraries: None,
             immutable: None,
             swap: Vec::new(),
+            passthrough: Vec::new(),
         };
         let errors = check_capacity(&policy);
         assert_eq!(errors.len(), 1);
@@ -1129,6 +1170,7 @@ mod tests {
                 libraries: None,
                 immutable: None,
                 swap: Vec::new(),
+                passthrough: Vec::new(),
             }
         };
         let two = pinned(vec![binary(1, 10), binary(1, 11)]);

@@ -83,6 +83,88 @@ fn walk(
     Ok(())
 }
 
+/// The character devices that pass commands straight to the disk holding
+/// block device `dev` (a kernel `dev_t`; a disk or a partition): NVMe's
+/// controller and generic namespace nodes (/dev/nvme0, /dev/ng0n1), SCSI
+/// generic and bsg nodes (/dev/sg0, /dev/bsg/0:0:0:0). A read command sent
+/// through one returns the disk's blocks as the block device would. Found
+/// beside the disk's parent device in `sysfs`: an NVMe controller or
+/// subsystem (which links its controllers), a SCSI device (whose class
+/// folders hold them). Virtual disks (dm, loop, md) have none.
+pub fn passthrough_devices(sysfs: &Path, dev: u32) -> Result<Vec<u32>, String> {
+    let (major, minor) = (dev >> 20, dev & 0xf_ffff);
+    if major == 0 {
+        return Ok(Vec::new());
+    }
+    let mut disk = canonical(&sysfs.join(format!("dev/block/{major}:{minor}")))?;
+    if disk.join("partition").exists() {
+        disk = disk
+            .parent()
+            .ok_or_else(|| format!("{}: a partition without a disk", disk.display()))?
+            .to_path_buf();
+    }
+    let parent = match fs::canonicalize(disk.join("device")) {
+        Ok(parent) => parent,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("{}/device: {e}", disk.display())),
+    };
+    let mut found = Vec::new();
+    for folder in beside(&parent)? {
+        if let Some(char_dev) = char_device(sysfs, &folder)? {
+            found.push(char_dev);
+        }
+    }
+    found.sort();
+    found.dedup();
+    Ok(found)
+}
+
+/// `parent`, its device links (an NVMe subsystem's controllers), its
+/// folders and theirs (SCSI's `scsi_generic/sg0`, `bsg/0:0:0:0`). Other
+/// links (`subsystem`, `driver`) lead elsewhere and are not followed.
+fn beside(parent: &Path) -> Result<Vec<PathBuf>, String> {
+    let list = |dir: &Path| -> Result<Vec<(PathBuf, fs::FileType)>, String> {
+        fs::read_dir(dir)
+            .and_then(|entries| {
+                entries
+                    .map(|e| e.and_then(|e| Ok((e.path(), e.file_type()?))))
+                    .collect()
+            })
+            .map_err(|e| format!("{}: {e}", dir.display()))
+    };
+    let mut folders = vec![parent.to_path_buf()];
+    for (path, kind) in list(parent)? {
+        if kind.is_symlink() {
+            if path.join("dev").is_file() {
+                folders.push(canonical(&path)?);
+            }
+        } else if kind.is_dir() {
+            for (inner, inner_kind) in list(&path)? {
+                if inner_kind.is_dir() {
+                    folders.push(inner);
+                }
+            }
+            folders.push(path);
+        }
+    }
+    Ok(folders)
+}
+
+/// The kernel `dev_t` of the character device at sysfs folder `folder`:
+/// one with a `dev` file that `dev/char/MAJ:MIN` leads back to.
+fn char_device(sysfs: &Path, folder: &Path) -> Result<Option<u32>, String> {
+    if !folder.join("dev").is_file() {
+        return Ok(None);
+    }
+    let dev = dev_of(folder)?;
+    let (major, minor) = (dev >> 20, dev & 0xf_ffff);
+    let listed = fs::canonicalize(sysfs.join(format!("dev/char/{major}:{minor}")));
+    Ok(match listed {
+        Ok(listed) if listed == canonical(folder)? => Some(dev),
+        _ => None,
+    })
+}
+
 /// Where the kernel lists its swap areas.
 pub const PROC_SWAPS: &str = "/proc/swaps";
 
@@ -139,7 +221,7 @@ fn is_dm_crypt(device: &Path) -> bool {
     fs::read_to_string(device.join("dm/uuid")).is_ok_and(|uuid| uuid.starts_with("CRYPT-"))
 }
 
-/// The kernel `dev_t` of the block device at sysfs folder `device`.
+/// The kernel `dev_t` of the device at sysfs folder `device`.
 fn dev_of(device: &Path) -> Result<u32, String> {
     let file = device.join("dev");
     let text = fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
@@ -205,6 +287,77 @@ mod tests {
 
     fn dev(major: u32, minor: u32) -> u32 {
         (major << 20) | minor
+    }
+
+    impl FakeSysfs {
+        /// Adds character device `path` as `major:minor`.
+        fn char_device(&self, path: &str, major: u32, minor: u32) -> PathBuf {
+            let dir = self.root().join("devices").join(path);
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(dir.join("dev"), format!("{major}:{minor}\n")).unwrap();
+            let links = self.root().join("dev/char");
+            fs::create_dir_all(&links).unwrap();
+            symlink(&dir, links.join(format!("{major}:{minor}"))).unwrap();
+            dir
+        }
+
+        /// Links `disk`'s `device` to `parent` (relative to `devices/`).
+        fn parent(&self, disk: &Path, parent: &str) -> PathBuf {
+            let dir = self.root().join("devices").join(parent);
+            fs::create_dir_all(&dir).unwrap();
+            symlink(&dir, disk.join("device")).unwrap();
+            dir
+        }
+    }
+
+    #[test]
+    fn an_nvme_namespace_with_multipath_exposes_its_generic_node_and_controller() {
+        let sys = FakeSysfs::new();
+        let disk = sys.device("nvme-subsys0/nvme0n1", 259, 1);
+        let subsys = sys.parent(&disk, "nvme-subsys0");
+        sys.char_device("nvme-subsys0/ng0n1", 245, 0);
+        let controller = sys.char_device("pci0000:00/0000:00:03.0/nvme/nvme0", 246, 0);
+        symlink(&controller, subsys.join("nvme0")).unwrap();
+        symlink(sys.root().join("devices"), subsys.join("subsystem")).unwrap();
+        // A hidden per-path disk is a block device: not listed here.
+        sys.device("pci0000:00/0000:00:03.0/nvme/nvme0/nvme0c0n1", 259, 0);
+        sys.partition("nvme-subsys0/nvme0n1/nvme0n1p1", 259, 2);
+        let expected = vec![dev(245, 0), dev(246, 0)];
+        assert_eq!(
+            passthrough_devices(sys.root(), dev(259, 1)).unwrap(),
+            expected
+        );
+        assert_eq!(
+            passthrough_devices(sys.root(), dev(259, 2)).unwrap(),
+            expected
+        );
+    }
+
+    #[test]
+    fn a_scsi_disk_exposes_its_sg_and_bsg_nodes() {
+        let sys = FakeSysfs::new();
+        let disk = sys.device("host0/target0:0:0/0:0:0:0/block/sda", 8, 0);
+        let scsi = sys.parent(&disk, "host0/target0:0:0/0:0:0:0");
+        let sg = sys.char_device("host0/target0:0:0/0:0:0:0/scsi_generic/sg0", 21, 0);
+        sys.char_device("host0/target0:0:0/0:0:0:0/bsg/0:0:0:0", 247, 0);
+        symlink(&sg, scsi.join("generic")).unwrap();
+        fs::create_dir_all(scsi.join("scsi_disk/0:0:0:0")).unwrap();
+        assert_eq!(
+            passthrough_devices(sys.root(), dev(8, 0)).unwrap(),
+            vec![dev(21, 0), dev(247, 0)]
+        );
+    }
+
+    #[test]
+    fn virtual_disks_and_filesystems_without_a_device_have_no_passthrough() {
+        let sys = FakeSysfs::new();
+        sys.device("loop0", 7, 0);
+        sys.dm("dm-0", 0, "CRYPT-LUKS2-abc-luks", &[]);
+        for device in [dev(7, 0), dev(253, 0), dev(0, 42)] {
+            assert!(passthrough_devices(sys.root(), device).unwrap().is_empty());
+        }
+        let e = passthrough_devices(sys.root(), dev(8, 16)).unwrap_err();
+        assert!(e.contains("8:16"), "{e}");
     }
 
     #[test]

@@ -42,6 +42,19 @@ pub struct ResolvedPolicy {
     /// The swap devices when the policy was applied, and those below them.
     #[serde(default)]
     pub swap: Vec<super::devices::DeviceBelow>,
+    /// Character devices passing commands to the disks of the block devices
+    /// above (points' filesystems, what they sit on, swap).
+    #[serde(default)]
+    pub passthrough: Vec<Passthrough>,
+}
+
+/// A character device that passes commands to a disk guard keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Passthrough {
+    /// Its kernel `dev_t`.
+    pub char_dev: u32,
+    /// The kept block device (kernel `dev_t`) whose disk it reaches.
+    pub block_dev: u32,
 }
 
 /// A protected directory as the kernel sees it.
@@ -243,17 +256,21 @@ pub fn resolve(policy: &Policy) -> Result<ResolvedPolicy, PolicyErrors> {
     if !resolver.errors.is_empty() {
         return Err(PolicyErrors(resolver.errors));
     }
+    let points: Vec<ResolvedPoint> = located
+        .into_iter()
+        .map(|p| p.expect("no errors, so every point resolved").point)
+        .collect();
+    let passthrough = resolve_passthrough(&points, &swap, Path::new("/sys"))
+        .map_err(|message| PolicyErrors(vec![Pointer::root().error(message)]))?;
     let resolved = ResolvedPolicy {
         mode: policy.mode,
         hash: policy.hash(),
-        points: located
-            .into_iter()
-            .map(|p| p.expect("no errors, so every point resolved").point)
-            .collect(),
+        points,
         rules,
         libraries,
         immutable,
         swap,
+        passthrough,
     };
     let capacity_errors = super::compile::check_capacity(&resolved);
     if !capacity_errors.is_empty() {
@@ -272,6 +289,35 @@ fn resolve_swap() -> Result<Vec<super::devices::DeviceBelow>, String> {
         Err(e) => return Err(format!("reading {}: {e}", super::devices::PROC_SWAPS)),
     };
     super::devices::swap_devices(&swaps, Path::new("/sys"))
+}
+
+/// The passthrough nodes of every block device guard keeps. A failure
+/// refuses the policy: a node guard cannot see must not be left open.
+fn resolve_passthrough(
+    points: &[ResolvedPoint],
+    swap: &[super::devices::DeviceBelow],
+    sysfs: &Path,
+) -> Result<Vec<Passthrough>, String> {
+    let mut kept: Vec<u32> = points.iter().map(|p| p.dev).collect();
+    kept.extend(points.iter().flat_map(|p| p.below.iter().map(|d| d.dev)));
+    kept.extend(swap.iter().map(|d| d.dev));
+    kept.sort();
+    kept.dedup();
+    let mut found = Vec::new();
+    for block_dev in kept {
+        let nodes = super::devices::passthrough_devices(sysfs, block_dev).map_err(|e| {
+            format!(
+                "finding the command passthrough devices of block device {}:{}: {e}",
+                block_dev >> 20,
+                block_dev & 0xf_ffff
+            )
+        })?;
+        found.extend(nodes.into_iter().map(|char_dev| Passthrough {
+            char_dev,
+            block_dev,
+        }));
+    }
+    Ok(found)
 }
 
 /// What makes two directories the same one.
