@@ -250,10 +250,15 @@ pub const PF_DUMPCORE: u32 = 0x0000_0200;
 
 /// Kernel settings nobody but guardd may change while a policy is active:
 /// where crash dumps go (a file or a program of root's would receive the
-/// memory of a crashing allowed program).
+/// memory of a crashing allowed program), and which block device an NVMe
+/// target namespace exports (the kernel opens it itself, not exclusively,
+/// with no hook between: a mounted protected device would be served to
+/// any NVMe-over-fabrics host, the local loop one included).
 pub mod kernel_setting {
     /// `super_block.s_magic` of procfs (include/uapi/linux/magic.h).
     pub const PROC_SUPER_MAGIC: u64 = 0x9fa0;
+    /// `super_block.s_magic` of configfs.
+    pub const CONFIGFS_MAGIC: u64 = 0x6265_6570;
 
     /// A name of at most 15 bytes as the first two little-endian words of
     /// its NUL-terminated bytes, and masks of the bytes that belong to it
@@ -282,6 +287,9 @@ pub mod kernel_setting {
     pub const FOLDER: Name = name(b"kernel");
     /// /proc/sys/kernel/core_pattern.
     pub const NAMES: [Name; 1] = [name(b"core_pattern")];
+    /// configfs `nvmet/subsystems/*/namespaces/*/device_path` (the only
+    /// configfs attribute of that name in the kernel).
+    pub const DEVICE_PATH: Name = name(b"device_path");
 
     /// Whether `words` (a name's first 16 bytes) are `name`'s.
     pub fn matches(name: &Name, words: [u64; 2]) -> bool {

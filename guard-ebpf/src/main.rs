@@ -865,13 +865,17 @@ unsafe fn in_swapon(o: &KernelOffsets) -> Result<bool, i32> {
 }
 
 /// Whether `dentry` is one of `kernel_setting::NAMES` in procfs's
-/// `sys/kernel` (any procfs instance, any path to it).
+/// `sys/kernel` (any procfs instance, any path to it), or an NVMe target
+/// namespace's `device_path` in configfs.
 #[inline(always)]
 unsafe fn is_kernel_setting(o: &KernelOffsets, dentry: u64) -> Result<bool, i32> {
     let sb: u64 = read(dentry, o.dentry_d_sb)?;
     let magic: u64 = read(sb, o.super_block_s_magic)?;
+    if magic == kernel_setting::CONFIGFS_MAGIC {
+        return Ok(kernel_setting::matches(&kernel_setting::DEVICE_PATH, name_words(o, dentry)?));
+    }
     if magic != kernel_setting::PROC_SUPER_MAGIC {
-        return Ok(false); // every other filesystem: two loads
+        return Ok(false); // every other filesystem: a few loads
     }
     let words = name_words(o, dentry)?;
     let mut listed = false;

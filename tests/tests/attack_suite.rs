@@ -124,8 +124,8 @@ fn run_suite() -> SuiteRun {
     std::fs::write(&config, "[mysqld]\nbind-address = 127.0.0.1\n").unwrap();
 
     let keys = SigningKeys::new("attack");
-    // md for row `md-remap`, the SCSI target for rows `scsi-target-*`:
-    // nothing loads modules once guard is armed.
+    // md for row `md-remap`, the SCSI target for rows `scsi-target-*`, the
+    // NVMe target for `nvme-target`: nothing loads modules once guard is armed.
     let guardd = SignedGuardd::start(
         &keys,
         &[
@@ -135,6 +135,8 @@ fn run_suite() -> SuiteRun {
             "target_core_file",
             "--preload-module",
             "target_core_iblock",
+            "--preload-module",
+            "nvmet",
         ],
     );
     let policy = json!({

@@ -16,6 +16,7 @@
 
 pub mod accomplice;
 mod alerts;
+mod block_targets;
 mod config;
 mod crash_dumps;
 mod fds;
@@ -25,7 +26,6 @@ mod kernel;
 mod mounts;
 mod procfs;
 mod report;
-mod scsi_target;
 mod swap;
 mod sys;
 
@@ -273,7 +273,7 @@ pub fn catalog() -> Vec<Technique> {
     all.extend(hardware::techniques());
     all.extend(crash_dumps::techniques());
     all.extend(swap::techniques());
-    all.extend(scsi_target::techniques());
+    all.extend(block_targets::techniques());
     all.extend(config::techniques());
     all
 }
