@@ -15,6 +15,7 @@ use guard::kms::pki::{write_pki_with, CertificateAuthority, Issued, PkiFiles, Ro
 use guard::kms::{Kms, KmsConfig, TlsFiles};
 use guard::volume::VolumeStore;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 use tempfile::TempDir;
 use time::OffsetDateTime;
 
@@ -592,6 +593,8 @@ impl KmipServer {
             ),
         )
         .unwrap();
+        // In a process group of its own: PyKMIP forks a policy-directory
+        // monitor that outlives a kill of the server alone.
         let child = Command::new(binary)
             .arg("-f")
             .arg(&config)
@@ -599,6 +602,7 @@ impl KmipServer {
             .arg(dir.path().join("server.log"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .expect("starting pykmip-server");
         let server = Self {
@@ -642,7 +646,8 @@ impl KmipServer {
 impl Drop for KmipServer {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
+            // SAFETY: kill(2) of the server's own process group.
+            unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
             let _ = child.wait();
         }
     }
