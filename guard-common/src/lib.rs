@@ -78,8 +78,11 @@ pub mod tamper {
     /// Opening a perf event whose samples copy process memory or registers
     /// (user stacks), of every process on a CPU, the database included.
     pub const PERF_SAMPLING: u32 = 1 << 29;
+    /// Changing the running kernel or driving hardware that reaches all of
+    /// memory (what the kernel's lockdown refuses in integrity mode).
+    pub const KERNEL_INTEGRITY: u32 = 1 << 30;
 
-    pub const NAMES: [(&str, u32); 14] = [
+    pub const NAMES: [(&str, u32); 15] = [
         ("ptrace-read", PTRACE_READ),
         ("ptrace-attach", PTRACE_ATTACH),
         ("exec-traced", EXEC_TRACED),
@@ -94,6 +97,7 @@ pub mod tamper {
         ("unexpected-environment", UNEXPECTED_ENVIRONMENT),
         ("device-mapper", DEVICE_MAPPER),
         ("perf-sampling", PERF_SAMPLING),
+        ("kernel-integrity", KERNEL_INTEGRITY),
     ];
 }
 

@@ -1404,7 +1404,12 @@ pub fn locked_down(ctx: LsmContext) -> i32 {
         } else {
             return ALLOW;
         };
-        deny_outsider(hook::KERNEL_MEMORY, tamper::KERNEL_MEMORY, lockdown::event_id(code, what))
+        let attempt = if code == lockdown::KERNEL_INTEGRITY {
+            tamper::KERNEL_INTEGRITY
+        } else {
+            tamper::KERNEL_MEMORY
+        };
+        deny_outsider(hook::KERNEL_MEMORY, attempt, lockdown::event_id(code, what))
     }
 }
 
