@@ -236,12 +236,41 @@ pub fn assert_open_eperm(path: &Path) {
 /// Journal entries with MESSAGE_ID `id` and `field=value`, waiting up to
 /// `wait` for the first; panics naming what is missing.
 /// Takes guard's programs and pins away, whatever a previous test left
-/// armed (guardd then preloads its modules again; nothing loads while armed).
+/// armed, and waits until the kernel has let go of them: what follows runs
+/// without guard (and a guardd started next preloads its modules again;
+/// nothing loads while armed).
 pub fn disarm() {
     let pins = guard::loader::Pins::new(guard::loader::DEFAULT_PIN_DIR);
-    if let Err(e) = guard::loader::disarm(&pins) {
+    if let Err(e) = disarm_fully(&pins) {
         eprintln!("disarming: {e:#}");
     }
+}
+
+/// Removes guard's pins and waits until the kernel has let go of its
+/// programs. Dropping the last pin does not detach them at once: the links
+/// and programs are released later (on 6.12, still attached 0.5 s after).
+pub fn disarm_fully(pins: &guard::loader::Pins) -> anyhow::Result<()> {
+    guard::loader::disarm(pins)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while guard_programs_loaded() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "guard's LSM programs are still loaded 120 s after disarm"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// Whether any LSM program named after one of guard's hooks is loaded.
+fn guard_programs_loaded() -> bool {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .any(|p| {
+            p.program_type() == aya_obj::generated::bpf_prog_type::BPF_PROG_TYPE_LSM
+                && p.name_as_str()
+                    .is_some_and(|n| guard::loader::HOOKS.contains(&n))
+        })
 }
 
 pub fn journal_entries(id: &str, field: &str, value: &str, wait: Duration) -> Vec<Value> {

@@ -10,7 +10,7 @@
 
 use guard::control::{self, Request};
 use guard::loader::{self, Pins};
-use guard_tests::guest::{bin, guardctl, Guardd, SOCKET};
+use guard_tests::guest::{bin, disarm_fully, guardctl, Guardd, SOCKET};
 use guard_tests::machine;
 use serde_json::{json, Value};
 use std::ffi::CString;
@@ -224,33 +224,6 @@ fn row(case: &str, ns: f64, baseline: Option<f64>, target: &str) -> String {
         .map(|b| format!("{:+.1}%", (ns / b - 1.0) * 100.0))
         .unwrap_or_else(|| "baseline".into());
     format!("{case:<52} {ns:>10.0} {vs:>12} {target:>10}")
-}
-
-/// Removes guard's pins and waits until the kernel has let go of its
-/// programs. Dropping the last pin does not detach them at once: the links
-/// and programs are released later (on 6.12, still attached 0.5 s after), and
-/// a baseline measured before that is a baseline with the guard on.
-fn disarm_fully(pins: &Pins) -> anyhow::Result<()> {
-    loader::disarm(pins)?;
-    let deadline = Instant::now() + std::time::Duration::from_secs(120);
-    while guard_programs_loaded() {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "guard's LSM programs are still loaded 120 s after disarm"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    Ok(())
-}
-
-/// Whether any LSM program named after one of guard's hooks is loaded.
-fn guard_programs_loaded() -> bool {
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .any(|p| {
-            p.program_type() == aya_obj::generated::bpf_prog_type::BPF_PROG_TYPE_LSM
-                && p.name_as_str().is_some_and(|n| loader::HOOKS.contains(&n))
-        })
 }
 
 /// Lets the kernel and guardd finish what arming, disarming or an apply left
