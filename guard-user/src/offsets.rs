@@ -172,23 +172,25 @@ fn perf_event_open_has_attr(btf: &Btf) -> Result<u32> {
 /// Value of enumerator `member` of `enum name`.
 fn enum_value(btf: &Btf, name: &str, member: &str) -> Result<u32> {
     let context = || format!("kernel enum value {name}::{member} cannot be resolved from BTF");
-    let e = btf
-        .resolve_types_by_name(name)
-        .map_err(|e| anyhow!("no type named {name}: {e}"))
-        .with_context(context)?
-        .into_iter()
-        .find_map(|t| match t {
-            Type::Enum(e) => Some(e),
-            _ => None,
-        })
-        .ok_or_else(|| anyhow!("no enum named {name}"))
-        .with_context(context)?;
+    let e = find_enum(btf, name).with_context(context)?;
     e.members
         .iter()
         .find(|m| btf.resolve_name(*m).ok().as_deref() == Some(member))
         .map(|m| m.val())
         .ok_or_else(|| anyhow!("enum {name} has no {member}"))
         .with_context(context)
+}
+
+/// The definition of `enum name`.
+fn find_enum(btf: &Btf, name: &str) -> Result<btf_rs::Enum> {
+    btf.resolve_types_by_name(name)
+        .map_err(|e| anyhow!("no type named {name}: {e}"))?
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Enum(e) => Some(e),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow!("no enum named {name}"))
 }
 
 /// The name of the running kernel's `lockdown_reason` value `value`,
@@ -209,21 +211,12 @@ fn enum_members(btf_path: &Path, name: &str) -> Vec<(u32, String)> {
     let Ok(btf) = Btf::from_file(btf_path) else {
         return Vec::new();
     };
-    let Ok(types) = btf.resolve_types_by_name(name) else {
+    let Ok(e) = find_enum(&btf, name) else {
         return Vec::new();
     };
-    types
-        .into_iter()
-        .filter_map(|t| match t {
-            Type::Enum(e) => Some(e),
-            _ => None,
-        })
-        .flat_map(|e| {
-            e.members
-                .iter()
-                .filter_map(|m| Some((m.val(), btf.resolve_name(m).ok()?)))
-                .collect::<Vec<_>>()
-        })
+    e.members
+        .iter()
+        .filter_map(|m| Some((m.val(), btf.resolve_name(m).ok()?)))
         .collect()
 }
 
