@@ -273,6 +273,19 @@ fn guard_programs_loaded() -> bool {
         })
 }
 
+/// guard's DENIED journal entries about device node `node`, whose alert
+/// path is `what` followed by its major:minor.
+pub fn device_denials(what: &str, node: &Path) -> Vec<Value> {
+    let rdev = std::fs::metadata(node).unwrap().rdev();
+    let path = format!("{what} ({}:{})", libc::major(rdev), libc::minor(rdev));
+    journal_entries(
+        guard::journal::message_id::DENIED,
+        "GUARD_PATH",
+        &path,
+        Duration::from_secs(15),
+    )
+}
+
 pub fn journal_entries(id: &str, field: &str, value: &str, wait: Duration) -> Vec<Value> {
     let matches = [format!("MESSAGE_ID={id}"), format!("{field}={value}")];
     let matches: Vec<&str> = matches.iter().map(String::as_str).collect();

@@ -4,13 +4,10 @@
 //! through them and gets the disk's blocks, the protected files' included.
 //! guard keeps them like the block device of a protected filesystem.
 
-use guard::journal::message_id;
 use guard_tests::guest::*;
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 const DISK: &str = "/dev/nvme0n1";
 const GENERIC: &str = "/dev/ng0n1";
@@ -150,17 +147,9 @@ fn the_nvme_passthrough_nodes_of_a_protected_disk_are_kept_like_its_block_device
             );
         }
     }
-    let rdev = std::fs::metadata(GENERIC).unwrap().rdev();
-    let what = format!(
-        "a device passing commands to a disk guard keeps ({}:{})",
-        libc::major(rdev),
-        libc::minor(rdev)
-    );
-    let entries = journal_entries(
-        message_id::DENIED,
-        "GUARD_PATH",
-        &what,
-        Duration::from_secs(15),
+    let entries = device_denials(
+        "a device passing commands to a disk guard keeps",
+        Path::new(GENERIC),
     );
     assert!(!entries.is_empty());
     // The database's own reads go on.

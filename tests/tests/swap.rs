@@ -8,7 +8,6 @@
 
 use guard::journal::message_id;
 use guard_tests::guest::*;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -96,17 +95,9 @@ fn a_swap_device_cannot_be_read_or_written_and_a_swap_file_is_warned_about() {
         "{} opened for writing",
         swap.device
     );
-    let rdev = std::fs::metadata(device).unwrap().rdev();
-    let what = format!(
-        "a block device guard keeps (under a filesystem holding protected directories, or swap) ({}:{})",
-        libc::major(rdev),
-        libc::minor(rdev)
-    );
-    let entries = journal_entries(
-        message_id::DENIED,
-        "GUARD_PATH",
-        &what,
-        Duration::from_secs(15),
+    let entries = device_denials(
+        "a block device guard keeps (under a filesystem holding protected directories, or swap)",
+        device,
     );
     assert!(!entries.is_empty());
     drop(guardd);
