@@ -126,16 +126,22 @@ pub fn run_with(
 /// Prints the last lines of the guest's output and console logs to stderr.
 pub fn print_log_tails(kernel: &Kernel) -> Result<()> {
     let files = GuestFiles::new(kernel)?;
+    let mut block = String::new();
     for (log, lines) in [(&files.output_log, 40), (&files.console_log, 40)] {
         let text = fs::read_to_string(log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         let tail = &all[all.len().saturating_sub(lines)..];
-        eprintln!("----- last {} lines of {} -----", tail.len(), log.display());
+        block += &format!(
+            "----- last {} lines of {} -----\n",
+            tail.len(),
+            log.display()
+        );
         for line in tail {
-            eprintln!("{line}");
+            block += &format!("{line}\n");
         }
     }
-    eprintln!("-----");
+    block += "-----\n";
+    print_block(&block);
     Ok(())
 }
 
@@ -150,15 +156,22 @@ pub fn print_kernel_log_of_script(kernel: &Kernel) -> Result<()> {
         .rposition(|line| line.contains(SCRIPT_STARTED))
         .map_or(0, |index| index + 1);
     let shown = &lines[start.max(lines.len().saturating_sub(60))..];
-    eprintln!(
-        "----- kernel messages while the script ran ({}) -----",
+    let mut block = format!(
+        "----- kernel messages while the script ran ({}) -----\n",
         files.console_log.display()
     );
     for line in shown {
-        eprintln!("{line}");
+        block += &format!("{line}\n");
     }
-    eprintln!("-----");
+    block += "-----\n";
+    print_block(&block);
     Ok(())
+}
+
+/// Writes a multi-line block to stderr in one call, so the other kernel's
+/// guest (running at the same time) cannot print into the middle of it.
+fn print_block(block: &str) {
+    eprint!("{block}");
 }
 
 /// What stage 2 logs to the console just before it starts the script.
