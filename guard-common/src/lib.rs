@@ -181,6 +181,71 @@ pub mod device_mapper {
     pub const CONTROL_RDEV: u32 = (10 << 20) | 236;
 }
 
+/// Block device ioctls that only report a device's geometry and settings
+/// (what udev's and blkid's probes ask). Every other ioctl on a device guard
+/// keeps may carry a command that reads or writes the disk (SG_IO, NVMe
+/// passthrough, discard), and the kernel takes root's commands through a
+/// descriptor opened only for reading.
+pub mod block_ioctl {
+    /// `_IO(0x12, nr)`
+    const fn io(nr: u32) -> u32 {
+        (0x12 << 8) | nr
+    }
+    /// `_IOR(0x12, nr, size)`
+    const fn ior(nr: u32, size: u32) -> u32 {
+        (2 << 30) | (size << 16) | (0x12 << 8) | nr
+    }
+    pub const BLKROGET: u32 = io(94);
+    pub const BLKGETSIZE: u32 = io(96);
+    pub const BLKRAGET: u32 = io(99);
+    pub const BLKFRAGET: u32 = io(101);
+    pub const BLKSECTGET: u32 = io(103);
+    pub const BLKSSZGET: u32 = io(104);
+    /// `size_t` sized: 8 bytes, or 4 from 32-bit callers.
+    pub const BLKBSZGET: u32 = ior(112, 8);
+    pub const BLKBSZGET_32: u32 = ior(112, 4);
+    pub const BLKGETSIZE64: u32 = ior(114, 8);
+    pub const BLKGETSIZE64_32: u32 = ior(114, 4);
+    pub const BLKIOMIN: u32 = io(120);
+    pub const BLKIOOPT: u32 = io(121);
+    pub const BLKALIGNOFF: u32 = io(122);
+    pub const BLKPBSZGET: u32 = io(123);
+    pub const BLKDISCARDZEROES: u32 = io(124);
+    pub const BLKROTATIONAL: u32 = io(126);
+    pub const BLKGETDISKSEQ: u32 = ior(128, 8);
+    pub const BLKGETZONESZ: u32 = ior(132, 4);
+    pub const BLKGETNRZONES: u32 = ior(133, 4);
+    /// `HDIO_GETGEO` (linux/hdreg.h).
+    pub const HDIO_GETGEO: u32 = 0x0301;
+
+    /// Whether `cmd` only reports, so it may reach a kept block device.
+    pub fn reports_only(cmd: u32) -> bool {
+        matches!(
+            cmd,
+            BLKROGET
+                | BLKGETSIZE
+                | BLKRAGET
+                | BLKFRAGET
+                | BLKSECTGET
+                | BLKSSZGET
+                | BLKBSZGET
+                | BLKBSZGET_32
+                | BLKGETSIZE64
+                | BLKGETSIZE64_32
+                | BLKIOMIN
+                | BLKIOOPT
+                | BLKALIGNOFF
+                | BLKPBSZGET
+                | BLKDISCARDZEROES
+                | BLKROTATIONAL
+                | BLKGETDISKSEQ
+                | BLKGETZONESZ
+                | BLKGETNRZONES
+                | HDIO_GETGEO
+        )
+    }
+}
+
 /// `bpf(2)` commands and program types (UAPI, include/uapi/linux/bpf.h:
 /// numbers that never change).
 pub mod bpf_uapi {
@@ -567,6 +632,8 @@ pub mod hook {
     /// Opening a character device that passes commands to a disk guard
     /// keeps (NVMe controller and generic nodes, SCSI generic, bsg).
     pub const PASSTHROUGH_DEVICE: u32 = 37;
+    /// An io_uring command handed to a file's driver (NVMe passthrough).
+    pub const URING_CMD: u32 = 38;
 
     /// Hooks whose object is a process, not a file.
     pub fn is_process(hook: u32) -> bool {
@@ -635,6 +702,7 @@ pub mod hook {
             FILE_IOCTL => "file_ioctl",
             PERF_EVENT_OPEN => "perf_event_open",
             PASSTHROUGH_DEVICE => "file_open",
+            URING_CMD => "uring_cmd",
             _ => "unknown",
         }
     }
@@ -1131,6 +1199,9 @@ pub struct KernelOffsets {
     /// `lockdown_reason` LOCKDOWN_INTEGRITY_MAX: the reasons below it are
     /// those the kernel's own lockdown refuses in integrity mode.
     pub lockdown_integrity_max: u32,
+    /// `io_uring_cmd.file` (0 on a kernel without io_uring: no `uring_cmd`
+    /// hook to attach then).
+    pub io_uring_cmd_file: u32,
 }
 
 /// `fmode_t` bits read from `struct file`.
@@ -1174,6 +1245,35 @@ mod tests {
             u64::from_le_bytes(bytes[..8].try_into().unwrap()),
             u64::from_le_bytes(bytes[8..].try_into().unwrap()),
         ]
+    }
+
+    #[test]
+    fn block_ioctls_that_only_report_are_told_from_commands() {
+        use super::block_ioctl::*;
+        // Values as the kernel's UAPI headers expand them on x86_64.
+        assert_eq!(BLKGETSIZE64, 0x8008_1272);
+        assert_eq!(BLKBSZGET, 0x8008_1270);
+        assert_eq!(BLKGETDISKSEQ, 0x8008_1280);
+        assert_eq!(BLKGETZONESZ, 0x8004_1284);
+        assert_eq!((BLKSSZGET, BLKPBSZGET, BLKROGET), (0x1268, 0x127b, 0x125e));
+        for reporting in [BLKGETSIZE64, BLKSSZGET, BLKGETSIZE64_32, HDIO_GETGEO] {
+            assert!(reports_only(reporting), "{reporting:#x}");
+        }
+        // SG_IO, NVME_IOCTL_IO_CMD, NVME_IOCTL_ADMIN_CMD, BLKDISCARD,
+        // BLKZEROOUT, BLKSECDISCARD, BLKFLSBUF, BLKRRPART, BLKPG.
+        for command in [
+            0x2285,
+            0xc048_4e43,
+            0xc048_4e41,
+            0x1277,
+            0x127f,
+            0x127d,
+            0x1261,
+            0x125f,
+            0x1269,
+        ] {
+            assert!(!reports_only(command), "{command:#x}");
+        }
     }
 
     #[test]

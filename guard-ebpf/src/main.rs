@@ -32,7 +32,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use guard_common::{
-    access, bpf_uapi, device_mapper, flags, kernel_setting, lockdown, perf, CRASH_DUMP_POINT, KERNEL_SETTING_POINT, PF_DUMPCORE, SWAPON_POINT, syscall, hook, Arguments, MAX_ARGUMENT_BYTES, env_entry, EnvKey, EnvScratch,
+    access, block_ioctl, bpf_uapi, device_mapper, flags, kernel_setting, lockdown, perf, CRASH_DUMP_POINT, KERNEL_SETTING_POINT, PF_DUMPCORE, SWAPON_POINT, syscall, hook, Arguments, MAX_ARGUMENT_BYTES, env_entry, EnvKey, EnvScratch,
     MAX_PINNED_STRING_BYTES, MAX_ENV_ENTRIES, MAX_ENV_ENTRY_BYTES, MAX_ENV_NAME_BYTES,
     MAX_PINNED_STRINGS, object, stat, tamper, verdict, DevKey, DirKey, Event, ExeKey,
     KernelOffsets, ObjectKey, PolicyMeta, RateState, RuleKey, RuleSlot, RuleValue, SelfProtect, Settings,
@@ -103,6 +103,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     perf_event_open_has_attr: 0,
     pt_regs_orig_ax: 0,
     lockdown_integrity_max: 0,
+    io_uring_cmd_file: 0,
 };
 
 /// Index 0: the active policy generation (0 = no policy).
@@ -785,7 +786,7 @@ pub fn file_open(ctx: LsmContext) -> i32 {
             want |= access::EXEC;
         }
         if let Some(node) = opened.device {
-            let ret = protect_device(generation, node, want);
+            let ret = protect_device(generation, node, want, hook::FILE_OPEN);
             if ret != ALLOW || !may_hold {
                 return ret;
             }
@@ -939,9 +940,10 @@ unsafe fn opened(o: &KernelOffsets, file: u64) -> Result<Opened, i32> {
 /// The block device under protected directories: writing it would change
 /// their data beneath the guard, reading it shows their data unless fscrypt
 /// encrypts it. The same for a character device passing commands to it
-/// (an NVMe read command returns the same blocks).
+/// (an NVMe read command returns the same blocks). `via` is the hook the
+/// device is used through, for the report.
 #[inline(always)]
-unsafe fn protect_device(generation: u32, node: DeviceNode, want: u32) -> i32 {
+unsafe fn protect_device(generation: u32, node: DeviceNode, want: u32, via: u32) -> i32 {
     let key = DevKey { generation, dev: node.rdev };
     let (kept, hook) = if node.block {
         (RAW_DEVICES.get(&key), hook::RAW_DEVICE)
@@ -956,10 +958,47 @@ unsafe fn protect_device(generation: u32, node: DeviceNode, want: u32) -> i32 {
         return ALLOW;
     }
     match armed_outsider() {
-        Ok(Some(exe)) => deny_bpf(exe, hook, denied, 0, 0, node.rdev),
+        Ok(Some(exe)) => deny_bpf(exe, hook, denied, via, 0, node.rdev),
         Ok(None) => ALLOW,
         Err(_) => EPERM,
     }
+}
+
+/// A kept device used through a descriptor: read or written, or mapped.
+/// `file_open` checked it, but the descriptor may predate the policy.
+#[inline(always)]
+unsafe fn protect_device_use(file: u64, want: u32, via: u32) -> i32 {
+    let generation = ACTIVE.get(0).copied().unwrap_or(0);
+    if generation == 0 {
+        return ALLOW;
+    }
+    match opened(offsets(), file) {
+        Ok(Opened { device: Some(node), .. }) => protect_device(generation, node, want, via),
+        Ok(_) => ALLOW,
+        Err(e) => e,
+    }
+}
+
+/// A command to a kept device (an ioctl `cmd`, or an io_uring command when
+/// `None`). A command may read or write whatever mode the descriptor was
+/// opened in (the kernel takes root's SG_IO and NVMe writes through a
+/// read-only one), so any kept bit refuses it; only block ioctls that
+/// report the device's geometry pass (udev's probes).
+#[inline(always)]
+unsafe fn protect_device_command(file: u64, cmd: Option<u32>, via: u32) -> i32 {
+    let generation = ACTIVE.get(0).copied().unwrap_or(0);
+    if generation == 0 {
+        return ALLOW;
+    }
+    let node = match opened(offsets(), file) {
+        Ok(Opened { device: Some(node), .. }) => node,
+        Ok(_) => return ALLOW,
+        Err(e) => return e,
+    };
+    if node.block && cmd.is_some_and(block_ioctl::reports_only) {
+        return ALLOW;
+    }
+    protect_device(generation, node, access::READ | access::WRITE, via)
 }
 
 /// Denies and reports an attempt on the system's integrity by anyone but
@@ -1005,6 +1044,10 @@ pub fn file_permission(ctx: LsmContext) -> i32 {
         if want == 0 {
             return ALLOW;
         }
+        let ret = protect_device_use(file, want, hook::FILE_PERMISSION);
+        if ret != ALLOW {
+            return ret;
+        }
         let Ok(dentry) = read::<u64>(file, offsets().file_f_path_dentry) else {
             return EPERM;
         };
@@ -1037,6 +1080,10 @@ pub fn mmap_file(ctx: LsmContext) -> i32 {
         }
         if prot & PROT_EXEC != 0 {
             want |= access::EXEC;
+        }
+        let ret = protect_device_use(file, want, hook::MMAP_FILE);
+        if ret != ALLOW {
+            return ret;
         }
         let Ok(dentry) = read::<u64>(file, offsets().file_f_path_dentry) else {
             return EPERM;
@@ -1320,11 +1367,12 @@ pub fn kernel_read_file(ctx: LsmContext) -> i32 {
 /// file_ioctl(file, cmd, arg): loading a device-mapper table. The kernel
 /// opens the devices a table names itself, past `file_open`, so a linear
 /// mapping over a protected filesystem's device would show its blocks;
-/// while guard is armed only guardd (unlocking dm-crypt volumes) may.
+/// while guard is armed only guardd (unlocking dm-crypt volumes) may. And
+/// commands to a kept device (`protect_device_command`).
 #[lsm(hook = "file_ioctl")]
 #[inline(always)]
 pub fn file_ioctl(ctx: LsmContext) -> i32 {
-    unsafe { deny_dm_table_load(ctx.arg(0), ctx.arg::<u64>(1) as u32) }
+    unsafe { check_ioctl(ctx.arg(0), ctx.arg::<u64>(1) as u32) }
 }
 
 /// file_ioctl_compat(file, cmd, arg): the same for 32-bit callers (Linux
@@ -1332,13 +1380,36 @@ pub fn file_ioctl(ctx: LsmContext) -> i32 {
 #[lsm(hook = "file_ioctl_compat")]
 #[inline(always)]
 pub fn file_ioctl_compat(ctx: LsmContext) -> i32 {
-    unsafe { deny_dm_table_load(ctx.arg(0), ctx.arg::<u64>(1) as u32) }
+    unsafe { check_ioctl(ctx.arg(0), ctx.arg::<u64>(1) as u32) }
+}
+
+#[inline(always)]
+unsafe fn check_ioctl(file: u64, cmd: u32) -> i32 {
+    let ret = deny_dm_table_load(file, cmd);
+    if ret != ALLOW {
+        return ret;
+    }
+    protect_device_command(file, Some(cmd), hook::FILE_IOCTL)
+}
+
+/// uring_cmd(ioucmd): an io_uring command handed to a file's driver; NVMe
+/// generic nodes take read and write commands this way.
+#[lsm(hook = "uring_cmd")]
+#[inline(always)]
+pub fn uring_cmd(ctx: LsmContext) -> i32 {
+    unsafe {
+        let ioucmd: u64 = ctx.arg(0);
+        let Ok(file) = read::<u64>(ioucmd, offsets().io_uring_cmd_file) else {
+            return EPERM;
+        };
+        protect_device_command(file, None, hook::URING_CMD)
+    }
 }
 
 #[inline(always)]
 unsafe fn deny_dm_table_load(file: u64, cmd: u32) -> i32 {
     if cmd != device_mapper::TABLE_LOAD {
-        return ALLOW; // every other ioctl of the system: one compare
+        return ALLOW;
     }
     let o = offsets();
     let Ok(inode) = read::<u64>(file, o.file_f_inode) else {

@@ -149,7 +149,7 @@ impl Decision {
             exe: exe_path(e, names),
             access: process_access(e),
             rule: "self-protection".into(),
-            hook: hook::name(e.hook),
+            hook: reported_hook(e),
             fail_closed: e.flags & flags::FAIL_CLOSED != 0,
         }
     }
@@ -172,6 +172,15 @@ impl Decision {
             "guard {what} {} of {} by {} (pid {}, uid {}, rule: {})",
             self.access, self.path, self.exe, self.pid, self.uid, self.rule
         )
+    }
+}
+
+/// The hook an attempt came through. A kept device's events name the hook
+/// it was used through in `detail` (opened, read, mapped, sent a command).
+fn reported_hook(e: &Event) -> &'static str {
+    match e.hook {
+        hook::RAW_DEVICE | hook::PASSTHROUGH_DEVICE if e.detail != 0 => hook::name(e.detail),
+        _ => hook::name(e.hook),
     }
 }
 
@@ -531,6 +540,29 @@ mod tests {
         let d = Decision::from_event(&e, &PolicyNames::default());
         assert_eq!(d.access, "ptrace-attach");
         assert_eq!(d.hook, "ptrace_access_check");
+    }
+
+    #[test]
+    fn a_kept_device_is_reported_with_the_hook_it_was_used_through() {
+        let mut e = event();
+        e.hook = hook::PASSTHROUGH_DEVICE;
+        e.access = access::WRITE;
+        e.dev = 246 << 20;
+        for (via, name) in [
+            (hook::FILE_OPEN, "file_open"),
+            (hook::FILE_PERMISSION, "file_permission"),
+            (hook::FILE_IOCTL, "file_ioctl"),
+            (hook::URING_CMD, "uring_cmd"),
+        ] {
+            e.detail = via;
+            let d = Decision::from_event(&e, &PolicyNames::default());
+            assert_eq!(d.hook, name);
+            assert_eq!(d.access, "write");
+            assert_eq!(
+                d.path,
+                "a device passing commands to a disk guard keeps (246:0)"
+            );
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 const SECURITYFS_MAGIC: i64 = 0x73636673;
 
 /// The LSM hooks guard attaches to; each program is named after its hook.
-pub const HOOKS: [&str; 34] = [
+pub const HOOKS: [&str; 35] = [
     "file_open",
     "inode_create",
     "inode_mkdir",
@@ -58,13 +58,19 @@ pub const HOOKS: [&str; 34] = [
     "file_ioctl",
     "file_ioctl_compat",
     "perf_event_open",
+    "uring_cmd",
 ];
 
-/// Hooks only newer kernels have (POSIX ACLs got their own in Linux 6.2;
+/// Hooks only some kernels have (POSIX ACLs got their own in Linux 6.2;
 /// before, ACL changes come through `inode_setxattr`; 32-bit ioctls got
-/// theirs in 6.8, before they come through `file_ioctl`). Attached where
-/// present.
-const OPTIONAL_HOOKS: [&str; 3] = ["inode_set_acl", "inode_remove_acl", "file_ioctl_compat"];
+/// theirs in 6.8, before they come through `file_ioctl`; `uring_cmd` only
+/// where io_uring is built in). Attached where present.
+const OPTIONAL_HOOKS: [&str; 4] = [
+    "inode_set_acl",
+    "inode_remove_acl",
+    "file_ioctl_compat",
+    "uring_cmd",
+];
 
 /// Whether a pin for `hook` is expected: every required hook, and optional
 /// ones this kernel has (known from the pins of the guardd that armed).

@@ -75,6 +75,12 @@ pub fn resolve(btf_path: &Path) -> Result<KernelOffsets> {
         perf_event_open_has_attr: perf_event_open_has_attr(&btf)?,
         pt_regs_orig_ax: field("pt_regs.orig_ax")?,
         lockdown_integrity_max: enum_value(&btf, "lockdown_reason", "LOCKDOWN_INTEGRITY_MAX")?,
+        // Only kernels built with io_uring have the hook that reads it.
+        io_uring_cmd_file: if has_hook(&btf, "uring_cmd") {
+            field("io_uring_cmd.file")?
+        } else {
+            0
+        },
     };
     check_hook_params(&btf)?;
     Ok(offsets)
@@ -131,9 +137,10 @@ const FIXED_HOOK_PARAMS: [(&str, &str, u32); 26] = [
 
 /// Like `FIXED_HOOK_PARAMS`, for hooks only some kernels have: checked
 /// where the hook exists.
-const OPTIONAL_HOOK_PARAMS: [(&str, &str, u32); 2] = [
+const OPTIONAL_HOOK_PARAMS: [(&str, &str, u32); 3] = [
     ("file_ioctl_compat", "file", 0),
     ("file_ioctl_compat", "cmd", 1),
+    ("uring_cmd", "ioucmd", 0),
 ];
 
 fn check_hook_params(btf: &Btf) -> Result<()> {
