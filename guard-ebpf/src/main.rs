@@ -318,6 +318,10 @@ unsafe fn find_point(
     Err(EPERM) // deeper than MAX_DEPTH on a protected filesystem
 }
 
+/// The executable identity decisions give a kernel thread (no real file
+/// has device 0): it matches no rule.
+const KERNEL_THREAD: ExeKey = ExeKey { dev: 0, _pad: 0, ino: 0 };
+
 /// Who is asking: the executable's identity (credentials are read only
 /// where a policy names a uid or gid).
 struct Caller {
@@ -477,9 +481,12 @@ unsafe fn try_decide_on(
     // Read only to be reported.
     let ino = dentry_ino(o, dentry).unwrap_or(0);
     let obj = Object { dentry, dev, ino };
-    let Some(caller) = caller(&o)? else {
-        return Ok(ALLOW);
-    };
+    // A kernel thread has no executable, so no rule: nothing of the kernel's
+    // own reaches a protected file through these hooks (writeback, swap, loop
+    // and dm-crypt I/O do not pass them; io_uring's workers are the
+    // submitter's threads), but an in-kernel file server (nfsd, ksmbd)
+    // serves the files to whoever it lets in.
+    let caller = caller(&o)?.unwrap_or(Caller { exe: KERNEL_THREAD });
     let (allow, audit, rule) = grants(&protection, &caller);
     let mut report = Report {
         verdict: 0,

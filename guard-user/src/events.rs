@@ -362,6 +362,11 @@ fn exe_path(e: &Event, names: &PolicyNames) -> String {
     if let Some(p) = names.binaries.get(&key) {
         return p.display().to_string();
     }
+    // The kernel reports no executable for a kernel thread, and none when a
+    // failed read forced the decision (then /proc may still know it).
+    if key == ExeKey::default() && e.flags & flags::FAIL_CLOSED == 0 {
+        return format!("kernel thread {}", c_string(&e.comm));
+    }
     let components = join_components(&e.exe_path);
     if !components.is_empty() {
         if let Some(mount) = mount_point(e.exe_dev) {
@@ -563,6 +568,15 @@ mod tests {
                 "a device passing commands to a disk guard keeps (246:0)"
             );
         }
+    }
+
+    #[test]
+    fn a_kernel_thread_is_named_as_one() {
+        let mut e = event();
+        (e.exe_dev, e.exe_ino) = (0, 0);
+        e.comm = *b"kworker/0:1\0\0\0\0\0";
+        let d = Decision::from_event(&e, &PolicyNames::default());
+        assert_eq!(d.exe, "kernel thread kworker/0:1");
     }
 
     #[test]

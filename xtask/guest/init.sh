@@ -89,6 +89,9 @@ mount_tmpfs /tmp 1777
 log "loading modules"
 must $bb mount -o bind "$HOST$guard_modules" /lib/modules
 must modprobe -a overlay loop dm_crypt virtio_blk
+# The kernel's NFS server and client, loaded before guard arms as on a server
+# that also shares files (guard refuses module loads once armed).
+must modprobe -a nfsd nfsv4
 mount_overlay /etc
 mount_overlay /var
 mount_overlay /root

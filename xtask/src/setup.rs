@@ -76,6 +76,9 @@ const APT_PACKAGES: &[AptPackage] = &[
     apt("mariadb-client"),
     apt("mariadb-backup"),
     apt("sysbench"),
+    // The kernel's NFS server (its tools, and the client's mount.nfs), for the
+    // guest test that it cannot serve protected files (tests/tests/file_servers.rs).
+    apt("nfs-kernel-server"),
 ];
 
 const BACKPORTS: &str = "bookworm-backports";
