@@ -971,17 +971,24 @@ unsafe fn protect_device(generation: u32, node: DeviceNode, want: u32, via: u32)
     }
 }
 
+/// The active generation and `file`'s device node, when a policy is active
+/// and `file` is a device node.
+#[inline(always)]
+unsafe fn device_under_policy(file: u64) -> Result<Option<(u32, DeviceNode)>, i32> {
+    let generation = ACTIVE.get(0).copied().unwrap_or(0);
+    if generation == 0 {
+        return Ok(None);
+    }
+    Ok(opened(offsets(), file)?.device.map(|node| (generation, node)))
+}
+
 /// A kept device used through a descriptor: read or written, or mapped.
 /// `file_open` checked it, but the descriptor may predate the policy.
 #[inline(always)]
 unsafe fn protect_device_use(file: u64, want: u32, via: u32) -> i32 {
-    let generation = ACTIVE.get(0).copied().unwrap_or(0);
-    if generation == 0 {
-        return ALLOW;
-    }
-    match opened(offsets(), file) {
-        Ok(Opened { device: Some(node), .. }) => protect_device(generation, node, want, via),
-        Ok(_) => ALLOW,
+    match device_under_policy(file) {
+        Ok(Some((generation, node))) => protect_device(generation, node, want, via),
+        Ok(None) => ALLOW,
         Err(e) => e,
     }
 }
@@ -993,19 +1000,14 @@ unsafe fn protect_device_use(file: u64, want: u32, via: u32) -> i32 {
 /// report the device's geometry pass (udev's probes).
 #[inline(always)]
 unsafe fn protect_device_command(file: u64, cmd: Option<u32>, via: u32) -> i32 {
-    let generation = ACTIVE.get(0).copied().unwrap_or(0);
-    if generation == 0 {
-        return ALLOW;
+    match device_under_policy(file) {
+        Ok(Some((_, node))) if node.block && cmd.is_some_and(block_ioctl::reports_only) => ALLOW,
+        Ok(Some((generation, node))) => {
+            protect_device(generation, node, access::READ | access::WRITE, via)
+        }
+        Ok(None) => ALLOW,
+        Err(e) => e,
     }
-    let node = match opened(offsets(), file) {
-        Ok(Opened { device: Some(node), .. }) => node,
-        Ok(_) => return ALLOW,
-        Err(e) => return e,
-    };
-    if node.block && cmd.is_some_and(block_ioctl::reports_only) {
-        return ALLOW;
-    }
-    protect_device(generation, node, access::READ | access::WRITE, via)
 }
 
 /// Denies and reports an attempt on the system's integrity by anyone but
