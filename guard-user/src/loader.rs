@@ -22,8 +22,9 @@ const LSM_LIST: &str = "/sys/kernel/security/lsm";
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 const SECURITYFS_MAGIC: i64 = 0x73636673;
 
-/// The LSM hooks guard attaches to; each program is named after its hook.
-pub const HOOKS: [&str; 35] = [
+/// guard's programs; each is named after the LSM hook it attaches to, except
+/// the second programs of a hook (`SECOND_PROGRAMS`).
+pub const HOOKS: [&str; 37] = [
     "file_open",
     "inode_create",
     "inode_mkdir",
@@ -32,7 +33,9 @@ pub const HOOKS: [&str; 35] = [
     "inode_unlink",
     "inode_rmdir",
     "inode_rename",
+    "inode_rename_target",
     "inode_link",
+    "inode_link_target",
     "inode_setattr",
     "ptrace_access_check",
     "bprm_check_security",
@@ -71,6 +74,21 @@ const OPTIONAL_HOOKS: [&str; 4] = [
     "file_ioctl_compat",
     "uring_cmd",
 ];
+
+/// Programs that are a hook's second: (program, hook). The kernel runs a
+/// hook's programs in turn until one denies.
+const SECOND_PROGRAMS: [(&str, &str); 2] = [
+    ("inode_rename_target", "inode_rename"),
+    ("inode_link_target", "inode_link"),
+];
+
+/// The LSM hook program `name` attaches to.
+fn hook_of(name: &str) -> &str {
+    SECOND_PROGRAMS
+        .iter()
+        .find(|(program, _)| *program == name)
+        .map_or(name, |(_, hook)| hook)
+}
 
 /// Whether a pin for `hook` is expected: every required hook, and optional
 /// ones this kernel has (known from the pins of the guardd that armed).
@@ -164,9 +182,10 @@ pub fn arm(pins: &Pins, object: &[u8], btf: &Path) -> Result<Armed> {
 /// Loads a fresh copy of the programs (reusing pinned maps, so an applied
 /// policy survives) and atomically replaces any older link pins.
 fn load_and_pin(pins: &Pins, object: &[u8], btf: &Path) -> Result<()> {
-    let offsets = offsets::resolve(btf)
+    let kernel_btf = offsets::read_btf(btf)?;
+    let offsets = offsets::resolve(&kernel_btf)
         .context("refusing to load: the kernel's layout is not fully known")?;
-    let absent = offsets::absent_hooks(btf, &OPTIONAL_HOOKS)?;
+    let absent = offsets::absent_hooks(&kernel_btf, &OPTIONAL_HOOKS);
     for dir in [
         pins.maps(),
         pins.root().join("links"),
@@ -180,29 +199,29 @@ fn load_and_pin(pins: &Pins, object: &[u8], btf: &Path) -> Result<()> {
         .load(object)
         .context("loading guard's kernel object")?;
     let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
-    for hook in HOOKS {
-        if absent.contains(&hook) {
+    for name in HOOKS {
+        if absent.contains(&name) {
             continue;
         }
         let program: &mut Lsm = ebpf
-            .program_mut(hook)
-            .with_context(|| format!("program {hook} missing from the kernel object"))?
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the kernel object"))?
             .try_into()
-            .with_context(|| format!("program {hook} is not an LSM program"))?;
+            .with_context(|| format!("program {name} is not an LSM program"))?;
         program
-            .load(hook, &btf)
-            .with_context(|| format!("loading LSM program {hook}"))?;
-        replace_pin(&pins.program(hook), |tmp| Ok(program.pin(tmp)?))
-            .with_context(|| format!("pinning program {hook}"))?;
+            .load(hook_of(name), &btf)
+            .with_context(|| format!("loading LSM program {name}"))?;
+        replace_pin(&pins.program(name), |tmp| Ok(program.pin(tmp)?))
+            .with_context(|| format!("pinning program {name}"))?;
         let link_id = program
             .attach()
-            .with_context(|| format!("attaching LSM program {hook}"))?;
+            .with_context(|| format!("attaching LSM program {name}"))?;
         let link: FdLink = program.take_link(link_id)?.into();
-        replace_pin(&pins.link(hook), |tmp| {
+        replace_pin(&pins.link(name), |tmp| {
             link.pin(tmp)?;
             Ok(())
         })
-        .with_context(|| format!("pinning link {hook}"))?;
+        .with_context(|| format!("pinning link {name}"))?;
     }
     Ok(())
 }

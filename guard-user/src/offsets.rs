@@ -11,11 +11,15 @@ use std::path::Path;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// Resolves every offset the programs need from a BTF file.
-pub fn resolve(btf_path: &Path) -> Result<KernelOffsets> {
-    let btf = Btf::from_file(btf_path)
-        .map_err(|e| anyhow!("reading kernel BTF {}: {e}", btf_path.display()))?;
-    let field = |path: &str| field_offset(&btf, path);
+/// Parses the kernel BTF at `btf_path` (once: under emulation a parse takes
+/// seconds).
+pub fn read_btf(btf_path: &Path) -> Result<Btf> {
+    Btf::from_file(btf_path).map_err(|e| anyhow!("reading kernel BTF {}: {e}", btf_path.display()))
+}
+
+/// Resolves every offset the programs need from the kernel's BTF.
+pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
+    let field = |path: &str| field_offset(btf, path);
     let offsets = KernelOffsets {
         file_f_inode: field("file.f_inode")?,
         file_f_path_dentry: field("file.f_path")? + field("path.dentry")?,
@@ -29,7 +33,7 @@ pub fn resolve(btf_path: &Path) -> Result<KernelOffsets> {
         dentry_d_name_name: field("dentry.d_name")? + field("qstr.name")?,
         task_struct_mm: field("task_struct.mm")?,
         mm_struct_exe_file: field("mm_struct.exe_file")?,
-        setattr_dentry_arg: hook_param_index(&btf, "inode_setattr", "dentry")?,
+        setattr_dentry_arg: hook_param_index(btf, "inode_setattr", "dentry")?,
         task_struct_tgid: field("task_struct.tgid")?,
         task_struct_ptrace: field("task_struct.ptrace")?,
         linux_binprm_file: field("linux_binprm.file")?,
@@ -50,51 +54,45 @@ pub fn resolve(btf_path: &Path) -> Result<KernelOffsets> {
         task_struct_flags: field("task_struct.flags")?,
         task_struct_group_leader: field("task_struct.group_leader")?,
         task_struct_start_time: field("task_struct.start_time")?,
-        reading_module: enum_value(&btf, "kernel_read_file_id", "READING_MODULE")?,
-        loading_module: enum_value(&btf, "kernel_load_data_id", "LOADING_MODULE")?,
-        reading_kexec_image: enum_value(&btf, "kernel_read_file_id", "READING_KEXEC_IMAGE")?,
-        reading_kexec_initramfs: enum_value(
-            &btf,
-            "kernel_read_file_id",
-            "READING_KEXEC_INITRAMFS",
-        )?,
-        loading_kexec_image: enum_value(&btf, "kernel_load_data_id", "LOADING_KEXEC_IMAGE")?,
+        reading_module: enum_value(btf, "kernel_read_file_id", "READING_MODULE")?,
+        loading_module: enum_value(btf, "kernel_load_data_id", "LOADING_MODULE")?,
+        reading_kexec_image: enum_value(btf, "kernel_read_file_id", "READING_KEXEC_IMAGE")?,
+        reading_kexec_initramfs: enum_value(btf, "kernel_read_file_id", "READING_KEXEC_INITRAMFS")?,
+        loading_kexec_image: enum_value(btf, "kernel_load_data_id", "LOADING_KEXEC_IMAGE")?,
         vm_area_struct_vm_file: field("vm_area_struct.vm_file")?,
         linux_binprm_p: field("linux_binprm.p")?,
         linux_binprm_argc: field("linux_binprm.argc")?,
         linux_binprm_envc: field("linux_binprm.envc")?,
-        lockdown_dev_mem: enum_value(&btf, "lockdown_reason", "LOCKDOWN_DEV_MEM")?,
-        lockdown_kcore: enum_value(&btf, "lockdown_reason", "LOCKDOWN_KCORE")?,
+        lockdown_dev_mem: enum_value(btf, "lockdown_reason", "LOCKDOWN_DEV_MEM")?,
+        lockdown_kcore: enum_value(btf, "lockdown_reason", "LOCKDOWN_KCORE")?,
         super_block_s_magic: field("super_block.s_magic")?,
-        lockdown_hibernation: enum_value(&btf, "lockdown_reason", "LOCKDOWN_HIBERNATION")?,
-        lockdown_kprobes: enum_value(&btf, "lockdown_reason", "LOCKDOWN_KPROBES")?,
-        lockdown_tracefs: enum_value(&btf, "lockdown_reason", "LOCKDOWN_TRACEFS")?,
-        lockdown_perf: enum_value(&btf, "lockdown_reason", "LOCKDOWN_PERF")?,
-        lockdown_dbg_read_kernel: enum_value(&btf, "lockdown_reason", "LOCKDOWN_DBG_READ_KERNEL")?,
+        lockdown_hibernation: enum_value(btf, "lockdown_reason", "LOCKDOWN_HIBERNATION")?,
+        lockdown_kprobes: enum_value(btf, "lockdown_reason", "LOCKDOWN_KPROBES")?,
+        lockdown_tracefs: enum_value(btf, "lockdown_reason", "LOCKDOWN_TRACEFS")?,
+        lockdown_perf: enum_value(btf, "lockdown_reason", "LOCKDOWN_PERF")?,
+        lockdown_dbg_read_kernel: enum_value(btf, "lockdown_reason", "LOCKDOWN_DBG_READ_KERNEL")?,
         perf_event_attr_sample_type: field("perf_event_attr.sample_type")?,
-        perf_event_open_has_attr: perf_event_open_has_attr(&btf)?,
+        perf_event_open_has_attr: perf_event_open_has_attr(btf)?,
         pt_regs_orig_ax: field("pt_regs.orig_ax")?,
-        lockdown_integrity_max: enum_value(&btf, "lockdown_reason", "LOCKDOWN_INTEGRITY_MAX")?,
+        lockdown_integrity_max: enum_value(btf, "lockdown_reason", "LOCKDOWN_INTEGRITY_MAX")?,
         // Only kernels built with io_uring have the hook that reads it.
-        io_uring_cmd_file: if has_hook(&btf, "uring_cmd") {
+        io_uring_cmd_file: if has_hook(btf, "uring_cmd") {
             field("io_uring_cmd.file")?
         } else {
             0
         },
     };
-    check_hook_params(&btf)?;
+    check_hook_params(btf)?;
     Ok(offsets)
 }
 
-/// Those of `hooks` the kernel at `btf_path` does not have.
-pub fn absent_hooks<'a>(btf_path: &Path, hooks: &[&'a str]) -> Result<Vec<&'a str>> {
-    let btf = Btf::from_file(btf_path)
-        .map_err(|e| anyhow!("reading kernel BTF {}: {e}", btf_path.display()))?;
-    Ok(hooks
+/// Those of `hooks` the kernel does not have.
+pub fn absent_hooks<'a>(btf: &Btf, hooks: &[&'a str]) -> Vec<&'a str> {
+    hooks
         .iter()
-        .filter(|hook| !has_hook(&btf, hook))
+        .filter(|hook| !has_hook(btf, hook))
         .copied()
-        .collect())
+        .collect()
 }
 
 /// Whether the kernel has LSM hook `hook` (its `bpf_lsm_` function).
@@ -312,7 +310,7 @@ mod tests {
 
     #[test]
     fn resolves_every_field_on_the_running_kernel() {
-        let o = resolve(Path::new(VMLINUX_BTF)).unwrap();
+        let o = resolve(&read_btf(Path::new(VMLINUX_BTF)).unwrap()).unwrap();
         // Sanity: pointers are 8-byte aligned, and distinct fields differ.
         for off in [
             o.file_f_inode,
