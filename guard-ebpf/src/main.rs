@@ -498,7 +498,8 @@ unsafe fn try_decide_on(
         generation,
         exe: caller.exe,
     };
-    // One report site, so the verifier checks `emit` once per program.
+    // One report site for the three verdicts (`fail_closed` has the other),
+    // so the verifier checks `emit` here once, not once per verdict.
     if access & allow == access {
         count(stat::ALLOWED);
         // Reads and maps of an opened file are not audited one by one: the

@@ -115,11 +115,11 @@ impl Pins {
     pub fn map(&self, name: &str) -> PathBuf {
         self.maps().join(name)
     }
-    pub fn link(&self, hook: &str) -> PathBuf {
-        self.root.join("links").join(hook)
+    pub fn link(&self, program: &str) -> PathBuf {
+        self.root.join("links").join(program)
     }
-    pub fn program(&self, hook: &str) -> PathBuf {
-        self.root.join("programs").join(hook)
+    pub fn program(&self, program: &str) -> PathBuf {
+        self.root.join("programs").join(program)
     }
 
     /// True when every link and map is pinned: the guard is armed.
