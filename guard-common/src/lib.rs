@@ -725,6 +725,10 @@ pub mod flags {
     pub const PATH_TRUNCATED: u32 = 1 << 1;
     /// The executable is deeper than `EXE_DEPTH` below its filesystem's root.
     pub const EXE_TRUNCATED: u32 = 1 << 2;
+    /// The file was opened under another filesystem's path (an overlay's,
+    /// before Linux 6.8): the path's components are under the mount point
+    /// of the device in `detail`; `dev` and `ino` are the file's own.
+    pub const BENEATH: u32 = 1 << 3;
 }
 
 /// Key of `DEVS`: filesystems (kernel `dev_t` of the superblock) holding a
@@ -1202,6 +1206,12 @@ pub struct KernelOffsets {
     /// `io_uring_cmd.file` (0 on a kernel without io_uring: no `uring_cmd`
     /// hook to attach then).
     pub io_uring_cmd_file: u32,
+    /// offsetof(inode, i_dentry) + offsetof(hlist_head, first): the
+    /// inode's first dentry, and offsetof(dentry, d_u.d_alias), where that
+    /// list links dentries (an opened file's own dentry, when the file was
+    /// opened under another's path: `guard-ebpf`'s `walk_start`).
+    pub inode_i_dentry_first: u32,
+    pub dentry_d_alias: u32,
 }
 
 /// `fmode_t` bits read from `struct file`.

@@ -104,6 +104,8 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     pt_regs_orig_ax: 0,
     lockdown_integrity_max: 0,
     io_uring_cmd_file: 0,
+    inode_i_dentry_first: 0,
+    dentry_d_alias: 0,
 };
 
 /// Index 0: the active policy generation (0 = no policy).
@@ -197,6 +199,35 @@ unsafe fn read<T>(base: u64, off: u32) -> Result<T, i32> {
     Ok(core::ptr::read_volatile((base + off as u64) as *const T))
 }
 
+/// How a walk reads a dentry's fields: `Typed` for a BTF-typed pointer
+/// (`read`), `Untyped` for one found by arithmetic, which the verifier
+/// does not let the program load through (`walk_start`).
+trait Fields {
+    unsafe fn get<T>(base: u64, off: u32) -> Result<T, i32>;
+}
+
+struct Typed;
+
+impl Fields for Typed {
+    #[inline(always)]
+    unsafe fn get<T>(base: u64, off: u32) -> Result<T, i32> {
+        read(base, off)
+    }
+}
+
+struct Untyped;
+
+impl Fields for Untyped {
+    /// A fault is an error here (fail closed), not a 0.
+    #[inline(always)]
+    unsafe fn get<T>(base: u64, off: u32) -> Result<T, i32> {
+        if base == 0 {
+            return Err(EPERM);
+        }
+        bpf_probe_read_kernel((base + off as u64) as *const T).map_err(|_| EPERM)
+    }
+}
+
 /// The current task as a BTF-typed pointer, so its fields can be `read`.
 #[inline(always)]
 fn current_task() -> u64 {
@@ -215,6 +246,9 @@ struct Object {
     dentry: u64,
     dev: u32,
     ino: u64,
+    /// Not 0 when `dentry` is another filesystem's name for the object
+    /// (`flags::BENEATH`): that filesystem's device.
+    beneath: u32,
 }
 
 /// Where the object sits in the active policy.
@@ -233,11 +267,16 @@ enum Lookup {
 
 #[inline(always)]
 unsafe fn dentry_ino(o: &KernelOffsets, dentry: u64) -> Result<u64, i32> {
-    let inode: u64 = read(dentry, o.dentry_d_inode)?;
+    dentry_ino_with::<Typed>(o, dentry)
+}
+
+#[inline(always)]
+unsafe fn dentry_ino_with<F: Fields>(o: &KernelOffsets, dentry: u64) -> Result<u64, i32> {
+    let inode: u64 = F::get(dentry, o.dentry_d_inode)?;
     if inode == 0 {
         return Ok(0); // negative dentry: the name does not exist (yet)
     }
-    read(inode, o.inode_i_ino)
+    F::get(inode, o.inode_i_ino)
 }
 
 /// The device of the filesystem `dentry` is on.
@@ -251,7 +290,7 @@ unsafe fn dentry_dev(o: &KernelOffsets, dentry: u64) -> Result<u32, i32> {
 unsafe fn object(o: &KernelOffsets, dentry: u64) -> Result<Object, i32> {
     let dev = dentry_dev(o, dentry)?;
     let ino = dentry_ino(o, dentry)?;
-    Ok(Object { dentry, dev, ino })
+    Ok(Object { dentry, dev, ino, beneath: 0 })
 }
 
 /// False when `ino` is certainly not a protected directory (one array
@@ -280,7 +319,7 @@ fn in_dir_filter((word, mask): (u32, u64)) -> bool {
 /// at only with `itself`: protected points are directories, so a file never
 /// is one.
 #[inline(always)]
-unsafe fn find_point(
+unsafe fn find_point<F: Fields>(
     o: &KernelOffsets,
     generation: u32,
     dev: u32,
@@ -288,7 +327,7 @@ unsafe fn find_point(
     itself: bool,
 ) -> Result<Lookup, i32> {
     let mut dentry = dentry;
-    let mut ino = if itself { dentry_ino(o, dentry)? } else { 0 };
+    let mut ino = if itself { dentry_ino_with::<F>(o, dentry)? } else { 0 };
     for _ in 0..MAX_DEPTH {
         if ino != 0 && may_be_protected(ino) {
             let key = DirKey { generation, dev, ino };
@@ -300,20 +339,20 @@ unsafe fn find_point(
                 }));
             }
         }
-        let parent: u64 = read(dentry, o.dentry_d_parent)?;
+        let parent: u64 = F::get(dentry, o.dentry_d_parent)?;
         if parent == dentry || parent == 0 {
             // The top of the walk must be the filesystem's root. Anything
             // else is a disconnected dentry (open_by_handle_at of an uncached
             // file): its place in the tree is unknown, so deny.
-            let sb: u64 = read(dentry, o.dentry_d_sb)?;
-            let root: u64 = read(sb, o.super_block_s_root)?;
+            let sb: u64 = F::get(dentry, o.dentry_d_sb)?;
+            let root: u64 = F::get(sb, o.super_block_s_root)?;
             if root != dentry {
                 return Err(EPERM);
             }
             return Ok(Lookup::NotProtected);
         }
         dentry = parent;
-        ino = dentry_ino(o, dentry)?;
+        ino = dentry_ino_with::<F>(o, dentry)?;
     }
     Err(EPERM) // deeper than MAX_DEPTH on a protected filesystem
 }
@@ -456,31 +495,50 @@ unsafe fn decide_on(
     access: u32,
     hook: u32,
 ) -> i32 {
-    match dev.and_then(|dev| try_decide_on(o, generation, dentry, dev, itself, access, hook)) {
+    let lookup = dev.and_then(|dev| find_point::<Typed>(o, generation, dev, dentry, itself));
+    decide_found(o, generation, dentry, None, dev, lookup, access, hook)
+}
+
+/// `decide_on` once the walk is done: `lookup` is where it found the
+/// object, reported as `dentry` and the inode `inode` (when given, else
+/// the dentry's).
+#[inline(always)]
+unsafe fn decide_found(
+    o: &KernelOffsets,
+    generation: u32,
+    dentry: u64,
+    inode: Option<u64>,
+    dev: Result<u32, i32>,
+    lookup: Result<Lookup, i32>,
+    access: u32,
+    hook: u32,
+) -> i32 {
+    match dev.and_then(|dev| try_decide_found(o, generation, dentry, inode, dev, lookup, access, hook)) {
         Ok(ret) => ret,
         Err(_) => fail_closed(dentry, access, hook),
     }
 }
 
-/// Decides `access` to `dentry` on filesystem `dev` under `generation` (not 0).
+/// Decides `access` to `dentry` on filesystem `dev` under `generation`
+/// (not 0), found by a walk at `lookup`.
 #[inline(always)]
-unsafe fn try_decide_on(
+unsafe fn try_decide_found(
     o: &KernelOffsets,
     generation: u32,
     dentry: u64,
+    inode: Option<u64>,
     dev: u32,
-    itself: bool,
+    lookup: Result<Lookup, i32>,
     access: u32,
     hook: u32,
 ) -> Result<i32, i32> {
-    let protection = match find_point(o, generation, dev, dentry, itself) {
+    let protection = match lookup {
         Ok(Lookup::NotProtected) => return Ok(ALLOW),
         Ok(Lookup::Protected(p)) => p,
         Err(e) => return walk_failed(generation, dev, e),
     };
     // Read only to be reported.
-    let ino = dentry_ino(o, dentry).unwrap_or(0);
-    let obj = Object { dentry, dev, ino };
+    let obj = reported(o, dentry, inode, dev);
     // A kernel thread has no executable, so no rule: nothing of the kernel's
     // own reaches a protected file through these hooks (writeback, swap, loop
     // and dm-crypt I/O do not pass them; io_uring's workers are the
@@ -523,6 +581,22 @@ unsafe fn try_decide_on(
     } else {
         Ok(ALLOW)
     }
+}
+
+/// The object of a decision on `dentry` as reported: `inode` when given
+/// (`file_open`: the opened file's), else the dentry's.
+#[inline(always)]
+unsafe fn reported(o: &KernelOffsets, dentry: u64, inode: Option<u64>, dev: u32) -> Object {
+    let Some(inode) = inode else {
+        let ino = dentry_ino(o, dentry).unwrap_or(0);
+        return Object { dentry, dev, ino, beneath: 0 };
+    };
+    let ino = read(inode, o.inode_i_ino).unwrap_or(0);
+    let beneath = match read::<u64>(dentry, o.dentry_d_inode) {
+        Ok(own_inode) if own_inode == inode => 0,
+        _ => dentry_dev(o, dentry).unwrap_or(0),
+    };
+    Object { dentry, dev, ino, beneath }
 }
 
 /// The `stat` counter of a reported verdict.
@@ -583,8 +657,17 @@ unsafe fn emit(o: &KernelOffsets, obj: &Object, r: &Report) {
     fill_header(r, e);
     e.dev = obj.dev;
     e.ino = obj.ino;
+    if obj.beneath != 0 {
+        e.flags |= flags::BENEATH;
+        e.detail = obj.beneath;
+    }
     let generation = e.generation;
+    // Names under another filesystem go up to its root.
+    let beneath = obj.beneath != 0;
     fill_path(o, obj, e, |ino| {
+        if beneath {
+            return false;
+        }
         let key = DirKey { generation, dev: obj.dev, ino };
         protected_dir(&key)
             .map(|bits| bits & dir_value::POINT_MASK == r.point)
@@ -699,7 +782,7 @@ unsafe fn fail_closed(dentry: u64, access: u32, hook: u32) -> i32 {
     count(stat::FAIL_CLOSED);
     count(stat::DENIED);
     let o = offsets();
-    let obj = object(&o, dentry).unwrap_or(Object { dentry, dev: 0, ino: 0 });
+    let obj = object(&o, dentry).unwrap_or(Object { dentry, dev: 0, ino: 0, beneath: 0 });
     let report = Report {
         verdict: verdict::DENIED,
         access,
@@ -781,7 +864,9 @@ pub fn file_open(ctx: LsmContext) -> i32 {
             Ok(opened) => opened,
             Err(e) => return e,
         };
-        let dev = dentry_dev(o, dentry);
+        // The inode's filesystem, not the path's: they differ for a file
+        // opened under another's path (`walk_start`).
+        let dev = inode_dev(o, opened.inode);
         let may_hold = match dev {
             Ok(dev) => may_hold_protected(dev),
             Err(_) => true, // decided (denied) below
@@ -811,8 +896,62 @@ pub fn file_open(ctx: LsmContext) -> i32 {
                 return ret;
             }
         }
-        decide_on(o, generation, dentry, dev, opened.is_dir, want, hook::FILE_OPEN)
+        decide_opened(o, generation, dentry, &opened, dev, want, hook::FILE_OPEN)
     }
+}
+
+/// Decides `access` to an opened file (`dentry` its path's, `opened` its
+/// inode's, `dev` the inode's filesystem, which may hold protected
+/// directories).
+#[inline(always)]
+unsafe fn decide_opened(
+    o: &KernelOffsets,
+    generation: u32,
+    dentry: u64,
+    opened: &Opened,
+    dev: Result<u32, i32>,
+    access: u32,
+    hook: u32,
+) -> i32 {
+    let lookup = match (dev, walk_start(o, dentry, opened.inode)) {
+        (Ok(dev), Ok(Start::Typed(start))) => find_point::<Typed>(o, generation, dev, start, opened.is_dir),
+        (Ok(dev), Ok(Start::Untyped(start))) => find_point::<Untyped>(o, generation, dev, start, false),
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    };
+    decide_found(o, generation, dentry, Some(opened.inode), dev, lookup, access, hook)
+}
+
+/// Where the walk for an opened file starts.
+enum Start {
+    Typed(u64),
+    Untyped(u64),
+}
+
+/// The opened file's own dentry. Before Linux 6.8 overlayfs opens the file
+/// beneath an overlay under the overlay's path: `f_path` is then the
+/// overlay's dentry (on a filesystem without protected directories) and
+/// `f_inode` the file beneath, which may be a protected one (an overlay
+/// whose lower layer is a protected directory). That file is walked from
+/// its inode's first dentry (any: no protected file has a name outside
+/// protected directories), a pointer found by arithmetic.
+#[inline(always)]
+unsafe fn walk_start(o: &KernelOffsets, dentry: u64, inode: u64) -> Result<Start, i32> {
+    let own: u64 = read(dentry, o.dentry_d_inode)?;
+    if own == inode {
+        return Ok(Start::Typed(dentry));
+    }
+    let first: u64 = Untyped::get(inode, o.inode_i_dentry_first)?;
+    if first == 0 {
+        return Err(EPERM); // no name to find it by: fail closed
+    }
+    Ok(Start::Untyped(first - o.dentry_d_alias as u64))
+}
+
+/// The device of the filesystem `inode` is on.
+#[inline(always)]
+unsafe fn inode_dev(o: &KernelOffsets, inode: u64) -> Result<u32, i32> {
+    let sb: u64 = read(inode, o.inode_i_sb)?;
+    read(sb, o.super_block_s_dev)
 }
 
 /// Checked on every open for writing while a policy is active. An allowed
@@ -852,7 +991,7 @@ unsafe fn try_protect_kernel_writes(o: &KernelOffsets, generation: u32, dentry: 
             return Ok(ALLOW); // not an allowed program: its memory holds no protected data
         }
         // Inside a protected directory the policy decides the core file like any other.
-        if let Lookup::Protected(_) = find_point(o, generation, dev, dentry, false)? {
+        if let Lookup::Protected(_) = find_point::<Typed>(o, generation, dev, dentry, false)? {
             return Ok(ALLOW);
         }
         CRASH_DUMP_POINT
@@ -873,7 +1012,7 @@ unsafe fn try_protect_kernel_writes(o: &KernelOffsets, generation: u32, dentry: 
         exe: caller.exe,
     };
     let audit_mode = META.get(&generation).map(|m| m.mode).unwrap_or(0) == MODE_AUDIT;
-    Ok(deny_or_report(o, &Object { dentry, dev, ino }, report, audit_mode))
+    Ok(deny_or_report(o, &Object { dentry, dev, ino, beneath: 0 }, report, audit_mode))
 }
 
 /// Whether the current task is in swapon(2): its open of the swap area is
@@ -926,6 +1065,7 @@ const S_IFCHR: u16 = 0o020000;
 
 /// What `file_open` needs to know of the opened inode.
 struct Opened {
+    inode: u64,
     is_dir: bool,
     /// A device node (wherever root made it). Kernel memory (/dev/mem,
     /// /proc/kcore) is refused in `locked_down`.
@@ -952,6 +1092,7 @@ unsafe fn opened(o: &KernelOffsets, file: u64) -> Result<Opened, i32> {
         None
     };
     Ok(Opened {
+        inode,
         is_dir: kind == S_IFDIR,
         device,
     })
@@ -1066,14 +1207,32 @@ pub fn file_permission(ctx: LsmContext) -> i32 {
         if want == 0 {
             return ALLOW;
         }
-        let ret = protect_device_use(file, want, hook::FILE_PERMISSION);
-        if ret != ALLOW {
-            return ret;
+        let generation = match ACTIVE.get(0) {
+            Some(g) if *g != 0 => *g,
+            _ => return ALLOW, // no policy applied
+        };
+        let o = offsets();
+        let opened = match opened(o, file) {
+            Ok(opened) => opened,
+            Err(e) => return e,
+        };
+        if let Some(node) = opened.device {
+            let ret = protect_device(generation, node, want, hook::FILE_PERMISSION);
+            if ret != ALLOW {
+                return ret;
+            }
         }
-        let Ok(dentry) = read::<u64>(file, offsets().file_f_path_dentry) else {
+        // As in `file_open`: the inode's filesystem, not the path's.
+        let dev = inode_dev(o, opened.inode);
+        if let Ok(dev) = dev {
+            if !may_hold_protected(dev) {
+                return ALLOW; // nothing protected on this filesystem
+            }
+        }
+        let Ok(dentry) = read::<u64>(file, o.file_f_path_dentry) else {
             return EPERM;
         };
-        decide(dentry, want, hook::FILE_PERMISSION)
+        decide_opened(o, generation, dentry, &opened, dev, want, hook::FILE_PERMISSION)
     }
 }
 
@@ -1188,7 +1347,7 @@ unsafe fn try_exec_mapping(
     if mapped == caller.exe || bits(mapped) & library::APPROVED != 0 {
         return Ok(ALLOW);
     }
-    let obj = Object { dentry, dev: mapped.dev, ino: mapped.ino };
+    let obj = Object { dentry, dev: mapped.dev, ino: mapped.ino, beneath: 0 };
     let report = Report {
         verdict: verdict::DENIED,
         access: access::EXEC,
@@ -2400,7 +2559,7 @@ unsafe fn try_protect_immutable(dentry: u64, access: u32, hook: u32) -> Result<i
     }
     let audit_mode = kind & immutable::GUARD == 0
         && META.get(&generation).map(|m| m.mode).unwrap_or(0) == MODE_AUDIT;
-    let obj = Object { dentry, dev, ino };
+    let obj = Object { dentry, dev, ino, beneath: 0 };
     let report = Report {
         verdict: verdict::DENIED,
         access,

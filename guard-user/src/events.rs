@@ -325,6 +325,12 @@ fn rule_label(rule: u32, names: &PolicyNames) -> String {
 /// The protected directory joined with the components the kernel collected.
 fn object_path(point: Option<&Path>, e: &Event) -> String {
     let mut path = match point {
+        // Opened under another filesystem's path (an overlay's): the
+        // components go up to that filesystem's root. Looked up afresh:
+        // such mounts come and go, and their devices are reused.
+        _ if e.flags & flags::BENEATH != 0 => mount_point_uncached(e.detail)
+            .map(|m| m.trim_end_matches('/').to_string())
+            .unwrap_or_else(|| format!("<filesystem {}>", kernel_dev_string(e.detail))),
         Some(p) => p.display().to_string(),
         None if e.point == PINS_POINT => "<guard pins>".into(),
         // A file anywhere (immutable, mapped executable, a crash dump): the
@@ -426,15 +432,20 @@ fn mount_point(dev: u32) -> Option<String> {
     if let Some(m) = cache.lock().unwrap().get(&dev) {
         return m.clone();
     }
+    let found = mount_point_uncached(dev);
+    cache.lock().unwrap().insert(dev, found.clone());
+    found
+}
+
+/// Where the root of filesystem `dev` is mounted, from guardd's mount table.
+fn mount_point_uncached(dev: u32) -> Option<String> {
     let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let found = table.lines().find_map(|line| {
+    table.lines().find_map(|line| {
         let f: Vec<&str> = line.split(' ').collect();
         let (major, minor) = f.get(2)?.split_once(':')?;
         let this = (major.parse::<u32>().ok()? << 20) | minor.parse::<u32>().ok()?;
         (this == dev && *f.get(3)? == "/").then(|| f.get(4).map(|m| m.to_string()))?
-    });
-    cache.lock().unwrap().insert(dev, found.clone());
-    found
+    })
 }
 
 /// "major:minor" of a kernel-encoded dev_t.
@@ -591,6 +602,26 @@ mod tests {
         }
         let d = Decision::from_event(&e, &PolicyNames::default());
         assert_eq!(d.exe, "/usr/bin/cat");
+    }
+
+    /// Opened under an overlay's path: the names go up to the overlay's
+    /// root, under its mount point; the device stays the protected file's.
+    #[test]
+    fn a_file_opened_beneath_another_filesystem_is_shown_under_its_mount() {
+        use std::os::unix::fs::MetadataExt;
+        let names = PolicyNames {
+            points: vec!["/var/lib/mysql".into()],
+            ..Default::default()
+        };
+        let mut e = event();
+        e.flags |= flags::BENEATH;
+        e.detail = crate::policy::kernel_dev(std::fs::metadata("/").unwrap().dev());
+        let d = Decision::from_event(&e, &names);
+        assert_eq!(d.path, "/shop/t1.ibd");
+        assert_eq!(d.device, "8:1");
+        e.detail = (250 << 20) | 77; // mounted nowhere guardd sees
+        let d = Decision::from_event(&e, &names);
+        assert_eq!(d.path, "<filesystem 250:77>/shop/t1.ibd");
     }
 
     #[test]

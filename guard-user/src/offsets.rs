@@ -81,6 +81,8 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
         } else {
             0
         },
+        inode_i_dentry_first: field("inode.i_dentry")? + field("hlist_head.first")?,
+        dentry_d_alias: field("dentry.d_u.d_alias")?,
     };
     check_hook_params(btf)?;
     Ok(offsets)
@@ -225,19 +227,32 @@ fn enum_members(btf_path: &Path, name: &str) -> Vec<(u32, String)> {
         .collect()
 }
 
-/// Byte offset of `struct.member`, looking through anonymous structs and
-/// unions. Bitfields are refused: the programs read whole bytes.
+/// Byte offset of `struct.member` (or `struct.member.member...`), looking
+/// through anonymous structs and unions. Bitfields are refused: the programs read whole bytes.
 fn field_offset(btf: &Btf, path: &str) -> Result<u32> {
-    let (struct_name, member) = path
-        .split_once('.')
-        .ok_or_else(|| anyhow!("bad field path {path}"))?;
-    let st = named_struct(btf, struct_name)
-        .with_context(|| format!("kernel field {path} cannot be resolved from BTF"))?;
-    let bits = find_member(btf, &st, member)
-        .with_context(|| format!("kernel field {path} cannot be resolved from BTF"))?
-        .ok_or_else(|| {
-            anyhow!("kernel field {path} cannot be resolved from BTF: no such member")
-        })?;
+    let mut names = path.split('.');
+    let (Some(struct_name), Some(first)) = (names.next(), names.next()) else {
+        bail!("bad field path {path}");
+    };
+    let context = || format!("kernel field {path} cannot be resolved from BTF");
+    let mut st = named_struct(btf, struct_name).with_context(context)?;
+    let mut member = first;
+    let mut bits = 0;
+    loop {
+        let (offset, ty) = find_member(btf, &st, member)
+            .with_context(context)?
+            .ok_or_else(|| {
+                anyhow!("kernel field {path} cannot be resolved from BTF: no such member {member}")
+            })?;
+        bits += offset;
+        // A path like `dentry.d_u.d_alias` goes on into the member's type.
+        let Some(next) = names.next() else { break };
+        st = match ty {
+            Type::Struct(s) | Type::Union(s) => s,
+            _ => bail!("kernel field {path}: {member} is not a struct or union"),
+        };
+        member = next;
+    }
     if bits % 8 != 0 {
         bail!("kernel field {path} is a bitfield (bit offset {bits}); refusing to load");
     }
@@ -255,20 +270,20 @@ fn named_struct(btf: &Btf, name: &str) -> Result<btf_rs::Struct> {
         .ok_or_else(|| anyhow!("no struct or union named {name}"))
 }
 
-/// Bit offset of `member` in `st`, recursing into anonymous members.
-fn find_member(btf: &Btf, st: &btf_rs::Struct, member: &str) -> Result<Option<u32>> {
+/// Bit offset and type of `member` in `st`, recursing into anonymous members.
+fn find_member(btf: &Btf, st: &btf_rs::Struct, member: &str) -> Result<Option<(u32, Type)>> {
     for m in &st.members {
         let name = btf.resolve_name(m).unwrap_or_default();
         if name == member {
-            return Ok(Some(m.bit_offset()));
+            return Ok(Some((m.bit_offset(), btf.resolve_chained_type(m)?)));
         }
         if name.is_empty() {
             let inner = match btf.resolve_chained_type(m) {
                 Ok(Type::Struct(s)) | Ok(Type::Union(s)) => s,
                 _ => continue,
             };
-            if let Some(bits) = find_member(btf, &inner, member)? {
-                return Ok(Some(m.bit_offset() + bits));
+            if let Some((bits, ty)) = find_member(btf, &inner, member)? {
+                return Ok(Some((m.bit_offset() + bits, ty)));
             }
         }
     }
@@ -310,7 +325,8 @@ mod tests {
 
     #[test]
     fn resolves_every_field_on_the_running_kernel() {
-        let o = resolve(&read_btf(Path::new(VMLINUX_BTF)).unwrap()).unwrap();
+        let btf = read_btf(Path::new(VMLINUX_BTF)).unwrap();
+        let o = resolve(&btf).unwrap();
         // Sanity: pointers are 8-byte aligned, and distinct fields differ.
         for off in [
             o.file_f_inode,
@@ -321,6 +337,13 @@ mod tests {
             assert_eq!(off % 8, 0, "{o:?}");
         }
         assert_ne!(o.dentry_d_parent, o.dentry_d_inode);
+        // A member of a member (`dentry.d_u.d_alias`) is resolved in the
+        // inner type, past the outer's offset.
+        assert!(
+            o.dentry_d_alias >= field_offset(&btf, "dentry.d_u").unwrap(),
+            "{o:?}"
+        );
+        assert_eq!(o.dentry_d_alias % 8, 0, "{o:?}");
         // Since Linux 6.3 inode_setattr takes the idmap first.
         assert!(o.setattr_dentry_arg <= 1);
         assert_ne!(o.task_struct_tgid, o.task_struct_ptrace);
@@ -380,6 +403,16 @@ mod tests {
         let btf = Btf::from_file(VMLINUX_BTF).unwrap();
         let err = field_offset(&btf, "file.no_such_field").unwrap_err();
         assert!(format!("{err:#}").contains("file.no_such_field"), "{err:#}");
+        let err = field_offset(&btf, "dentry.d_u.no_such_field").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("no such member no_such_field"),
+            "{err:#}"
+        );
+        let err = field_offset(&btf, "dentry.d_inode.i_ino").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("d_inode is not a struct or union"),
+            "{err:#}"
+        );
         let err = hook_param_index(&btf, "inode_setattr", "nope").unwrap_err();
         assert!(format!("{err:#}").contains("inode_setattr"), "{err:#}");
     }

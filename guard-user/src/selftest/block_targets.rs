@@ -152,6 +152,7 @@ fn configfs_folder(sub: &str, module: &str) -> Result<Option<PathBuf>> {
         Path::new(CONFIGFS),
         Some("configfs"),
         0,
+        None,
     )
     .with_context(|| format!("mounting configfs on {CONFIGFS}"))?;
     Ok(Some(folder))

@@ -320,7 +320,7 @@ fn dev_mem_node(t: &Target) -> Result<Attempt> {
 fn kcore_new_procfs(t: &Target) -> Result<Attempt> {
     let dir = t.scratch.join("guard-selftest-proc");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    sys::mount(Some(Path::new("proc")), &dir, Some("proc"), 0)
+    sys::mount(Some(Path::new("proc")), &dir, Some("proc"), 0, None)
         .with_context(|| format!("mounting procfs on {}", dir.display()))?;
     let attempt = read_kernel_file(&dir.join("kcore").to_string_lossy());
     let target = sys::cstring(&dir)?;
@@ -354,7 +354,7 @@ fn tracefs_uprobe(t: &Target) -> Result<Attempt> {
     sys::private_mount_namespace()?;
     let dir = t.scratch.join("guard-selftest-tracefs");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    sys::mount(Some(Path::new("tracefs")), &dir, Some("tracefs"), 0)
+    sys::mount(Some(Path::new("tracefs")), &dir, Some("tracefs"), 0, None)
         .with_context(|| format!("mounting tracefs on {}", dir.display()))?;
     let events = dir.join("uprobe_events");
     let attempt = match std::fs::OpenOptions::new().append(true).open(&events) {

@@ -47,6 +47,12 @@ pub fn techniques() -> Vec<Technique> {
             second_mount,
         ),
         t(
+            "overlay",
+            "overlayfs with DIR as its lower layer, then read",
+            "no data",
+            overlay_read,
+        ),
+        t(
             "mount-over",
             "mount tmpfs over DIR",
             "EPERM, DIR unchanged",
@@ -157,7 +163,7 @@ fn unshare_read(t: &Target) -> Result<Attempt> {
 fn bind_read(t: &Target) -> Result<Attempt> {
     sys::private_mount_namespace()?;
     let at = mkdir(t, "bind")?;
-    if let Err(e) = mount(Some(&t.dir), &at, None, libc::MS_BIND) {
+    if let Err(e) = mount(Some(&t.dir), &at, None, libc::MS_BIND, None) {
         return Ok(refused("bind mount", &e));
     }
     Ok(open_and_read(
@@ -196,6 +202,39 @@ fn open_tree_read(t: &Target) -> Result<Attempt> {
     })
 }
 
+/// An overlay shows its lower layer's files under its own mount (before
+/// Linux 6.8 the kernel opens them under the overlay's path).
+fn overlay_read(t: &Target) -> Result<Attempt> {
+    let lower = t.dir.to_str().context("DIR is not UTF-8")?;
+    if lower.contains([',', ':']) {
+        bail!("DIR contains ',' or ':', which overlayfs options cannot hold unescaped");
+    }
+    sys::private_mount_namespace()?;
+    // The upper layer on a tmpfs of its own: nothing written outside.
+    let layers = mkdir(t, "overlay")?;
+    mount(Some(Path::new("tmpfs")), &layers, Some("tmpfs"), 0, None)
+        .context("mounting a tmpfs for the upper layer")?;
+    for dir in ["upper", "work", "merged"] {
+        std::fs::create_dir(layers.join(dir))?;
+    }
+    let l = layers.display();
+    let options = format!("lowerdir={lower},upperdir={l}/upper,workdir={l}/work");
+    let merged = layers.join("merged");
+    if let Err(e) = mount(
+        Some(Path::new("overlay")),
+        &merged,
+        Some("overlay"),
+        0,
+        Some(&options),
+    ) {
+        return Ok(refused("mount overlay", &e));
+    }
+    Ok(open_and_read(
+        &merged.join(t.relative_file()?),
+        "through the overlay, read",
+    ))
+}
+
 fn second_mount(t: &Target) -> Result<Attempt> {
     let holder = mount_of(&t.dir)?;
     if !holder.source.starts_with("/dev/") {
@@ -211,6 +250,7 @@ fn second_mount(t: &Target) -> Result<Attempt> {
         &at,
         Some(&holder.fs_type),
         0,
+        None,
     ) {
         return Ok(refused(&format!("mount {}", holder.source), &e));
     }
@@ -244,7 +284,7 @@ fn over(t: &Target, what: &str, attempt: impl FnOnce() -> std::io::Result<()>) -
 fn mount_over(t: &Target) -> Result<Attempt> {
     sys::private_mount_namespace()?;
     over(t, "mount tmpfs", || {
-        mount(Some(Path::new("tmpfs")), &t.dir, Some("tmpfs"), 0)
+        mount(Some(Path::new("tmpfs")), &t.dir, Some("tmpfs"), 0, None)
     })
 }
 
@@ -252,7 +292,7 @@ fn mount_over_parent(t: &Target) -> Result<Attempt> {
     sys::private_mount_namespace()?;
     let parent = t.dir.parent().context("DIR has no parent")?;
     over(t, "mount tmpfs on DIR's parent", || {
-        mount(Some(Path::new("tmpfs")), parent, Some("tmpfs"), 0)
+        mount(Some(Path::new("tmpfs")), parent, Some("tmpfs"), 0, None)
     })
 }
 
@@ -326,7 +366,7 @@ fn remount(t: &Target) -> Result<Attempt> {
     sys::private_mount_namespace()?;
     // A bind remount changes this mount only, never the shared superblock.
     let flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY;
-    Ok(match mount(None, &holder.mount_point, None, flags) {
+    Ok(match mount(None, &holder.mount_point, None, flags, None) {
         Ok(()) => Attempt::not_blocked(format!(
             "remounted {} read-only",
             holder.mount_point.display()

@@ -143,12 +143,13 @@ pub fn private_mount_namespace() -> Result<()> {
     Ok(())
 }
 
-/// mount(2) with no data: `source` and `fs_type` may be absent.
+/// mount(2): `source`, `fs_type` and the options `data` may be absent.
 pub fn mount(
     source: Option<&Path>,
     target: &Path,
     fs_type: Option<&str>,
     flags: libc::c_ulong,
+    data: Option<&str>,
 ) -> std::io::Result<()> {
     let source = source
         .map(cstring)
@@ -156,6 +157,7 @@ pub fn mount(
         .map_err(std::io::Error::other)?;
     let target = cstring(target).map_err(std::io::Error::other)?;
     let fs_type = fs_type.map(std::ffi::CString::new).transpose()?;
+    let data = data.map(std::ffi::CString::new).transpose()?;
     // SAFETY: valid C strings or null.
     let rc = unsafe {
         libc::mount(
@@ -163,7 +165,8 @@ pub fn mount(
             target.as_ptr(),
             fs_type.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
             flags,
-            std::ptr::null(),
+            data.as_ref()
+                .map_or(std::ptr::null(), |s| s.as_ptr().cast()),
         )
     };
     check(rc as libc::c_long).map(drop)
