@@ -276,14 +276,18 @@ fn guard_programs_loaded() -> bool {
 /// guard's DENIED journal entries about device node `node`, whose alert
 /// path is `what` followed by its major:minor.
 pub fn device_denials(what: &str, node: &Path) -> Vec<Value> {
-    let rdev = std::fs::metadata(node).unwrap().rdev();
-    let path = format!("{what} ({}:{})", libc::major(rdev), libc::minor(rdev));
     journal_entries(
         guard::journal::message_id::DENIED,
         "GUARD_PATH",
-        &path,
+        &device_alert_path(what, node),
         Duration::from_secs(15),
     )
+}
+
+/// How an alert names device `node` kept as `what`: "what (major:minor)".
+pub fn device_alert_path(what: &str, node: &Path) -> String {
+    let rdev = std::fs::metadata(node).unwrap().rdev();
+    format!("{what} ({}:{})", libc::major(rdev), libc::minor(rdev))
 }
 
 pub fn journal_entries(id: &str, field: &str, value: &str, wait: Duration) -> Vec<Value> {

@@ -15,6 +15,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 const DISK: &str = "/dev/nvme0n1";
 const GENERIC: &str = "/dev/ng0n1";
@@ -200,22 +201,16 @@ fn errno<T>(result: std::io::Result<T>) -> Option<i32> {
 }
 
 /// guard's DENIED journal entries about `node` that came through `hook`.
-fn denials_through(what: &str, node: &str, hook: &str) -> Vec<serde_json::Value> {
-    device_denials(what, Path::new(node))
-        .into_iter()
-        .filter(|e| e["GUARD_HOOK"] == hook)
-        .collect()
-}
-
 /// Waits for a denial of `node` through `hook` in the journal.
 fn assert_denied_through(what: &str, node: &str, hook: &str) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while denials_through(what, node, hook).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no journal alert for {node} through {hook}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
+    let matches = [
+        format!("MESSAGE_ID={}", guard::journal::message_id::DENIED),
+        format!("GUARD_PATH={}", device_alert_path(what, Path::new(node))),
+        format!("GUARD_HOOK={hook}"),
+    ];
+    let matches: Vec<&str> = matches.iter().map(String::as_str).collect();
+    if let Err(e) = guard_tests::wait_for_journal_entries(&matches, 1, Duration::from_secs(15)) {
+        panic!("no journal alert for {node} through {hook}: {e:#}");
     }
 }
 
