@@ -371,8 +371,7 @@ struct Caller {
 #[inline(always)]
 unsafe fn file_identity(o: &KernelOffsets, file: u64) -> Result<ExeKey, i32> {
     let inode: u64 = read(file, o.file_f_inode)?;
-    let sb: u64 = read(inode, o.inode_i_sb)?;
-    let dev: u32 = read(sb, o.super_block_s_dev)?;
+    let dev = inode_dev(o, inode)?;
     let ino: u64 = read(inode, o.inode_i_ino)?;
     Ok(ExeKey { dev, _pad: 0, ino })
 }
@@ -800,11 +799,7 @@ unsafe fn fail_closed(dentry: u64, access: u32, hook: u32) -> i32 {
 /// A binary some policy allows lost its rules once opened for writing.
 #[inline(always)]
 unsafe fn taint_if_allowed_exe(o: &KernelOffsets, inode: u64) {
-    let Ok(sb) = read::<u64>(inode, o.inode_i_sb) else {
-        return;
-    };
-    let (Ok(dev), Ok(ino)) = (read::<u32>(sb, o.super_block_s_dev), read::<u64>(inode, o.inode_i_ino))
-    else {
+    let (Ok(dev), Ok(ino)) = (inode_dev(o, inode), read::<u64>(inode, o.inode_i_ino)) else {
         return;
     };
     let key = ExeKey { dev, _pad: 0, ino };
