@@ -5,6 +5,7 @@ use crate::control::{Request, Response};
 use crate::enforcement::{KernelMaps, Stats};
 use crate::events::{self, Decision, PolicyNames};
 use crate::journal::{self, message_id, Journal};
+use crate::kexec;
 use crate::loader::{self, Armed, Pins};
 use crate::policy::{self, ResolvedBinary, ResolvedPolicy};
 use crate::signing::{trust::KeyMismatch, OrderAction, Refusal, Trust};
@@ -490,7 +491,10 @@ impl Daemon {
         store_applied(&self.config.state_dir, &applied)?;
         *self.names.write().unwrap() = applied.resolved.names();
         let (hash, mode) = (&applied.resolved.hash, applied.resolved.mode.name());
-        let warnings = apply_warnings();
+        // After the maps: from here on no kernel can be loaded for kexec, so
+        // one loaded earlier is unloaded for good.
+        let mut warnings = kexec::unload_loaded_kernels();
+        warnings.extend(apply_warnings());
         let summary = serde_json::json!({
             "hash": hash, "generation": generation, "applied_at": applied.applied_at, "mode": mode,
             "in_force_ms": in_force_ms,

@@ -8,6 +8,7 @@ pub mod enforcement;
 pub mod events;
 pub mod fscrypt;
 pub mod journal;
+pub mod kexec;
 pub mod keyring;
 pub mod kms;
 pub mod loader;

@@ -7,6 +7,9 @@
 //!   Nobody but guardd may change where cores go (`kernel.core_pattern`).
 //! - Modules: none loads while guard is armed, not even one the kernel asks
 //!   for (its modprobe is whatever root put at that path).
+//! - kexec: a kernel loaded before the policy (kdump's crash kernel boots
+//!   with this kernel's memory, keys and data included) is unloaded when
+//!   the policy is applied, and none can be loaded while it is active.
 
 use guard::journal::{field, message_id};
 use guard_tests::guest::*;
@@ -216,4 +219,107 @@ fn no_module_loads_while_guard_is_armed_not_even_one_the_kernel_asks_for() {
         "a dummy link once disarmed",
     );
     assert_ok(&sh("ip link del guard-dummy0"), "removing the dummy link");
+}
+
+/// Loads the guest's own kernel into a kexec slot, as kdump (`crash`) or
+/// `kexec -l` would.
+fn load_kexec_kernel(slot: guard::kexec::Slot) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const KEXEC_FILE_ON_CRASH: libc::c_ulong = 0x2;
+    const KEXEC_FILE_NO_INITRAMFS: libc::c_ulong = 0x4;
+    let image = std::env::var("GUARD_VM_KERNEL_IMAGE").expect("run by cargo xtask vm-test");
+    let kernel = std::fs::File::open(&image).unwrap();
+    let mut flags = KEXEC_FILE_NO_INITRAMFS;
+    if slot == guard::kexec::Slot::Crash {
+        flags |= KEXEC_FILE_ON_CRASH;
+    }
+    let cmdline = c"console=ttyS0";
+    // SAFETY: a valid descriptor and a NUL-terminated command line of the given length.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_kexec_file_load,
+            kernel.as_raw_fd(),
+            -1 as libc::c_int,
+            cmdline.to_bytes_with_nul().len() as libc::c_ulong,
+            cmdline.as_ptr(),
+            flags,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Disarms the guard and empties both kexec slots when dropped: a crash
+/// kernel left loaded would boot on a later test's panic.
+struct UnloadKexec;
+
+impl Drop for UnloadKexec {
+    fn drop(&mut self) {
+        disarm();
+        let _ = guard::kexec::unload_loaded_kernels();
+    }
+}
+
+fn loaded(slot: guard::kexec::Slot) -> bool {
+    slot.is_loaded().unwrap()
+}
+
+#[test]
+#[ignore = "guest: run by cargo xtask vm-test"]
+fn kernels_loaded_for_kexec_before_a_policy_are_unloaded_when_it_is_applied() {
+    use guard::kexec::Slot;
+    disarm();
+    let _unload = UnloadKexec;
+    for slot in Slot::ALL {
+        load_kexec_kernel(slot).unwrap_or_else(|e| panic!("loading {slot:?} before guard: {e}"));
+        assert!(loaded(slot), "{slot:?}: the kernel does not list the image");
+    }
+    let sb = Sandbox::new("kexec");
+    let _guardd = Guardd::start();
+    let out = apply(&sb.policy("enforce"));
+    for slot in Slot::ALL {
+        assert!(!loaded(slot), "{slot:?}: still loaded after the apply");
+    }
+    let warning = "unloaded the crash kernel (kdump: on a panic it boots with this kernel's \
+                   memory, the keys and the database's pages included, readable as /proc/vmcore)";
+    assert!(
+        stderr(&out).contains(warning),
+        "no warning: {}",
+        stderr(&out)
+    );
+    let hash = show()["hash"].as_str().unwrap().to_owned();
+    let entries = journal_entries(
+        message_id::POLICY_APPLIED,
+        "GUARD_POLICY_HASH",
+        &hash,
+        Duration::from_secs(15),
+    );
+    let warnings = entries
+        .last()
+        .and_then(|e| e["GUARD_WARNINGS"].as_str())
+        .unwrap_or_default();
+    assert!(
+        warnings.contains(warning) && warnings.contains("unloaded a kernel loaded for kexec"),
+        "the journal's warnings: {warnings:?}"
+    );
+
+    // While the policy is active, root cannot load one again.
+    for slot in Slot::ALL {
+        let error = load_kexec_kernel(slot).expect_err("root loaded a kernel for kexec");
+        assert_eq!(error.raw_os_error(), Some(libc::EPERM), "{slot:?}: {error}");
+        assert!(!loaded(slot), "{slot:?}: loaded while armed");
+    }
+    let entries = journal_entries(
+        message_id::DENIED,
+        field::ACCESS,
+        "kexec",
+        Duration::from_secs(15),
+    );
+    let pid = std::process::id().to_string();
+    assert!(
+        entries.iter().any(|e| e[field::PID] == pid.as_str()),
+        "no kexec alert for this process: {entries:?}"
+    );
 }

@@ -103,8 +103,9 @@ pub fn run(kernel: &Kernel, script: &str) -> Result<i32> {
 /// An error means the guest did not report an exit code: it failed to boot or set up,
 /// crashed or timed out. The tails of its logs are printed to stderr then.
 /// Environment of the script: GUARD_VM_KERNEL (`6.1` or `6.12`), GUARD_VM_KERNEL_RELEASE
-/// (what `uname -r` should say), GUARD_REPO (the workspace), GUARD_BIN_DIR (the release
-/// binaries), HOME=/root, plus `options.env`. It starts in the workspace directory.
+/// (what `uname -r` should say), GUARD_VM_KERNEL_IMAGE (its vmlinuz), GUARD_REPO (the
+/// workspace), GUARD_BIN_DIR (the release binaries), HOME=/root, plus `options.env`.
+/// It starts in the workspace directory.
 pub fn run_with(
     kernel: &Kernel,
     script: &str,
@@ -288,6 +289,10 @@ fn script_with_environment(
     let mut env = vec![
         ("GUARD_VM_KERNEL".to_owned(), kernel.label().to_owned()),
         ("GUARD_VM_KERNEL_RELEASE".to_owned(), kernel.release.clone()),
+        (
+            "GUARD_VM_KERNEL_IMAGE".to_owned(),
+            path_str(&kernel.vmlinuz())?.to_owned(),
+        ),
         ("GUARD_REPO".to_owned(), path_str(&repo_root())?.to_owned()),
         (
             "GUARD_BIN_DIR".to_owned(),
@@ -481,6 +486,8 @@ fn kernel_command_line(kernel: &Kernel, files: &GuestFiles, nonce: &str) -> Resu
         "console=ttyS0".to_owned(),
         // A kernel panic reboots, which ends QEMU (-no-reboot) instead of hanging.
         "panic=-1".to_owned(),
+        // Room for a crash kernel, so that tests can load one as kdump would.
+        "crashkernel=64M".to_owned(),
         format!("guard_init={}", path_str(&files.stage2_init)?),
         format!("guard_run={}", path_str(&files.script)?),
         format!("guard_nonce={nonce}"),
