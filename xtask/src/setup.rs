@@ -60,6 +60,8 @@ const APT_PACKAGES: &[AptPackage] = &[
     apt("libcap-ng-dev"),
     // Programs the tests use, on the host and in the guests.
     apt("e2fsprogs"),
+    // btrfs, whose inode numbers repeat across subvolumes: policies on it are refused.
+    apt("btrfs-progs"),
     apt("systemd"),
     apt("cryptsetup-bin"),
     apt("strace"),

@@ -7,6 +7,13 @@
 //! lists each superblock's device), and where that differs from what `stat`
 //! says, the inode number from the open file (`/proc/self/fdinfo`), which is
 //! the inode the hooks see.
+//!
+//! Any other filesystem whose `stat` device differs from its superblock's
+//! is refused: btrfs reports a device per subvolume, and each subvolume
+//! (each snapshot too) numbers its inodes on its own, so the hooks'
+//! (device, inode) names many files there. A directory above a protected
+//! one may still be on such a filesystem: nothing may be mounted on it,
+//! and naming several directories only refuses more mounts.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -17,14 +24,23 @@ use std::path::Path;
 use rustix::fs::{statx, AtFlags, Statx, StatxFlags, CWD};
 
 use super::resolve::{io_problem, kernel_dev};
+use crate::events::kernel_dev_string;
 
 const MOUNTINFO: &str = "/proc/self/mountinfo";
 
 /// Resolves identities; reads the mount table once.
 #[derive(Default)]
 pub(super) struct Identities {
-    /// Mount id -> kernel `dev_t` of its superblock.
-    devs: Option<HashMap<u64, u32>>,
+    devs: Option<HashMap<u64, Superblock>>,
+}
+
+/// What the mount table says of a mount's filesystem.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Superblock {
+    /// Kernel `dev_t` of the superblock (`major:minor`, third field).
+    dev: u32,
+    /// Filesystem type (first field after the ` - ` separator).
+    fstype: String,
 }
 
 /// An open file as the hooks see it, with what `fstat` would also give.
@@ -89,20 +105,52 @@ impl Identities {
                 path.display()
             ));
         }
-        let mount_dev = self.mount_dev(stat.stx_mnt_id, path)?;
+        let sb = self.superblock(stat.stx_mnt_id, path)?;
         let reported = kernel_dev(libc::makedev(stat.stx_dev_major, stat.stx_dev_minor));
-        if reported == mount_dev {
-            return Ok((mount_dev, stat.stx_ino));
+        if reported == sb.dev {
+            return Ok((sb.dev, stat.stx_ino));
         }
-        Ok((mount_dev, inode_the_hooks_see()?))
+        if sb.fstype != "overlay" {
+            return Err(format!(
+                "{}: on {}, whose files report a device ({}) other than their filesystem's ({}): \
+                 its inode numbers repeat (btrfs numbers them per subvolume and snapshot), so \
+                 guard's kernel checks could not tell its files apart; use ext4, XFS or \
+                 another filesystem with one set of inode numbers",
+                path.display(),
+                sb.fstype,
+                kernel_dev_string(reported),
+                kernel_dev_string(sb.dev),
+            ));
+        }
+        Ok((sb.dev, inode_the_hooks_see()?))
     }
 
-    fn mount_dev(&mut self, mount: u64, path: &Path) -> Result<u32, String> {
+    /// The identity of a directory above a protected one: its superblock's
+    /// device and `stat`'s inode number, on any filesystem (see the module's
+    /// comment).
+    pub fn of_ancestor(&mut self, path: &Path) -> Result<(u32, u64), String> {
+        let stat = statx(
+            CWD,
+            path,
+            AtFlags::empty(),
+            StatxFlags::INO | StatxFlags::MNT_ID,
+        )
+        .map_err(|e| io_problem(path, e.into()))?;
+        if stat.stx_mask & StatxFlags::MNT_ID.bits() == 0 {
+            return Err(format!(
+                "{}: the kernel does not report mount ids (statx STATX_MNT_ID)",
+                path.display()
+            ));
+        }
+        Ok((self.superblock(stat.stx_mnt_id, path)?.dev, stat.stx_ino))
+    }
+
+    fn superblock(&mut self, mount: u64, path: &Path) -> Result<Superblock, String> {
         if self.devs.is_none() {
-            self.devs = Some(read_mount_devs()?);
+            self.devs = Some(read_mount_table()?);
         }
         let devs = self.devs.as_ref().expect("just read");
-        devs.get(&mount).copied().ok_or_else(|| {
+        devs.get(&mount).cloned().ok_or_else(|| {
             format!(
                 "{}: its mount ({mount}) is not in {MOUNTINFO}",
                 path.display()
@@ -126,15 +174,27 @@ fn fdinfo_ino(file: &File, path: &Path) -> Result<u64, String> {
         .ok_or_else(|| format!("{fdinfo} has no inode number for {}", path.display()))
 }
 
-/// Mount id -> kernel `dev_t` of the superblock (`major:minor`, third field).
-fn read_mount_devs() -> Result<HashMap<u64, u32>, String> {
+fn read_mount_table() -> Result<HashMap<u64, Superblock>, String> {
     let text = fs::read_to_string(MOUNTINFO).map_err(|e| format!("reading {MOUNTINFO}: {e}"))?;
-    let parse = |line: &str| -> Option<(u64, u32)> {
+    parse_mount_table(&text)
+}
+
+/// Mount id -> its superblock, from mountinfo's text.
+fn parse_mount_table(text: &str) -> Result<HashMap<u64, Superblock>, String> {
+    let parse = |line: &str| -> Option<(u64, Superblock)> {
         let mut fields = line.split(' ');
         let id = fields.next()?.parse().ok()?;
         let (major, minor) = fields.nth(1)?.split_once(':')?;
         let dev = libc::makedev(major.parse().ok()?, minor.parse().ok()?);
-        Some((id, kernel_dev(dev)))
+        // Optional fields come before the separator; the type follows it.
+        let fstype = fields.skip_while(|f| *f != "-").nth(1)?.to_owned();
+        Some((
+            id,
+            Superblock {
+                dev: kernel_dev(dev),
+                fstype,
+            },
+        ))
     };
     text.lines()
         .map(|line| parse(line).ok_or_else(|| format!("unexpected line in {MOUNTINFO}: {line:?}")))
@@ -166,6 +226,33 @@ mod tests {
         assert_eq!((examined.dev, examined.ino), stat(&file));
         assert!(examined.is_file);
         assert_eq!(examined.size, 1);
+    }
+
+    #[test]
+    fn the_mount_table_gives_each_mounts_device_and_type() {
+        let text = "\
+            22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
+            40 22 0:45 / /srv/b rw,relatime shared:9 master:2 - btrfs /dev/vdb rw,subvol=/\n\
+            41 22 0:50 / /merged rw - overlay overlay rw,lowerdir=/l\n";
+        let table = parse_mount_table(text).unwrap();
+        let sb = |id| table[&id].clone();
+        assert_eq!(
+            sb(22),
+            Superblock {
+                dev: kernel_dev(libc::makedev(8, 1)),
+                fstype: "ext4".into()
+            }
+        );
+        assert_eq!(
+            sb(40),
+            Superblock {
+                dev: kernel_dev(libc::makedev(0, 45)),
+                fstype: "btrfs".into()
+            }
+        );
+        assert_eq!(sb(41).fstype, "overlay");
+        let error = parse_mount_table("22 1 8:1 / / rw shared:1\n").unwrap_err();
+        assert!(error.contains("unexpected line"), "{error}");
     }
 
     #[test]

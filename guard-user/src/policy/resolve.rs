@@ -14,7 +14,7 @@ use guard_common::ExeKey;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::identity::Identities;
+use super::identity::{Follow, Identities};
 use super::immutable::{resolve_immutable, ResolvedImmutables};
 use super::libraries::{resolve_libraries, ResolvedLibrary};
 use super::{
@@ -65,9 +65,9 @@ pub struct ResolvedPoint {
     /// Kernel `dev_t` of its filesystem ([`kernel_dev`]).
     pub dev: u32,
     pub ino: u64,
-    /// The directories above it, up to `/`, as (kernel `dev_t`, inode) the
-    /// way `stat` sees them (a mount point is its mounted root): nothing may
-    /// be mounted on them.
+    /// The directories above it, up to `/`, as (kernel `dev_t` of their
+    /// superblock, inode) the way `stat` sees them (a mount point is its
+    /// mounted root): nothing may be mounted on them.
     #[serde(default)]
     pub ancestors: Vec<(u32, u64)>,
     /// fscrypt encrypts it: its filesystem's raw device shows only ciphertext of it.
@@ -383,7 +383,7 @@ impl<'p> Resolver<'p> {
         mounts: &Mounts,
     ) -> Option<LocatedPoint> {
         let at = Pointer::protected(index).key("path");
-        match locate_directory(&protected.path, mounts) {
+        match locate_directory(&protected.path, mounts, &mut self.hashing.identities) {
             Ok(located) => Some(located),
             Err(message) => {
                 self.errors.push(at.error(message));
@@ -541,7 +541,11 @@ impl<'p> Resolver<'p> {
     }
 }
 
-fn locate_directory(path: &Path, mounts: &Mounts) -> Result<LocatedPoint, String> {
+fn locate_directory(
+    path: &Path,
+    mounts: &Mounts,
+    identities: &mut Identities,
+) -> Result<LocatedPoint, String> {
     let metadata = fs::metadata(path).map_err(|e| io_problem(path, e))?;
     if !metadata.is_dir() {
         return Err(format!("{} is not a directory", path.display()));
@@ -568,28 +572,22 @@ fn locate_directory(path: &Path, mounts: &Mounts) -> Result<LocatedPoint, String
                 .map(|a| Identity::FsPath(fs_dev.to_string(), a.to_path_buf())),
         );
     }
-    // Identity from the canonical path's own stat, like the chain.
-    let m = fs::metadata(&canonical).map_err(|e| io_problem(&canonical, e))?;
+    // The identities the kernel's hooks see (refused where they would be
+    // ambiguous: btrfs).
+    let (dev, ino) = identities.of_path(&canonical, Follow::Symlinks)?;
     let kernel_ancestors = canonical
         .ancestors()
         .skip(1)
-        .map(|dir| {
-            let a = fs::metadata(dir).map_err(|e| io_problem(dir, e))?;
-            Ok((kernel_dev(a.dev()), a.ino()))
-        })
+        .map(|dir| identities.of_ancestor(dir))
         .collect::<Result<Vec<_>, String>>()?;
     let fscrypt = crate::volume::is_encrypted_dir(&canonical);
-    let below = super::devices::devices_below(
-        Path::new("/sys"),
-        libc::major(m.dev()),
-        libc::minor(m.dev()),
-    )
-    .map_err(|e| format!("finding the block devices below its filesystem: {e}"))?;
+    let below = super::devices::devices_below(Path::new("/sys"), dev >> 20, dev & 0xfffff)
+        .map_err(|e| format!("finding the block devices below its filesystem: {e}"))?;
     Ok(LocatedPoint {
         point: ResolvedPoint {
             path: canonical,
-            dev: kernel_dev(m.dev()),
-            ino: m.ino(),
+            dev,
+            ino,
             fscrypt,
             ancestors: kernel_ancestors,
             below,
