@@ -81,8 +81,11 @@ pub mod tamper {
     /// Changing the running kernel or driving hardware that reaches all of
     /// memory (what the kernel's lockdown refuses in integrity mode).
     pub const KERNEL_INTEGRITY: u32 = 1 << 30;
+    /// Replacing a process's executable (prctl PR_SET_MM_EXE_FILE or
+    /// PR_SET_MM_MAP): the executable is who guard takes the caller for.
+    pub const EXE_SWITCH: u32 = 1 << 31;
 
-    pub const NAMES: [(&str, u32); 15] = [
+    pub const NAMES: [(&str, u32); 16] = [
         ("ptrace-read", PTRACE_READ),
         ("ptrace-attach", PTRACE_ATTACH),
         ("exec-traced", EXEC_TRACED),
@@ -98,6 +101,7 @@ pub mod tamper {
         ("device-mapper", DEVICE_MAPPER),
         ("perf-sampling", PERF_SAMPLING),
         ("kernel-integrity", KERNEL_INTEGRITY),
+        ("exe-switch", EXE_SWITCH),
     ];
 }
 
@@ -171,6 +175,15 @@ pub mod perf {
     /// refused to all but guardd while guard is armed.
     pub const MEMORY_SAMPLES: u64 =
         SAMPLE_REGS_USER | SAMPLE_STACK_USER | SAMPLE_REGS_INTR | SAMPLE_AUX;
+}
+
+/// prctl options that replace a process's executable (UAPI,
+/// include/uapi/linux/prctl.h).
+pub mod prctl {
+    pub const PR_SET_MM: i32 = 35;
+    pub const PR_SET_MM_EXE_FILE: u64 = 13;
+    /// A whole new memory map, whose `exe_fd` may name a new executable.
+    pub const PR_SET_MM_MAP: u64 = 14;
 }
 
 /// Device-mapper's control ioctls (UAPI, include/uapi/linux/dm-ioctl.h).
@@ -634,6 +647,8 @@ pub mod hook {
     pub const PASSTHROUGH_DEVICE: u32 = 37;
     /// An io_uring command handed to a file's driver (NVMe passthrough).
     pub const URING_CMD: u32 = 38;
+    /// prctl(PR_SET_MM) replacing the caller's executable.
+    pub const TASK_PRCTL: u32 = 39;
 
     /// Hooks whose object is a process, not a file.
     pub fn is_process(hook: u32) -> bool {
@@ -660,6 +675,7 @@ pub mod hook {
                 | FILE_IOCTL
                 | PERF_EVENT_OPEN
                 | PASSTHROUGH_DEVICE
+                | TASK_PRCTL
         )
     }
 
@@ -703,6 +719,7 @@ pub mod hook {
             PERF_EVENT_OPEN => "perf_event_open",
             PASSTHROUGH_DEVICE => "file_open",
             URING_CMD => "uring_cmd",
+            TASK_PRCTL => "task_prctl",
             _ => "unknown",
         }
     }

@@ -32,7 +32,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use guard_common::{
-    access, block_ioctl, bpf_uapi, device_mapper, flags, kernel_setting, lockdown, perf, CRASH_DUMP_POINT, KERNEL_SETTING_POINT, PF_DUMPCORE, SWAPON_POINT, syscall, hook, Arguments, MAX_ARGUMENT_BYTES, env_entry, EnvKey, EnvScratch,
+    access, block_ioctl, bpf_uapi, device_mapper, flags, kernel_setting, lockdown, perf, prctl, CRASH_DUMP_POINT, KERNEL_SETTING_POINT, PF_DUMPCORE, SWAPON_POINT, syscall, hook, Arguments, MAX_ARGUMENT_BYTES, env_entry, EnvKey, EnvScratch,
     MAX_PINNED_STRING_BYTES, MAX_ENV_ENTRIES, MAX_ENV_ENTRY_BYTES, MAX_ENV_NAME_BYTES,
     MAX_PINNED_STRINGS, object, stat, tamper, verdict, DevKey, DirKey, Event, ExeKey,
     KernelOffsets, ObjectKey, PolicyMeta, RateState, RuleKey, RuleSlot, RuleValue, SelfProtect, Settings,
@@ -1683,6 +1683,27 @@ pub fn perf_event_open(ctx: LsmContext) -> i32 {
             return ALLOW;
         }
         deny_outsider(hook::PERF_EVENT_OPEN, tamper::PERF_SAMPLING, sample_type)
+    }
+}
+
+/// task_prctl(option, arg2, ...): PR_SET_MM_EXE_FILE (or PR_SET_MM_MAP,
+/// which can carry an executable) replaces the process's executable, the
+/// identity every decision takes the caller by: root's program that
+/// unmapped itself could take the allowed binary's. Refused to all but
+/// guardd while armed. (This hook's programs run in place of the kernel's
+/// default, which answers "not handled": returning 0 lets it.)
+#[lsm(hook = "task_prctl")]
+#[inline(always)]
+pub fn task_prctl(ctx: LsmContext) -> i32 {
+    unsafe {
+        let option = ctx.arg::<u64>(0) as i32;
+        let arg2: u64 = ctx.arg(1);
+        if option != prctl::PR_SET_MM
+            || (arg2 != prctl::PR_SET_MM_EXE_FILE && arg2 != prctl::PR_SET_MM_MAP)
+        {
+            return ALLOW;
+        }
+        deny_outsider(hook::TASK_PRCTL, tamper::EXE_SWITCH, arg2)
     }
 }
 

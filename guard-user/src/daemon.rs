@@ -7,6 +7,7 @@ use crate::events::{self, Decision, PolicyNames};
 use crate::journal::{self, message_id, Journal};
 use crate::kexec;
 use crate::loader::{self, Armed, Pins};
+use crate::mappings;
 use crate::policy::{self, ResolvedBinary, ResolvedPolicy};
 use crate::signing::{trust::KeyMismatch, OrderAction, Refusal, Trust};
 use anyhow::{Context, Result};
@@ -495,6 +496,7 @@ impl Daemon {
         // one loaded earlier is unloaded for good.
         let mut warnings = kexec::unload_loaded_kernels();
         warnings.extend(apply_warnings());
+        warnings.extend(mappings::warnings(&applied.resolved));
         let summary = serde_json::json!({
             "hash": hash, "generation": generation, "applied_at": applied.applied_at, "mode": mode,
             "in_force_ms": in_force_ms,

@@ -232,6 +232,14 @@ fn bpf_object(e: &Event) -> String {
             e.ino
         ),
         hook::FILE_IOCTL => "a device-mapper table (/dev/mapper/control)".into(),
+        hook::TASK_PRCTL => format!(
+            "replacing its own executable (prctl PR_SET_MM, {})",
+            if e.ino == guard_common::prctl::PR_SET_MM_MAP {
+                "PR_SET_MM_MAP"
+            } else {
+                "PR_SET_MM_EXE_FILE"
+            }
+        ),
         hook::PASSTHROUGH_DEVICE => format!(
             "a device passing commands to a disk guard keeps ({})",
             kernel_dev_string(e.dev)
@@ -545,6 +553,22 @@ mod tests {
         assert_eq!(d.path, "process 77 (/usr/sbin/guardd)");
         assert_eq!(d.rule, "self-protection");
         assert!(d.message().contains("denied signal:SIGKILL of process 77"));
+    }
+
+    #[test]
+    fn replacing_the_executable_is_named() {
+        let mut e = event();
+        e.hook = hook::TASK_PRCTL;
+        e.access = tamper::EXE_SWITCH;
+        e.ino = guard_common::prctl::PR_SET_MM_EXE_FILE;
+        let d = Decision::from_event(&e, &PolicyNames::default());
+        assert_eq!(d.hook, "task_prctl");
+        assert_eq!(d.access, "exe-switch");
+        assert_eq!(
+            d.path,
+            "replacing its own executable (prctl PR_SET_MM, PR_SET_MM_EXE_FILE)"
+        );
+        assert_eq!(d.rule, "self-protection");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod kexec;
 pub mod keyring;
 pub mod kms;
 pub mod loader;
+pub mod mappings;
 pub mod offsets;
 pub mod policy;
 pub mod recovery;

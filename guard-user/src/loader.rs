@@ -24,7 +24,7 @@ const SECURITYFS_MAGIC: i64 = 0x73636673;
 
 /// guard's programs; each is named after the LSM hook it attaches to, except
 /// the second programs of a hook (`SECOND_PROGRAMS`).
-pub const HOOKS: [&str; 37] = [
+pub const HOOKS: [&str; 38] = [
     "file_open",
     "inode_create",
     "inode_mkdir",
@@ -62,6 +62,7 @@ pub const HOOKS: [&str; 37] = [
     "file_ioctl_compat",
     "perf_event_open",
     "uring_cmd",
+    "task_prctl",
 ];
 
 /// Hooks only some kernels have (POSIX ACLs got their own in Linux 6.2;

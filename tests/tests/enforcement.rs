@@ -785,3 +785,93 @@ fn kernel_before(major: u32, minor: u32) -> bool {
     let running = (numbers.next().unwrap(), numbers.next().unwrap());
     running < (major, minor)
 }
+
+/// A mapping needs no system call to be read, so guard cannot take back one
+/// made before the policy: a shared one keeps showing what the database
+/// writes. Applying the policy names the process that holds it.
+#[test]
+#[ignore = "guest: run by cargo xtask vm-test"]
+fn applying_a_policy_names_a_process_that_mapped_a_protected_file_before() {
+    let sb = Sandbox::new("early-mapping");
+    let secret = sb.file("secret.txt");
+    let len = std::fs::metadata(&secret).unwrap().len() as usize;
+    let mapping = SharedMapping::of(&secret, len);
+    let _guardd = Guardd::start();
+    let out = apply(&sb.policy("enforce"));
+
+    let expected = format!(
+        "has mapped {} (in {}) since before this policy",
+        secret.display(),
+        sb.data.display()
+    );
+    let process = format!("process {} (", std::process::id());
+    let warned = stderr(&out);
+    assert!(
+        warned.contains(&process) && warned.contains(&expected),
+        "no warning naming this process: {warned}"
+    );
+    let hash = show()["hash"].as_str().unwrap().to_owned();
+    let entries = journal_entries(
+        message_id::POLICY_APPLIED,
+        "GUARD_POLICY_HASH",
+        &hash,
+        Duration::from_secs(15),
+    );
+    let journaled = entries
+        .last()
+        .and_then(|e| e["GUARD_WARNINGS"].as_str())
+        .unwrap_or_default();
+    assert!(journaled.contains(&expected), "journal: {journaled:?}");
+
+    // What the warning is about: the database's next write shows through.
+    assert_open_eperm(&secret);
+    assert_ok(
+        &sb.allowed_run(
+            "sh",
+            &[
+                "-c",
+                &format!("echo 'patient record 4712' > {}", secret.display()),
+            ],
+        ),
+        "the allowed program rewrites the record",
+    );
+    assert_eq!(mapping.bytes(), b"patient record 4712\n");
+}
+
+/// A read-only shared mapping of a whole file, unmapped when dropped.
+struct SharedMapping {
+    addr: *mut libc::c_void,
+    len: usize,
+}
+
+impl SharedMapping {
+    fn of(path: &Path, len: usize) -> SharedMapping {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(path).unwrap();
+        // SAFETY: a fresh mapping of an open file; checked for MAP_FAILED.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(addr, libc::MAP_FAILED, "mmap {}", path.display());
+        SharedMapping { addr, len }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        // SAFETY: `len` readable bytes mapped at `addr` until drop.
+        unsafe { std::slice::from_raw_parts(self.addr as *const u8, self.len) }.to_vec()
+    }
+}
+
+impl Drop for SharedMapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `of` mapped.
+        unsafe { libc::munmap(self.addr, self.len) };
+    }
+}

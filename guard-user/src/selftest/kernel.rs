@@ -108,6 +108,13 @@ pub fn techniques() -> Vec<Technique> {
             ld_so,
         ),
         t(
+            "exe-switch",
+            "take the allowed binary as one's executable (prctl PR_SET_MM_EXE_FILE), then read",
+            "EPERM",
+            ACCOMPLICE,
+            super::exe_switch::technique,
+        ),
+        t(
             "foreign-library",
             "LD_PRELOAD a library from elsewhere into the allowed binary",
             "not mapped executable (policy `libraries`)",
@@ -509,10 +516,7 @@ fn bpf_kprobe(_: &Target) -> Result<Attempt> {
 }
 
 fn ld_so(t: &Target) -> Result<Attempt> {
-    let loader = ["/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .context("no dynamic loader found")?;
+    let loader = sys::dynamic_loader()?;
     let exe = t.accomplice_exe.as_ref().context("needs --accomplice")?;
     let (bytes, pid, status) = sys::run_program(
         loader,

@@ -19,6 +19,7 @@ mod alerts;
 mod block_targets;
 mod config;
 mod crash_dumps;
+mod exe_switch;
 mod fds;
 mod files;
 mod hardware;
@@ -100,6 +101,10 @@ enum Helper {
     /// (internal) Print a file (used to run an allowed copy through ld.so).
     #[command(hide = true)]
     Dump { file: PathBuf },
+    /// (internal) Run through ld.so: take ALLOWED as this process's
+    /// executable, then print FILE.
+    #[command(hide = true)]
+    ExeSwitch { allowed: PathBuf, file: PathBuf },
     /// (internal) Abort in a folder with the core limit raised (run as the
     /// allowed program: where does its core go?).
     #[command(hide = true)]
@@ -120,6 +125,9 @@ pub fn run(args: SelftestArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Helper::Crash { dir }) => match crash_dumps::crash_in(&dir)? {},
+        Some(Helper::ExeSwitch { allowed, file }) => {
+            match exe_switch::take_over_and_print(&allowed, &file)? {}
+        }
         None if args.attack.attack => run_attack(&args.attack),
         None => bail!("say what to test: --attack (see guardctl selftest --help)"),
     }

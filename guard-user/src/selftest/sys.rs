@@ -109,6 +109,14 @@ pub fn open_and_read(path: &Path, how: &str) -> Attempt {
 
 /// Runs a program as this (not allowed) process would, returning how many
 /// bytes it printed and its pid.
+/// The system's dynamic loader (to run a program through it).
+pub fn dynamic_loader() -> Result<&'static str> {
+    ["/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context("no dynamic loader found")
+}
+
 pub fn run_program(program: &str, args: &[&std::ffi::OsStr]) -> Result<(usize, u32, String)> {
     let child = std::process::Command::new(program)
         .args(args)
