@@ -649,6 +649,9 @@ pub mod hook {
     pub const URING_CMD: u32 = 38;
     /// prctl(PR_SET_MM) replacing the caller's executable.
     pub const TASK_PRCTL: u32 = 39;
+    /// Renaming a directory above a protected one (or exchanging another
+    /// with it), which would move the data away from the database's path.
+    pub const ANCESTOR_RENAME: u32 = 40;
 
     /// Hooks whose object is a process, not a file.
     pub fn is_process(hook: u32) -> bool {
@@ -671,6 +674,7 @@ pub mod hook {
                 | KERNEL_LOAD_DATA
                 | PROTECTED_FS
                 | ANCESTOR_MOUNT
+                | ANCESTOR_RENAME
                 | RAW_DEVICE
                 | FILE_IOCTL
                 | PERF_EVENT_OPEN
@@ -720,6 +724,7 @@ pub mod hook {
             PASSTHROUGH_DEVICE => "file_open",
             URING_CMD => "uring_cmd",
             TASK_PRCTL => "task_prctl",
+            ANCESTOR_RENAME => "inode_rename",
             _ => "unknown",
         }
     }

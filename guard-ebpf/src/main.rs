@@ -1423,7 +1423,7 @@ pub fn sb_mount(ctx: LsmContext) -> i32 {
         if flags & (MS_BIND | MS_MOVE) == 0 && flags & MS_PROPAGATION != 0 {
             return ALLOW;
         }
-        let ret = protect_ancestor(dentry);
+        let ret = protect_ancestor(dentry, access::MOUNT, hook::ANCESTOR_MOUNT);
         if ret != ALLOW {
             return ret;
         }
@@ -1436,10 +1436,11 @@ const MS_MOVE: u64 = 8192;
 /// MS_UNBINDABLE | MS_PRIVATE | MS_SLAVE | MS_SHARED
 const MS_PROPAGATION: u64 = (1 << 17) | (1 << 18) | (1 << 19) | (1 << 20);
 
-/// Nothing may be mounted on a directory above a protected one: the
-/// protected files would stay guarded, but hidden from the database.
+/// Nothing may be mounted on a directory above a protected one, nor may it
+/// be renamed: the protected files would stay guarded, but away from the
+/// database's path, which would then lead to root's files.
 #[inline(always)]
-unsafe fn protect_ancestor(dentry: u64) -> i32 {
+unsafe fn protect_ancestor(dentry: u64, access: u32, hook: u32) -> i32 {
     let generation = ACTIVE.get(0).copied().unwrap_or(0);
     if generation == 0 {
         return ALLOW;
@@ -1451,7 +1452,7 @@ unsafe fn protect_ancestor(dentry: u64) -> i32 {
         return ALLOW;
     }
     match armed_outsider() {
-        Ok(Some(exe)) => deny_bpf(exe, hook::ANCESTOR_MOUNT, access::MOUNT, 0, obj.ino, obj.dev),
+        Ok(Some(exe)) => deny_bpf(exe, hook, access, 0, obj.ino, obj.dev),
         Ok(None) => ALLOW,
         Err(_) => EPERM,
     }
@@ -1466,7 +1467,7 @@ pub fn move_mount(ctx: LsmContext) -> i32 {
         let Ok(dentry) = read::<u64>(to, offsets().path_dentry) else {
             return EPERM;
         };
-        let ret = protect_ancestor(dentry);
+        let ret = protect_ancestor(dentry, access::MOUNT, hook::ANCESTOR_MOUNT);
         if ret != ALLOW {
             return ret;
         }
@@ -1748,7 +1749,7 @@ pub fn inode_rmdir(ctx: LsmContext) -> i32 {
 #[lsm(hook = "inode_rename")]
 #[inline(always)]
 pub fn inode_rename(ctx: LsmContext) -> i32 {
-    unsafe { decide_dir_op(ctx.arg(1), access::RENAME, hook::INODE_RENAME) }
+    unsafe { decide_rename(ctx.arg(1)) }
 }
 
 /// The second program on inode_rename: the target name (new_dentry). A
@@ -1758,7 +1759,19 @@ pub fn inode_rename(ctx: LsmContext) -> i32 {
 #[lsm(hook = "inode_rename")]
 #[inline(always)]
 pub fn inode_rename_target(ctx: LsmContext) -> i32 {
-    unsafe { decide_dir_op(ctx.arg(3), access::RENAME, hook::INODE_RENAME) }
+    unsafe { decide_rename(ctx.arg(3)) }
+}
+
+/// One name of a rename: a directory above a protected one stays where it
+/// is (the target name too: RENAME_EXCHANGE swaps it with another), and
+/// the policy decides the rest.
+#[inline(always)]
+unsafe fn decide_rename(dentry: u64) -> i32 {
+    let ret = protect_ancestor(dentry, access::RENAME, hook::ANCESTOR_RENAME);
+    if ret != ALLOW {
+        return ret;
+    }
+    decide_dir_op(dentry, access::RENAME, hook::INODE_RENAME)
 }
 
 /// inode_link(old_dentry, dir, new_dentry): linking a protected file anywhere,

@@ -248,7 +248,7 @@ fn bpf_object(e: &Event) -> String {
             "a block device guard keeps (under a filesystem holding protected directories, or swap) ({})",
             kernel_dev_string(e.dev)
         ),
-        hook::ANCESTOR_MOUNT => format!(
+        hook::ANCESTOR_MOUNT | hook::ANCESTOR_RENAME => format!(
             "a directory guard keeps in place: above a protected one, or immutable ({}, inode {})",
             kernel_dev_string(e.dev),
             e.ino
@@ -567,6 +567,23 @@ mod tests {
         assert_eq!(
             d.path,
             "replacing its own executable (prctl PR_SET_MM, PR_SET_MM_EXE_FILE)"
+        );
+        assert_eq!(d.rule, "self-protection");
+    }
+
+    #[test]
+    fn renaming_a_directory_above_a_protected_one_is_named() {
+        let mut e = event();
+        e.hook = hook::ANCESTOR_RENAME;
+        e.access = guard_common::access::RENAME;
+        e.dev = (8 << 20) | 1;
+        e.ino = 4242;
+        let d = Decision::from_event(&e, &PolicyNames::default());
+        assert_eq!(d.hook, "inode_rename");
+        assert_eq!(d.access, "rename");
+        assert_eq!(
+            d.path,
+            "a directory guard keeps in place: above a protected one, or immutable (8:1, inode 4242)"
         );
         assert_eq!(d.rule, "self-protection");
     }

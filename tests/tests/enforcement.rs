@@ -875,3 +875,77 @@ impl Drop for SharedMapping {
         unsafe { libc::munmap(self.addr, self.len) };
     }
 }
+
+/// Renaming a directory above a protected one (or exchanging another with
+/// it) would leave the data guarded but away from the database's path,
+/// which would then lead to a directory of root's: like mounting over it.
+#[test]
+#[ignore = "guest: run by cargo xtask vm-test"]
+fn a_directory_above_a_protected_one_cannot_be_renamed_or_exchanged() {
+    let sb = Sandbox::new("rename-above");
+    let moved = Path::new("/scratch/rename-above-moved");
+    let fake = Path::new("/scratch/rename-above-fake");
+    let _ = std::fs::remove_dir_all(moved);
+    let _ = std::fs::remove_dir_all(fake);
+    std::fs::create_dir_all(fake.join("data")).unwrap();
+    let _guardd = Guardd::start();
+    apply(&sb.policy("enforce"));
+
+    let error = std::fs::rename(&sb.root, moved).expect_err("root renamed the parent");
+    assert_eq!(error.raw_os_error(), Some(libc::EPERM), "rename: {error}");
+    let error = exchange(fake, &sb.root).expect_err("root exchanged the parent");
+    assert_eq!(error.raw_os_error(), Some(libc::EPERM), "exchange: {error}");
+    // The protected directory itself: the policy decides, and root has no rule.
+    let error = std::fs::rename(&sb.data, sb.root.join("data-moved"))
+        .expect_err("root renamed the protected directory");
+    assert_eq!(error.raw_os_error(), Some(libc::EPERM), "rename: {error}");
+    let error = exchange(&fake.join("data"), &sb.data).expect_err("root exchanged it");
+    assert_eq!(error.raw_os_error(), Some(libc::EPERM), "exchange: {error}");
+    assert!(!moved.exists(), "{moved:?} exists");
+    let read = sb.allowed_run("cat", &[sb.file("secret.txt").to_str().unwrap()]);
+    assert_ok(&read, "the allowed program reads at the usual path");
+
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(&sb.root).unwrap().ino().to_string();
+    let entries = journal_entries(
+        message_id::DENIED,
+        field::INODE,
+        &ino,
+        Duration::from_secs(15),
+    );
+    let pid = std::process::id().to_string();
+    let renames: Vec<_> = entries
+        .iter()
+        .filter(|e| e[field::HOOK] == "inode_rename" && e[field::PID] == pid.as_str())
+        .collect();
+    assert!(
+        renames.len() >= 2,
+        "expected the rename and the exchange journaled: {entries:?}"
+    );
+    // Renaming elsewhere in the same folder still works.
+    let sibling = Path::new("/scratch/rename-above-fake-2");
+    let _ = std::fs::remove_dir_all(sibling);
+    std::fs::rename(fake, sibling).unwrap();
+}
+
+/// renameat2(RENAME_EXCHANGE): swaps two directories.
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let a = CString::new(a.as_os_str().as_bytes()).unwrap();
+    let b = CString::new(b.as_os_str().as_bytes()).unwrap();
+    // SAFETY: NUL-terminated paths that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
