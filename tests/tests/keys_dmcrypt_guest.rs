@@ -13,6 +13,7 @@ use std::sync::Arc;
 use guard::kms::server::start_embedded;
 use guard::kms::Kms;
 use guard::volume::{self, dmcrypt, VolumeStore};
+use guard_tests::guest::disarm;
 use tempfile::TempDir;
 
 const MARKER: &str = "GUARD-PLAINTEXT-MARKER-dmcrypt-4be1";
@@ -97,6 +98,9 @@ fn contains(path: &Path, needle: &[u8]) -> bool {
 #[test]
 #[ignore = "guest: run by cargo xtask vm-test"]
 fn dm_crypt_volume_keyed_through_a_logon_key() {
+    // Without guard: a test run earlier may have left it armed, and then
+    // nobody but guardd may load a device-mapper table.
+    disarm();
     let _ = Command::new("modprobe").arg("dm_crypt").status();
     let scratch = Scratch::new("dm", 64 << 20);
     let (kms, store, backing) = (&scratch.kms, &scratch.store, &scratch.backing);
@@ -150,6 +154,7 @@ fn dm_crypt_volume_keyed_through_a_logon_key() {
 #[test]
 #[ignore = "guest: run by cargo xtask vm-test"]
 fn dm_crypt_init_refuses_a_mounted_device() {
+    disarm();
     let scratch = Scratch::new("m", 32 << 20);
     let (kms, store) = (&scratch.kms, &scratch.store);
     let (device, mnt) = (&scratch.loop_device.device, &scratch.loop_device.mnt);
@@ -172,6 +177,7 @@ fn the_device_below_a_protected_dm_crypt_volume_cannot_be_written_or_mapped() {
     use guard_tests::guest::{apply, journal_entries, Guardd};
     use std::time::Duration;
 
+    disarm();
     let _ = Command::new("modprobe").arg("dm_crypt").status();
     let scratch = Scratch::new("below", 64 << 20);
     let (device, mnt) = (&scratch.loop_device.device, &scratch.loop_device.mnt);
