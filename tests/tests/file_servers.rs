@@ -83,6 +83,9 @@ impl Drop for Mounted {
 #[test]
 #[ignore = "guest: run by cargo xtask vm-test"]
 fn an_in_kernel_file_server_cannot_serve_protected_files() {
+    // Without guard to begin with (an earlier test binary may leave it
+    // armed, and then the nfsd module would not load).
+    disarm();
     let sb = Sandbox::new("fileserver");
     // The export holds the protected directory, so the client can mount it.
     let _server = NfsServer::start(&sb.root);
