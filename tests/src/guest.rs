@@ -107,6 +107,23 @@ pub fn apply_raw(text: &str) -> Output {
     guardctl(&["policy", "apply", file.path().to_str().unwrap()])
 }
 
+/// The warnings (`GUARD_WARNINGS`) of the journal entry of the policy in
+/// force's apply, empty when it had none.
+pub fn applied_policy_warnings() -> String {
+    let hash = show()["hash"].as_str().unwrap().to_owned();
+    let entries = journal_entries(
+        guard::journal::message_id::POLICY_APPLIED,
+        "GUARD_POLICY_HASH",
+        &hash,
+        Duration::from_secs(15),
+    );
+    entries
+        .last()
+        .and_then(|e| e["GUARD_WARNINGS"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 pub fn status() -> Value {
     json_of(guardctl(&["status", "--json"]))
 }

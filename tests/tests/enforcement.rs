@@ -810,17 +810,7 @@ fn applying_a_policy_names_a_process_that_mapped_a_protected_file_before() {
         warned.contains(&process) && warned.contains(&expected),
         "no warning naming this process: {warned}"
     );
-    let hash = show()["hash"].as_str().unwrap().to_owned();
-    let entries = journal_entries(
-        message_id::POLICY_APPLIED,
-        "GUARD_POLICY_HASH",
-        &hash,
-        Duration::from_secs(15),
-    );
-    let journaled = entries
-        .last()
-        .and_then(|e| e["GUARD_WARNINGS"].as_str())
-        .unwrap_or_default();
+    let journaled = applied_policy_warnings();
     assert!(journaled.contains(&expected), "journal: {journaled:?}");
 
     // What the warning is about: the database's next write shows through.

@@ -289,17 +289,7 @@ fn kernels_loaded_for_kexec_before_a_policy_are_unloaded_when_it_is_applied() {
         "no warning: {}",
         stderr(&out)
     );
-    let hash = show()["hash"].as_str().unwrap().to_owned();
-    let entries = journal_entries(
-        message_id::POLICY_APPLIED,
-        "GUARD_POLICY_HASH",
-        &hash,
-        Duration::from_secs(15),
-    );
-    let warnings = entries
-        .last()
-        .and_then(|e| e["GUARD_WARNINGS"].as_str())
-        .unwrap_or_default();
+    let warnings = applied_policy_warnings();
     assert!(
         warnings.contains(warning) && warnings.contains("unloaded a kernel loaded for kexec"),
         "the journal's warnings: {warnings:?}"
