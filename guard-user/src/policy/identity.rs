@@ -99,13 +99,7 @@ impl Identities {
         path: &Path,
         inode_the_hooks_see: impl FnOnce() -> Result<u64, String>,
     ) -> Result<(u32, u64), String> {
-        if stat.stx_mask & StatxFlags::MNT_ID.bits() == 0 {
-            return Err(format!(
-                "{}: the kernel does not report mount ids (statx STATX_MNT_ID)",
-                path.display()
-            ));
-        }
-        let sb = self.superblock(stat.stx_mnt_id, path)?;
+        let sb = self.superblock(stat, path)?;
         let reported = kernel_dev(libc::makedev(stat.stx_dev_major, stat.stx_dev_minor));
         if reported == sb.dev {
             return Ok((sb.dev, stat.stx_ino));
@@ -136,16 +130,18 @@ impl Identities {
             StatxFlags::INO | StatxFlags::MNT_ID,
         )
         .map_err(|e| io_problem(path, e.into()))?;
+        Ok((self.superblock(&stat, path)?.dev, stat.stx_ino))
+    }
+
+    /// The superblock of the mount `stat` (with STATX_MNT_ID) was taken on.
+    fn superblock(&mut self, stat: &Statx, path: &Path) -> Result<Superblock, String> {
         if stat.stx_mask & StatxFlags::MNT_ID.bits() == 0 {
             return Err(format!(
                 "{}: the kernel does not report mount ids (statx STATX_MNT_ID)",
                 path.display()
             ));
         }
-        Ok((self.superblock(stat.stx_mnt_id, path)?.dev, stat.stx_ino))
-    }
-
-    fn superblock(&mut self, mount: u64, path: &Path) -> Result<Superblock, String> {
+        let mount = stat.stx_mnt_id;
         if self.devs.is_none() {
             self.devs = Some(read_mount_table()?);
         }
