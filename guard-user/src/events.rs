@@ -458,7 +458,8 @@ fn mount_point_uncached(dev: u32) -> Option<String> {
 
 /// "major:minor" of a kernel-encoded dev_t.
 pub fn kernel_dev_string(dev: u32) -> String {
-    format!("{}:{}", dev >> 20, dev & 0xfffff)
+    let (major, minor) = crate::policy::kernel_dev_parts(dev);
+    format!("{major}:{minor}")
 }
 
 fn c_string(bytes: &[u8]) -> String {

@@ -92,7 +92,7 @@ fn walk(
 /// subsystem (which links its controllers), a SCSI device (whose class
 /// folders hold them). Virtual disks (dm, loop, md) have none.
 pub fn passthrough_devices(sysfs: &Path, dev: u32) -> Result<Vec<u32>, String> {
-    let (major, minor) = (dev >> 20, dev & 0xf_ffff);
+    let (major, minor) = super::resolve::kernel_dev_parts(dev);
     if major == 0 {
         return Ok(Vec::new());
     }
@@ -157,7 +157,7 @@ fn char_device(sysfs: &Path, folder: &Path) -> Result<Option<u32>, String> {
         return Ok(None);
     }
     let dev = dev_of(folder)?;
-    let (major, minor) = (dev >> 20, dev & 0xf_ffff);
+    let (major, minor) = super::resolve::kernel_dev_parts(dev);
     let listed = fs::canonicalize(sysfs.join(format!("dev/char/{major}:{minor}")));
     Ok(match listed {
         Ok(listed) if listed == canonical(folder)? => Some(dev),

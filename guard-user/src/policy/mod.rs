@@ -54,7 +54,8 @@ pub use links::check_hard_links;
 pub use parse::parse;
 pub use pin_start::pin_start;
 pub use resolve::{
-    kernel_dev, resolve, sha256_file, ResolvedBinary, ResolvedPoint, ResolvedPolicy, RuleInfo,
+    kernel_dev, kernel_dev_parts, resolve, sha256_file, ResolvedBinary, ResolvedPoint,
+    ResolvedPolicy, RuleInfo,
 };
 pub use schema::schema;
 

@@ -219,6 +219,11 @@ pub fn kernel_dev(st_dev: u64) -> u32 {
     (major << MINOR_BITS) | minor
 }
 
+/// The (major, minor) of a kernel `dev_t`: [`kernel_dev`] undone.
+pub fn kernel_dev_parts(dev: u32) -> (u32, u32) {
+    (dev >> 20, dev & 0xf_ffff)
+}
+
 /// Checks a parsed policy against the running system: protected directories
 /// exist, are directories and do not overlap (also through symlinks or bind
 /// mounts); binaries exist, are regular files and match their pinned SHA-256;
@@ -306,11 +311,8 @@ fn resolve_passthrough(
     let mut found = Vec::new();
     for block_dev in kept {
         let nodes = super::devices::passthrough_devices(sysfs, block_dev).map_err(|e| {
-            format!(
-                "finding the command passthrough devices of block device {}:{}: {e}",
-                block_dev >> 20,
-                block_dev & 0xf_ffff
-            )
+            let (major, minor) = kernel_dev_parts(block_dev);
+            format!("finding the command passthrough devices of block device {major}:{minor}: {e}")
         })?;
         found.extend(nodes.into_iter().map(|char_dev| Passthrough {
             char_dev,
@@ -581,7 +583,8 @@ fn locate_directory(
         .map(|dir| identities.of_ancestor(dir))
         .collect::<Result<Vec<_>, String>>()?;
     let fscrypt = crate::volume::is_encrypted_dir(&canonical);
-    let below = super::devices::devices_below(Path::new("/sys"), dev >> 20, dev & 0xfffff)
+    let (major, minor) = kernel_dev_parts(dev);
+    let below = super::devices::devices_below(Path::new("/sys"), major, minor)
         .map_err(|e| format!("finding the block devices below its filesystem: {e}"))?;
     Ok(LocatedPoint {
         point: ResolvedPoint {
@@ -917,6 +920,14 @@ mod tests {
             (259 << 20) | 0x12345
         );
         assert_eq!(kernel_dev(libc::makedev(0, 300)), 300);
+    }
+
+    #[test]
+    fn kernel_dev_parts_undoes_kernel_dev() {
+        for (major, minor) in [(0, 45), (8, 1), (259, 0), (4095, 1_048_575)] {
+            let dev = kernel_dev(libc::makedev(major, minor));
+            assert_eq!(kernel_dev_parts(dev), (major, minor));
+        }
     }
 
     #[test]
