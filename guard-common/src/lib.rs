@@ -309,6 +309,9 @@ pub const KERNEL_SETTING_POINT: u32 = u32::MAX - 5;
 /// policy is active would hold the database's pages where guard does not
 /// keep them.
 pub const SWAPON_POINT: u32 = u32::MAX - 6;
+/// `Event::point` of a denied read of one of guard's secrets
+/// (`immutable::SECRET`).
+pub const SECRET_POINT: u32 = u32::MAX - 7;
 
 /// System call numbers guard recognises in `pt_regs.orig_ax` (x86).
 pub mod syscall {
@@ -403,6 +406,9 @@ pub mod immutable {
     /// One of guard's own files: enforced while guardd protects itself.
     /// Without it, an allowed binary: enforced while a policy is active.
     pub const GUARD: u32 = 1 << 2;
+    /// One of guard's secrets (a private key): nobody but guardd may read
+    /// it either, while guardd protects itself.
+    pub const SECRET: u32 = 1 << 3;
 }
 
 /// Room in `IMMUTABLE` for what policies list under `immutable` (two
@@ -538,6 +544,20 @@ pub mod dir_filter {
     pub fn dev_slot(dev: u32) -> (u32, u64) {
         slot(DEV_TAG | dev as u64)
     }
+
+    /// The bit of a filesystem holding guard's secrets: the other bit of
+    /// `dev_slot`'s aligned pair, in the same word, so that the one load
+    /// every open makes answers both questions.
+    #[inline(always)]
+    pub fn secret_dev_slot(dev: u32) -> (u32, u64) {
+        let (word, mask) = dev_slot(dev);
+        let pair = if mask & 0x5555_5555_5555_5555 != 0 {
+            mask << 1
+        } else {
+            mask >> 1
+        };
+        (word, pair)
+    }
 }
 
 /// `DIRS` values: the point index in the low bits and the policy's mode
@@ -566,6 +586,13 @@ pub mod dir_value {
 
 /// Capacities. Two policy generations live side by side during an apply.
 pub const MAX_POINTS: u32 = 1024;
+/// Room in `RAW_DEVICES` and `PASSTHROUGH` for the devices beneath guard's
+/// own files, beside two policies' `MAX_POINTS` each.
+pub const MAX_GUARD_DEVICES: u32 = 64;
+/// `DevKey::generation` of the entries keeping the devices beneath guard's
+/// own files (enforced while guardd protects itself, not by a policy): no
+/// policy generation reaches it.
+pub const GUARD_FILES_GENERATION: u32 = u32::MAX;
 /// Capacity of `ANCESTORS`: the directories above protected ones (keyed
 /// like `DIRS`), on which nothing may be mounted.
 pub const MAX_ANCESTORS: u32 = 16384;
@@ -1277,6 +1304,18 @@ mod tests {
             u64::from_le_bytes(bytes[..8].try_into().unwrap()),
             u64::from_le_bytes(bytes[8..].try_into().unwrap()),
         ]
+    }
+
+    #[test]
+    fn a_filesystems_secret_bit_shares_its_word_but_not_its_bit() {
+        use super::dir_filter::{dev_slot, secret_dev_slot};
+        for dev in (0..4096).chain([u32::MAX, 0x0fe0_0011]) {
+            let (word, points) = dev_slot(dev);
+            let (secret_word, secret) = secret_dev_slot(dev);
+            assert_eq!(word, secret_word);
+            assert_eq!(secret.count_ones(), 1);
+            assert_eq!(points & secret, 0);
+        }
     }
 
     #[test]

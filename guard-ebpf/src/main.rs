@@ -40,7 +40,7 @@ use guard_common::{
     Taint, Launch, LaunchKey, library, LIBRARY_POINT, MAX_LIBRARIES, MAX_ANCESTORS, MAX_LAUNCHES, ANY_ID, MAX_OBJECTS, taint_seq, PINS_POINT, IMMUTABLE_POINT, MAX_IMMUTABLE, immutable, dir_filter, dir_value,
     DEFAULT_EVENTS_PER_SEC_PER_CPU, PTRACE_MODE_ATTACH, PTRACE_MODE_NOAUDIT,
     EVENTS_RING_BYTES, FMODE_EXEC, FMODE_READ, FMODE_WRITE, MAX_DEPTH, MAX_EXES, MAX_POINTS,
-    MODE_AUDIT, NAME_LEN, NO_RULE, PATH_DEPTH, EXE_DEPTH,
+    MODE_AUDIT, NAME_LEN, NO_RULE, PATH_DEPTH, EXE_DEPTH, SECRET_POINT, GUARD_FILES_GENERATION, MAX_GUARD_DEVICES,
 };
 
 const ALLOW: i32 = 0;
@@ -149,11 +149,11 @@ static ANCESTORS: HashMap<DirKey, u32> = HashMap::pinned(MAX_ANCESTORS, 0);
 /// `DEVS`): the access bits nobody but guardd gets on them (write; read too
 /// unless every protected directory there is fscrypt-encrypted).
 #[map(name = "GUARD_RAW_DEVICES")]
-static RAW_DEVICES: HashMap<DevKey, u32> = HashMap::pinned(2 * MAX_POINTS, 0);
+static RAW_DEVICES: HashMap<DevKey, u32> = HashMap::pinned(2 * MAX_POINTS + MAX_GUARD_DEVICES, 0);
 /// Character devices passing commands to a disk in `RAW_DEVICES`, with
 /// what nobody but guardd gets on them (that disk's bits).
 #[map(name = "GUARD_PASSTHROUGH")]
-static PASSTHROUGH: HashMap<DevKey, u32> = HashMap::pinned(2 * MAX_POINTS, 0);
+static PASSTHROUGH: HashMap<DevKey, u32> = HashMap::pinned(2 * MAX_POINTS + MAX_GUARD_DEVICES, 0);
 /// Binaries confined to approved libraries, and the approved files
 /// (`guard_common::library` bits), per generation.
 #[map(name = "GUARD_LIBRARIES")]
@@ -304,6 +304,18 @@ fn may_be_protected(ino: u64) -> bool {
 #[inline(always)]
 fn may_hold_protected(dev: u32) -> bool {
     in_dir_filter(dir_filter::dev_slot(dev))
+}
+
+/// What filesystem `dev` may hold: (protected directories, guard's
+/// secrets), from one load of the filter word both bits share.
+#[inline(always)]
+fn filesystem_may_hold(dev: u32) -> (bool, bool) {
+    let (word, points) = dir_filter::dev_slot(dev);
+    let (_, secrets) = dir_filter::secret_dev_slot(dev);
+    match DIR_FILTER.get(word) {
+        Some(bits) => (bits & points != 0, bits & secrets != 0),
+        None => (true, true),
+    }
 }
 
 #[inline(always)]
@@ -862,19 +874,22 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         // The inode's filesystem, not the path's: they differ for a file
         // opened under another's path (`walk_start`).
         let dev = inode_dev(o, opened.inode);
-        let may_hold = match dev {
-            Ok(dev) => may_hold_protected(dev),
-            Err(_) => true, // decided (denied) below
+        let (may_hold, may_hold_secret) = match dev {
+            Ok(dev) => filesystem_may_hold(dev),
+            Err(_) => (true, true), // decided (denied) below
         };
         // Most opens are of files on filesystems without protected
         // directories: they end here, before the policy is even looked up.
-        if !may_hold && opened.device.is_none() {
+        if !may_hold && !may_hold_secret && opened.device.is_none() {
             return ALLOW;
         }
-        let generation = ACTIVE.get(0).copied().unwrap_or(0);
-        if generation == 0 {
-            return ALLOW; // no policy
+        if may_hold_secret && mode & FMODE_READ != 0 {
+            let ret = protect_secret(o, dentry, opened.inode, dev);
+            if ret != ALLOW {
+                return ret;
+            }
         }
+        let generation = ACTIVE.get(0).copied().unwrap_or(0);
         let mut want = 0;
         if mode & FMODE_READ != 0 {
             want |= access::READ;
@@ -887,9 +902,12 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         }
         if let Some(node) = opened.device {
             let ret = protect_device(generation, node, want, hook::FILE_OPEN);
-            if ret != ALLOW || !may_hold {
+            if ret != ALLOW {
                 return ret;
             }
+        }
+        if generation == 0 || !may_hold {
+            return ALLOW; // no policy, or nothing protected here
         }
         decide_opened(o, generation, dentry, &opened, dev, want, hook::FILE_OPEN)
     }
@@ -1098,21 +1116,27 @@ unsafe fn opened(o: &KernelOffsets, file: u64) -> Result<Opened, i32> {
 /// encrypts it. The same for a character device passing commands to it
 /// (an NVMe read command returns the same blocks). `via` is the hook the
 /// device is used through, for the report.
+///
+/// The devices beneath guard's own files are kept while guardd protects
+/// itself, whether or not a policy is active (`generation` 0).
 #[inline(always)]
 unsafe fn protect_device(generation: u32, node: DeviceNode, want: u32, via: u32) -> i32 {
-    let key = DevKey { generation, dev: node.rdev };
-    let (kept, hook) = if node.block {
-        (RAW_DEVICES.get(&key), hook::RAW_DEVICE)
-    } else {
-        (PASSTHROUGH.get(&key), hook::PASSTHROUGH_DEVICE)
-    };
-    let denied = match kept {
-        Some(bits) => *bits & want,
-        None => 0,
-    };
+    let mut kept = 0;
+    if generation != 0 {
+        kept |= kept_bits(generation, node);
+    }
+    if self_protecting() {
+        kept |= kept_bits(GUARD_FILES_GENERATION, node);
+    }
+    let denied = kept & want;
     if denied == 0 {
         return ALLOW;
     }
+    let hook = if node.block {
+        hook::RAW_DEVICE
+    } else {
+        hook::PASSTHROUGH_DEVICE
+    };
     match armed_outsider() {
         Ok(Some(exe)) => deny_bpf(exe, hook, denied, via, 0, node.rdev),
         Ok(None) => ALLOW,
@@ -1120,12 +1144,25 @@ unsafe fn protect_device(generation: u32, node: DeviceNode, want: u32, via: u32)
     }
 }
 
-/// The active generation and `file`'s device node, when a policy is active
-/// and `file` is a device node.
+/// What nobody but guardd gets on `node` in `generation` (`RAW_DEVICES` or
+/// `PASSTHROUGH` bits).
 #[inline(always)]
-unsafe fn device_under_policy(file: u64) -> Result<Option<(u32, DeviceNode)>, i32> {
+unsafe fn kept_bits(generation: u32, node: DeviceNode) -> u32 {
+    let key = DevKey { generation, dev: node.rdev };
+    let bits = if node.block {
+        RAW_DEVICES.get(&key)
+    } else {
+        PASSTHROUGH.get(&key)
+    };
+    bits.copied().unwrap_or(0)
+}
+
+/// The active generation (0 for none) and `file`'s device node, when a
+/// policy is active or guardd protects itself and `file` is a device node.
+#[inline(always)]
+unsafe fn kept_device(file: u64) -> Result<Option<(u32, DeviceNode)>, i32> {
     let generation = ACTIVE.get(0).copied().unwrap_or(0);
-    if generation == 0 {
+    if generation == 0 && !self_protecting() {
         return Ok(None);
     }
     Ok(opened(offsets(), file)?.device.map(|node| (generation, node)))
@@ -1135,7 +1172,7 @@ unsafe fn device_under_policy(file: u64) -> Result<Option<(u32, DeviceNode)>, i3
 /// `file_open` checked it, but the descriptor may predate the policy.
 #[inline(always)]
 unsafe fn protect_device_use(file: u64, want: u32, via: u32) -> i32 {
-    match device_under_policy(file) {
+    match kept_device(file) {
         Ok(Some((generation, node))) => protect_device(generation, node, want, via),
         Ok(None) => ALLOW,
         Err(e) => e,
@@ -1149,7 +1186,7 @@ unsafe fn protect_device_use(file: u64, want: u32, via: u32) -> i32 {
 /// report the device's geometry pass (udev's probes).
 #[inline(always)]
 unsafe fn protect_device_command(file: u64, cmd: Option<u32>, via: u32) -> i32 {
-    match device_under_policy(file) {
+    match kept_device(file) {
         Ok(Some((_, node))) if node.block && cmd.is_some_and(block_ioctl::reports_only) => ALLOW,
         Ok(Some((generation, node))) => {
             protect_device(generation, node, access::READ | access::WRITE, via)
@@ -1202,10 +1239,10 @@ pub fn file_permission(ctx: LsmContext) -> i32 {
         if want == 0 {
             return ALLOW;
         }
-        let generation = match ACTIVE.get(0) {
-            Some(g) if *g != 0 => *g,
-            _ => return ALLOW, // no policy applied
-        };
+        let generation = ACTIVE.get(0).copied().unwrap_or(0);
+        if generation == 0 && !self_protecting() {
+            return ALLOW; // nothing armed
+        }
         let o = offsets();
         let opened = match opened(o, file) {
             Ok(opened) => opened,
@@ -1216,6 +1253,9 @@ pub fn file_permission(ctx: LsmContext) -> i32 {
             if ret != ALLOW {
                 return ret;
             }
+        }
+        if generation == 0 {
+            return ALLOW; // no policy applied
         }
         // As in `file_open`: the inode's filesystem, not the path's.
         let dev = inode_dev(o, opened.inode);
@@ -2600,6 +2640,53 @@ unsafe fn try_protect_immutable(dentry: u64, access: u32, hook: u32) -> Result<i
         exe: caller.exe,
     };
     Ok(deny_or_report(o, &obj, report, audit_mode))
+}
+
+/// Refuses reading guard's secrets (`immutable::SECRET`: the KMS client's
+/// private key, the audit signing key) to all but guardd while it protects
+/// itself: with the KMS key root would ask the KMS for the volume keys as
+/// this host. `inode` is the opened one (an overlay's path hides it).
+#[inline(always)]
+unsafe fn protect_secret(o: &KernelOffsets, dentry: u64, inode: u64, dev: Result<u32, i32>) -> i32 {
+    if !self_protecting() {
+        return ALLOW;
+    }
+    match dev.and_then(|dev| try_protect_secret(o, dentry, inode, dev)) {
+        Ok(ret) => ret,
+        Err(_) => fail_closed(dentry, access::READ, hook::FILE_OPEN),
+    }
+}
+
+#[inline(always)]
+unsafe fn try_protect_secret(o: &KernelOffsets, dentry: u64, inode: u64, dev: u32) -> Result<i32, i32> {
+    let ino: u64 = read(inode, o.inode_i_ino)?;
+    if !may_be_protected(ino) {
+        return Ok(ALLOW);
+    }
+    let secret = IMMUTABLE
+        .get(&ExeKey { dev, _pad: 0, ino })
+        .is_some_and(|bits| *bits & immutable::SECRET != 0);
+    if !secret {
+        return Ok(ALLOW);
+    }
+    let Some(caller) = caller(o)? else {
+        return Ok(ALLOW);
+    };
+    if is_guardd(&caller.exe) {
+        return Ok(ALLOW);
+    }
+    let obj = Object { dentry, dev, ino, beneath: 0 };
+    let report = Report {
+        verdict: verdict::DENIED,
+        access: access::READ,
+        hook: hook::FILE_OPEN,
+        flags: 0,
+        point: SECRET_POINT,
+        rule: NO_RULE,
+        generation: ACTIVE.get(0).copied().unwrap_or(0),
+        exe: caller.exe,
+    };
+    Ok(deny_or_report(o, &obj, report, false))
 }
 
 /// Refuses changes inside guard's pin folder to all but guardd.

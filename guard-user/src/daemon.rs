@@ -2,10 +2,11 @@
 
 use crate::audit::{AuditTrail, TrailConfig};
 use crate::control::{Request, Response};
-use crate::enforcement::{KernelMaps, Stats};
+use crate::enforcement::{KeptDevices, KernelMaps, Stats};
 use crate::events::{self, Decision, PolicyNames};
 use crate::journal::{self, message_id, Journal};
 use crate::kexec;
+use crate::kms::KmsConfig;
 use crate::loader::{self, Armed, Pins};
 use crate::mappings;
 use crate::policy::{self, ResolvedBinary, ResolvedPolicy};
@@ -148,7 +149,9 @@ pub async fn run(config: Config) -> Result<()> {
     let protected = register_self(&mut maps, &pins, protect)?;
     let journal = Journal::connect().context("connecting to the systemd journal")?;
     let trail = AuditTrail::open(config.audit.clone()).context("opening the audit trail")?;
-    maps.set_guard_files(&guard_files(&config)?)?;
+    let own_files = guard_files(&config)?;
+    maps.set_guard_files(&own_files)?;
+    maps.set_guard_devices(&guard_devices(&own_files, Path::new("/sys"))?)?;
     let applied = load_applied(&config.state_dir)?;
     let names = applied
         .as_ref()
@@ -345,7 +348,7 @@ fn register_self(maps: &mut KernelMaps, pins: &Pins, protect: bool) -> Result<bo
 /// guard's own binaries, configuration, keys and state, which nobody but
 /// guardd may change while it protects itself.
 fn guard_files(config: &Config) -> Result<Vec<(ExeKey, u32)>> {
-    use guard_common::immutable::{DIR, FILE};
+    use guard_common::immutable::{DIR, FILE, SECRET};
     let exe = std::fs::read_link("/proc/self/exe").context("reading /proc/self/exe")?;
     let mut files = vec![(exe.clone(), FILE)];
     if let Some(bin_dir) = exe.parent() {
@@ -357,7 +360,11 @@ fn guard_files(config: &Config) -> Result<Vec<(ExeKey, u32)>> {
         files.push((key.clone(), FILE));
     }
     files.push((config.kms_config.clone(), FILE));
-    files.push((config.audit.key_file.clone(), FILE));
+    files.extend(
+        guard_secrets(config)
+            .into_iter()
+            .map(|key| (key, FILE | SECRET)),
+    );
     files.push((config.audit.dir.clone(), DIR));
     files.push((config.state_dir.clone(), DIR));
     files.push((config.volume_dir.clone(), DIR));
@@ -366,6 +373,54 @@ fn guard_files(config: &Config) -> Result<Vec<(ExeKey, u32)>> {
         .into_iter()
         .filter_map(|(path, kind)| identity(&path).ok().map(|id| (id, kind)))
         .collect())
+}
+
+/// guard's private keys: what proves this host to the KMS (and so obtains
+/// the volume keys) and to the log collectors, and what signs its audit
+/// trail. guardd alone reads them while it protects itself.
+fn guard_secrets(config: &Config) -> Vec<PathBuf> {
+    let mut secrets = vec![config.audit.key_file.clone()];
+    // A missing or unreadable KMS configuration has no key to keep; the
+    // volume unlock says what is wrong with it.
+    if let Ok(kms) = KmsConfig::load(&config.kms_config) {
+        secrets.push(kms.tls().key.clone());
+    }
+    secrets.extend(config.audit.collectors.iter().map(|c| c.tls.key.clone()));
+    secrets.extend(config.audit.syslog.iter().map(|s| s.tls.key.clone()));
+    secrets
+}
+
+/// The block devices beneath guard's own files, as (`dev`, bits kept), and
+/// their passthrough nodes: kept while guardd protects itself. Writing one
+/// would change guard's binaries and keys beneath its hooks; reading one
+/// beneath a secret shows the secret (except below dm-crypt: ciphertext).
+fn guard_devices(files: &[(ExeKey, u32)], sysfs: &Path) -> Result<KeptDevices> {
+    use guard_common::{access, immutable::SECRET};
+    let mut raw: std::collections::BTreeMap<u32, u32> = Default::default();
+    for (file, kind) in files {
+        let devices = policy::filesystem_devices(sysfs, file.dev)
+            .map_err(|e| anyhow::anyhow!("{e} (a filesystem holding guard's own files)"))?;
+        for device in devices {
+            let mut bits = access::WRITE;
+            if kind & SECRET != 0 && !device.ciphertext {
+                bits |= access::READ;
+            }
+            *raw.entry(device.dev).or_insert(0) |= bits;
+        }
+    }
+    let mut passthrough: std::collections::BTreeMap<u32, u32> = Default::default();
+    for (block_dev, bits) in &raw {
+        let nodes = policy::passthrough_devices(sysfs, *block_dev).map_err(|e| {
+            anyhow::anyhow!("finding the passthrough nodes beneath guard's own files: {e}")
+        })?;
+        for node in nodes {
+            *passthrough.entry(node).or_insert(0) |= bits;
+        }
+    }
+    Ok(KeptDevices {
+        raw: raw.into_iter().collect(),
+        passthrough: passthrough.into_iter().collect(),
+    })
 }
 
 /// The kernel's identity of a file: (dev, ino).

@@ -17,7 +17,8 @@ use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use guard_common::slots::Rules;
 use guard_common::{
     dir_filter, dir_value, immutable, maps, stat, taint_seq, Arguments, DevKey, DirKey, EnvKey,
-    ExeKey, LaunchKey, ObjectKey, PolicyMeta, SelfProtect, Settings, Taint,
+    ExeKey, LaunchKey, ObjectKey, PolicyMeta, SelfProtect, Settings, Taint, GUARD_FILES_GENERATION,
+    MAX_GUARD_DEVICES,
 };
 use serde::Serialize;
 use slot_table::SlotTable;
@@ -37,6 +38,14 @@ pub struct Stats {
     pub events_dropped: u64,
     pub events_suppressed: u64,
     pub fail_closed: u64,
+}
+
+/// Devices nobody but guardd may use as `access` bits say, as (kernel
+/// `dev_t`, bits): block devices and the passthrough nodes of their disks.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct KeptDevices {
+    pub raw: Vec<(u32, u32)>,
+    pub passthrough: Vec<(u32, u32)>,
 }
 
 pub struct KernelMaps {
@@ -64,6 +73,8 @@ pub struct KernelMaps {
     environment: HashMap<MapData, EnvKey, u32>,
     /// What `dir_filter` holds, so updates write only the words that change.
     dir_filter_words: Vec<u64>,
+    /// guard's secrets (`immutable::SECRET`), which have filter bits too.
+    secrets: Vec<ExeKey>,
     /// The generation replaced by the last apply, still readable by hooks
     /// that started before the flip.
     retiring: Option<Retiring>,
@@ -108,6 +119,7 @@ impl KernelMaps {
             arguments: typed(maps::ARGUMENTS, Map::HashMap)?.try_into()?,
             environment: typed(maps::ENVIRONMENT, Map::HashMap)?.try_into()?,
             dir_filter_words: Vec::new(),
+            secrets: Vec::new(),
             retiring: None,
         })
         .and_then(|mut maps: KernelMaps| {
@@ -198,8 +210,9 @@ impl KernelMaps {
         remove_where(&mut self.arguments, |k| k.generation != active);
         remove_where(&mut self.environment, |k| k.launch.generation != active);
         remove_where(&mut self.ancestors, |k| k.generation != active);
-        remove_where(&mut self.raw_devices, |k| k.generation != active);
-        remove_where(&mut self.passthrough, |k| k.generation != active);
+        let stale = |k: &DevKey| k.generation != active && k.generation != GUARD_FILES_GENERATION;
+        remove_where(&mut self.raw_devices, stale);
+        remove_where(&mut self.passthrough, stale);
         self.rebuild_dir_filter()
     }
 
@@ -248,6 +261,9 @@ impl KernelMaps {
         for key in self.dirs.keys() {
             let key = key.context("reading GUARD_DIRS")?;
             set_filter_bits(&mut wanted, &key);
+        }
+        for secret in &self.secrets {
+            set_secret_bits(&mut wanted, secret);
         }
         self.write_dir_filter(wanted)
     }
@@ -391,6 +407,47 @@ impl KernelMaps {
                 .insert(key, bits, 0)
                 .context("GUARD_IMMUTABLE is full")?;
         }
+        // The filter bits go on after the entries: a hook that sees a bit
+        // finds the entry.
+        self.secrets = files
+            .iter()
+            .filter(|(_, kind)| kind & immutable::SECRET != 0)
+            .map(|(key, _)| *key)
+            .collect();
+        let mut wanted = self.dir_filter_words.clone();
+        for secret in &self.secrets {
+            set_secret_bits(&mut wanted, secret);
+        }
+        self.write_dir_filter(wanted)
+    }
+
+    /// Keeps the block devices beneath guard's own files and their
+    /// passthrough nodes while guardd protects itself, replacing what a
+    /// previous guardd kept.
+    pub fn set_guard_devices(&mut self, kept: &KeptDevices) -> Result<()> {
+        let (raw, passthrough) = (&kept.raw, &kept.passthrough);
+        anyhow::ensure!(
+            raw.len() <= MAX_GUARD_DEVICES as usize
+                && passthrough.len() <= MAX_GUARD_DEVICES as usize,
+            "more than {MAX_GUARD_DEVICES} devices beneath guard's own files"
+        );
+        for (map, entries, name) in [
+            (&mut self.raw_devices, raw, "GUARD_RAW_DEVICES"),
+            (&mut self.passthrough, passthrough, "GUARD_PASSTHROUGH"),
+        ] {
+            let wanted: HashSet<u32> = entries.iter().map(|(dev, _)| *dev).collect();
+            remove_where(map, |k| {
+                k.generation == GUARD_FILES_GENERATION && !wanted.contains(&k.dev)
+            });
+            for (dev, bits) in entries {
+                let key = DevKey {
+                    generation: GUARD_FILES_GENERATION,
+                    dev: *dev,
+                };
+                map.insert(key, bits, 0)
+                    .with_context(|| format!("writing {name}"))?;
+            }
+        }
         Ok(())
     }
 
@@ -435,6 +492,16 @@ impl KernelMaps {
 /// (the kernel's first test, before any hash lookup).
 fn set_filter_bits(words: &mut [u64], key: &DirKey) {
     for (word, mask) in [dir_filter::slot(key.ino), dir_filter::dev_slot(key.dev)] {
+        words[word as usize] |= mask;
+    }
+}
+
+/// A secret's bits: its inode's and its filesystem's secret bit.
+fn set_secret_bits(words: &mut [u64], file: &ExeKey) {
+    for (word, mask) in [
+        dir_filter::slot(file.ino),
+        dir_filter::secret_dev_slot(file.dev),
+    ] {
         words[word as usize] |= mask;
     }
 }

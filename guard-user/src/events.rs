@@ -3,10 +3,18 @@
 use crate::journal::{field, message_id, Journal};
 use guard_common::{
     access, bpf_uapi, flags, hook, lockdown, tamper, verdict, Event, ExeKey, CRASH_DUMP_POINT,
-    IMMUTABLE_POINT, KERNEL_SETTING_POINT, LIBRARY_POINT, NO_RULE, PINS_POINT, SWAPON_POINT,
+    IMMUTABLE_POINT, KERNEL_SETTING_POINT, LIBRARY_POINT, NO_RULE, PINS_POINT, SECRET_POINT,
+    SWAPON_POINT,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+
+/// How an alert's `GUARD_PATH` names a block device guard keeps (followed
+/// by its major:minor).
+pub const KEPT_BLOCK_DEVICE: &str =
+    "a block device guard keeps (beneath protected directories, files guard trusts, or swap)";
+/// How an alert's `GUARD_PATH` names a passthrough node of a kept disk.
+pub const KEPT_PASSTHROUGH_DEVICE: &str = "a device passing commands to a disk guard keeps";
 
 /// Names the daemon knows for the numbers in an event (from the applied policy).
 #[derive(Clone, Debug, Default)]
@@ -105,6 +113,8 @@ impl Decision {
             "kernel-settings".into()
         } else if e.point == SWAPON_POINT {
             "swap".into()
+        } else if e.point == SECRET_POINT {
+            "guard-secrets".into()
         } else {
             rule_label(e.rule, names)
         };
@@ -240,14 +250,10 @@ fn bpf_object(e: &Event) -> String {
                 "PR_SET_MM_EXE_FILE"
             }
         ),
-        hook::PASSTHROUGH_DEVICE => format!(
-            "a device passing commands to a disk guard keeps ({})",
-            kernel_dev_string(e.dev)
-        ),
-        hook::RAW_DEVICE => format!(
-            "a block device guard keeps (under a filesystem holding protected directories, or swap) ({})",
-            kernel_dev_string(e.dev)
-        ),
+        hook::PASSTHROUGH_DEVICE => {
+            format!("{KEPT_PASSTHROUGH_DEVICE} ({})", kernel_dev_string(e.dev))
+        }
+        hook::RAW_DEVICE => format!("{KEPT_BLOCK_DEVICE} ({})", kernel_dev_string(e.dev)),
         hook::ANCESTOR_MOUNT | hook::ANCESTOR_RENAME => format!(
             "a directory guard keeps in place: above a protected one, or immutable ({}, inode {})",
             kernel_dev_string(e.dev),
@@ -350,6 +356,7 @@ fn object_path(point: Option<&Path>, e: &Event) -> String {
             CRASH_DUMP_POINT,
             KERNEL_SETTING_POINT,
             SWAPON_POINT,
+            SECRET_POINT,
         ]
         .contains(&e.point) =>
         {

@@ -81,6 +81,19 @@ impl Drop for Guardd {
     }
 }
 
+/// Runs `guardctl --volume-dir VOLUMES --kms-config KMS ARGS` (the volume
+/// and key commands).
+pub fn guardctl_keys(args: &[&str], volumes: &Path, kms: &Path) -> Output {
+    let mut all = vec![
+        "--volume-dir",
+        volumes.to_str().unwrap(),
+        "--kms-config",
+        kms.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    guardctl(&all)
+}
+
 /// Runs guardctl; returns its output whatever the exit status.
 pub fn guardctl(args: &[&str]) -> Output {
     Command::new(bin("guardctl"))
@@ -548,4 +561,72 @@ impl SignedGuardd<'_> {
                 .status
                 .success()
     }
+}
+
+/// An ext4 on a loop device, mounted; guard disarmed and everything undone
+/// when dropped.
+pub struct LoopFs {
+    pub image: PathBuf,
+    pub mountpoint: PathBuf,
+    pub device: PathBuf,
+}
+
+impl LoopFs {
+    pub fn mount(name: &str) -> LoopFs {
+        let image = Path::new("/scratch").join(format!("{name}.img"));
+        let mountpoint = Path::new("/scratch").join(name);
+        let _ = sh(&format!("umount {}", mountpoint.display()));
+        let _ = std::fs::remove_file(&image);
+        std::fs::create_dir_all(&mountpoint).unwrap();
+        assert_ok(
+            &sh(&format!(
+                "truncate -s 64M {i} && mkfs.ext4 -q {i}",
+                i = image.display()
+            )),
+            "making an ext4 image",
+        );
+        let out = sh(&format!("losetup --find --show {}", image.display()));
+        assert_ok(&out, "losetup");
+        let device = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        assert_ok(
+            &sh(&format!(
+                "mount {} {}",
+                device.display(),
+                mountpoint.display()
+            )),
+            "mounting the loop device",
+        );
+        LoopFs {
+            image,
+            mountpoint,
+            device,
+        }
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        disarm();
+        let _ = sh(&format!("umount {}", self.mountpoint.display()));
+        let _ = sh(&format!("losetup -d {}", self.device.display()));
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
+
+/// Where `needle` first starts on `device`, read through the device.
+pub fn find_on_device(device: &Path, needle: &[u8]) -> Option<u64> {
+    let bytes = std::fs::read(device).expect("reading the device");
+    bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|at| at as u64)
+}
+
+/// Writes dirty pages out and drops the page cache: the next read of a file
+/// comes from its device.
+pub fn drop_caches() {
+    assert_ok(
+        &sh("sync && echo 3 > /proc/sys/vm/drop_caches"),
+        "drop_caches",
+    );
 }

@@ -123,6 +123,12 @@ fn run_suite() -> SuiteRun {
     let config = config_dir.join("server.cnf");
     std::fs::write(&config, "[mysqld]\nbind-address = 127.0.0.1\n").unwrap();
 
+    // guardd's KMS, whose client key row `kms-client-key` goes after.
+    let kms_dir = Path::new("/tmp/attack-suite-kms");
+    let _ = std::fs::remove_dir_all(kms_dir);
+    let kms = guard_tests::mariadb::LocalKms::start(kms_dir, false).unwrap();
+    let kms_config = kms.config.to_str().unwrap();
+
     let keys = SigningKeys::new("attack");
     // md for row `md-remap`, the SCSI target for rows `scsi-target-*`, the
     // NVMe target for `nvme-target`: nothing loads modules once guard is armed.
@@ -137,6 +143,8 @@ fn run_suite() -> SuiteRun {
             "target_core_iblock",
             "--preload-module",
             "nvmet",
+            "--kms-config",
+            kms_config,
         ],
     );
     let policy = json!({
@@ -172,6 +180,7 @@ fn run_suite() -> SuiteRun {
         .args(["--device", &volume.device, "--marker", MARKER])
         .arg("--config")
         .arg(&config)
+        .args(["--kms-config", kms_config])
         .output()
         .expect("running guardctl selftest");
     eprintln!("{}", stderr(&out));

@@ -22,9 +22,7 @@ const GENERIC: &str = "/dev/ng0n1";
 const CONTROLLER: &str = "/dev/nvme0";
 const MOUNT: &str = "/scratch/nvme";
 const MARKER: &str = "GUARD-NVME-MARKER patient 4711 diagnosis";
-const KEPT_BLOCK: &str =
-    "a block device guard keeps (under a filesystem holding protected directories, or swap)";
-const KEPT_PASSTHROUGH: &str = "a device passing commands to a disk guard keeps";
+use guard::events::{KEPT_BLOCK_DEVICE as KEPT_BLOCK, KEPT_PASSTHROUGH_DEVICE as KEPT_PASSTHROUGH};
 
 /// The guest's NVMe disk (xtask's `nvme.img`), formatted for fscrypt and
 /// mounted; unmounted (after disarming) when dropped.

@@ -95,10 +95,7 @@ fn a_swap_device_cannot_be_read_or_written_and_a_swap_file_is_warned_about() {
         "{} opened for writing",
         swap.device
     );
-    let entries = device_denials(
-        "a block device guard keeps (under a filesystem holding protected directories, or swap)",
-        device,
-    );
+    let entries = device_denials(guard::events::KEPT_BLOCK_DEVICE, device);
     assert!(!entries.is_empty());
     drop(guardd);
 }

@@ -10,17 +10,6 @@ use keys_support::KmsServer;
 use std::path::Path;
 use std::time::Duration;
 
-fn guardctl_keys(args: &[&str], volumes: &Path, kms: &Path) -> std::process::Output {
-    let mut all = vec![
-        "--volume-dir",
-        volumes.to_str().unwrap(),
-        "--kms-config",
-        kms.to_str().unwrap(),
-    ];
-    all.extend_from_slice(args);
-    guardctl(&all)
-}
-
 /// A locked volume holding a file, its records folder and KMS config file.
 fn locked_volume(
     name: &str,

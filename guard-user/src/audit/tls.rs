@@ -4,11 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use crate::kms::{load_certs, load_private_key};
+use anyhow::Context;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 
 /// Where a TLS endpoint finds its certificates.
@@ -25,24 +24,6 @@ pub struct TlsFiles {
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Reads every certificate of a PEM file.
-pub fn load_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .with_context(|| format!("reading certificates from {}", path.display()))?
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("parsing certificates in {}", path.display()))?;
-    if certs.is_empty() {
-        bail!("{} holds no PEM certificate", path.display());
-    }
-    Ok(certs)
-}
-
-/// Reads the private key of a PEM file.
-pub fn load_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
-    PrivateKeyDer::from_pem_file(path)
-        .with_context(|| format!("reading a PEM private key from {}", path.display()))
 }
 
 fn roots(path: &Path) -> anyhow::Result<RootCertStore> {
@@ -62,7 +43,7 @@ pub fn client_config(files: &TlsFiles) -> anyhow::Result<Arc<ClientConfig>> {
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?
         .with_root_certificates(roots(&files.ca)?)
-        .with_client_auth_cert(load_certs(&files.cert)?, load_key(&files.key)?)
+        .with_client_auth_cert(load_certs(&files.cert)?, load_private_key(&files.key)?)
         .with_context(|| format!("client certificate {}", files.cert.display()))?;
     Ok(Arc::new(config))
 }
@@ -77,7 +58,7 @@ pub fn server_config(files: &TlsFiles) -> anyhow::Result<Arc<ServerConfig>> {
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(load_certs(&files.cert)?, load_key(&files.key)?)
+        .with_single_cert(load_certs(&files.cert)?, load_private_key(&files.key)?)
         .with_context(|| format!("server certificate {}", files.cert.display()))?;
     Ok(Arc::new(config))
 }

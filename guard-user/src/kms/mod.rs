@@ -143,6 +143,13 @@ impl KmsConfig {
             .with_context(|| format!("parsing KMS configuration {}", path.display()))
     }
 
+    /// The files this host proves itself to the KMS with.
+    pub fn tls(&self) -> &TlsFiles {
+        match self {
+            Self::GuardKms { tls, .. } | Self::Kmip { tls, .. } => tls,
+        }
+    }
+
     /// Opens a client for this KMS (no network traffic yet).
     pub fn connect(&self) -> Result<Arc<dyn Kms>> {
         Ok(match self {
@@ -170,8 +177,16 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
 
 /// Reads the private key in a PEM file.
 pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
-    PrivateKeyDer::from_pem_file(path)
-        .with_context(|| format!("reading a private key from {}", path.display()))
+    let pem = std::fs::read(path).map_err(|e| {
+        let why = if e.raw_os_error() == Some(libc::EPERM) {
+            " (while guardd protects itself, it alone reads this host's private keys)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("reading a private key from {}: {e}{why}", path.display())
+    })?;
+    PrivateKeyDer::from_pem_slice(&pem)
+        .with_context(|| format!("parsing the private key in {}", path.display()))
 }
 
 /// The rustls crypto provider used everywhere in guard's KMS code.

@@ -105,6 +105,11 @@ impl ResolvedPolicy {
                 *denied |= access::READ;
             }
         }
+        // The files guard trusts by identity: their blocks may be read, not
+        // written beneath the filesystem.
+        for device in &self.trusted_devices {
+            raw_devices.entry(device.dev).or_insert(access::WRITE);
+        }
         let mut passthrough: BTreeMap<u32, u32> = BTreeMap::new();
         for node in &self.passthrough {
             if let Some(denied) = raw_devices.get(&node.block_dev) {
@@ -385,7 +390,7 @@ pub(super) fn check_capacity(policy: &ResolvedPolicy) -> Vec<PolicyError> {
         ("protected directories", entries.dirs.len(), MAX_POINTS),
         // The device maps hold two generations of `MAX_POINTS`.
         (
-            "block devices kept (filesystems, what they sit on, swap)",
+            "block devices kept (filesystems, what they sit on, swap, trusted files')",
             entries.raw_devices.len(),
             MAX_POINTS,
         ),
@@ -540,6 +545,7 @@ mod tests {
             libraries: None,
             immutable: None,
             swap: Vec::new(),
+            trusted_devices: Vec::new(),
             passthrough: Vec::new(),
         };
         let e = policy.entries(9);
@@ -688,6 +694,7 @@ mod tests {
             libraries: None,
             immutable: None,
             swap: Vec::new(),
+            trusted_devices: Vec::new(),
             passthrough: Vec::new(),
         };
         let e = policy.entries(1);
@@ -1053,7 +1060,7 @@ mod tests {
     }
 
     #[test]
-    fn devices_below_a_point_are_closed_like_its_own_unless_they_hold_ciphertext() {
+    fn kept_devices_are_closed_to_reads_unless_they_hold_ciphertext_or_only_trusted_files() {
         use crate::policy::devices::DeviceBelow;
         let mut on_luks = point(9, 100);
         on_luks.below = vec![
@@ -1089,8 +1096,16 @@ mod tests {
                     ciphertext: true,
                 },
             ],
-            // Passthrough nodes of disks 9 and 21; 99 is no device of the policy's.
-            passthrough: [(30, 9), (31, 21), (32, 99)]
+            // The binaries' filesystem (40) and the point's own (9): writes
+            // only, which adds nothing to 9.
+            trusted_devices: [40, 9]
+                .map(|dev| DeviceBelow {
+                    dev,
+                    ciphertext: false,
+                })
+                .to_vec(),
+            // Passthrough nodes of disks 9, 21 and 40; 99 is no device of the policy's.
+            passthrough: [(30, 9), (31, 21), (32, 99), (33, 40)]
                 .map(|(char_dev, block_dev)| Passthrough {
                     char_dev,
                     block_dev,
@@ -1109,7 +1124,7 @@ mod tests {
             .map(|(key, bits)| (key.dev, *bits))
             .collect();
         // A passthrough node is closed as its disk is.
-        assert_eq!(passthrough, [(30, READ | WRITE), (31, WRITE)]);
+        assert_eq!(passthrough, [(30, READ | WRITE), (31, WRITE), (33, WRITE)]);
         assert_eq!(
             denied,
             [
@@ -1119,7 +1134,8 @@ mod tests {
                 (12, READ | WRITE),
                 (13, WRITE),
                 (20, READ | WRITE),
-                (21, WRITE)
+                (21, WRITE),
+                (40, WRITE)
             ]
         );
     }
@@ -1135,6 +1151,7 @@ mod tests {
             libraries: None,
             immutable: None,
             swap: Vec::new(),
+            trusted_devices: Vec::new(),
             passthrough: Vec::new(),
         };
         let errors = check_capacity(&policy);
@@ -1170,6 +1187,7 @@ mod tests {
                 libraries: None,
                 immutable: None,
                 swap: Vec::new(),
+                trusted_devices: Vec::new(),
                 passthrough: Vec::new(),
             }
         };

@@ -40,6 +40,22 @@ pub fn devices_below(sysfs: &Path, major: u32, minor: u32) -> Result<Vec<DeviceB
     Ok(found)
 }
 
+/// The block device of the filesystem on kernel `dev_t` `dev` and those
+/// below it (empty without one).
+pub fn filesystem_devices(sysfs: &Path, dev: u32) -> Result<Vec<DeviceBelow>, String> {
+    let (major, minor) = super::resolve::kernel_dev_parts(dev);
+    if major == 0 {
+        return Ok(Vec::new());
+    }
+    let mut found = devices_below(sysfs, major, minor)
+        .map_err(|e| format!("finding the block devices below {major}:{minor}: {e}"))?;
+    found.push(DeviceBelow {
+        dev,
+        ciphertext: false,
+    });
+    Ok(found)
+}
+
 /// Adds what lies below the device at sysfs folder `device` (which holds
 /// ciphertext only if `ciphertext`) to `found`.
 fn walk(
@@ -438,6 +454,24 @@ mod tests {
                 ciphertext: false
             }]
         );
+    }
+
+    #[test]
+    fn a_filesystems_devices_are_its_own_and_those_below() {
+        let sys = FakeSysfs::new();
+        sys.device("vdb", 254, 16);
+        sys.partition("vdb/vdb1", 254, 17);
+        let plain = |dev| DeviceBelow {
+            dev,
+            ciphertext: false,
+        };
+        let mut found = filesystem_devices(sys.root(), dev(254, 17)).unwrap();
+        found.sort();
+        assert_eq!(found, vec![plain(dev(254, 16)), plain(dev(254, 17))]);
+        // tmpfs, NFS, overlayfs: no block device.
+        assert_eq!(filesystem_devices(sys.root(), dev(0, 42)).unwrap(), vec![]);
+        let err = filesystem_devices(sys.root(), dev(8, 0)).unwrap_err();
+        assert!(err.contains("8:0"), "{err}");
     }
 
     #[test]

@@ -46,7 +46,7 @@ use guard_common::access as access_bits;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use compile::PolicyEntries;
-pub use devices::{swap_files, PROC_SWAPS};
+pub use devices::{filesystem_devices, passthrough_devices, swap_files, DeviceBelow, PROC_SWAPS};
 pub use identity::kernel_identity;
 pub use immutable::{ResolvedImmutable, ResolvedImmutables};
 pub use libraries::ResolvedLibrary;

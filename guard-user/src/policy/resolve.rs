@@ -42,8 +42,14 @@ pub struct ResolvedPolicy {
     /// The swap devices when the policy was applied, and those below them.
     #[serde(default)]
     pub swap: Vec<super::devices::DeviceBelow>,
+    /// The block devices of the filesystems holding what the policy trusts
+    /// by identity (binaries, supervisors, relays, libraries, immutable
+    /// files), and those below them: kept from writes, which would change
+    /// those files beneath the guard.
+    #[serde(default)]
+    pub trusted_devices: Vec<super::devices::DeviceBelow>,
     /// Character devices passing commands to the disks of the block devices
-    /// above (points' filesystems, what they sit on, swap).
+    /// above (points' filesystems, what they sit on, swap, trusted files').
     #[serde(default)]
     pub passthrough: Vec<Passthrough>,
 }
@@ -265,7 +271,10 @@ pub fn resolve(policy: &Policy) -> Result<ResolvedPolicy, PolicyErrors> {
         .into_iter()
         .map(|p| p.expect("no errors, so every point resolved").point)
         .collect();
-    let passthrough = resolve_passthrough(&points, &swap, Path::new("/sys"))
+    let trusted_devices =
+        resolve_trusted_devices(&rules, &libraries, &immutable, Path::new("/sys"))
+            .map_err(|message| PolicyErrors(vec![Pointer::root().error(message)]))?;
+    let passthrough = resolve_passthrough(&points, &swap, &trusted_devices, Path::new("/sys"))
         .map_err(|message| PolicyErrors(vec![Pointer::root().error(message)]))?;
     let resolved = ResolvedPolicy {
         mode: policy.mode,
@@ -275,6 +284,7 @@ pub fn resolve(policy: &Policy) -> Result<ResolvedPolicy, PolicyErrors> {
         libraries,
         immutable,
         swap,
+        trusted_devices,
         passthrough,
     };
     let capacity_errors = super::compile::check_capacity(&resolved);
@@ -296,16 +306,55 @@ fn resolve_swap() -> Result<Vec<super::devices::DeviceBelow>, String> {
     super::devices::swap_devices(&swaps, Path::new("/sys"))
 }
 
+/// The block devices of the filesystems holding the files the policy trusts
+/// by identity, and those below them. guard knows those files by device and
+/// inode; root writing their blocks through the device would change them
+/// unseen (an allowed binary's code, once the page cache lets go of it). A
+/// device guard cannot see below refuses the policy.
+fn resolve_trusted_devices(
+    rules: &[RuleInfo],
+    libraries: &Option<Vec<ResolvedLibrary>>,
+    immutable: &Option<ResolvedImmutables>,
+    sysfs: &Path,
+) -> Result<Vec<super::devices::DeviceBelow>, String> {
+    let mut filesystems: Vec<u32> = Vec::new();
+    for rule in rules {
+        filesystems.extend(rule.binaries.iter().map(|b| b.dev));
+        if let Some(start) = &rule.started_by {
+            filesystems.push(start.supervisor.dev);
+            filesystems.extend(start.through.iter().map(|b| b.dev));
+        }
+    }
+    filesystems.extend(libraries.iter().flatten().map(|l| l.dev));
+    filesystems.extend(
+        immutable
+            .iter()
+            .flat_map(|i| i.entries.iter().map(|e| e.dev)),
+    );
+    filesystems.sort();
+    filesystems.dedup();
+    let mut found = Vec::new();
+    for dev in filesystems {
+        let devices = super::devices::filesystem_devices(sysfs, dev)
+            .map_err(|e| format!("{e} (a filesystem holding files the policy trusts)"))?;
+        found.extend(devices);
+    }
+    found.sort();
+    found.dedup();
+    Ok(found)
+}
+
 /// The passthrough nodes of every block device guard keeps. A failure
 /// refuses the policy: a node guard cannot see must not be left open.
 fn resolve_passthrough(
     points: &[ResolvedPoint],
     swap: &[super::devices::DeviceBelow],
+    trusted: &[super::devices::DeviceBelow],
     sysfs: &Path,
 ) -> Result<Vec<Passthrough>, String> {
     let mut kept: Vec<u32> = points.iter().map(|p| p.dev).collect();
     kept.extend(points.iter().flat_map(|p| p.below.iter().map(|d| d.dev)));
-    kept.extend(swap.iter().map(|d| d.dev));
+    kept.extend(swap.iter().chain(trusted).map(|d| d.dev));
     kept.sort();
     kept.dedup();
     let mut found = Vec::new();

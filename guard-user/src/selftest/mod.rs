@@ -29,6 +29,7 @@ mod procfs;
 mod report;
 mod swap;
 mod sys;
+mod trusted;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -76,6 +77,10 @@ pub struct AttackArgs {
     /// `immutable` (rows `config-*` try to change it and its folder).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// guardd's KMS configuration (row `kms-client-key` tries to read the
+    /// private key it names).
+    #[arg(long)]
+    pub kms_config: Option<PathBuf>,
     /// Only the techniques whose id contains this text (repeatable).
     #[arg(long = "only")]
     pub only: Vec<String>,
@@ -150,6 +155,8 @@ pub struct Target {
     pub device: Option<PathBuf>,
     pub markers: Vec<String>,
     pub config: Option<PathBuf>,
+    /// The private key of guardd's KMS configuration (`--kms-config`).
+    pub kms_key: Option<PathBuf>,
 }
 
 impl Target {
@@ -226,6 +233,8 @@ pub struct Needs {
     pub device: bool,
     /// The allowed program's configuration file (`--config`).
     pub config: bool,
+    /// The host's KMS client key (`--kms-config`).
+    pub kms_key: bool,
 }
 
 /// Whether a refusal of this technique must show up as a guard alert.
@@ -252,21 +261,19 @@ pub struct Technique {
 
 const ACCOMPLICE: Needs = Needs {
     accomplice: true,
-    victim: false,
-    device: false,
-    config: false,
+    ..NOTHING
 };
 const VICTIM: Needs = Needs {
     accomplice: true,
     victim: true,
-    device: false,
-    config: false,
+    ..NOTHING
 };
 const NOTHING: Needs = Needs {
     accomplice: false,
     victim: false,
     device: false,
     config: false,
+    kms_key: false,
 };
 
 /// Every technique, in the order they run. Kept in one list so the table,
@@ -283,6 +290,7 @@ pub fn catalog() -> Vec<Technique> {
     all.extend(swap::techniques());
     all.extend(block_targets::techniques());
     all.extend(config::techniques());
+    all.extend(trusted::techniques());
     all
 }
 
@@ -349,6 +357,7 @@ fn attack_with_scratch(
         device: args.device.clone(),
         markers,
         config: args.config.clone(),
+        kms_key: args.kms_config.as_deref().map(kms_key).transpose()?,
     };
     let before = accomplice.as_mut().map(Client::read_file).transpose()?;
 
@@ -375,6 +384,12 @@ fn attack_with_scratch(
     Ok(summary.exit_code())
 }
 
+/// The private key a KMS configuration names.
+fn kms_key(config: &Path) -> Result<PathBuf> {
+    let config = crate::kms::KmsConfig::load(config).context("--kms-config")?;
+    Ok(config.tls().key.clone())
+}
+
 /// Runs one technique in its own process and collects what it did.
 fn run_row(technique: &Technique, target: &Target, accomplice: Option<&mut Client>) -> Row {
     let row_start = SystemTime::now();
@@ -390,6 +405,9 @@ fn run_row(technique: &Technique, target: &Target, accomplice: Option<&mut Clien
     }
     if technique.needs.config && target.config.is_none() {
         return skip("no --config");
+    }
+    if technique.needs.kms_key && target.kms_key.is_none() {
+        return skip("no --kms-config");
     }
     let mut target = target.clone();
     let mut accomplice = accomplice;
