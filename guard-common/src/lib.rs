@@ -194,6 +194,23 @@ pub mod device_mapper {
     pub const CONTROL_RDEV: u32 = (10 << 20) | 236;
 }
 
+/// XFS's handle ioctls that list, read, set and remove any file's extended
+/// attributes (ACLs included) given its handle, issued on any descriptor of
+/// the filesystem: no inode hook sees the file. Told by type and number
+/// alone, so the 32-bit forms (another size) match too.
+pub mod xfs_handle {
+    /// `XFS_IOC_ATTRLIST_BY_HANDLE`: `_IOW('X', 122, ...)`.
+    pub const ATTRLIST_BY_HANDLE: u32 = 122;
+    /// `XFS_IOC_ATTRMULTI_BY_HANDLE`: `_IOW('X', 123, ...)`.
+    pub const ATTRMULTI_BY_HANDLE: u32 = 123;
+
+    #[inline(always)]
+    pub fn is_attrs_by_handle(cmd: u32) -> bool {
+        let nr = cmd & 0xff;
+        (cmd >> 8) & 0xff == b'X' as u32 && (nr == ATTRLIST_BY_HANDLE || nr == ATTRMULTI_BY_HANDLE)
+    }
+}
+
 /// Block device ioctls that only report a device's geometry and settings
 /// (what udev's and blkid's probes ask). Every other ioctl on a device guard
 /// keeps may carry a command that reads or writes the disk (SG_IO, NVMe
@@ -679,6 +696,9 @@ pub mod hook {
     /// Renaming a directory above a protected one (or exchanging another
     /// with it), which would move the data away from the database's path.
     pub const ANCESTOR_RENAME: u32 = 40;
+    /// An XFS handle ioctl reading or changing extended attributes and ACLs
+    /// on a filesystem holding protected directories (`xfs_handle`).
+    pub const XFS_HANDLE_ATTRS: u32 = 41;
 
     /// Hooks whose object is a process, not a file.
     pub fn is_process(hook: u32) -> bool {
@@ -707,6 +727,7 @@ pub mod hook {
                 | PERF_EVENT_OPEN
                 | PASSTHROUGH_DEVICE
                 | TASK_PRCTL
+                | XFS_HANDLE_ATTRS
         )
     }
 
@@ -752,6 +773,7 @@ pub mod hook {
             URING_CMD => "uring_cmd",
             TASK_PRCTL => "task_prctl",
             ANCESTOR_RENAME => "inode_rename",
+            XFS_HANDLE_ATTRS => "file_ioctl",
             _ => "unknown",
         }
     }
@@ -1316,6 +1338,19 @@ mod tests {
             assert_eq!(secret.count_ones(), 1);
             assert_eq!(points & secret, 0);
         }
+    }
+
+    #[test]
+    fn xfs_attribute_handle_ioctls_are_told_apart_in_both_sizes() {
+        use super::xfs_handle::is_attrs_by_handle;
+        // As the kernel's headers expand them: 64-bit (72 and 56 bytes)
+        // and 32-bit (36 bytes) forms.
+        assert!(is_attrs_by_handle(0x4048_587b)); // ATTRMULTI_BY_HANDLE
+        assert!(is_attrs_by_handle(0x4024_587b)); // its 32-bit form
+        assert!(is_attrs_by_handle(0x4048_587a)); // ATTRLIST_BY_HANDLE
+        assert!(!is_attrs_by_handle(0xc038_5869)); // PATH_TO_HANDLE
+        assert!(!is_attrs_by_handle(0xc018_5879)); // FITRIM ('X' 121)
+        assert!(!is_attrs_by_handle(0x0000_127b)); // another type, same number
     }
 
     #[test]

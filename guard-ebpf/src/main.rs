@@ -32,7 +32,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use guard_common::{
-    access, block_ioctl, bpf_uapi, device_mapper, flags, kernel_setting, lockdown, perf, prctl, CRASH_DUMP_POINT, KERNEL_SETTING_POINT, PF_DUMPCORE, SWAPON_POINT, syscall, hook, Arguments, MAX_ARGUMENT_BYTES, env_entry, EnvKey, EnvScratch,
+    access, block_ioctl, bpf_uapi, device_mapper, xfs_handle, flags, kernel_setting, lockdown, perf, prctl, CRASH_DUMP_POINT, KERNEL_SETTING_POINT, PF_DUMPCORE, SWAPON_POINT, syscall, hook, Arguments, MAX_ARGUMENT_BYTES, env_entry, EnvKey, EnvScratch,
     MAX_PINNED_STRING_BYTES, MAX_ENV_ENTRIES, MAX_ENV_ENTRY_BYTES, MAX_ENV_NAME_BYTES,
     MAX_PINNED_STRINGS, object, stat, tamper, verdict, DevKey, DirKey, Event, ExeKey,
     KernelOffsets, ObjectKey, PolicyMeta, RateState, RuleKey, RuleSlot, RuleValue, SelfProtect, Settings,
@@ -1606,7 +1606,42 @@ unsafe fn check_ioctl(file: u64, cmd: u32) -> i32 {
     if ret != ALLOW {
         return ret;
     }
+    let ret = deny_xfs_handle_attrs(file, cmd);
+    if ret != ALLOW {
+        return ret;
+    }
     protect_device_command(file, Some(cmd), hook::FILE_IOCTL)
+}
+
+/// XFS's handle ioctls list, read, set and remove any file's extended
+/// attributes and ACLs by handle, issued on any descriptor of the
+/// filesystem (its mount point): no inode hook sees the file. On a
+/// filesystem holding protected directories only guardd may, while a
+/// policy is active.
+#[inline(always)]
+unsafe fn deny_xfs_handle_attrs(file: u64, cmd: u32) -> i32 {
+    if !xfs_handle::is_attrs_by_handle(cmd) {
+        return ALLOW;
+    }
+    let generation = ACTIVE.get(0).copied().unwrap_or(0);
+    if generation == 0 {
+        return ALLOW;
+    }
+    let o = offsets();
+    let Ok(inode) = read::<u64>(file, o.file_f_inode) else {
+        return EPERM;
+    };
+    let Ok(dev) = inode_dev(o, inode) else {
+        return EPERM;
+    };
+    if DEVS.get_ptr(&DevKey { generation, dev }).is_none() {
+        return ALLOW;
+    }
+    match armed_outsider() {
+        Ok(Some(exe)) => deny_bpf(exe, hook::XFS_HANDLE_ATTRS, access::SETATTR, cmd & 0xff, 0, dev),
+        Ok(None) => ALLOW,
+        Err(_) => EPERM,
+    }
 }
 
 /// uring_cmd(ioucmd): an io_uring command handed to a file's driver; NVMe

@@ -147,6 +147,14 @@ pub async fn run(config: Config) -> Result<()> {
     // trusted key, guardd always protects itself and its pins.
     let protect = config.protect_self || trust.is_some();
     let protected = register_self(&mut maps, &pins, protect)?;
+    // The volumes unlocked below put their keys in memory, which a kernel
+    // loaded for kexec would boot over (kdump: /proc/vmcore). A guardd that
+    // protects itself refuses new loads, so it unloads those already there.
+    let start_warnings = if protected {
+        kexec::unload_loaded_kernels()
+    } else {
+        Vec::new()
+    };
     let journal = Journal::connect().context("connecting to the systemd journal")?;
     let trail = AuditTrail::open(config.audit.clone()).context("opening the audit trail")?;
     let own_files = guard_files(&config)?;
@@ -179,21 +187,29 @@ pub async fn run(config: Config) -> Result<()> {
         Some(key) => format!("policy signing: on, trusted key {key}"),
         None => "policy signing: off".into(),
     };
+    let warnings_text = start_warnings.join("; ");
+    let mut started_fields = vec![
+        ("GUARD_ARMED", armed_name(armed)),
+        ("GUARD_SELF_PROTECTION", protection),
+        (journal::field::POLICY_SIGNING, signing_on),
+        (
+            journal::field::TRUST_KEY,
+            trust_key.as_deref().unwrap_or(""),
+        ),
+    ];
+    let warned = if start_warnings.is_empty() {
+        String::new()
+    } else {
+        started_fields.push((journal::field::WARNINGS, &warnings_text));
+        format!("; warning: {warnings_text}")
+    };
     daemon.admin_entry(
         message_id::GUARDD_STARTED,
         &format!(
-            "guardd started ({}, self-protection {protection}, {signing_text})",
+            "guardd started ({}, self-protection {protection}, {signing_text}){warned}",
             armed_name(armed)
         ),
-        &[
-            ("GUARD_ARMED", armed_name(armed)),
-            ("GUARD_SELF_PROTECTION", protection),
-            (journal::field::POLICY_SIGNING, signing_on),
-            (
-                journal::field::TRUST_KEY,
-                trust_key.as_deref().unwrap_or(""),
-            ),
-        ],
+        &started_fields,
     );
     let listener = bind_socket(&config.socket)?;
     let mut events = tokio::spawn(forward_events(daemon.clone(), pins.map(maps::EVENTS)));
@@ -577,7 +593,7 @@ impl Daemon {
         }
         let warnings_text = warnings.join("; ");
         if !warnings.is_empty() {
-            fields.push(("GUARD_WARNINGS", warnings_text.as_str()));
+            fields.push((journal::field::WARNINGS, warnings_text.as_str()));
         }
         let warned = if warnings.is_empty() {
             String::new()

@@ -236,6 +236,15 @@ fn bpf_object(e: &Event) -> String {
             "filesystem holding protected directories ({})",
             kernel_dev_string(e.dev)
         ),
+        hook::XFS_HANDLE_ATTRS => format!(
+            "extended attributes by XFS handle ({}) on a filesystem holding protected directories ({})",
+            if e.detail == guard_common::xfs_handle::ATTRLIST_BY_HANDLE {
+                "XFS_IOC_ATTRLIST_BY_HANDLE"
+            } else {
+                "XFS_IOC_ATTRMULTI_BY_HANDLE"
+            },
+            kernel_dev_string(e.dev)
+        ),
         hook::KERNEL_MEMORY => kernel_lockdown(e.ino),
         hook::PERF_EVENT_OPEN => format!(
             "perf samples of process memory or registers (sample_type {:#x})",

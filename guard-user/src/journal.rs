@@ -129,6 +129,9 @@ pub mod field {
     pub const SUPPRESSED: &str = "GUARD_SUPPRESSED";
     /// SUPPRESSED entries: how many events the ring buffer had no room for.
     pub const DROPPED: &str = "GUARD_DROPPED";
+    /// POLICY_APPLIED and GUARDD_STARTED: what the operator should know
+    /// ("; "-separated), such as a kernel unloaded from kexec.
+    pub const WARNINGS: &str = "GUARD_WARNINGS";
 
     // Policy signing (SIGNING_REFUSED, GUARD_DISARMED, TRUST_KEY_REFUSED, and
     // POLICY_APPLIED / GUARDD_STARTED / GUARDD_STOP_REQUESTED when signing is on).

@@ -81,6 +81,29 @@ impl Drop for Guardd {
     }
 }
 
+/// A guardd that protects itself (`--protect-self`); stopped with
+/// `guardctl stop` when dropped, since it refuses signals.
+pub struct ProtectedGuardd {
+    pub guardd: Guardd,
+}
+
+impl ProtectedGuardd {
+    /// `guardd --protect-self ARGS`.
+    pub fn start_with(args: &[&str]) -> ProtectedGuardd {
+        let mut all = vec!["--protect-self"];
+        all.extend_from_slice(args);
+        ProtectedGuardd {
+            guardd: Guardd::start_with(&all),
+        }
+    }
+}
+
+impl Drop for ProtectedGuardd {
+    fn drop(&mut self) {
+        let _ = guardctl(&["stop"]);
+    }
+}
+
 /// Runs `guardctl --volume-dir VOLUMES --kms-config KMS ARGS` (the volume
 /// and key commands).
 pub fn guardctl_keys(args: &[&str], volumes: &Path, kms: &Path) -> Output {
@@ -132,7 +155,7 @@ pub fn applied_policy_warnings() -> String {
     );
     entries
         .last()
-        .and_then(|e| e["GUARD_WARNINGS"].as_str())
+        .and_then(|e| e[guard::journal::field::WARNINGS].as_str())
         .unwrap_or_default()
         .to_owned()
 }

@@ -17,18 +17,6 @@ use keys_support::KmsServer;
 use std::path::Path;
 use std::time::Duration;
 
-/// A guardd that protects itself; stopped with `guardctl stop` (it refuses
-/// signals).
-struct ProtectedGuardd {
-    _guardd: Guardd,
-}
-
-impl Drop for ProtectedGuardd {
-    fn drop(&mut self) {
-        let _ = guardctl(&["stop"]);
-    }
-}
-
 #[test]
 #[ignore = "guest: run by cargo xtask vm-test"]
 fn the_kms_client_key_is_read_by_guardd_alone_even_through_its_device() {
@@ -80,15 +68,12 @@ fn the_kms_client_key_is_read_by_guardd_alone_even_through_its_device() {
         fs.device.display()
     );
 
-    let _guardd = ProtectedGuardd {
-        _guardd: Guardd::start_with(&[
-            "--protect-self",
-            "--kms-config",
-            config.to_str().unwrap(),
-            "--volume-dir",
-            records.to_str().unwrap(),
-        ]),
-    };
+    let _guardd = ProtectedGuardd::start_with(&[
+        "--kms-config",
+        config.to_str().unwrap(),
+        "--volume-dir",
+        records.to_str().unwrap(),
+    ]);
     // guardd itself still reads the key: it unlocks the volume.
     journal_entries(
         message_id::VOLUME_UNLOCKED,

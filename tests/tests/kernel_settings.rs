@@ -173,7 +173,7 @@ fn applying_a_policy_warns_when_cores_are_piped_to_a_program() {
     );
     let entries = journal_entries(
         message_id::POLICY_APPLIED,
-        "GUARD_WARNINGS",
+        guard::journal::field::WARNINGS,
         &format!(
             "{warning}: a crash of an allowed program hands its memory to that program; \
              set a file pattern or disable core dumps"
@@ -312,4 +312,38 @@ fn kernels_loaded_for_kexec_before_a_policy_are_unloaded_when_it_is_applied() {
         entries.iter().any(|e| e[field::PID] == pid.as_str()),
         "no kexec alert for this process: {entries:?}"
     );
+}
+
+#[test]
+#[ignore = "guest: run by cargo xtask vm-test"]
+fn a_guardd_that_protects_itself_unloads_kernels_loaded_for_kexec_when_it_starts() {
+    use guard::kexec::Slot;
+    disarm();
+    let _unload = UnloadKexec;
+    for slot in Slot::ALL {
+        load_kexec_kernel(slot).unwrap_or_else(|e| panic!("loading {slot:?} before guard: {e}"));
+        assert!(loaded(slot), "{slot:?}: the kernel does not list the image");
+    }
+    // No policy: the volumes guardd unlocks at start already put keys in
+    // memory, and from now on no kernel can be loaded again.
+    let guardd = ProtectedGuardd::start_with(&[]);
+    for slot in Slot::ALL {
+        assert!(!loaded(slot), "{slot:?}: still loaded after guardd started");
+    }
+    let pid = format!("_PID={}", guardd.guardd.pid());
+    let started = format!("MESSAGE_ID={}", message_id::GUARDD_STARTED);
+    let entries =
+        guard_tests::wait_for_journal_entries(&[&started, &pid], 1, Duration::from_secs(15))
+            .unwrap();
+    let warnings = entries[0][field::WARNINGS].as_str().unwrap_or_default();
+    assert!(
+        warnings.contains("unloaded the crash kernel")
+            && warnings.contains("unloaded a kernel loaded for kexec"),
+        "the start entry's warnings: {:?}",
+        entries[0]
+    );
+    for slot in Slot::ALL {
+        let error = load_kexec_kernel(slot).expect_err("root loaded a kernel for kexec");
+        assert_eq!(error.raw_os_error(), Some(libc::EPERM), "{slot:?}: {error}");
+    }
 }

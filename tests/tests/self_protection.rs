@@ -272,26 +272,6 @@ fn an_allowed_binary_cannot_be_started_under_a_tracer() {
     assert_eq!(e[field::UID], "0");
 }
 
-/// A guardd started with `--protect-self`, stopped with `guardctl stop`.
-struct ProtectedGuardd {
-    guardd: Guardd,
-}
-
-impl ProtectedGuardd {
-    fn start() -> Self {
-        ProtectedGuardd {
-            guardd: Guardd::start_with(&["--protect-self"]),
-        }
-    }
-}
-
-impl Drop for ProtectedGuardd {
-    fn drop(&mut self) {
-        // Signals are refused: ask it to stop, then let Guardd reap it.
-        let _ = guardctl(&["stop"]);
-    }
-}
-
 fn signal(pid: u32, sig: i32) -> i32 {
     if unsafe { libc::kill(pid as libc::pid_t, sig) } == 0 {
         0
@@ -304,7 +284,7 @@ fn signal(pid: u32, sig: i32) -> i32 {
 #[ignore = "guest: run by cargo xtask vm-test"]
 fn a_self_protecting_guardd_cannot_be_killed_stopped_or_traced() {
     let sb = Sandbox::new("selfkill");
-    let guardd = ProtectedGuardd::start();
+    let guardd = ProtectedGuardd::start_with(&[]);
     let pid = guardd.guardd.pid();
     apply(&sb.policy("enforce"));
     assert_eq!(status()["self_protection"], true);
@@ -413,7 +393,7 @@ fn hook_denials(hook: &str) -> Vec<Value> {
 #[ignore = "guest: run by cargo xtask vm-test"]
 fn a_self_protecting_guard_keeps_root_away_from_its_bpf_state() {
     let sb = Sandbox::new("selfbpf");
-    let _guardd = ProtectedGuardd::start();
+    let _guardd = ProtectedGuardd::start_with(&[]);
     apply(&sb.policy("enforce"));
     let pins = "/sys/fs/bpf/guard";
 

@@ -62,6 +62,8 @@ const APT_PACKAGES: &[AptPackage] = &[
     apt("e2fsprogs"),
     // btrfs, whose inode numbers repeat across subvolumes: policies on it are refused.
     apt("btrfs-progs"),
+    // XFS, whose handle ioctls change extended attributes past the inode hooks.
+    apt("xfsprogs"),
     apt("systemd"),
     apt("cryptsetup-bin"),
     apt("strace"),
