@@ -568,6 +568,7 @@ impl Daemon {
         let mut warnings = kexec::unload_loaded_kernels();
         warnings.extend(apply_warnings());
         warnings.extend(mappings::warnings(&applied.resolved));
+        warnings.extend(applied.resolved.loop_warnings());
         let summary = serde_json::json!({
             "hash": hash, "generation": generation, "applied_at": applied.applied_at, "mode": mode,
             "in_force_ms": in_force_ms,

@@ -155,6 +155,7 @@ mod tests {
             libraries: None,
             immutable: None,
             swap: Vec::new(),
+            loops: Vec::new(),
             trusted_devices: Vec::new(),
             passthrough: Vec::new(),
         };

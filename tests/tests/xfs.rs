@@ -185,7 +185,7 @@ fn extended_attributes_of_protected_files_cannot_be_changed_by_xfs_handle() {
         Some(&b"root"[..])
     );
 
-    let sb = Sandbox::new("xfs-handles");
+    let sb = Sandbox::new("xfs-handles-sandbox");
     let _guardd = Guardd::start();
     let mut policy = sb.policy("enforce");
     policy["protected"][0]["path"] = serde_json::json!(data);

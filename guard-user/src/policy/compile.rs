@@ -105,6 +105,10 @@ impl ResolvedPolicy {
                 *denied |= access::READ;
             }
         }
+        // A loop device reads and writes its protected file past every hook.
+        for device in &self.loops {
+            *raw_devices.entry(device.dev).or_insert(0) |= access::READ | access::WRITE;
+        }
         // The files guard trusts by identity: their blocks may be read, not
         // written beneath the filesystem.
         for device in &self.trusted_devices {
@@ -390,7 +394,7 @@ pub(super) fn check_capacity(policy: &ResolvedPolicy) -> Vec<PolicyError> {
         ("protected directories", entries.dirs.len(), MAX_POINTS),
         // The device maps hold two generations of `MAX_POINTS`.
         (
-            "block devices kept (filesystems, what they sit on, swap, trusted files')",
+            "block devices kept (filesystems, what they sit on, swap, loops, trusted files')",
             entries.raw_devices.len(),
             MAX_POINTS,
         ),
@@ -545,6 +549,7 @@ mod tests {
             libraries: None,
             immutable: None,
             swap: Vec::new(),
+            loops: Vec::new(),
             trusted_devices: Vec::new(),
             passthrough: Vec::new(),
         };
@@ -694,6 +699,7 @@ mod tests {
             libraries: None,
             immutable: None,
             swap: Vec::new(),
+            loops: Vec::new(),
             trusted_devices: Vec::new(),
             passthrough: Vec::new(),
         };
@@ -1096,6 +1102,11 @@ mod tests {
                     ciphertext: true,
                 },
             ],
+            // A loop device bound to a protected file (50).
+            loops: vec![crate::policy::devices::LoopDevice {
+                dev: 50,
+                backing: "/data/image.bin".into(),
+            }],
             // The binaries' filesystem (40) and the point's own (9): writes
             // only, which adds nothing to 9.
             trusted_devices: [40, 9]
@@ -1135,7 +1146,8 @@ mod tests {
                 (13, WRITE),
                 (20, READ | WRITE),
                 (21, WRITE),
-                (40, WRITE)
+                (40, WRITE),
+                (50, READ | WRITE)
             ]
         );
     }
@@ -1151,6 +1163,7 @@ mod tests {
             libraries: None,
             immutable: None,
             swap: Vec::new(),
+            loops: Vec::new(),
             trusted_devices: Vec::new(),
             passthrough: Vec::new(),
         };
@@ -1187,6 +1200,7 @@ mod tests {
                 libraries: None,
                 immutable: None,
                 swap: Vec::new(),
+                loops: Vec::new(),
                 trusted_devices: Vec::new(),
                 passthrough: Vec::new(),
             }

@@ -5,6 +5,7 @@
 //! between it and the filesystem.
 
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -213,6 +214,44 @@ pub fn swap_devices(swaps: &str, sysfs: &Path) -> Result<Vec<DeviceBelow>, Strin
     Ok(found)
 }
 
+/// A loop device and the file it reads and writes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LoopDevice {
+    /// Its kernel `dev_t`.
+    pub dev: u32,
+    /// Its backing file as the kernel names it (`sysfs`'s `backing_file`;
+    /// ` (deleted)` at the end once unlinked).
+    pub backing: PathBuf,
+}
+
+/// The loop devices bound to a file, from `sysfs`. A bound device reads
+/// and writes its file from the kernel, past every hook of guard's on the
+/// file: one set up before the policy shows a protected file in the clear.
+pub fn loop_devices(sysfs: &Path) -> Result<Vec<LoopDevice>, String> {
+    let block = sysfs.join("block");
+    let entries = fs::read_dir(&block).map_err(|e| format!("{}: {e}", block.display()))?;
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("{}: {e}", block.display()))?;
+        if !entry.file_name().to_string_lossy().starts_with("loop") {
+            continue;
+        }
+        let file = entry.path().join("loop/backing_file");
+        let backing = match fs::read(&file) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // unbound
+            Err(e) => return Err(format!("{}: {e}", file.display())),
+        };
+        let backing = backing.strip_suffix(b"\n").unwrap_or(&backing);
+        found.push(LoopDevice {
+            dev: dev_of(&entry.path())?,
+            backing: PathBuf::from(std::ffi::OsStr::from_bytes(backing)),
+        });
+    }
+    found.sort();
+    Ok(found)
+}
+
 /// The swap files in `/proc/swaps` (`swaps`, its text).
 pub fn swap_files(swaps: &str) -> Vec<String> {
     swap_areas(swaps)
@@ -303,6 +342,39 @@ mod tests {
 
     fn dev(major: u32, minor: u32) -> u32 {
         (major << 20) | minor
+    }
+
+    #[test]
+    fn bound_loop_devices_are_found_with_their_files() {
+        let sys = FakeSysfs::new();
+        fs::create_dir_all(sys.root().join("block")).unwrap();
+        for (name, minor, backing) in [
+            ("loop0", 0, Some("/data/db/image.bin\n")),
+            ("loop1", 1, None), // unbound
+            ("loop2", 2, Some("/old/file (deleted)\n")),
+            ("vda", 0, None),
+        ] {
+            let major = if name == "vda" { 254 } else { 7 };
+            let dir = sys.device(&format!("virtual/block/{name}"), major, minor);
+            symlink(&dir, sys.root().join("block").join(name)).unwrap();
+            if let Some(backing) = backing {
+                fs::create_dir_all(dir.join("loop")).unwrap();
+                fs::write(dir.join("loop/backing_file"), backing).unwrap();
+            }
+        }
+        assert_eq!(
+            loop_devices(sys.root()).unwrap(),
+            vec![
+                LoopDevice {
+                    dev: dev(7, 0),
+                    backing: PathBuf::from("/data/db/image.bin"),
+                },
+                LoopDevice {
+                    dev: dev(7, 2),
+                    backing: PathBuf::from("/old/file (deleted)"),
+                },
+            ]
+        );
     }
 
     impl FakeSysfs {

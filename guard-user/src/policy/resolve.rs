@@ -42,6 +42,11 @@ pub struct ResolvedPolicy {
     /// The swap devices when the policy was applied, and those below them.
     #[serde(default)]
     pub swap: Vec<super::devices::DeviceBelow>,
+    /// Loop devices bound, when the policy was applied, to a file inside a
+    /// protected directory (or one guard could not place): kept like a
+    /// protected filesystem's device.
+    #[serde(default)]
+    pub loops: Vec<super::devices::LoopDevice>,
     /// The block devices of the filesystems holding what the policy trusts
     /// by identity (binaries, supervisors, relays, libraries, immutable
     /// files), and those below them: kept from writes, which would change
@@ -193,6 +198,22 @@ impl ResolvedPolicy {
     }
 
     /// The names events are rendered with: point paths, rule labels, binary paths.
+    /// What `policy apply` says about the loop devices it keeps.
+    pub fn loop_warnings(&self) -> Vec<String> {
+        self.loops
+            .iter()
+            .map(|device| {
+                let (major, minor) = kernel_dev_parts(device.dev);
+                format!(
+                    "loop device {major}:{minor} is bound to {}, in a protected directory \
+                     (or not to be found): nobody but guardd may read or write it while \
+                     the policy is active; detach it (losetup -d) once unused",
+                    device.backing.display()
+                )
+            })
+            .collect()
+    }
+
     pub fn names(&self) -> crate::events::PolicyNames {
         let binaries = self
             .rules
@@ -271,6 +292,8 @@ pub fn resolve(policy: &Policy) -> Result<ResolvedPolicy, PolicyErrors> {
         .into_iter()
         .map(|p| p.expect("no errors, so every point resolved").point)
         .collect();
+    let loops = resolve_loops(&points, Path::new("/sys"))
+        .map_err(|message| PolicyErrors(vec![Pointer::root().error(message)]))?;
     let trusted_devices =
         resolve_trusted_devices(&rules, &libraries, &immutable, Path::new("/sys"))
             .map_err(|message| PolicyErrors(vec![Pointer::root().error(message)]))?;
@@ -284,6 +307,7 @@ pub fn resolve(policy: &Policy) -> Result<ResolvedPolicy, PolicyErrors> {
         libraries,
         immutable,
         swap,
+        loops,
         trusted_devices,
         passthrough,
     };
@@ -304,6 +328,45 @@ fn resolve_swap() -> Result<Vec<super::devices::DeviceBelow>, String> {
         Err(e) => return Err(format!("reading {}: {e}", super::devices::PROC_SWAPS)),
     };
     super::devices::swap_devices(&swaps, Path::new("/sys"))
+}
+
+/// The loop devices bound to a file inside a protected directory. The loop
+/// driver reads and writes its file from the kernel, past every hook of
+/// guard's on the file: a device bound before the policy would show a
+/// protected file in the clear. A failure to list them refuses the policy.
+fn resolve_loops(
+    points: &[ResolvedPoint],
+    sysfs: &Path,
+) -> Result<Vec<super::devices::LoopDevice>, String> {
+    let points: HashSet<(u32, u64)> = points.iter().map(|p| (p.dev, p.ino)).collect();
+    let mut identities = Identities::default();
+    let devices = super::devices::loop_devices(sysfs)
+        .map_err(|e| format!("finding the loop devices: {e}"))?;
+    Ok(devices
+        .into_iter()
+        .filter(|device| may_be_protected(&device.backing, &points, &mut identities))
+        .collect())
+}
+
+/// Whether `file` (a loop device's backing file as the kernel names it) is
+/// inside one of `points`. A name that does not lead to a file (deleted,
+/// renamed since, another mount namespace's) cannot be placed: yes.
+fn may_be_protected(
+    file: &Path,
+    points: &HashSet<(u32, u64)>,
+    identities: &mut Identities,
+) -> bool {
+    if !file.is_absolute() || file.as_os_str().as_bytes().ends_with(b" (deleted)") {
+        return true;
+    }
+    if fs::symlink_metadata(file).is_err() {
+        return true;
+    }
+    file.ancestors().skip(1).any(|dir| {
+        identities
+            .of_ancestor(dir)
+            .map_or(true, |id| points.contains(&id))
+    })
 }
 
 /// The block devices of the filesystems holding the files the policy trusts
