@@ -586,8 +586,8 @@ impl SignedGuardd<'_> {
     }
 }
 
-/// An ext4 on a loop device, mounted; guard disarmed and everything undone
-/// when dropped.
+/// A filesystem made on a loop device over an image in /scratch, mounted;
+/// guard disarmed and everything undone when dropped.
 pub struct LoopFs {
     pub image: PathBuf,
     pub mountpoint: PathBuf,
@@ -595,18 +595,29 @@ pub struct LoopFs {
 }
 
 impl LoopFs {
+    /// An ext4 of 64 MiB at /scratch/NAME.
     pub fn mount(name: &str) -> LoopFs {
+        LoopFs::mount_as(name, "ext4", "64M")
+    }
+
+    /// A `kind` filesystem (`mkfs.KIND`) of `size` at /scratch/NAME. Its
+    /// module is loaded first: no module loads while guard is armed.
+    pub fn mount_as(name: &str, kind: &str, size: &str) -> LoopFs {
         let image = Path::new("/scratch").join(format!("{name}.img"));
         let mountpoint = Path::new("/scratch").join(name);
-        let _ = sh(&format!("umount {}", mountpoint.display()));
+        let _ = sh(&format!("umount -R {}", mountpoint.display()));
         let _ = std::fs::remove_file(&image);
         std::fs::create_dir_all(&mountpoint).unwrap();
         assert_ok(
+            &sh(&format!("modprobe {kind}")),
+            &format!("modprobe {kind}"),
+        );
+        assert_ok(
             &sh(&format!(
-                "truncate -s 64M {i} && mkfs.ext4 -q {i}",
+                "truncate -s {size} {i} && mkfs.{kind} -q {i}",
                 i = image.display()
             )),
-            "making an ext4 image",
+            &format!("making a {kind} image"),
         );
         let out = sh(&format!("losetup --find --show {}", image.display()));
         assert_ok(&out, "losetup");
@@ -625,12 +636,16 @@ impl LoopFs {
             device,
         }
     }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mountpoint.join(rel)
+    }
 }
 
 impl Drop for LoopFs {
     fn drop(&mut self) {
         disarm();
-        let _ = sh(&format!("umount {}", self.mountpoint.display()));
+        let _ = sh(&format!("umount -R {}", self.mountpoint.display()));
         let _ = sh(&format!("losetup -d {}", self.device.display()));
         let _ = std::fs::remove_file(&self.image);
     }

@@ -12,45 +12,8 @@
 use guard::journal::message_id;
 use guard_tests::guest::*;
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
-
-/// A btrfs on a loop device, unmounted (and guard disarmed) when dropped.
-struct Btrfs {
-    mountpoint: PathBuf,
-}
-
-impl Btrfs {
-    fn mount(name: &str) -> Btrfs {
-        let image = Path::new("/scratch").join(format!("{name}.img"));
-        let mountpoint = Path::new("/scratch").join(name);
-        let _ = sh(&format!("umount -R {}", mountpoint.display()));
-        let _ = std::fs::remove_file(&image);
-        std::fs::create_dir_all(&mountpoint).unwrap();
-        // Loaded before guard arms: no module loads while it is armed.
-        assert_ok(&sh("modprobe btrfs"), "modprobe btrfs");
-        assert_ok(
-            &sh(&format!(
-                "truncate -s 200M {i} && mkfs.btrfs -q {i} && mount -o loop {i} {m}",
-                i = image.display(),
-                m = mountpoint.display()
-            )),
-            "making and mounting a btrfs",
-        );
-        Btrfs { mountpoint }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.mountpoint.join(rel)
-    }
-}
-
-impl Drop for Btrfs {
-    fn drop(&mut self) {
-        disarm();
-        let _ = sh(&format!("umount -R {}", self.mountpoint.display()));
-    }
-}
 
 /// `guardctl policy apply` of `policy` fails, saying `expected`, and the
 /// policy in force stays `hash`.
@@ -69,7 +32,7 @@ fn assert_refused(policy: &serde_json::Value, expected: &[&str], hash: &str) {
 #[ignore = "guest: run by cargo xtask vm-test"]
 fn protected_directories_and_binaries_on_btrfs_are_refused() {
     disarm();
-    let fs = Btrfs::mount("btrfs-refused-fs");
+    let fs = LoopFs::mount_as("btrfs-refused-fs", "btrfs", "200M");
     let data = fs.path("data");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("record.txt"), "patient record on btrfs\n").unwrap();
@@ -140,7 +103,7 @@ fn entries_mentioning(id: &str, field: &str, path: &Path) -> Vec<serde_json::Val
 #[ignore = "guest: run by cargo xtask vm-test"]
 fn nothing_can_be_mounted_on_a_btrfs_directory_above_a_protected_one() {
     disarm();
-    let fs = Btrfs::mount("btrfs-above-fs");
+    let fs = LoopFs::mount_as("btrfs-above-fs", "btrfs", "200M");
     // The protected directory is on a tmpfs mounted inside the btrfs: its
     // ancestors up/ and the btrfs root are btrfs directories.
     let up = fs.path("up");

@@ -12,7 +12,7 @@ use std::ffi::{c_char, c_void, CString};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 /// `struct xfs_fsop_handlereq`.
@@ -133,44 +133,11 @@ fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
     (n >= 0).then(|| value[..n as usize].to_vec())
 }
 
-/// An XFS on a loop device, unmounted (and guard disarmed) when dropped.
-struct Xfs {
-    mountpoint: PathBuf,
-}
-
-impl Xfs {
-    fn mount(name: &str) -> Xfs {
-        let image = Path::new("/scratch").join(format!("{name}.img"));
-        let mountpoint = Path::new("/scratch").join(name);
-        let _ = sh(&format!("umount {}", mountpoint.display()));
-        let _ = std::fs::remove_file(&image);
-        std::fs::create_dir_all(&mountpoint).unwrap();
-        // Loaded before guard arms: no module loads while it is armed.
-        assert_ok(&sh("modprobe xfs"), "modprobe xfs");
-        assert_ok(
-            &sh(&format!(
-                "truncate -s 320M {i} && mkfs.xfs -q {i} && mount -o loop {i} {m}",
-                i = image.display(),
-                m = mountpoint.display()
-            )),
-            "making and mounting an XFS",
-        );
-        Xfs { mountpoint }
-    }
-}
-
-impl Drop for Xfs {
-    fn drop(&mut self) {
-        disarm();
-        let _ = sh(&format!("umount {}", self.mountpoint.display()));
-    }
-}
-
 #[test]
 #[ignore = "guest: run by cargo xtask vm-test"]
 fn extended_attributes_of_protected_files_cannot_be_changed_by_xfs_handle() {
     disarm();
-    let xfs = Xfs::mount("xfs-handles");
+    let xfs = LoopFs::mount_as("xfs-handles", "xfs", "320M");
     let data = xfs.mountpoint.join("data");
     std::fs::create_dir_all(&data).unwrap();
     let record = data.join("record.txt");
