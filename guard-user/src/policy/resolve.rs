@@ -994,6 +994,27 @@ mod tests {
     }
 
     #[test]
+    fn a_loop_devices_file_is_placed_by_its_ancestors_and_kept_when_it_cannot_be() {
+        let tree = Tree::new();
+        tree.mkdir("data/sub");
+        let inside = PathBuf::from(tree.file("data/sub/image.bin", b"x"));
+        let outside = PathBuf::from(tree.file("image.bin", b"x"));
+        let mut identities = Identities::default();
+        let point = identities
+            .of_path(Path::new(&tree.path("data")), Follow::Symlinks)
+            .unwrap();
+        let points = HashSet::from([point]);
+        let mut placed = |file: &Path| may_be_protected(file, &points, &mut identities);
+        assert!(placed(&inside));
+        assert!(!placed(&outside));
+        // Deleted, renamed away, or named relative to another root: kept.
+        let deleted = format!("{} (deleted)", outside.display());
+        assert!(placed(Path::new(&deleted)));
+        assert!(placed(Path::new(&tree.path("gone.bin"))));
+        assert!(placed(Path::new("image.bin")));
+    }
+
+    #[test]
     fn mountinfo_escapes_are_decoded() {
         assert_eq!(unescape_octal(r"/mnt/my\040disk\134x"), "/mnt/my disk\\x");
         assert_eq!(unescape_octal(r"/a\b"), r"/a\b");
