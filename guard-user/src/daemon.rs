@@ -424,15 +424,9 @@ fn guard_devices(files: &[(ExeKey, u32)], sysfs: &Path) -> Result<KeptDevices> {
             *raw.entry(device.dev).or_insert(0) |= bits;
         }
     }
-    let mut passthrough: std::collections::BTreeMap<u32, u32> = Default::default();
-    for (block_dev, bits) in &raw {
-        let nodes = policy::passthrough_devices(sysfs, *block_dev).map_err(|e| {
-            anyhow::anyhow!("finding the passthrough nodes beneath guard's own files: {e}")
-        })?;
-        for node in nodes {
-            *passthrough.entry(node).or_insert(0) |= bits;
-        }
-    }
+    let nodes = policy::passthrough_nodes(sysfs, raw.keys().copied())
+        .map_err(|e| anyhow::anyhow!("{e} (beneath guard's own files)"))?;
+    let passthrough = policy::passthrough_bits(&nodes, &raw);
     Ok(KeptDevices {
         raw: raw.into_iter().collect(),
         passthrough: passthrough.into_iter().collect(),

@@ -50,6 +50,7 @@ fn step_failure(name: &str, error: &anyhow::Error) -> Summary {
     Summary {
         passed: 0,
         failures: vec![format!("{name}: {error:#}")],
+        ..Summary::default()
     }
 }
 
@@ -130,6 +131,7 @@ fn host_summary(counts: &Counts, failed_targets: &[String], success: bool, shown
     Summary {
         passed: counts.passed,
         failures,
+        ..Summary::default()
     }
 }
 

@@ -18,9 +18,9 @@ use crate::setup::Installed;
 use crate::vm::{self, shell_quote};
 
 /// Long enough for the whole guest suite on one kernel under TCG while the
-/// other kernel's guest runs beside it (about 1,070 s on 6.12 here, 1,400 s
-/// before the programs verified faster), with room for a busy machine.
-pub const DEFAULT_TIMEOUT_SECS: u64 = 2400;
+/// other kernel's guest runs beside it (2,340 s on 6.12 here with 67 tests),
+/// with room for a busy machine.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 3600;
 /// A hung test shows as silence: the guest is killed after this long without a line,
 /// so it need not wait for the whole timeout.
 pub const DEFAULT_SILENCE_SECS: u64 = 600;
@@ -50,6 +50,8 @@ pub struct Summary {
     /// Failed tests, and failures that are not one test's (a guest that did not finish,
     /// a crashed test executable, a kernel on which no test ran).
     pub failures: Vec<String>,
+    /// How long each test took, as seen from the host (`[kernel] binary::test`).
+    pub timings: Vec<(String, Duration)>,
 }
 
 impl Summary {
@@ -60,6 +62,7 @@ impl Summary {
     pub fn add(&mut self, other: Summary) {
         self.passed += other.passed;
         self.failures.extend(other.failures);
+        self.timings.extend(other.timings);
     }
 
     pub fn exit_code(&self) -> std::process::ExitCode {
@@ -92,6 +95,7 @@ pub fn run(setup: &Installed, args: &Args) -> Result<Summary> {
                 run.join().unwrap_or_else(|_| Summary {
                     passed: 0,
                     failures: vec![format!("[{}] the guest's runner panicked", kernel.label())],
+                    ..Summary::default()
                 })
             })
             .collect()
@@ -106,6 +110,7 @@ pub fn run(setup: &Installed, args: &Args) -> Result<Summary> {
         );
         summary.add(result);
     }
+    print_slowest(&summary.timings);
     for failure in &summary.failures {
         eprintln!("vm-test: FAILED {failure}");
     }
@@ -118,6 +123,17 @@ pub fn run(setup: &Installed, args: &Args) -> Result<Summary> {
     Ok(summary)
 }
 
+/// How many of the slowest tests the report names: where guest time goes.
+const SLOWEST_SHOWN: usize = 12;
+
+fn print_slowest(timings: &[(String, Duration)]) {
+    let mut slowest: Vec<_> = timings.iter().collect();
+    slowest.sort_by_key(|(_, took)| std::cmp::Reverse(*took));
+    for (name, took) in slowest.into_iter().take(SLOWEST_SHOWN) {
+        eprintln!("vm-test: slow: {:>6.1} s  {name}", took.as_secs_f64());
+    }
+}
+
 /// Boots one guest, runs every test executable in it, and counts the results.
 fn run_on(kernel: &Kernel, binaries: &[TestBinary], args: &Args) -> Summary {
     let nonce = match vm::random_nonce() {
@@ -126,6 +142,7 @@ fn run_on(kernel: &Kernel, binaries: &[TestBinary], args: &Args) -> Summary {
             return Summary {
                 passed: 0,
                 failures: vec![format!("[{}] {error:#}", kernel.label())],
+                ..Summary::default()
             }
         }
     };
@@ -204,6 +221,9 @@ struct Results {
     /// Output of the executable now running (or of the script before the first one).
     output: Vec<String>,
     failed_in_binary: usize,
+    /// When the executable now running started, and when its last test ended.
+    binary_started: Instant,
+    last_test_ended: Instant,
 }
 
 /// A relayed line of the guest script.
@@ -246,6 +266,8 @@ impl Results {
             summary: Summary::default(),
             output: Vec::new(),
             failed_in_binary: 0,
+            binary_started: Instant::now(),
+            last_test_ended: Instant::now(),
         }
     }
 
@@ -254,6 +276,8 @@ impl Results {
             Some(Event::BinaryStarted) => {
                 self.output.clear();
                 self.failed_in_binary = 0;
+                self.binary_started = Instant::now();
+                self.last_test_ended = self.binary_started;
             }
             Some(Event::Result {
                 binary,
@@ -262,6 +286,7 @@ impl Results {
             }) => self.result(binary, outcome, test),
             Some(Event::BinaryExited { binary, code }) => self.binary_exited(binary, code),
             None => {
+                self.time_test(line);
                 if self.verbose {
                     println!("[{}] | {line}", self.label);
                 }
@@ -286,7 +311,26 @@ impl Results {
         }
     }
 
+    /// libtest prints `test NAME ... ok` when a test ends (one thread): the time
+    /// since the previous one ended is this test's, give or take a line's transit.
+    fn time_test(&mut self, line: &str) {
+        let Some(name) = finished_test(line) else {
+            return;
+        };
+        let now = Instant::now();
+        self.summary.timings.push((
+            format!("[{}] {name}", self.label),
+            now - self.last_test_ended,
+        ));
+        self.last_test_ended = now;
+    }
+
     fn binary_exited(&mut self, binary: &str, code: &str) {
+        println!(
+            "[{}] {binary} done in {:.0} s",
+            self.label,
+            self.binary_started.elapsed().as_secs_f64()
+        );
         if code == "0" {
             return;
         }
@@ -310,6 +354,14 @@ impl Results {
     fn finish(self) -> Summary {
         self.summary
     }
+}
+
+/// The test named by libtest's `test NAME ... ok` (or `FAILED`) line. A program the
+/// test started may have written into the line; then it is not timed.
+fn finished_test(line: &str) -> Option<&str> {
+    let rest = line.strip_prefix("test ")?;
+    let (name, outcome) = rest.split_once(" ... ")?;
+    matches!(outcome.trim_end(), "ok" | "FAILED").then_some(name)
 }
 
 #[cfg(test)]
@@ -339,6 +391,15 @@ mod tests {
             summary.failures,
             vec!["[6.12] guest_env::journald_reads_back"]
         );
+    }
+
+    #[test]
+    fn finished_tests_are_read_from_libtest_lines() {
+        assert_eq!(finished_test("test swap::off ... ok"), Some("swap::off"));
+        assert_eq!(finished_test("test off ... FAILED"), Some("off"));
+        assert_eq!(finished_test("test off ... ignored, guest"), None);
+        assert_eq!(finished_test("test result: ok. 2 passed"), None);
+        assert_eq!(finished_test("running 2 tests"), None);
     }
 
     #[test]

@@ -114,12 +114,7 @@ impl ResolvedPolicy {
         for device in &self.trusted_devices {
             raw_devices.entry(device.dev).or_insert(access::WRITE);
         }
-        let mut passthrough: BTreeMap<u32, u32> = BTreeMap::new();
-        for node in &self.passthrough {
-            if let Some(denied) = raw_devices.get(&node.block_dev) {
-                *passthrough.entry(node.char_dev).or_insert(0) |= denied;
-            }
-        }
+        let passthrough = super::resolve::passthrough_bits(&self.passthrough, &raw_devices);
         let mut ancestors: BTreeMap<(u32, u64), u32> = BTreeMap::new();
         for (index, point) in self.points.iter().enumerate() {
             for ancestor in &point.ancestors {

@@ -46,7 +46,7 @@ use guard_common::access as access_bits;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use compile::PolicyEntries;
-pub use devices::{filesystem_devices, passthrough_devices, swap_files, DeviceBelow, PROC_SWAPS};
+pub use devices::{filesystem_devices, swap_files, DeviceBelow, PROC_SWAPS};
 pub use identity::kernel_identity;
 pub use immutable::{ResolvedImmutable, ResolvedImmutables};
 pub use libraries::ResolvedLibrary;
@@ -54,8 +54,8 @@ pub use links::check_hard_links;
 pub use parse::parse;
 pub use pin_start::pin_start;
 pub use resolve::{
-    kernel_dev, kernel_dev_parts, resolve, sha256_file, ResolvedBinary, ResolvedPoint,
-    ResolvedPolicy, RuleInfo,
+    kernel_dev, kernel_dev_parts, passthrough_bits, passthrough_nodes, resolve, sha256_file,
+    ResolvedBinary, ResolvedPoint, ResolvedPolicy, RuleInfo,
 };
 pub use schema::schema;
 

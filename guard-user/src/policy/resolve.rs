@@ -420,8 +420,16 @@ fn resolve_passthrough(
     kept.extend(swap.iter().chain(trusted).map(|d| d.dev));
     kept.sort();
     kept.dedup();
+    passthrough_nodes(sysfs, kept)
+}
+
+/// The passthrough nodes reaching the disks of `block_devs`.
+pub fn passthrough_nodes(
+    sysfs: &Path,
+    block_devs: impl IntoIterator<Item = u32>,
+) -> Result<Vec<Passthrough>, String> {
     let mut found = Vec::new();
-    for block_dev in kept {
+    for block_dev in block_devs {
         let nodes = super::devices::passthrough_devices(sysfs, block_dev).map_err(|e| {
             let (major, minor) = kernel_dev_parts(block_dev);
             format!("finding the command passthrough devices of block device {major}:{minor}: {e}")
@@ -432,6 +440,21 @@ fn resolve_passthrough(
         }));
     }
     Ok(found)
+}
+
+/// The access bits each passthrough node is kept from: those of its block
+/// device (`kept`: dev -> bits), since it reaches the same disk.
+pub fn passthrough_bits(
+    nodes: &[Passthrough],
+    kept: &std::collections::BTreeMap<u32, u32>,
+) -> std::collections::BTreeMap<u32, u32> {
+    let mut bits = std::collections::BTreeMap::new();
+    for node in nodes {
+        if let Some(denied) = kept.get(&node.block_dev) {
+            *bits.entry(node.char_dev).or_insert(0) |= denied;
+        }
+    }
+    bits
 }
 
 /// What makes two directories the same one.
