@@ -8,7 +8,7 @@ use crate::offsets;
 use anyhow::{bail, Context, Result};
 use aya::{
     programs::{links::FdLink, Lsm},
-    Btf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
 };
 use guard_common::{maps, object, ObjectKey};
 use std::{
@@ -200,6 +200,7 @@ fn load_and_pin(pins: &Pins, object: &[u8], btf: &Path) -> Result<()> {
         .load(object)
         .context("loading guard's kernel object")?;
     let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
+    load_programs(&mut ebpf, &btf, &absent)?;
     for name in HOOKS {
         if absent.contains(&name) {
             continue;
@@ -209,9 +210,6 @@ fn load_and_pin(pins: &Pins, object: &[u8], btf: &Path) -> Result<()> {
             .with_context(|| format!("program {name} missing from the kernel object"))?
             .try_into()
             .with_context(|| format!("program {name} is not an LSM program"))?;
-        program
-            .load(hook_of(name), &btf)
-            .with_context(|| format!("loading LSM program {name}"))?;
         replace_pin(&pins.program(name), |tmp| Ok(program.pin(tmp)?))
             .with_context(|| format!("pinning program {name}"))?;
         let link_id = program
@@ -225,6 +223,47 @@ fn load_and_pin(pins: &Pins, object: &[u8], btf: &Path) -> Result<()> {
         .with_context(|| format!("pinning link {name}"))?;
     }
     Ok(())
+}
+
+/// Loads guard's programs (the kernel verifies each) on one thread per CPU.
+/// Verification is most of a fresh start, and each program is verified on
+/// its own; nothing is attached yet, so the order does not matter.
+fn load_programs(ebpf: &mut Ebpf, btf: &Btf, absent: &[&str]) -> Result<()> {
+    let mut programs: Vec<(&str, &mut Lsm)> = Vec::new();
+    for (name, program) in ebpf.programs_mut() {
+        if !HOOKS.contains(&name) || absent.contains(&name) {
+            continue;
+        }
+        let program: &mut Lsm = program
+            .try_into()
+            .with_context(|| format!("program {name} is not an LSM program"))?;
+        programs.push((name, program));
+    }
+    // The costliest programs (file_open, then the inode hooks) come first
+    // in HOOKS: taking them first keeps the threads' shares even.
+    programs.sort_by_key(|(name, _)| HOOKS.iter().position(|hook| hook == name));
+    let queue = std::sync::Mutex::new(programs.into_iter());
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| -> Result<()> {
+                    loop {
+                        let next = queue.lock().expect("no loader thread panics").next();
+                        let Some((name, program)) = next else {
+                            return Ok(());
+                        };
+                        program
+                            .load(hook_of(name), btf)
+                            .with_context(|| format!("loading LSM program {name}"))?;
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|worker| worker.join().expect("a loader thread panicked"))
+    })
 }
 
 /// Pins under a temporary name, then renames over `path`, so a reader never
