@@ -50,7 +50,7 @@ pub struct Summary {
     /// Failed tests, and failures that are not one test's (a guest that did not finish,
     /// a crashed test executable, a kernel on which no test ran).
     pub failures: Vec<String>,
-    /// How long each test took, as seen from the host (`[kernel] binary::test`).
+    /// How long each test took, as seen from the host (`[kernel] test`).
     pub timings: Vec<(String, Duration)>,
 }
 
