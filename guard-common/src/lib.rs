@@ -543,37 +543,48 @@ pub mod dir_filter {
     pub const WORDS: u32 = 4096;
     const BITS_LOG2: u32 = 18; // WORDS * 64 = 2^18
 
-    /// The word index and bit mask of `ino` (Fibonacci hashing).
+    /// The word index and bit mask of `ino`.
     #[inline(always)]
     pub fn slot(ino: u64) -> (u32, u64) {
-        let h = ino.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - BITS_LOG2);
+        let h = hash(ino);
         ((h >> 6) as u32, 1u64 << (h & 63))
+    }
+
+    /// A bit index in the filter (Fibonacci hashing).
+    #[inline(always)]
+    fn hash(x: u64) -> u64 {
+        x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - BITS_LOG2)
     }
 
     /// Keeps device bits apart from inode bits (no inode number is this high).
     const DEV_TAG: u64 = 0xD5A1_0000_0000_0000;
 
-    /// The word index and bit mask of a filesystem holding protected
-    /// directories: the same bit set also answers "may anything on this
-    /// filesystem be protected?" with one array load, before any hash lookup.
-    /// The same rule holds: every device of a live generation has its bit set.
+    /// A filesystem's flags (`fs_flags`) sit in an aligned group of this
+    /// many bits of one word, so the one load every open makes answers
+    /// every question about the filesystem.
+    pub const FS_GROUP_BITS: u32 = 4;
+
+    /// The word index and bit shift of filesystem `dev`'s flags. The same
+    /// rule holds as for inodes: every flag a live generation needs is set,
+    /// and a bit shared with another inode or filesystem only sets more.
     #[inline(always)]
-    pub fn dev_slot(dev: u32) -> (u32, u64) {
-        slot(DEV_TAG | dev as u64)
+    pub fn dev_slot(dev: u32) -> (u32, u32) {
+        let h = hash(DEV_TAG | dev as u64);
+        ((h >> 6) as u32, (h & 63) as u32 & !(FS_GROUP_BITS - 1))
     }
 
-    /// The bit of a filesystem holding guard's secrets: the other bit of
-    /// `dev_slot`'s aligned pair, in the same word, so that the one load
-    /// every open makes answers both questions.
-    #[inline(always)]
-    pub fn secret_dev_slot(dev: u32) -> (u32, u64) {
-        let (word, mask) = dev_slot(dev);
-        let pair = if mask & 0x5555_5555_5555_5555 != 0 {
-            mask << 1
-        } else {
-            mask >> 1
-        };
-        (word, pair)
+    /// What a filesystem's flags say. Each is set when it may be true, so
+    /// a bit set by a collision never lets anything through.
+    pub mod fs_flags {
+        /// It holds protected directories of a live generation.
+        pub const POINTS: u64 = 1;
+        /// It holds one of guard's secrets.
+        pub const SECRETS: u64 = 2;
+        /// It holds a protected directory that fscrypt does not encrypt.
+        /// Without it, a regular file or directory fscrypt does not encrypt
+        /// is outside every protected directory there (see `file_open`).
+        pub const PLAIN: u64 = 4;
+        pub const ALL: u64 = POINTS | SECRETS | PLAIN;
     }
 }
 
@@ -584,13 +595,16 @@ pub mod dir_value {
     use super::{PolicyMeta, MODE_AUDIT};
 
     pub const POINT_MASK: u32 = 0xffff;
+    /// fscrypt does not encrypt this protected directory (`fs_flags::PLAIN`
+    /// of its filesystem); set by the policy's compile, kept by `encode`.
+    pub const PLAIN: u32 = 1 << 29;
     /// Some rule of the policy names a uid or gid (`PolicyMeta::uses_ids`).
     pub const USES_IDS: u32 = 1 << 30;
     /// The policy is in audit mode.
     pub const AUDIT: u32 = 1 << 31;
 
     pub fn encode(point: u32, meta: &PolicyMeta) -> u32 {
-        let mut value = point & POINT_MASK;
+        let mut value = point & (POINT_MASK | PLAIN);
         if meta.uses_ids != 0 {
             value |= USES_IDS;
         }
@@ -1233,6 +1247,7 @@ pub struct KernelOffsets {
     pub vfsmount_mnt_root: u32,
     pub inode_i_mode: u32,
     pub inode_i_rdev: u32,
+    pub inode_i_flags: u32,
     /// offsetof(path, dentry), for hooks handed a `struct path *`.
     pub path_dentry: u32,
     pub task_struct_real_parent: u32,
@@ -1329,14 +1344,22 @@ mod tests {
     }
 
     #[test]
-    fn a_filesystems_secret_bit_shares_its_word_but_not_its_bit() {
-        use super::dir_filter::{dev_slot, secret_dev_slot};
+    fn a_filesystems_flags_are_distinct_bits_of_one_word() {
+        use super::dir_filter::{dev_slot, fs_flags, FS_GROUP_BITS};
         for dev in (0..4096).chain([u32::MAX, 0x0fe0_0011]) {
-            let (word, points) = dev_slot(dev);
-            let (secret_word, secret) = secret_dev_slot(dev);
-            assert_eq!(word, secret_word);
-            assert_eq!(secret.count_ones(), 1);
-            assert_eq!(points & secret, 0);
+            let (word, shift) = dev_slot(dev);
+            assert!(word < super::dir_filter::WORDS);
+            assert_eq!(shift % FS_GROUP_BITS, 0);
+            assert!(shift + FS_GROUP_BITS <= 64);
+            let flags = [fs_flags::POINTS, fs_flags::SECRETS, fs_flags::PLAIN];
+            for (i, a) in flags.iter().enumerate() {
+                assert_eq!(a.count_ones(), 1);
+                assert!(*a < 1 << FS_GROUP_BITS);
+                for b in &flags[i + 1..] {
+                    assert_eq!(a & b, 0);
+                }
+            }
+            assert_eq!(flags.iter().fold(0, |all, f| all | f), fs_flags::ALL);
         }
     }
 

@@ -37,7 +37,7 @@ use guard_common::{
     MAX_PINNED_STRINGS, object, stat, tamper, verdict, DevKey, DirKey, Event, ExeKey,
     KernelOffsets, ObjectKey, PolicyMeta, RateState, RuleKey, RuleSlot, RuleValue, SelfProtect, Settings,
     slots::{self, Rules, Table},
-    Taint, Launch, LaunchKey, library, LIBRARY_POINT, MAX_LIBRARIES, MAX_ANCESTORS, MAX_LAUNCHES, ANY_ID, MAX_OBJECTS, taint_seq, PINS_POINT, IMMUTABLE_POINT, MAX_IMMUTABLE, immutable, dir_filter, dir_value,
+    Taint, Launch, LaunchKey, library, LIBRARY_POINT, MAX_LIBRARIES, MAX_ANCESTORS, MAX_LAUNCHES, ANY_ID, MAX_OBJECTS, taint_seq, PINS_POINT, IMMUTABLE_POINT, MAX_IMMUTABLE, immutable, dir_filter, dir_filter::fs_flags, dir_value,
     DEFAULT_EVENTS_PER_SEC_PER_CPU, PTRACE_MODE_ATTACH, PTRACE_MODE_NOAUDIT,
     EVENTS_RING_BYTES, FMODE_EXEC, FMODE_READ, FMODE_WRITE, MAX_DEPTH, MAX_EXES, MAX_POINTS,
     MODE_AUDIT, NAME_LEN, NO_RULE, PATH_DEPTH, EXE_DEPTH, SECRET_POINT, GUARD_FILES_GENERATION, MAX_GUARD_DEVICES,
@@ -77,6 +77,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     vfsmount_mnt_root: 0,
     inode_i_mode: 0,
     inode_i_rdev: 0,
+    inode_i_flags: 0,
     path_dentry: 0,
     task_struct_real_parent: 0,
     task_struct_flags: 0,
@@ -303,18 +304,17 @@ fn may_be_protected(ino: u64) -> bool {
 /// False when nothing on filesystem `dev` is protected by a live generation.
 #[inline(always)]
 fn may_hold_protected(dev: u32) -> bool {
-    in_dir_filter(dir_filter::dev_slot(dev))
+    filesystem_flags(dev) & fs_flags::POINTS != 0
 }
 
-/// What filesystem `dev` may hold: (protected directories, guard's
-/// secrets), from one load of the filter word both bits share.
+/// What filesystem `dev` may hold (`fs_flags`), from one load of the filter
+/// word its flags share; a missing word counts as everything.
 #[inline(always)]
-fn filesystem_may_hold(dev: u32) -> (bool, bool) {
-    let (word, points) = dir_filter::dev_slot(dev);
-    let (_, secrets) = dir_filter::secret_dev_slot(dev);
+fn filesystem_flags(dev: u32) -> u64 {
+    let (word, shift) = dir_filter::dev_slot(dev);
     match DIR_FILTER.get(word) {
-        Some(bits) => (bits & points != 0, bits & secrets != 0),
-        None => (true, true),
+        Some(bits) => (bits >> shift) & fs_flags::ALL,
+        None => fs_flags::ALL,
     }
 }
 
@@ -847,6 +847,9 @@ fn taints_outstanding() -> bool {
 pub fn file_open(ctx: LsmContext) -> i32 {
     unsafe {
         let file: u64 = ctx.arg(0);
+        if opens_nothing_guarded(file) {
+            return ALLOW;
+        }
         let o = offsets();
         let Ok(mode) = read::<u32>(file, o.file_f_mode) else {
             return EPERM;
@@ -874,12 +877,14 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         // The inode's filesystem, not the path's: they differ for a file
         // opened under another's path (`walk_start`).
         let dev = inode_dev(o, opened.inode);
-        let (may_hold, may_hold_secret) = match dev {
-            Ok(dev) => filesystem_may_hold(dev),
-            Err(_) => (true, true), // decided (denied) below
+        let fs = match dev {
+            Ok(dev) => filesystem_flags(dev),
+            Err(_) => fs_flags::ALL, // decided (denied) below
         };
-        // Most opens are of files on filesystems without protected
-        // directories: they end here, before the policy is even looked up.
+        let may_hold = may_be_inside(o, fs, &opened);
+        let may_hold_secret = fs & fs_flags::SECRETS != 0;
+        // Opens for writing of such files end here (those for reading
+        // ended in `opens_nothing_guarded`), before the policy is looked up.
         if !may_hold && !may_hold_secret && opened.device.is_none() {
             return ALLOW;
         }
@@ -913,6 +918,33 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     }
 }
 
+/// Most opens: for reading, not of a device node, of a file no protected
+/// directory or secret of its filesystem can hold. Decided first, in a few
+/// loads kept apart from the rest of `file_open` (which reads them again),
+/// so that the compiler keeps them in registers: every open pays for this
+/// path. Any failed read answers false, and the full decision follows.
+#[inline(always)]
+unsafe fn opens_nothing_guarded(file: u64) -> bool {
+    let o = offsets();
+    let Ok(mode) = read::<u32>(file, o.file_f_mode) else {
+        return false;
+    };
+    if mode & FMODE_WRITE != 0 {
+        return false;
+    }
+    let Ok(opened) = opened(o, file) else {
+        return false;
+    };
+    if opened.device.is_some() {
+        return false;
+    }
+    let Ok(dev) = inode_dev(o, opened.inode) else {
+        return false;
+    };
+    let fs = filesystem_flags(dev);
+    fs & fs_flags::SECRETS == 0 && !may_be_inside(o, fs, &opened)
+}
+
 /// Decides `access` to an opened file (`dentry` its path's, `opened` its
 /// inode's, `dev` the inode's filesystem, which may hold protected
 /// directories).
@@ -932,6 +964,35 @@ unsafe fn decide_opened(
         (Err(e), _) | (_, Err(e)) => Err(e),
     };
     decide_found(o, generation, dentry, Some(opened.inode), dev, lookup, access, hook)
+}
+
+/// Whether the opened file may be inside a protected directory of its
+/// filesystem (whose `fs_flags` are `fs`); false decides without a walk.
+#[inline(always)]
+unsafe fn may_be_inside(o: &KernelOffsets, fs: u64, opened: &Opened) -> bool {
+    fs & fs_flags::POINTS != 0 && !outside_encrypted_points(o, fs, opened)
+}
+
+/// Whether the opened file is certainly outside every protected directory
+/// of a filesystem where fscrypt encrypts them all (no `fs_flags::PLAIN`):
+/// a regular file or directory fscrypt does not encrypt. fscrypt keeps
+/// such a file out of every encrypted directory: it cannot be created,
+/// linked or renamed into one (EXDEV), and a directory is encrypted only
+/// while empty. So, by induction up its names, none of its ancestors is a
+/// protected directory, and the walk (about 70 guest instructions a level)
+/// is skipped for one load. Other kinds (fifos, sockets, device nodes) are
+/// never encrypted and are walked as before; a read that fails walks too.
+#[inline(always)]
+unsafe fn outside_encrypted_points(o: &KernelOffsets, fs: u64, opened: &Opened) -> bool {
+    // One shift tests both kinds (a bit per `S_IFMT >> 12`).
+    const KINDS_FSCRYPT_KEEPS_OUT: u32 = 1 << (S_IFREG >> 12) | 1 << (S_IFDIR >> 12);
+    if fs & fs_flags::PLAIN != 0 || (KINDS_FSCRYPT_KEEPS_OUT >> (opened.kind >> 12)) & 1 == 0 {
+        return false;
+    }
+    match read::<u32>(opened.inode, o.inode_i_flags) {
+        Ok(flags) => flags & S_ENCRYPTED == 0,
+        Err(_) => false,
+    }
 }
 
 /// Where the walk for an opened file starts.
@@ -1075,11 +1136,17 @@ const S_IFMT: u16 = 0o170000;
 const S_IFDIR: u16 = 0o040000;
 const S_IFBLK: u16 = 0o060000;
 const S_IFCHR: u16 = 0o020000;
+const S_IFREG: u16 = 0o100000;
+/// `inode.i_flags`: fscrypt encrypts the inode (include/linux/fs.h, the
+/// same bit since fscrypt had one).
+const S_ENCRYPTED: u32 = 1 << 14;
 
 /// What `file_open` needs to know of the opened inode.
 struct Opened {
     inode: u64,
     is_dir: bool,
+    /// `i_mode & S_IFMT`.
+    kind: u32,
     /// A device node (wherever root made it). Kernel memory (/dev/mem,
     /// /proc/kcore) is refused in `locked_down`.
     device: Option<DeviceNode>,
@@ -1107,6 +1174,7 @@ unsafe fn opened(o: &KernelOffsets, file: u64) -> Result<Opened, i32> {
     Ok(Opened {
         inode,
         is_dir: kind == S_IFDIR,
+        kind: kind as u32,
         device,
     })
 }
@@ -1260,8 +1328,8 @@ pub fn file_permission(ctx: LsmContext) -> i32 {
         // As in `file_open`: the inode's filesystem, not the path's.
         let dev = inode_dev(o, opened.inode);
         if let Ok(dev) = dev {
-            if !may_hold_protected(dev) {
-                return ALLOW; // nothing protected on this filesystem
+            if !may_be_inside(o, filesystem_flags(dev), &opened) {
+                return ALLOW; // nothing protected on this filesystem holds it
             }
         }
         let Ok(dentry) = read::<u64>(file, o.file_f_path_dentry) else {

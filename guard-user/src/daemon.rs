@@ -563,6 +563,7 @@ impl Daemon {
         warnings.extend(apply_warnings());
         warnings.extend(mappings::warnings(&applied.resolved));
         warnings.extend(applied.resolved.loop_warnings());
+        warnings.extend(applied.resolved.walk_warnings());
         let summary = serde_json::json!({
             "hash": hash, "generation": generation, "applied_at": applied.applied_at, "mode": mode,
             "in_force_ms": in_force_ms,

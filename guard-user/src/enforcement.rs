@@ -16,9 +16,9 @@ use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use guard_common::slots::Rules;
 use guard_common::{
-    dir_filter, dir_value, immutable, maps, stat, taint_seq, Arguments, DevKey, DirKey, EnvKey,
-    ExeKey, LaunchKey, ObjectKey, PolicyMeta, SelfProtect, Settings, Taint, GUARD_FILES_GENERATION,
-    MAX_GUARD_DEVICES,
+    dir_filter, dir_filter::fs_flags, dir_value, immutable, maps, stat, taint_seq, Arguments,
+    DevKey, DirKey, EnvKey, ExeKey, LaunchKey, ObjectKey, PolicyMeta, SelfProtect, Settings, Taint,
+    GUARD_FILES_GENERATION, MAX_GUARD_DEVICES,
 };
 use serde::Serialize;
 use slot_table::SlotTable;
@@ -243,12 +243,12 @@ impl KernelMaps {
         }
     }
 
-    /// Sets the filter bits of `dirs` (their inode and their filesystem),
-    /// keeping every bit already set.
-    fn add_to_dir_filter<'a>(&mut self, dirs: impl Iterator<Item = &'a DirKey>) -> Result<()> {
+    /// Sets the filter bits of `dirs` (their inode and their filesystem's
+    /// flags), keeping every bit already set.
+    fn add_to_dir_filter(&mut self, dirs: &[(DirKey, u32)]) -> Result<()> {
         let mut wanted = self.dir_filter_words.clone();
-        for key in dirs {
-            set_filter_bits(&mut wanted, key);
+        for (key, value) in dirs {
+            set_filter_bits(&mut wanted, key, *value);
         }
         self.write_dir_filter(wanted)
     }
@@ -258,9 +258,9 @@ impl KernelMaps {
     /// live bits to exactly the live bits, so no live bit is ever clear.
     fn rebuild_dir_filter(&mut self) -> Result<()> {
         let mut wanted = vec![0u64; dir_filter::WORDS as usize];
-        for key in self.dirs.keys() {
-            let key = key.context("reading GUARD_DIRS")?;
-            set_filter_bits(&mut wanted, &key);
+        for entry in self.dirs.iter() {
+            let (key, value) = entry.context("reading GUARD_DIRS")?;
+            set_filter_bits(&mut wanted, &key, value);
         }
         for secret in &self.secrets {
             set_secret_bits(&mut wanted, secret);
@@ -340,7 +340,7 @@ impl KernelMaps {
             .context("writing policy mode")?;
         self.rules.insert(&e.rules)?;
         // Before the flip: the new generation's directories must pass the filter.
-        self.add_to_dir_filter(e.dirs.iter().map(|(key, _)| key))?;
+        self.add_to_dir_filter(&e.dirs)?;
         let dirs: Vec<(DirKey, u32)> = e
             .dirs
             .iter()
@@ -488,22 +488,29 @@ impl KernelMaps {
     }
 }
 
-/// The filter bits of a protected directory: its inode, and its filesystem
-/// (the kernel's first test, before any hash lookup).
-fn set_filter_bits(words: &mut [u64], key: &DirKey) {
-    for (word, mask) in [dir_filter::slot(key.ino), dir_filter::dev_slot(key.dev)] {
-        words[word as usize] |= mask;
+/// The filter bits of a protected directory (`value` its `DIRS` value):
+/// its inode, and its filesystem's flags (the kernel's first test, before
+/// any hash lookup).
+fn set_filter_bits(words: &mut [u64], key: &DirKey, value: u32) {
+    let (word, mask) = dir_filter::slot(key.ino);
+    words[word as usize] |= mask;
+    let mut flags = fs_flags::POINTS;
+    if value & dir_value::PLAIN != 0 {
+        flags |= fs_flags::PLAIN;
     }
+    set_fs_flags(words, key.dev, flags);
 }
 
-/// A secret's bits: its inode's and its filesystem's secret bit.
+/// A secret's bits: its inode's and its filesystem's secret flag.
 fn set_secret_bits(words: &mut [u64], file: &ExeKey) {
-    for (word, mask) in [
-        dir_filter::slot(file.ino),
-        dir_filter::secret_dev_slot(file.dev),
-    ] {
-        words[word as usize] |= mask;
-    }
+    let (word, mask) = dir_filter::slot(file.ino);
+    words[word as usize] |= mask;
+    set_fs_flags(words, file.dev, fs_flags::SECRETS);
+}
+
+fn set_fs_flags(words: &mut [u64], dev: u32, flags: u64) {
+    let (word, shift) = dir_filter::dev_slot(dev);
+    words[word as usize] |= flags << shift;
 }
 
 fn remove_where<K: aya::Pod + PartialEq, V: aya::Pod>(

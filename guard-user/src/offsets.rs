@@ -49,6 +49,7 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
         vfsmount_mnt_root: field("vfsmount.mnt_root")?,
         inode_i_mode: field("inode.i_mode")?,
         inode_i_rdev: field("inode.i_rdev")?,
+        inode_i_flags: field("inode.i_flags")?,
         path_dentry: field("path.dentry")?,
         task_struct_real_parent: field("task_struct.real_parent")?,
         task_struct_flags: field("task_struct.flags")?,

@@ -4,9 +4,12 @@
 //!
 //! Run inside the QEMU guests by `cargo xtask vm-test` (both kernels).
 
+use guard::fscrypt;
 use guard::journal::{field, message_id};
+use guard::keyring::{self, SecretKey};
 use guard_tests::guest::*;
 use serde_json::json;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::process::Command;
@@ -938,4 +941,115 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// On a filesystem whose protected directories fscrypt all encrypts,
+/// `file_open` decides a regular file or directory fscrypt does not encrypt
+/// without walking its ancestors (it cannot be inside one). What that rests
+/// on is checked here on the running kernel: an unencrypted file cannot be
+/// renamed or linked into an encrypted directory (EXDEV), so the allowed
+/// program's `mv` copies it and the copy is encrypted. Files inside, a copy
+/// moved in, and a fifo inside (never encrypted, so walked) stay refused to
+/// root; files beside the directory stay readable.
+#[test]
+#[ignore = "guest: run by cargo xtask vm-test"]
+fn a_protected_directory_fscrypt_encrypts_keeps_unencrypted_files_out() {
+    let sb = Sandbox::new("fscrypt");
+    let vault = sb.root.join("vault");
+    std::fs::create_dir(&vault).unwrap();
+    let master = SecretKey::random(64).unwrap();
+    let provisioning =
+        keyring::add_fscrypt_provisioning_key("guard-test:enforcement", &master).unwrap();
+    let scratch = Path::new("/scratch");
+    let key = fscrypt::add_key_by_serial(scratch, provisioning.serial).unwrap();
+    provisioning.invalidate().unwrap();
+    fscrypt::set_policy(&vault, &key).unwrap();
+    let secret = vault.join("secret.txt");
+    std::fs::write(&secret, "patient record 4711\n").unwrap();
+    std::fs::create_dir(vault.join("sub")).unwrap();
+    std::fs::write(vault.join("sub/nested.txt"), "nested record\n").unwrap();
+    let beside = sb.root.join("beside.txt");
+    std::fs::write(&beside, "public\n").unwrap();
+    let plain = sb.root.join("plain.txt");
+    std::fs::write(&plain, "planted\n").unwrap();
+    assert!(is_encrypted(&secret) && !is_encrypted(&plain));
+
+    // The kernel's side, before any policy: no unencrypted name inside.
+    let errno = |r: std::io::Result<()>| r.unwrap_err().raw_os_error();
+    assert_eq!(
+        errno(std::fs::rename(&plain, vault.join("renamed"))),
+        Some(libc::EXDEV)
+    );
+    assert_eq!(
+        errno(std::fs::hard_link(&plain, vault.join("linked"))),
+        Some(libc::EXDEV)
+    );
+
+    // Opened before the policy: its reads are decided by `file_permission`.
+    let mut early = std::fs::File::open(&secret).unwrap();
+    let _guardd = Guardd::start();
+    let mut policy = sb.policy("enforce");
+    policy["protected"][0]["path"] = json!(vault);
+    apply(&policy);
+    let mut buf = [0u8; 16];
+    let err = std::io::Read::read(&mut early, &mut buf)
+        .expect_err("read through an fd opened before apply");
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
+    drop(early);
+    // The open itself is refused (a read would also be, by `file_permission`).
+    assert_open_refused(&secret);
+    assert_open_refused(&vault.join("sub/nested.txt"));
+    assert_open_refused(&vault);
+    assert_open_eperm(&secret);
+    assert_eperm(&sh(&format!("ls {}", vault.display())), "root ls");
+    assert_ok(&sh(&format!("cat {}", beside.display())), "root cat beside");
+    assert_ok(&sh(&format!("ls {}", sb.root.display())), "root ls above");
+
+    let moved = vault.join("moved.txt");
+    assert_ok(
+        &sb.allowed_run("mv", &[plain.to_str().unwrap(), moved.to_str().unwrap()]),
+        "allowed mv in",
+    );
+    assert!(!plain.exists(), "mv left the original");
+    assert!(is_encrypted(&moved), "the moved-in copy is not encrypted");
+    assert_open_refused(&moved);
+
+    let fifo = vault.join("fifo");
+    assert_ok(
+        &sb.allowed_run("mkfifo", &[fifo.to_str().unwrap()]),
+        "allowed mkfifo",
+    );
+    assert!(!is_encrypted(&fifo), "fscrypt encrypted a fifo");
+    assert_open_refused(&fifo);
+    let read = sb.allowed_run("cat", &[secret.to_str().unwrap()]);
+    assert_ok(&read, "allowed cat");
+
+    apply(&Sandbox::new("fscrypt-after").policy("enforce"));
+    let _ = fscrypt::remove_key(scratch, &key);
+}
+
+/// Whether fscrypt encrypts `path` (statx's STATX_ATTR_ENCRYPTED).
+fn is_encrypted(path: &Path) -> bool {
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::statx(libc::AT_FDCWD, name.as_ptr(), 0, libc::STATX_TYPE, &mut st) };
+    assert_eq!(r, 0, "statx {}", path.display());
+    st.stx_attributes & libc::STATX_ATTR_ENCRYPTED as u64 != 0
+}
+
+/// Asserts that opening `path` for reading is refused (EPERM), without
+/// reading (and without waiting for a writer, should it be a fifo).
+#[track_caller]
+fn assert_open_refused(path: &Path) {
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let fd = unsafe { libc::open(name.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK) };
+    let errno = std::io::Error::last_os_error().raw_os_error();
+    if fd >= 0 {
+        unsafe { libc::close(fd) };
+    }
+    assert!(
+        fd < 0 && errno == Some(libc::EPERM),
+        "{} opened: {errno:?}",
+        path.display()
+    );
 }

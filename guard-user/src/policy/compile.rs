@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use guard_common::{
-    access, env_entry, library, Arguments, DevKey, DirKey, EnvKey, ExeKey, LaunchKey, PolicyMeta,
-    RuleKey, RuleValue, ANY_ID, IMMUTABLE_POINT, MAX_ANCESTORS, MAX_ARGUMENT_BYTES,
+    access, dir_value, env_entry, library, Arguments, DevKey, DirKey, EnvKey, ExeKey, LaunchKey,
+    PolicyMeta, RuleKey, RuleValue, ANY_ID, IMMUTABLE_POINT, MAX_ANCESTORS, MAX_ARGUMENT_BYTES,
     MAX_ENV_ENTRIES, MAX_ENV_ENTRY_BYTES, MAX_EXES, MAX_IMMUTABLE_LISTED, MAX_LIBRARIES,
     MAX_POINTS, MAX_RULE_ENTRIES,
 };
@@ -18,7 +18,8 @@ pub struct PolicyEntries {
     pub meta: PolicyMeta,
     /// `DEVS`: filesystems holding a protected directory.
     pub devs: Vec<DevKey>,
-    /// `DIRS`: protected directories and their point index.
+    /// `DIRS`: protected directories and their point index, with
+    /// `dir_value::PLAIN` when fscrypt does not encrypt the directory.
     pub dirs: Vec<(DirKey, u32)>,
     /// `RAW_DEVICES`: what nobody gets on the block device of a filesystem
     /// holding protected directories: write, and read unless fscrypt
@@ -81,7 +82,8 @@ impl ResolvedPolicy {
                     dev: p.dev,
                     ino: p.ino,
                 };
-                (key, index as u32)
+                let plain = if p.fscrypt { 0 } else { dir_value::PLAIN };
+                (key, index as u32 | plain)
             })
             .collect();
 
@@ -583,6 +585,7 @@ mod tests {
                 }
             ]
         );
+        // Device 7's point is fscrypt-encrypted: the others are plain.
         assert_eq!(
             e.dirs,
             vec![
@@ -592,7 +595,7 @@ mod tests {
                         dev: 5,
                         ino: 100
                     },
-                    0
+                    dir_value::PLAIN
                 ),
                 (
                     DirKey {
@@ -608,7 +611,7 @@ mod tests {
                         dev: 5,
                         ino: 300
                     },
-                    2
+                    2 | dir_value::PLAIN
                 ),
             ]
         );

@@ -214,6 +214,27 @@ impl ResolvedPolicy {
             .collect()
     }
 
+    /// What `policy apply` says about protected directories fscrypt does not
+    /// encrypt on a filesystem they share with their parent: there the
+    /// kernel decides an open of any other file by walking up to the
+    /// filesystem's root, where with every protected directory encrypted one
+    /// flag of the file decides (`file_open`).
+    pub fn walk_warnings(&self) -> Vec<String> {
+        self.points
+            .iter()
+            .filter(|p| !p.fscrypt && p.ancestors.first().is_some_and(|(dev, _)| *dev == p.dev))
+            .map(|p| {
+                format!(
+                    "protected directory {} is not encrypted by fscrypt and shares its \
+                     filesystem with other files: every open of a file there is decided \
+                     by walking up the tree instead of by one flag; encrypt it (guardctl \
+                     volume init) or give it a filesystem of its own",
+                    p.path.display()
+                )
+            })
+            .collect()
+    }
+
     pub fn names(&self) -> crate::events::PolicyNames {
         let binaries = self
             .rules
@@ -1157,6 +1178,12 @@ mod tests {
                 .unwrap(),
             }]
         );
+        let warnings = resolved.walk_warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains(resolved.points[0].path.to_str().unwrap()));
+        let mut encrypted = resolved.clone();
+        encrypted.points[0].fscrypt = true;
+        assert!(encrypted.walk_warnings().is_empty());
         let ancestors = &resolved.points[0].ancestors;
         assert_eq!(
             ancestors.first(),

@@ -3,12 +3,17 @@
 //! Measures open()+close() latency with the guard not loaded and loaded, in
 //! the same run, on a file outside any protected directory and on an allowed
 //! file inside one (this binary is the allowed program), with 1 and with 1,000
-//! rules; and the time a policy apply of 1 and 1,000 rules takes. The cases
+//! rules; and the time a policy apply of 1 and 1,000 rules takes. The
+//! protected directory is encrypted with fscrypt, as guard deploys one on a
+//! filesystem it shares with other files; one more case protects a directory
+//! fscrypt does not encrypt on that filesystem. The cases
 //! are measured in interleaved rounds (guard off, on, off, ...) so that drift
 //! in the emulator or on the host hits every case alike. Prints one table;
 //! ratios are against the baseline measured in this run.
 
 use guard::control::{self, Request};
+use guard::fscrypt;
+use guard::keyring::{self, SecretKey};
 use guard::loader::{self, Pins};
 use guard_tests::guest::{bin, disarm_fully, guardctl, Guardd, SOCKET};
 use guard_tests::machine;
@@ -53,6 +58,7 @@ struct Results {
     in_1: Case,
     out_1000: Case,
     in_1000: Case,
+    plain_out_1000: Case,
     apply_1: Vec<Apply>,
     apply_1000: Vec<Apply>,
 }
@@ -70,18 +76,26 @@ fn main() -> anyhow::Result<()> {
     pin_to_cpu(0)?;
     let root = Path::new("/scratch/bench");
     let _ = std::fs::remove_dir_all(root);
-    // Outside, on the protected directory's filesystem (the kernel walks up
-    // to its root) and on another filesystem (one lookup decides).
+    // Outside, on the protected directory's filesystem (decided by the
+    // file's encryption flag, or by a walk up to the filesystem's root when
+    // a protected directory there is not encrypted) and on another
+    // filesystem (one lookup decides).
     let outside = root.join("outside/file");
     let elsewhere = Path::new("/tmp/guard-bench/file").to_path_buf();
-    let inside = root.join("data/file");
+    let data = root.join("data");
+    let inside = data.join("file");
+    let plain = root.join("plain");
+    std::fs::create_dir_all(&data)?;
+    std::fs::create_dir_all(&plain)?;
+    let key = encrypt(&data)?;
     for f in [&outside, &elsewhere, &inside] {
         std::fs::create_dir_all(f.parent().unwrap())?;
         std::fs::write(f, b"benchmark")?;
     }
     let me = std::env::current_exe()?;
-    let policy_1 = policy(&root.join("data"), &me, 1)?;
-    let policy_1000 = policy(&root.join("data"), &me, 1000)?;
+    let policy_1 = policy(&data, &me, 1)?;
+    let policy_1000 = policy(&data, &me, 1000)?;
+    let plain_1000 = policy(&plain, &me, 1000)?;
     let pins = Pins::new(loader::DEFAULT_PIN_DIR);
     let mut r = Results::default();
     for round in 1..=ROUNDS {
@@ -103,11 +117,25 @@ fn main() -> anyhow::Result<()> {
         r.out_1000.measure(&outside);
         r.else_1000.measure(&elsewhere);
         r.in_1000.measure(&inside);
+        apply(&plain_1000)?;
+        settle();
+        r.plain_out_1000.measure(&outside);
         drop(guardd);
     }
     disarm_fully(&pins)?;
+    let _ = fscrypt::remove_key(root, &key);
     print_table(&r);
     Ok(())
+}
+
+/// Encrypts the empty directory `dir` with fscrypt under a new random key.
+fn encrypt(dir: &Path) -> anyhow::Result<fscrypt::KeyIdentifier> {
+    let master = SecretKey::random(64)?;
+    let provisioning = keyring::add_fscrypt_provisioning_key("guard-bench", &master)?;
+    let key = fscrypt::add_key_by_serial(dir, provisioning.serial)?;
+    provisioning.invalidate()?;
+    fscrypt::set_policy(dir, &key)?;
+    Ok(key)
 }
 
 fn print_table(r: &Results) {
@@ -136,6 +164,12 @@ fn print_table(r: &Results) {
             r.out_1000.typical(),
             Some(base_out),
             "<= +3%",
+        ),
+        row(
+            "outside, same fs, unencrypted protected dir (1000)",
+            r.plain_out_1000.typical(),
+            Some(base_out),
+            "",
         ),
         row(
             "open+close on another filesystem, no guard",
