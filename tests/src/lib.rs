@@ -1,5 +1,6 @@
 //! Helpers shared by the end-to-end tests.
 
+pub mod encrypted_dirs;
 pub mod guest;
 pub mod journald;
 pub mod machine;

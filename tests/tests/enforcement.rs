@@ -6,7 +6,7 @@
 
 use guard::fscrypt;
 use guard::journal::{field, message_id};
-use guard::keyring::{self, SecretKey};
+use guard_tests::encrypted_dirs::{encrypt_empty_dir, is_encrypted};
 use guard_tests::guest::*;
 use serde_json::json;
 use std::os::unix::ffi::OsStrExt;
@@ -957,13 +957,7 @@ fn a_protected_directory_fscrypt_encrypts_keeps_unencrypted_files_out() {
     let sb = Sandbox::new("fscrypt");
     let vault = sb.root.join("vault");
     std::fs::create_dir(&vault).unwrap();
-    let master = SecretKey::random(64).unwrap();
-    let provisioning =
-        keyring::add_fscrypt_provisioning_key("guard-test:enforcement", &master).unwrap();
-    let scratch = Path::new("/scratch");
-    let key = fscrypt::add_key_by_serial(scratch, provisioning.serial).unwrap();
-    provisioning.invalidate().unwrap();
-    fscrypt::set_policy(&vault, &key).unwrap();
+    let key = encrypt_empty_dir(&vault, "guard-test:enforcement").unwrap();
     let secret = vault.join("secret.txt");
     std::fs::write(&secret, "patient record 4711\n").unwrap();
     std::fs::create_dir(vault.join("sub")).unwrap();
@@ -1025,16 +1019,7 @@ fn a_protected_directory_fscrypt_encrypts_keeps_unencrypted_files_out() {
     assert_ok(&read, "allowed cat");
 
     apply(&Sandbox::new("fscrypt-after").policy("enforce"));
-    let _ = fscrypt::remove_key(scratch, &key);
-}
-
-/// Whether fscrypt encrypts `path` (statx's STATX_ATTR_ENCRYPTED).
-fn is_encrypted(path: &Path) -> bool {
-    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-    let mut st: libc::statx = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::statx(libc::AT_FDCWD, name.as_ptr(), 0, libc::STATX_TYPE, &mut st) };
-    assert_eq!(r, 0, "statx {}", path.display());
-    st.stx_attributes & libc::STATX_ATTR_ENCRYPTED as u64 != 0
+    let _ = fscrypt::remove_key(Path::new("/scratch"), &key);
 }
 
 /// Asserts that opening `path` for reading is refused (EPERM), without

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use guard::fscrypt::{self, DirPolicy};
 use guard::volume::VolumeStore;
+use guard_tests::encrypted_dirs::is_encrypted;
 use keys_support::*;
 
 /// Directories and small files per directory of the source tree, plus a few
@@ -341,25 +342,6 @@ fn assert_no_plaintext_at(dest: &Path) {
         }
     }
     walk(dest);
-}
-
-/// The kernel's STATX_ATTR_ENCRYPTED for `path` (not following symlinks).
-fn is_encrypted(path: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-    // SAFETY: a valid C string and a zeroed statx buffer the kernel fills.
-    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    let rc = unsafe {
-        libc::statx(
-            libc::AT_FDCWD,
-            c_path.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-            libc::STATX_TYPE,
-            &mut stx,
-        )
-    };
-    assert_eq!(rc, 0, "statx {}", path.display());
-    stx.stx_attributes & libc::STATX_ATTR_ENCRYPTED as u64 != 0
 }
 
 /// Waits for strace and the guardctl under it to be gone.

@@ -13,8 +13,8 @@
 
 use guard::control::{self, Request};
 use guard::fscrypt;
-use guard::keyring::{self, SecretKey};
 use guard::loader::{self, Pins};
+use guard_tests::encrypted_dirs::encrypt_empty_dir;
 use guard_tests::guest::{bin, disarm_fully, guardctl, Guardd, SOCKET};
 use guard_tests::machine;
 use serde_json::{json, Value};
@@ -87,7 +87,7 @@ fn main() -> anyhow::Result<()> {
     let plain = root.join("plain");
     std::fs::create_dir_all(&data)?;
     std::fs::create_dir_all(&plain)?;
-    let key = encrypt(&data)?;
+    let key = encrypt_empty_dir(&data, "guard-bench")?;
     for f in [&outside, &elsewhere, &inside] {
         std::fs::create_dir_all(f.parent().unwrap())?;
         std::fs::write(f, b"benchmark")?;
@@ -126,16 +126,6 @@ fn main() -> anyhow::Result<()> {
     let _ = fscrypt::remove_key(root, &key);
     print_table(&r);
     Ok(())
-}
-
-/// Encrypts the empty directory `dir` with fscrypt under a new random key.
-fn encrypt(dir: &Path) -> anyhow::Result<fscrypt::KeyIdentifier> {
-    let master = SecretKey::random(64)?;
-    let provisioning = keyring::add_fscrypt_provisioning_key("guard-bench", &master)?;
-    let key = fscrypt::add_key_by_serial(dir, provisioning.serial)?;
-    provisioning.invalidate()?;
-    fscrypt::set_policy(dir, &key)?;
-    Ok(key)
 }
 
 fn print_table(r: &Results) {
